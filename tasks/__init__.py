@@ -1,0 +1,1 @@
+"""gamma-lab tasks."""

@@ -140,7 +140,9 @@ class DataConfig:
         _choice("data.dataset", self.dataset, DATASETS)
         if self.dataset in FILE_DATASETS:
             if not isinstance(self.path, str) or not self.path.strip():
-                raise ConfigError("data.path", f"dataset {self.dataset!r} reads files: give a path inside the data folder")
+                raise ConfigError(
+                    "data.path", f"dataset {self.dataset!r} reads files: give a path inside the data folder"
+                )
         elif self.path is not None:
             raise ConfigError("data.path", f"only file-backed datasets ({', '.join(FILE_DATASETS)}) take a path")
         if self.path is not None and (self.path.startswith("/") or ".." in self.path.replace("\\", "/").split("/")):

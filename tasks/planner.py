@@ -1,0 +1,229 @@
+"""Pack a sweep's cells into work units: groups of equal shape trained as one ensemble on one device.
+
+Sizing. A unit's memory is estimated as
+
+    members × (parameters × PARAM_COPIES + batch × activations_per_example × ACTIVATION_COPIES) × dtype bytes
+
+PARAM_COPIES = 4 (weights, gradients, the frozen θ0 copy centering keeps, one temporary of the update);
+ACTIVATION_COPIES = 6 (forward pre/post-activations kept for backward, their gradients, and the centered
+copy's forward pass). Probe-batch metrics (NTK alignment, Hessian-vector products) reuse buffers of the
+same order. The estimate is deliberately rough and generous: a unit that does not fit fails on the
+device, one that is too small only costs a little batching efficiency.
+
+Time. FLOPs per step ≈ 6 × parameters × batch per member (forward 2, backward 4; the centered
+θ0 forward adds a third of that again: factor 8), × members × steps; divided by a sustained throughput
+constant per device class (THROUGHPUT_FLOPS). These constants are what a batched float32 matmul
+sustains on a 2-core laptop CPU and a datacenter GPU; float64 counts double. It is an estimate for
+the progress display and the Celery visibility timeout, never a deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import ConfigError, RunConfig
+
+PARAM_COPIES = 4
+ACTIVATION_COPIES = 6
+FLOPS_PER_PARAM_PER_EXAMPLE = 8.0
+# Memory a unit may take by device class (bytes). CPU: stay well inside a laptop's RAM with other
+# workers beside it; GPU: leave headroom on a 16 GB card (bigger cards just run more units at once).
+MEMORY_BUDGET = {"cpu": 2 * 2**30, "cuda": 12 * 2**30}
+# Upper bound on members per unit: past this a batched matmul is already at peak, and smaller units
+# let several workers share a sweep and cancel/retry at a finer grain.
+MAX_MEMBERS = {"cpu": 64, "cuda": 512}
+THROUGHPUT_FLOPS = {"cpu": 2.0e10, "cuda": 2.0e13}
+DTYPE_BYTES = {"float32": 4, "float64": 8}
+
+
+def device_class(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        return "cuda"
+    raise ConfigError("device", f"must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
+
+
+def _input_size(cfg: RunConfig) -> tuple[int, int]:
+    """(input features D, outputs C) without touching data files (teacher/mnist1d/digits known)."""
+    d = cfg.data
+    if d.dataset == "mnist1d":
+        return 40, 10
+    if d.dataset == "digits":
+        return 64, 10
+    if d.dataset == "cifar5m":
+        return 3 * 32 * 32, 10
+    if d.dataset == "mnist1m":
+        return 28 * 28, 10
+    if d.dataset == "teacher":
+        return (d.channels * d.image_size**2 if d.image_size > 0 else d.input_dim), d.n_classes
+    return max(d.input_dim, 3 * 32 * 32), d.n_classes  # npz: unknown until read; assume CIFAR-sized
+
+
+def parameter_count(cfg: RunConfig) -> int:
+    """Parameters of one member (weights and biases), by architecture; ≈ for cnn/resnet/vit."""
+    m = cfg.model
+    n, depth = m.width, m.depth
+    d_in, c = _input_size(cfg)
+    if m.arch == "mlp":
+        return d_in * n + n + max(depth - 2, 0) * (n * n + n) + n * c + c
+    channels = max(cfg.data.channels, 1) if cfg.data.dataset == "teacher" else 3
+    if m.arch == "cnn":
+        side = max(int(math.sqrt(d_in / channels)), 4) // 4
+        return 9 * channels * n + 9 * n * 2 * n + 2 * n * side * side * 8 * n + 8 * n * c
+    if m.arch == "resnet":
+        # four stages of widths n, 2n, 4n, 8n, depth blocks of two 3x3 convs each
+        return sum(depth * 2 * 9 * (n * 2**s) ** 2 for s in range(4)) + 8 * n * c
+    # vit: depth blocks of attention (4 n²) and MLP (8 n²), patch embedding, readout
+    return depth * 12 * n * n + (m.patch**2) * channels * n + n * c
+
+
+def activations_per_example(cfg: RunConfig) -> int:
+    m = cfg.model
+    d_in, c = _input_size(cfg)
+    if m.arch == "mlp":
+        return d_in + m.depth * m.width + c
+    # convolutional/attention nets keep feature maps: ≈ width × pixels per layer
+    return m.depth * m.width * max(d_in // 3, 1) * 2
+
+
+def member_bytes(cfg: RunConfig) -> int:
+    b = DTYPE_BYTES[cfg.resolved_dtype]
+    activations = cfg.train.batch_size * activations_per_example(cfg)
+    return b * (parameter_count(cfg) * PARAM_COPIES + activations * ACTIVATION_COPIES)
+
+
+def estimate_seconds(configs: Sequence[RunConfig], device: str = "cpu") -> float:
+    """Rough wall time of training `configs` as one ensemble on `device` (see module docstring)."""
+    if not configs:
+        return 0.0
+    cfg = configs[0]
+    flops = FLOPS_PER_PARAM_PER_EXAMPLE * parameter_count(cfg) * cfg.train.batch_size * cfg.train.steps
+    flops *= len(configs) * (2.0 if cfg.resolved_dtype == "float64" else 1.0)
+    return flops / THROUGHPUT_FLOPS[device_class(device)]
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Configs of one shape, trained together on one device. `attempts[i]` belongs to `configs[i]`."""
+
+    unit_id: str
+    configs: list[RunConfig]
+    attempts: list[int]
+    device: str = "cpu"
+    sweep_id: str | None = None
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [c.run_id for c in self.configs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit_id": self.unit_id,
+            "device": self.device,
+            "sweep_id": self.sweep_id,
+            "attempts": list(self.attempts),
+            "configs": [c.to_dict() for c in self.configs],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkUnit:
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("unit", f"not valid JSON: {exc}") from None
+        if not isinstance(d, dict) or not isinstance(d.get("configs"), list) or not d["configs"]:
+            raise ConfigError("unit", "must be an object with a non-empty 'configs' list")
+        configs = [RunConfig.from_dict(c) for c in d["configs"]]
+        attempts = d.get("attempts") or [1] * len(configs)
+        if len(attempts) != len(configs) or not all(isinstance(a, int) and a >= 0 for a in attempts):
+            raise ConfigError("unit.attempts", "must be one integer >= 0 per config")
+        return cls(
+            unit_id=str(d.get("unit_id") or _unit_id(configs, attempts)),
+            configs=configs,
+            attempts=list(attempts),
+            device=str(d.get("device", "cpu")),
+            sweep_id=d.get("sweep_id"),
+        )
+
+
+@dataclass
+class Plan:
+    units: list[WorkUnit] = field(default_factory=list)
+    estimated_seconds: float = 0.0
+    max_unit_seconds: float = 0.0
+
+    @property
+    def n_cells(self) -> int:
+        return sum(len(u.configs) for u in self.units)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.units)
+
+
+def _unit_id(configs: Sequence[RunConfig], attempts: Sequence[int]) -> str:
+    text = ",".join(f"{c.run_id}:{a}" for c, a in zip(configs, attempts, strict=True))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def max_members(cfg: RunConfig, device: str = "cpu", memory_budget: int | None = None) -> int:
+    """Members of `cfg`'s shape that fit one unit on `device` (at least 1)."""
+    cls = device_class(device)
+    budget = memory_budget if memory_budget is not None else MEMORY_BUDGET[cls]
+    return max(1, min(MAX_MEMBERS[cls], budget // max(member_bytes(cfg), 1)))
+
+
+def pack(
+    configs: Sequence[RunConfig],
+    *,
+    device: str = "cpu",
+    attempts: Mapping[str, int] | None = None,
+    sweep_id: str | None = None,
+    parallelism: int = 1,
+    memory_budget: int | None = None,
+    member_limit: int | None = None,
+) -> Plan:
+    """Group `configs` by shape_key and split each group into units that fit the device.
+
+    `parallelism`: split a group into at least this many units when it has enough cells, so N local
+    workers (or GPUs) all get work. Units are filled evenly (sizes differ by at most one), keeping
+    the configs' order (γ-major) so a unit holds neighbouring cells.
+    """
+    attempts = attempts or {}
+    groups: dict[str, list[RunConfig]] = defaultdict(list)
+    for c in configs:
+        groups[c.shape_key].append(c)
+    plan = Plan()
+    for group in groups.values():
+        cap = max_members(group[0], device, memory_budget)
+        if member_limit is not None:
+            cap = max(1, min(cap, member_limit))
+        n_units = max(math.ceil(len(group) / cap), min(max(parallelism, 1), len(group)))
+        size, extra = divmod(len(group), n_units)
+        start = 0
+        for i in range(n_units):
+            chunk = group[start : start + size + (1 if i < extra else 0)]
+            start += len(chunk)
+            att = [int(attempts.get(c.run_id, 1)) for c in chunk]
+            unit = WorkUnit(_unit_id(chunk, att), list(chunk), att, device, sweep_id)
+            seconds = estimate_seconds(chunk, device)
+            plan.units.append(unit)
+            plan.estimated_seconds += seconds
+            plan.max_unit_seconds = max(plan.max_unit_seconds, seconds)
+    return plan
+
+
+def plan(spec: Any, settings: Any, device: str = "cpu", **kwargs: Any) -> Plan:
+    """Plan the spec's full grid (see `pack` for the keyword arguments). Registry reuse is tasks.api's job."""
+    kwargs.setdefault("parallelism", getattr(settings, "workers", 1))
+    return pack(spec.cells(), device=device, **kwargs)

@@ -1,0 +1,182 @@
+"""Run one work unit: train its configs as one ensemble and publish everything as bus events.
+
+The same function runs inside a local worker process (tasks.local_worker) and inside a Celery task
+(tasks.celery_app). It never touches DuckDB: events go to storage's bus, the recorder stores them.
+
+Events (docs/contracts.md): `started` per run; `points` per run per flush, numbered by `seq` from 0
+within (run, attempt) so a replayed event is stored once; `heartbeat` every settings.heartbeat_s from
+a background thread (so a long eval step does not look like a dead worker); `finished` per run with
+status, summary and error. A failing unit publishes `failed` with the error text for every run it
+had not finished, then returns (the executor moves on to the next unit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from engine.config import RunConfig
+from tasks.cancel import CancelChecker
+from tasks.planner import WorkUnit
+
+log = logging.getLogger("gamma_lab.worker")
+FLUSH_EVERY = 50
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Give this process its share of the cores (N local workers each get cores // N)."""
+    import torch
+
+    n = threads or int(os.environ.get("GAMMA_LAB_TORCH_THREADS", "0") or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+class _Heartbeat(threading.Thread):
+    """Publishes a heartbeat for the unit's unfinished runs every `interval` seconds."""
+
+    def __init__(self, publish: Callable[[dict[str, Any]], None], attempts: dict[str, int], interval: float):
+        super().__init__(name="gamma-lab-heartbeat", daemon=True)
+        self.publish = publish
+        self.attempts = attempts  # run_id -> attempt, shrinks as runs finish
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.worker = worker_name()
+
+    def finish(self, run_id: str) -> None:
+        with self.lock:
+            self.attempts.pop(run_id, None)
+
+    def beat(self) -> None:
+        with self.lock:
+            by_attempt: dict[int, list[str]] = {}
+            for rid, att in self.attempts.items():
+                by_attempt.setdefault(att, []).append(rid)
+        for att, rids in by_attempt.items():  # the event carries one attempt: one event per value
+            try:
+                self.publish({"type": "heartbeat", "run_ids": rids, "attempt": att, "worker": self.worker,
+                              "time": time.time()})
+            except Exception:  # a bus hiccup must not kill training; the next beat retries
+                log.exception("heartbeat publish failed")
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self.beat()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def _publish_fn(publisher: Any) -> Callable[[dict[str, Any]], None]:
+    for name in ("publish", "send", "__call__"):
+        fn = getattr(publisher, name, None)
+        if callable(fn):
+            return fn
+    raise TypeError("publisher: needs a publish(event) method")
+
+
+def _new_attempts(settings: Any, unit: WorkUnit) -> list[int]:
+    """A redelivered unit (its first execution died) trains as a NEW attempt so no point is duplicated."""
+    from storage.registry import Registry
+
+    with Registry(settings.registry_url) as reg:
+        fresh = reg.reset_for_rerun(unit.run_ids)
+    return [fresh.get(r, a + 1) for r, a in zip(unit.run_ids, unit.attempts, strict=True)]
+
+
+def run_unit(
+    unit_json: str,
+    settings: Any,
+    publisher: Any,
+    *,
+    device: str | None = None,
+    redelivered: bool = False,
+    flush_every: int = FLUSH_EVERY,
+) -> list[dict[str, Any]]:
+    """Train one unit and publish its events. Returns one finished-event dict per run.
+
+    `device` overrides the unit's (a Celery worker pinned to a GPU runs on "cuda").
+    `redelivered`: this unit already started once elsewhere (broker redelivery) — train new attempts.
+    """
+    from engine.trainer import train_ensemble
+
+    publish = _publish_fn(publisher)
+    unit = WorkUnit.from_json(unit_json)
+    attempts = _new_attempts(settings, unit) if redelivered else list(unit.attempts)
+    attempt_of = dict(zip(unit.run_ids, attempts, strict=True))
+    me = worker_name()
+    finished: dict[str, dict[str, Any]] = {}
+
+    def finish(run_id: str, status: str, steps_done: int = 0, diverged_step: int | None = None,
+               summary: dict[str, float] | None = None, error: str | None = None) -> None:
+        event = {"type": "finished", "run_id": run_id, "attempt": attempt_of[run_id], "status": status,
+                 "steps_done": int(steps_done), "diverged_step": diverged_step, "summary": summary or {},
+                 "error": error}
+        publish(event)
+        finished[run_id] = event
+
+    checker = CancelChecker(settings, unit.run_ids)
+    already = checker.cancelled()
+    for rid in unit.run_ids:
+        if rid in already:  # cancelled while queued: never start it
+            finish(rid, "cancelled", error="cancelled before it started")
+    configs: list[RunConfig] = [c for c in unit.configs if c.run_id not in already]
+    if not configs:
+        return [finished[r] for r in unit.run_ids]
+
+    seq: dict[str, int] = {c.run_id: 0 for c in configs}
+    for c in configs:
+        publish({"type": "started", "run_id": c.run_id, "attempt": attempt_of[c.run_id], "worker": me,
+                 "time": time.time()})
+    beat = _Heartbeat(publish, {c.run_id: attempt_of[c.run_id] for c in configs}, settings.heartbeat_s)
+    beat.start()
+    flagged: set[str] = set()
+
+    def on_metrics(batch: Any) -> None:
+        # one points event per run per flush: columnar lists, numbered by seq within (run, attempt)
+        for i, rid in enumerate(batch.run_ids):
+            step, metric, value = batch.for_run(i)
+            if len(step) == 0:
+                continue
+            publish({"type": "points", "run_id": rid, "attempt": attempt_of[rid], "seq": seq[rid],
+                     "step": [int(s) for s in step], "metric": list(metric), "value": [float(v) for v in value]})
+            seq[rid] += 1
+
+    def should_cancel() -> bool:
+        # the trainer stops the whole ensemble; a unit stops when all of its runs were asked to
+        flagged.update(checker.cancelled())
+        return all(c.run_id in flagged for c in configs)
+
+    try:
+        results = train_ensemble(
+            configs, device=device or unit.device, data_root=settings.data_dir, on_metrics=on_metrics,
+            should_cancel=should_cancel, flush_every=flush_every,
+        )
+        beat.stop()
+        for r in results:
+            status = r.status
+            if status == "done" and r.run_id in flagged and r.steps_done < configs[0].train.steps:
+                status = "cancelled"
+            finish(r.run_id, status, r.steps_done, r.diverged_step, dict(r.summary))
+            beat.finish(r.run_id)
+    except Exception as exc:
+        beat.stop()
+        text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+        log.error("unit %s failed: %s", unit.unit_id, text)
+        for c in configs:
+            if c.run_id not in finished:
+                finish(c.run_id, "failed", error=text)
+    finally:
+        beat.stop()
+    return [finished[r] for r in unit.run_ids if r in finished]

@@ -1,0 +1,284 @@
+"""Plotly figure builders for every page. Pure functions of DataFrames/arrays; no Streamlit.
+
+Every figure carries a constant `uirevision` so that when live data arrives and the page reruns,
+the browser keeps the user's zoom and pan. Phase portraits are drawn in log10 coordinates on
+linear axes with decade tick labels: the cell edges are then exact numbers we control (plotly's
+own log-axis heatmap bricks are computed from centres, which misplaces uneven grids).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from app.logic.grid import HeatmapGrid
+
+UIREVISION = "gamma-lab"  # constant: zoom survives reruns
+DIVERGED_COLOUR = "#7b1e1e"  # dark red: never on the value colour scale (Viridis)
+RUNNING_COLOUR = "#f2a900"
+MISSING_COLOUR = "#9e9e9e"
+VALUE_SCALE = "Viridis"
+# Scattergl only above this many points: WebGL contexts are scarce in a browser tab.
+WEBGL_THRESHOLD = 4000
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A line drawn over the γ–η plane (real units): ridge, boundary, power-law fit, theory line."""
+
+    name: str
+    gammas: np.ndarray  # (n,)
+    etas: np.ndarray  # (n,)
+    dash: str = "solid"
+    colour: str = "white"
+    markers: bool = False
+
+
+def _decade_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Tick positions (log10 units) and labels for a log axis drawn on linear coordinates."""
+    lo_i, hi_i = math.floor(lo), math.ceil(hi)
+    vals: list[float] = []
+    text: list[str] = []
+    fine = hi - lo <= 2.5  # few decades: label 1, 2, 5 within each
+    for k in range(lo_i, hi_i + 1):
+        for m in (1, 2, 5) if fine else (1,):
+            v = k + math.log10(m)
+            if lo - 1e-9 <= v <= hi + 1e-9:
+                vals.append(v)
+                text.append(f"{m * 10.0**k:g}")
+    return vals, text
+
+
+def portrait_figure(
+    grid: HeatmapGrid,
+    *,
+    value_label: str,
+    log_value: bool = True,
+    curves: Sequence[Curve] = (),
+    colour_range: tuple[float, float] | None = None,
+    title: str | None = None,
+    show_scale: bool = True,
+) -> go.Figure:
+    """The γ–η heatmap. Only `ok` cells carry values on the colour scale; diverged cells are a
+    separate single-colour layer; running and missing cells get markers on top. A transparent
+    marker at each cell centre makes cells clickable (plotly selection events need points)."""
+    fig = go.Figure()
+    if grid.gammas.size == 0:
+        fig.update_layout(title=title or "no cells yet", uirevision=UIREVISION)
+        return fig
+    gx, ey = grid.gamma_edges, grid.eta_edges  # (G+1,), (E+1,) log10 units
+    ok = grid.ok_values()  # (E, G)
+    z = ok
+    if log_value:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(ok > 0, np.log10(ok), np.nan)
+    zmin, zmax = colour_range if colour_range else (None, None)
+    label = f"log10 {value_label}" if log_value else value_label
+    customdata = np.dstack([
+        np.broadcast_to(grid.gammas[None, :], ok.shape), np.broadcast_to(grid.etas[:, None], ok.shape),
+        grid.value, grid.n_done, grid.n_seeds,
+    ])  # (E, G, 5)
+    fig.add_trace(go.Heatmap(
+        x=gx, y=ey, z=z, zmin=zmin, zmax=zmax, colorscale=VALUE_SCALE, name=value_label,
+        colorbar={"title": {"text": label}} if show_scale else None, showscale=show_scale,
+        customdata=customdata, hoverongaps=False,
+        hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>" + value_label
+        + "=%{customdata[2]:.4g}<br>done %{customdata[3]}/%{customdata[4]} seeds<extra></extra>",
+    ))
+    diverged = np.where(grid.status == "diverged", 1.0, np.nan)
+    if np.any(grid.status == "diverged"):
+        fig.add_trace(go.Heatmap(
+            x=gx, y=ey, z=diverged, zmin=0, zmax=1, showscale=False, name="diverged",
+            colorscale=[[0, DIVERGED_COLOUR], [1, DIVERGED_COLOUR]], hoverongaps=False,
+            customdata=customdata,
+            hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>diverged<extra></extra>",
+        ))
+    lg, le = np.log10(grid.gammas), np.log10(grid.etas)
+    cx, cy = np.meshgrid(lg, le)  # (E, G) cell centres
+    for status, symbol, colour in (("running", "circle-open", RUNNING_COLOUR), ("missing", "x-thin-open",
+                                                                              MISSING_COLOUR)):
+        mask = grid.status == status
+        if np.any(mask):
+            fig.add_trace(go.Scatter(
+                x=cx[mask], y=cy[mask], mode="markers", name=status, hoverinfo="skip",
+                marker={"symbol": symbol, "size": 11, "color": colour, "line": {"width": 2, "color": colour}},
+            ))
+    # Click targets: one transparent marker per cell, carrying the cell's γ, η.
+    fig.add_trace(go.Scatter(
+        x=cx.ravel(), y=cy.ravel(), mode="markers", name="cells", showlegend=False,
+        customdata=np.column_stack([np.broadcast_to(grid.gammas[None, :], ok.shape).ravel(),
+                                    np.broadcast_to(grid.etas[:, None], ok.shape).ravel(),
+                                    grid.status.ravel()]),
+        marker={"size": 18, "color": "rgba(0,0,0,0)", "symbol": "square"},
+        hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>%{customdata[2]}<extra></extra>",
+    ))
+    for curve in curves:
+        keep = (curve.gammas > 0) & (curve.etas > 0) & np.isfinite(curve.gammas) & np.isfinite(curve.etas)
+        fig.add_trace(go.Scatter(
+            x=np.log10(curve.gammas[keep]), y=np.log10(curve.etas[keep]), name=curve.name,
+            mode="lines+markers" if curve.markers else "lines",
+            line={"dash": curve.dash, "color": curve.colour, "width": 2}, marker={"size": 7},
+            hovertemplate=curve.name + ": γ=%{customdata[0]:.3g}, η=%{customdata[1]:.3g}<extra></extra>",
+            customdata=np.column_stack([curve.gammas[keep], curve.etas[keep]]),
+        ))
+    xt, xl = _decade_ticks(gx[0], gx[-1])
+    yt, yl = _decade_ticks(ey[0], ey[-1])
+    fig.update_layout(
+        title=title, uirevision=UIREVISION, clickmode="event+select", dragmode="zoom",
+        xaxis={"title": "γ (feature-learning strength)", "tickvals": xt, "ticktext": xl,
+               "range": [gx[0], gx[-1]], "showgrid": False},
+        yaxis={"title": "η (raw learning rate; SGD step = N·η)", "tickvals": yt, "ticktext": yl,
+               "range": [ey[0], ey[-1]], "showgrid": False},
+        legend={"orientation": "h", "y": -0.18}, margin={"t": 40 if title else 10},
+    )
+    return fig
+
+
+def _line_trace(x: np.ndarray, y: np.ndarray, **kwargs: object) -> go.Scatter | go.Scattergl:
+    cls = go.Scattergl if x.size > WEBGL_THRESHOLD else go.Scatter
+    return cls(x=x, y=y, **kwargs)
+
+
+def _concat_with_gaps(frame: pd.DataFrame, x: str, y: str, by: str = "run_id") -> tuple[np.ndarray, np.ndarray]:
+    """Several runs in one trace, separated by NaN gaps: one trace per colour group, not per run."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for _, part in frame.groupby(by, sort=False):
+        xs += [part[x].to_numpy(dtype=np.float64), np.array([np.nan])]
+        ys += [part[y].to_numpy(dtype=np.float64), np.array([np.nan])]
+    if not xs:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def colour_for(values: Sequence[float]) -> dict[float, str]:
+    """Map each distinct γ (or η) to a Viridis colour on a log scale."""
+    from plotly.colors import sample_colorscale
+
+    distinct = sorted(set(float(v) for v in values))
+    if len(distinct) == 1:
+        return {distinct[0]: sample_colorscale(VALUE_SCALE, [0.5])[0]}
+    logs = np.log10(distinct)
+    pos = (logs - logs[0]) / (logs[-1] - logs[0])
+    return dict(zip(distinct, sample_colorscale(VALUE_SCALE, list(pos)), strict=True))
+
+
+def trajectories_figure(
+    series: pd.DataFrame,
+    runs: pd.DataFrame,
+    *,
+    colour_by: str = "gamma",
+    log_x: bool = True,
+    log_y: bool = True,
+    y_label: str = "train_loss",
+    x_label: str = "step t",
+    bands: pd.DataFrame | None = None,
+) -> go.Figure:
+    """Loss curves, one trace per colour value (γ or η). `series`: run_id, x, value, kind
+    (kind 'diverged' marks the step where a run diverged). `runs`: run_id, gamma, eta, seed.
+    `bands` (optional): x, lo, hi, label — a shaded seed band per label."""
+    if colour_by not in ("gamma", "eta"):
+        raise ValueError(f"colour_by: must be gamma or eta (got {colour_by!r})")
+    fig = go.Figure()
+    meta = runs.set_index("run_id")
+    data = series.join(meta[["gamma", "eta"]], on="run_id", how="inner")
+    if log_x:
+        data = data[data["x"] > 0]
+    if log_y:
+        data = data[(data["value"] > 0) | (data["kind"] == "diverged")]
+    if bands is not None and not bands.empty:
+        for label, band in bands.groupby("label", sort=False):
+            x = band["x"].to_numpy(dtype=np.float64)
+            fig.add_trace(go.Scatter(
+                x=np.concatenate([x, x[::-1]]),
+                y=np.concatenate([band["hi"].to_numpy(dtype=np.float64), band["lo"].to_numpy(dtype=np.float64)[::-1]]),
+                fill="toself", line={"width": 0}, fillcolor="rgba(120,120,120,0.25)", hoverinfo="skip",
+                name=f"seed band {label}", showlegend=True,
+            ))
+    colours = colour_for(data[colour_by].unique()) if not data.empty else {}
+    symbol = "γ" if colour_by == "gamma" else "η"
+    lines = data[data["kind"] != "diverged"].sort_values(["run_id", "x"])
+    for value, part in lines.groupby(colour_by, sort=True):
+        x, y = _concat_with_gaps(part, "x", "value")
+        fig.add_trace(_line_trace(x, y, mode="lines", name=f"{symbol}={value:.3g}",
+                                  line={"color": colours[float(value)], "width": 1.5},
+                                  hovertemplate=f"{symbol}={value:.3g}<br>x=%{{x:.4g}}<br>y=%{{y:.4g}}<extra></extra>"))
+    div = data[data["kind"] == "diverged"]
+    if not div.empty:
+        # A diverged value may be inf/NaN: pin the marker to the top of the visible data instead.
+        finite = lines["value"][np.isfinite(lines["value"])]
+        top = float(finite.max()) if not finite.empty else 1.0
+        yv = div["value"].to_numpy(dtype=np.float64)
+        yv = np.where(np.isfinite(yv), np.minimum(yv, top), top)
+        fig.add_trace(go.Scatter(x=div["x"], y=yv, mode="markers", name="diverged",
+                                 marker={"symbol": "x", "size": 10, "color": DIVERGED_COLOUR}))
+    fig.update_layout(
+        uirevision=UIREVISION, xaxis={"title": x_label, "type": "log" if log_x else "linear"},
+        yaxis={"title": y_label, "type": "log" if log_y else "linear"}, margin={"t": 10},
+        legend={"title": {"text": f"colour: {symbol}"}},
+    )
+    return fig
+
+
+def ema_smooth(series: pd.DataFrame, span: int, *, log_space: bool = True) -> pd.DataFrame:
+    """Exponential moving average of `value` within each run (kept in order of x). `span` <= 1 is a
+    no-op. Smoothing a loss in log space keeps a drop of decades from being smeared upward."""
+    if span <= 1 or series.empty:
+        return series
+    out = series.sort_values(["run_id", "x"]).copy()
+    keep = out["kind"] != "diverged"
+    vals = out.loc[keep, "value"].astype(np.float64)
+    if log_space:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = np.log10(vals.where(vals > 0))
+    smoothed = vals.groupby(out.loc[keep, "run_id"]).transform(lambda s: s.ewm(span=span, ignore_na=True).mean())
+    out.loc[keep, "value"] = 10.0**smoothed if log_space else smoothed
+    return out
+
+
+def twin_axes_figure(
+    left: pd.DataFrame, right: pd.DataFrame, *, left_label: str, right_label: str,
+    log_x: bool = True, log_left: bool = True,
+) -> go.Figure:
+    """Two metrics of the same run(s) against step on twin y axes (silent alignment: alignment
+    rises before the loss drops). Frames: run_id, x, value."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for frame, label, secondary, dash in ((left, left_label, False, "solid"), (right, right_label, True, "dot")):
+        for run_id, part in frame.groupby("run_id", sort=False):
+            part = part.sort_values("x")
+            fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines+markers" if secondary else "lines",
+                                     name=f"{label} · {str(run_id)[:8]}", line={"dash": dash}),
+                          secondary_y=secondary)
+    fig.update_xaxes(title_text="step t", type="log" if log_x else "linear")
+    fig.update_yaxes(title_text=left_label, type="log" if log_left else "linear", secondary_y=False)
+    fig.update_yaxes(title_text=right_label, secondary_y=True)
+    fig.update_layout(uirevision=UIREVISION, margin={"t": 10})
+    return fig
+
+
+def lines_figure(
+    frame: pd.DataFrame, *, x_label: str, y_label: str, log_x: bool = True, log_y: bool = True,
+    group: str = "label", hlines: pd.DataFrame | None = None,
+) -> go.Figure:
+    """Generic multi-line figure: frame has columns x, value and `group` (one trace per group).
+    `hlines` (optional): x, value, label drawn dashed (e.g. the edge of stability 2/(N·η))."""
+    fig = go.Figure()
+    for name, part in frame.groupby(group, sort=False):
+        part = part.sort_values("x")
+        fig.add_trace(_line_trace(part["x"].to_numpy(dtype=np.float64), part["value"].to_numpy(dtype=np.float64),
+                                  mode="lines+markers", name=str(name)))
+    if hlines is not None:
+        for name, part in hlines.groupby("label", sort=False):
+            part = part.sort_values("x")
+            fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines", name=str(name),
+                                     line={"dash": "dash"}))
+    fig.update_layout(uirevision=UIREVISION, margin={"t": 10},
+                      xaxis={"title": x_label, "type": "log" if log_x else "linear"},
+                      yaxis={"title": y_label, "type": "log" if log_y else "linear"})
+    return fig

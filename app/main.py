@@ -1,0 +1,31 @@
+"""Dashboard entry: `streamlit run app/main.py` (or `gamma-lab serve`). Builds navigation and starts
+shared resources (registry, recorder thread) once per server; every page lives in app/pages/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run app/main.py` puts app/ (not the repository root) on sys.path.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from app.ui import resources  # noqa: E402
+
+st.set_page_config(page_title="gamma-lab", page_icon="γ", layout="wide")
+res = resources()
+
+PAGES = [
+    st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch", default=True),
+    st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
+    st.Page("pages/portrait.py", title="Phase portrait", icon=":material/grid_on:", url_path="portrait"),
+    st.Page("pages/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
+    st.Page("pages/overlays.py", title="Overlays", icon=":material/stacked_line_chart:", url_path="overlays"),
+    st.Page("pages/diagnostics.py", title="Diagnostics", icon=":material/monitor_heart:", url_path="diagnostics"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+]
+st.sidebar.caption(f"data: `{res.settings.data_dir}` · {res.recorder_note}")
+st.navigation(PAGES).run()

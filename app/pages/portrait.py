@@ -1,0 +1,91 @@
+"""Phase portrait: the γ–η heatmap of one sweep, with ridge, boundary, fits and theory lines."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app.logic.figures import portrait_figure
+from app.logic.grid import heatmap_grid
+from app.logic.portrait import AGGS, STATS, overlay_curves, selected_cell
+from app.logic.view_state import Field
+from app.ui import chart, pick_sweep, resources, sync_url, url_state
+
+P = "portrait"
+METRICS = ("train_loss", "test_loss", "test_acc")
+SHOW = ("ridge", "boundary", "fits", "theory")
+SCHEMA = {
+    "sweep": Field("str", None),
+    "metric": Field("str", "train_loss", choices=METRICS),
+    "stat": Field("str", "final", choices=tuple(STATS)),
+    "agg": Field("str", "mean", choices=AGGS),
+    "step": Field("int", 0, minimum=0),
+    "threshold": Field("float", 0.05, minimum=0.0),
+    "show": Field("list", list(SHOW), choices=SHOW),
+    "live": Field("bool", True),
+}
+
+res = resources()
+source = res.source
+url_state(SCHEMA, P)
+st.title("Phase portrait")
+sweep_id = pick_sweep(source, f"{P}.sweep")
+if sweep_id is None:
+    st.stop()
+sweep = source.sweep(sweep_id) or {}
+spec = sweep.get("spec", {})
+depth = int(spec.get("model", {}).get("depth", 3))
+steps = int(spec.get("train", {}).get("steps", 1))
+
+c1, c2, c3, c4 = st.columns(4)
+c1.selectbox("Metric", METRICS, key=f"{P}.metric")
+c2.selectbox("Statistic", list(STATS), key=f"{P}.stat", format_func=STATS.get)
+c3.selectbox("Over seeds", AGGS, key=f"{P}.agg")
+c4.toggle("Live", key=f"{P}.live", help="Refresh every few seconds while runs are going")
+stat = st.session_state[f"{P}.stat"]
+if stat == "at_step":
+    st.session_state[f"{P}.step"] = min(int(st.session_state[f"{P}.step"]), max(steps - 1, 0))
+    st.slider("Step t", 0, max(steps - 1, 1), key=f"{P}.step")
+if stat == "steps_to":
+    st.number_input("Threshold (first step with metric ≤ threshold)", min_value=0.0, format="%g",
+                    key=f"{P}.threshold")
+st.multiselect("Overlays", SHOW, key=f"{P}.show")
+sync_url(SCHEMA, P)
+
+
+def draw() -> None:
+    metric = st.session_state[f"{P}.metric"]
+    frame = source.heatmap(
+        sweep_id, metric=metric, stat=stat, agg=st.session_state[f"{P}.agg"],
+        step=int(st.session_state[f"{P}.step"]) if stat == "at_step" else None,
+        threshold=float(st.session_state[f"{P}.threshold"]) if stat == "steps_to" else None,
+    )
+    grid = heatmap_grid(frame)
+    higher_better = metric == "test_acc" and stat != "steps_to"
+    curves, fits = overlay_curves(grid, depth, show=tuple(st.session_state[f"{P}.show"]),
+                                  lower_is_better=not higher_better)
+    label = "steps to threshold" if stat == "steps_to" else f"{metric} ({STATS[stat]}, {st.session_state[f'{P}.agg']})"
+    fig = portrait_figure(grid, value_label=label, log_value=metric != "test_acc", curves=curves)
+    counts = {s: grid.count(s) for s in ("ok", "diverged", "running", "missing")}
+    st.caption(" · ".join(f"{k}: {v}" for k, v in counts.items()) + (" · " if fits else "")
+               + " · ".join(f.label() for f in fits))
+    event = chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
+    cell = selected_cell(event)
+    options = [(float(g), float(e)) for g in grid.gammas for e in grid.etas]
+    if cell is not None:
+        st.session_state[f"{P}.cell"] = cell
+    chosen = st.selectbox("Cell (or click one in the portrait)", [None, *options], key=f"{P}.cell",
+                          format_func=lambda c: "—" if c is None else f"γ={c[0]:.3g}, η={c[1]:.3g}")
+    if chosen is not None:
+        g, e = chosen
+        gi, ei = int(np.argmin(abs(grid.gammas - g))), int(np.argmin(abs(grid.etas - e)))
+        st.markdown(f"**Cell γ={g:.3g}, η={e:.3g}** — {grid.status[ei, gi]}, "
+                    f"{grid.n_done[ei, gi]}/{grid.n_seeds[ei, gi]} seeds done")
+        st.page_link("pages/trajectories.py", label="Open this cell's trajectories", icon=":material/show_chart:",
+                     query_params={"sweep": sweep_id, "mode": "cell", "gamma": repr(g), "eta": repr(e)})
+
+
+if st.session_state[f"{P}.live"] and sweep.get("status") in ("queued", "running"):
+    st.fragment(run_every=3.0)(draw)()
+else:
+    draw()

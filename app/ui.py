@@ -1,0 +1,102 @@
+"""Streamlit glue shared by the pages: resources, URL-backed widget state, charts with CSV download.
+
+Kept small on purpose: anything worth testing without a browser lives in app/logic/.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.logic.source import DashboardSource
+from app.logic.view_state import Field, read_view, write_view
+
+log = logging.getLogger("gamma_lab.app")
+
+
+@dataclass
+class Resources:
+    settings: Any
+    source: DashboardSource
+    recorder: Any  # storage.recorder.Recorder, or None when another process records
+    recorder_note: str
+
+
+@st.cache_resource(show_spinner=False)
+def _resources(data_dir: str, registry_url: str) -> Resources:
+    """Once per server and data folder: settings, the registry, and the recorder thread.
+
+    DuckDB allows one read-write process per file, so exactly one recorder may own it. If another
+    process (a `gamma-lab recorder`, a second dashboard) already does, this dashboard only reads
+    and publishes: workers' events still reach that recorder through the bus."""
+    from storage.settings import load_settings
+
+    settings = load_settings()
+    settings.ensure_dirs()
+    recorder, note = None, "recording in this dashboard"
+    try:
+        from storage.recorder import Recorder
+
+        recorder = Recorder(settings)
+        recorder.start()
+    except Exception as exc:  # noqa: BLE001 - any lock/ownership problem means: publish only
+        recorder, note = None, f"another process records ({exc}); this dashboard only reads"
+        log.warning("recorder not started: %s", exc)
+    return Resources(settings=settings, source=DashboardSource(settings), recorder=recorder, recorder_note=note)
+
+
+def resources() -> Resources:
+    from storage.settings import load_settings
+
+    settings = load_settings()  # cheap: environment + optional settings.toml
+    return _resources(str(settings.data_dir), settings.registry_url)
+
+
+def url_state(schema: Mapping[str, Field], prefix: str) -> dict[str, Any]:
+    """Seed each widget's session state from the URL once; return the typed URL values."""
+    values = read_view(st.query_params.to_dict(), schema)
+    for name, value in values.items():
+        key = f"{prefix}.{name}"
+        if key not in st.session_state:
+            st.session_state[key] = value
+    return values
+
+
+def sync_url(schema: Mapping[str, Field], prefix: str, extra: Mapping[str, Any] | None = None) -> None:
+    """Write the page's widget values back to the URL (defaults left out)."""
+    values = {name: st.session_state.get(f"{prefix}.{name}") for name in schema}
+    if extra:
+        values.update(extra)
+    wanted = write_view(values, schema)
+    if wanted != st.query_params.to_dict():
+        st.query_params.from_dict(wanted)
+
+
+def chart(fig: go.Figure, data: pd.DataFrame, *, key: str, filename: str, select: bool = False) -> Any:
+    """A plotly chart plus a CSV download of the data behind it. Returns the selection event."""
+    event = st.plotly_chart(fig, key=key, on_select="rerun" if select else "ignore",
+                            selection_mode=("points",) if select else ("points", "box", "lasso"),
+                            width="stretch")
+    st.download_button(f"Download data (CSV, {len(data):,} rows)", data.to_csv(index=False).encode(),
+                       file_name=filename, mime="text/csv", key=f"{key}.csv")
+    return event
+
+
+def pick_sweep(source: DashboardSource, key: str) -> str | None:
+    """Sweep selectbox (newest first); the chosen id is in session_state[key]."""
+    sweeps = source.sweeps()
+    if sweeps.empty:
+        st.info("No sweeps yet: launch one on the Launch page.")
+        return None
+    ids = sweeps["sweep_id"].tolist()
+    labels = {row.sweep_id: f"{row.name} · {row.owner} · {row.sweep_id}" for row in sweeps.itertuples()}
+    current = st.session_state.get(key)
+    if current not in labels:
+        st.session_state[key] = ids[0]
+    return st.selectbox("Sweep", ids, key=key, format_func=lambda i: labels.get(i, i))

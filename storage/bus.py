@@ -1,0 +1,440 @@
+"""Event bus: the only way workers write. Two backends behind one Publisher/Consumer pair.
+
+Events are JSON dicts (docs/contracts.md):
+  {"type": "started",   "run_id", "attempt", "worker", "time"}
+  {"type": "points",    "run_id", "attempt", "seq", "step": [...], "metric": [...], "value": [...]}
+  {"type": "heartbeat", "run_ids": [...], "attempt", "worker", "time"}
+  {"type": "finished",  "run_id", "attempt", "status", "steps_done", "diverged_step", "summary", "error"}
+A points event is one columnar batch (one message per flush, not per point); (run_id, attempt, seq)
+identifies it, so a replayed message is stored once.
+
+Backends
+- spool directory (embedded mode): each event is one file, written to spool/tmp/ then os.replace()d
+  into spool/ (atomic on one filesystem: a reader never sees half a file). Names start with a
+  per-process monotonic nanosecond clock so they sort by time. Ack = unlink.
+- Redis Streams (broker mode): XADD to one stream, one consumer group. On (re)start the consumer
+  first reads its own pending entries (id "0": delivered before a crash, never acked), then new ones
+  (">"); XAUTOCLAIM takes over entries a dead consumer left pending. Trimming uses XTRIM MINID up to
+  the oldest unacknowledged id, never MAXLEN: on Redis 7.0 MAXLEN deletes entries not yet
+  acknowledged, i.e. loses data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from storage.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STREAM = "gamma-lab:events"
+DEAD_LETTER_STREAM = "gamma-lab:events:dead"
+GROUP = "recorder"
+EVENT_TYPES = ("started", "points", "heartbeat", "finished")
+FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
+
+
+class BadEvent(ValueError):
+    """An event that cannot be ingested; the message is the reason kept beside it."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _need_str(ev: Mapping[str, Any], key: str) -> str:
+    v = ev.get(key)
+    if not isinstance(v, str) or not v:
+        raise BadEvent(f"{key}: must be a non-empty string (got {v!r})")
+    return v
+
+
+def _need_int(ev: Mapping[str, Any], key: str, *, optional: bool = False) -> int | None:
+    v = ev.get(key)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise BadEvent(f"{key}: must be an integer >= 0 (got {v!r})")
+    return v
+
+
+def validate_event(ev: Any) -> dict[str, Any]:
+    """Check an event's shape and types; returns it (lists kept as lists) or raises BadEvent."""
+    if not isinstance(ev, dict):
+        raise BadEvent(f"event must be a JSON object (got {type(ev).__name__})")
+    kind = ev.get("type")
+    if kind not in EVENT_TYPES:
+        raise BadEvent(f"type: must be one of {', '.join(EVENT_TYPES)} (got {kind!r})")
+    _need_int(ev, "attempt")
+    if kind == "heartbeat":
+        ids = ev.get("run_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+            raise BadEvent("run_ids: must be a list of run id strings")
+    else:
+        _need_str(ev, "run_id")
+    if kind in ("started", "heartbeat"):
+        _need_str(ev, "worker")
+        t = ev.get("time")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise BadEvent(f"time: must be a number of seconds since the epoch (got {t!r})")
+    elif kind == "points":
+        _need_int(ev, "seq")
+        step, metric, value = ev.get("step"), ev.get("metric"), ev.get("value")
+        if not (isinstance(step, list) and isinstance(metric, list) and isinstance(value, list)):
+            raise BadEvent("step, metric, value: must be lists (columnar batch)")
+        if not len(step) == len(metric) == len(value):
+            raise BadEvent(f"step, metric, value: lengths differ ({len(step)}, {len(metric)}, {len(value)})")
+        if not all(type(s) is int and s >= 0 for s in step):
+            raise BadEvent("step: must hold integers >= 0")
+        if not all(isinstance(m, str) and m for m in metric):
+            raise BadEvent("metric: must hold non-empty strings")
+        # None stands for a non-number (strict JSON encoders write NaN as null)
+        if not all(v is None or (type(v) in (int, float)) for v in value):
+            raise BadEvent("value: must hold numbers (NaN/inf allowed) or null")
+    elif kind == "finished":
+        if ev.get("status") not in FINISH_STATUSES:
+            raise BadEvent(f"status: must be one of {', '.join(FINISH_STATUSES)} (got {ev.get('status')!r})")
+        _need_int(ev, "steps_done", optional=True)
+        _need_int(ev, "diverged_step", optional=True)
+        summary = ev.get("summary")
+        if summary is not None and not (
+            isinstance(summary, dict)
+            and all(v is None or type(v) in (int, float) for v in summary.values())
+        ):
+            raise BadEvent("summary: must be an object of numbers")
+        err = ev.get("error")
+        if err is not None and not isinstance(err, str):
+            raise BadEvent(f"error: must be a string or null (got {type(err).__name__})")
+    return ev
+
+
+def encode(ev: Mapping[str, Any]) -> bytes:
+    """JSON with NaN/Infinity tokens kept (Python's json reads them back as floats)."""
+    return json.dumps(ev, separators=(",", ":"), allow_nan=True).encode()
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    try:
+        ev = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadEvent(f"not valid JSON (truncated file?): {exc}") from None
+    return validate_event(ev)
+
+
+# ----------------------------------------------------------------------------- publishers
+
+
+class Publisher:
+    """Base publisher: event builders on top of `publish`. Numbers points batches per (run, attempt)."""
+
+    def __init__(self) -> None:
+        self._seq: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def publish(self, event: Mapping[str, Any]) -> None:
+        self.publish_many([event])
+
+    def publish_many(self, events: Sequence[Mapping[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- builders (validated before they leave, so a worker's bug shows up in the worker)
+
+    def started(self, run_id: str, attempt: int, worker: str) -> None:
+        self.publish(validate_event(
+            {"type": "started", "run_id": run_id, "attempt": attempt, "worker": worker, "time": time.time()}))
+
+    def heartbeat(self, run_ids: Sequence[str], attempt: int, worker: str) -> None:
+        self.publish(validate_event({"type": "heartbeat", "run_ids": list(run_ids), "attempt": attempt,
+                                     "worker": worker, "time": time.time()}))
+
+    def next_seq(self, run_id: str, attempt: int) -> int:
+        with self._lock:
+            seq = self._seq.get((run_id, attempt), 0)
+            self._seq[(run_id, attempt)] = seq + 1
+        return seq
+
+    def points_event(
+        self, run_id: str, attempt: int, step: Iterable[int], metric: Iterable[str], value: Iterable[float],
+        seq: int | None = None,
+    ) -> dict[str, Any]:
+        """Build a points event; `seq` defaults to this publisher's next number for (run, attempt).
+
+        Accepts numpy arrays (step (P,) int, value (P,) float)."""
+        ev = {
+            "type": "points", "run_id": run_id, "attempt": attempt,
+            "seq": self.next_seq(run_id, attempt) if seq is None else seq,
+            "step": [int(s) for s in step], "metric": [str(m) for m in metric],
+            "value": [float(v) for v in value],
+        }
+        return validate_event(ev)
+
+    def points(self, run_id: str, attempt: int, step: Iterable[int], metric: Iterable[str],
+               value: Iterable[float], seq: int | None = None) -> None:
+        self.publish(self.points_event(run_id, attempt, step, metric, value, seq))
+
+    def finished(
+        self, run_id: str, attempt: int, status: str, *, steps_done: int | None = None,
+        diverged_step: int | None = None, summary: Mapping[str, float] | None = None, error: str | None = None,
+    ) -> None:
+        self.publish(validate_event({
+            "type": "finished", "run_id": run_id, "attempt": attempt, "status": status,
+            "steps_done": steps_done, "diverged_step": diverged_step,
+            "summary": {k: float(v) for k, v in (summary or {}).items()}, "error": error,
+        }))
+
+
+class _MonotonicNames:
+    """File names that sort by time within and across processes: <ns clock>-<pid>-<counter>-<rand>."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+        self._tag = uuid.uuid4().hex[:6]
+
+    def next(self) -> str:
+        with self._lock:
+            now = max(time.time_ns(), self._last + 1)  # wall clocks can step back; names must not
+            self._last = now
+            n = next(self._counter)
+        return f"{now:020d}-{os.getpid()}-{n:09d}-{self._tag}.evt"
+
+
+class SpoolPublisher(Publisher):
+    """Embedded mode: one file per event, made visible atomically by os.replace."""
+
+    def __init__(self, spool_dir: Path):
+        super().__init__()
+        self.spool_dir = Path(spool_dir)
+        self.tmp_dir = self.spool_dir / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._names = _MonotonicNames()
+
+    def publish_many(self, events: Sequence[Mapping[str, Any]]) -> None:
+        for ev in events:
+            name = self._names.next()
+            tmp = self.tmp_dir / name
+            with open(tmp, "wb") as fh:
+                fh.write(encode(ev))
+                fh.flush()
+                os.fsync(fh.fileno())  # the rename must not become visible before the bytes
+            os.replace(tmp, self.spool_dir / name)
+
+
+class RedisPublisher(Publisher):
+    """Broker mode: XADD to the events stream (no MAXLEN: trimming is the recorder's job, by MINID)."""
+
+    def __init__(self, url: str, stream: str = STREAM):
+        super().__init__()
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.stream = stream
+
+    def publish_many(self, events: Sequence[Mapping[str, Any]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for ev in events:
+            pipe.xadd(self.stream, {"data": encode(ev)})
+        pipe.execute()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_publisher(settings: Settings) -> Publisher:
+    """Redis Streams when a broker is configured, else the spool directory in the data folder."""
+    if settings.broker_url:
+        return RedisPublisher(settings.broker_url)
+    return SpoolPublisher(settings.spool_dir)
+
+
+# ----------------------------------------------------------------------------- consumers
+
+
+@dataclass
+class Delivery:
+    """One received message. `event` is None when it could not be decoded; `error` says why."""
+
+    token: Any  # spool: Path of the file; redis: the stream entry id
+    raw: bytes
+    event: dict[str, Any] | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Consumer(Protocol):
+    def read(self, max_events: int = 1000, block_s: float = 0.5) -> list[Delivery]: ...
+    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+    def reject(self, delivery: Delivery, reason: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _decoded(token: Any, raw: bytes) -> Delivery:
+    try:
+        return Delivery(token, raw, event=decode(raw))
+    except BadEvent as exc:
+        return Delivery(token, raw, error=str(exc))
+
+
+class SpoolConsumer:
+    """Reads spool files oldest first; ack deletes them; reject moves them to rejected/ with a .reason."""
+
+    def __init__(self, spool_dir: Path):
+        self.spool_dir = Path(spool_dir)
+        self.rejected_dir = self.spool_dir / "rejected"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.rejected_dir.mkdir(exist_ok=True)
+
+    def read(self, max_events: int = 1000, block_s: float = 0.5) -> list[Delivery]:
+        deadline = time.monotonic() + block_s
+        while True:
+            with os.scandir(self.spool_dir) as it:
+                names = sorted(e.name for e in it if e.name.endswith(".evt") and e.is_file())
+            if names or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        out = []
+        for name in names[:max_events]:
+            path = self.spool_dir / name
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:  # acked by a previous incarnation between listing and reading
+                continue
+            out.append(_decoded(path, raw))
+        return out
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            try:
+                os.unlink(d.token)
+            except FileNotFoundError:
+                pass
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        path = Path(delivery.token)
+        target = self.rejected_dir / path.name
+        (self.rejected_dir / (path.name + ".reason")).write_text(reason + "\n")
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            pass
+        log.warning("rejected spool event %s: %s", path.name, reason)
+
+    def pending_count(self) -> int:
+        with os.scandir(self.spool_dir) as it:
+            return sum(1 for e in it if e.name.endswith(".evt"))
+
+    def close(self) -> None:
+        pass
+
+
+class RedisConsumer:
+    """Consumer-group reader: own pending first (id 0), then XAUTOCLAIM from dead consumers, then new (>)."""
+
+    def __init__(self, url: str, *, consumer: str | None = None, stream: str = STREAM, group: str = GROUP,
+                 claim_idle_s: float = 60.0):
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.stream, self.group = stream, group
+        # A stable name per host: a restarted recorder finds the entries it read but never acked.
+        self.consumer = consumer or f"recorder@{socket.gethostname()}"
+        self.claim_idle_ms = int(claim_idle_s * 1000)
+        try:
+            self.client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._backlog = True  # start with our own pending entries
+
+    def _entries(self, reply: Any) -> list[Delivery]:
+        out = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields is None:  # pending entry deleted from the stream meanwhile
+                    continue
+                raw = fields.get(b"data", b"")
+                out.append(_decoded(entry_id, raw))
+        return out
+
+    def read(self, max_events: int = 1000, block_s: float = 0.5) -> list[Delivery]:
+        if self._backlog:
+            got = self._entries(self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"},
+                                                       count=max_events))
+            if got:
+                return got
+            self._backlog = False
+            # entries a dead consumer (another name) left pending for longer than claim_idle
+            _next, claimed, *_ = self.client.xautoclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=max_events)
+            got = [_decoded(eid, f.get(b"data", b"")) for eid, f in claimed if f is not None]
+            if got:
+                self._backlog = True  # claimed entries are now our pending ones; keep draining
+                return got
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=max_events,
+                                       block=max(1, int(block_s * 1000)))
+        return self._entries(reply)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        self.client.xack(self.stream, self.group, *[d.token for d in deliveries])
+        self.trim()
+
+    def trim(self) -> None:
+        """XTRIM MINID to the oldest entry still pending in the group (or the last delivered one).
+
+        Never MAXLEN: on Redis 7.0 it drops entries nobody has acknowledged yet."""
+        summary = self.client.xpending(self.stream, self.group)
+        if summary and summary.get("pending"):
+            minid = summary["min"]
+        else:
+            groups = self.client.xinfo_groups(self.stream)
+            info = next((g for g in groups if _s(g["name"]) == self.group), None)
+            if info is None:
+                return
+            minid = info["last-delivered-id"]  # everything older is delivered and acked
+        self.client.xtrim(self.stream, minid=minid, approximate=False)
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        self.client.xadd(DEAD_LETTER_STREAM, {"data": delivery.raw, "reason": reason.encode(),
+                                              "id": delivery.token})
+        self.client.xack(self.stream, self.group, delivery.token)
+        log.warning("rejected stream event %s: %s", _s(delivery.token), reason)
+
+    def pending_count(self) -> int:
+        summary = self.client.xpending(self.stream, self.group)
+        return int(summary.get("pending", 0)) if summary else 0
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def open_consumer(settings: Settings, **kwargs: Any) -> SpoolConsumer | RedisConsumer:
+    if settings.broker_url:
+        return RedisConsumer(settings.broker_url, **kwargs)
+    return SpoolConsumer(settings.spool_dir)

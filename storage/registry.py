@@ -1,0 +1,607 @@
+"""Run registry: sweeps and runs (SQLAlchemy 2.0 Core), SQLite by default, PostgreSQL by URL.
+
+Row-level, transactional data lives here (status, owner, config JSON); metric time series live in
+DuckDB (storage.metric_store). Several processes write (dashboard, recorder, CLI, workers checking
+cancel flags), so SQLite runs in WAL mode with a busy timeout and every transaction starts with
+BEGIN IMMEDIATE: a deferred transaction that reads and then writes can fail with SQLITE_BUSY at
+once in WAL mode (the busy handler is not used for a stale read snapshot), IMMEDIATE takes the
+write lock up front and waits politely instead.
+
+Times are float seconds since the epoch (portable across SQLite/PostgreSQL, trivially comparable).
+A run's identity is its config's content hash; a run can belong to several sweeps through the
+`sweep_runs` link table, so re-launching a cell finds and reuses its stored result.
+
+Each process builds its own Registry (engines must not cross a fork).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+RUN_STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
+TERMINAL_STATUSES = ("done", "diverged", "failed", "cancelled", "lost")
+FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
+SCHEMA_VERSION = 2
+
+
+class RegistryError(ValueError):
+    """Bad input to the registry (unknown sweep, bad status...)."""
+
+
+# ----------------------------------------------------------------------------- schema (current)
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
+)
+
+sweeps = sa.Table(
+    "sweeps",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("executor", sa.String(20), nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("gamma", sa.Float, nullable=False),
+    sa.Column("eta", sa.Float, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),  # JSON of RunConfig.to_dict()
+    sa.Column("shape_key", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("started", sa.Float),
+    sa.Column("ended", sa.Float),
+    sa.Column("heartbeat", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("diverged_step", sa.BigInteger),
+    sa.Column("steps_done", sa.BigInteger),
+    sa.Column("summary", sa.Text),  # JSON dict[str, float]
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    # v2: depth L and width N as columns, so the overlays' x transforms need no JSON parsing
+    sa.Column("depth", sa.Integer),
+    sa.Column("width", sa.Integer),
+)
+
+sweep_runs = sa.Table(
+    "sweep_runs",
+    metadata,
+    sa.Column("sweep_id", sa.String(64), sa.ForeignKey("sweeps.id"), primary_key=True),
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.run_id"), primary_key=True),
+    sa.Column("added", sa.Float, nullable=False),
+)
+sa.Index("ix_sweep_runs_run", sweep_runs.c.run_id)
+sa.Index("ix_runs_status", runs.c.status)
+
+
+# ----------------------------------------------------------------------------- migrations
+# Ordered steps: MIGRATIONS[v] brings a database at version v to v + 1. Version 0 is "empty".
+# Never edit a released step; append a new one and bump SCHEMA_VERSION.
+
+
+def _v0_to_v1(conn: Connection) -> None:
+    """The first released schema (no depth/width columns)."""
+    conn.exec_driver_sql(
+        "CREATE TABLE sweeps (id VARCHAR(64) PRIMARY KEY, name VARCHAR(200) NOT NULL, "
+        "owner VARCHAR(200) NOT NULL, created FLOAT NOT NULL, spec TEXT NOT NULL, "
+        "status VARCHAR(20) NOT NULL, executor VARCHAR(20) NOT NULL)"
+    )
+    conn.exec_driver_sql(
+        "CREATE TABLE runs (run_id VARCHAR(64) PRIMARY KEY, gamma FLOAT NOT NULL, eta FLOAT NOT NULL, "
+        "seed INTEGER NOT NULL, config TEXT NOT NULL, shape_key VARCHAR(64) NOT NULL, "
+        "status VARCHAR(20) NOT NULL, attempt INTEGER NOT NULL, worker VARCHAR(200), created FLOAT NOT NULL, "
+        "started FLOAT, ended FLOAT, heartbeat FLOAT, error TEXT, diverged_step BIGINT, steps_done BIGINT, "
+        "summary TEXT, cancel_requested BOOLEAN NOT NULL)"
+    )
+    conn.exec_driver_sql(
+        "CREATE TABLE sweep_runs (sweep_id VARCHAR(64) NOT NULL REFERENCES sweeps (id), "
+        "run_id VARCHAR(64) NOT NULL REFERENCES runs (run_id), added FLOAT NOT NULL, "
+        "PRIMARY KEY (sweep_id, run_id))"
+    )
+    conn.exec_driver_sql("CREATE INDEX ix_sweep_runs_run ON sweep_runs (run_id)")
+    conn.exec_driver_sql("CREATE INDEX ix_runs_status ON runs (status)")
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Add depth (L) and width (N) columns, backfilled from each run's config JSON."""
+    conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN depth INTEGER")
+    conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN width INTEGER")
+    rows = conn.execute(sa.select(runs.c.run_id, runs.c.config)).all()
+    for run_id, config in rows:
+        depth, width = _depth_width(json.loads(config))
+        conn.execute(runs.update().where(runs.c.run_id == run_id).values(depth=depth, width=width))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v0_to_v1, _v1_to_v2]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _depth_width(config: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    model = config.get("model", {}) if isinstance(config, Mapping) else {}
+    depth, width = model.get("depth"), model.get("width")
+    return (depth if isinstance(depth, int) else None, width if isinstance(width, int) else None)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What the registry needs to know about a cell (storage does not import engine)."""
+
+    run_id: str
+    config: dict[str, Any]
+    shape_key: str
+    gamma: float
+    eta: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> NewRun:
+        """From anything shaped like engine.config.RunConfig (run_id, shape_key, to_dict(), γ, η, seed)."""
+        if isinstance(cfg, NewRun):
+            return cfg
+        return cls(cfg.run_id, cfg.to_dict(), cfg.shape_key, float(cfg.gamma), float(cfg.eta), int(cfg.seed))
+
+
+@dataclass(frozen=True)
+class AddResult:
+    new: list[str]  # run_ids inserted as queued
+    existing: list[str]  # run_ids already stored (linked to the sweep, result reused)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _clean_summary(summary: Mapping[str, Any] | None) -> dict[str, float | None]:
+    """JSON has no NaN/inf: keep the key, store None (a diverged run's loss is not a number)."""
+    out: dict[str, float | None] = {}
+    for key, value in (summary or {}).items():
+        v = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        out[str(key)] = v if v is not None and math.isfinite(v) else None
+    return out
+
+
+def sweep_rollup(counts: Mapping[str, int]) -> str:
+    """A sweep's status from its runs' status counts.
+
+    queued: nothing started; running: some work left; otherwise the worst terminal outcome
+    (failed/lost > cancelled > done; diverged runs are results, so they count as done).
+    """
+    total = sum(counts.values())
+    if total == 0:
+        return "empty"
+    active = counts.get("running", 0) + counts.get("queued", 0)
+    if counts.get("queued", 0) == total:
+        return "queued"
+    if active:
+        return "running"
+    if counts.get("failed", 0) or counts.get("lost", 0):
+        return "failed"
+    if counts.get("cancelled", 0):
+        return "cancelled"
+    return "done"
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+class Registry:
+    """Sweeps and runs. `url` is an SQLAlchemy URL; `schema` (PostgreSQL only) isolates a lab or a test."""
+
+    def __init__(self, url: str, *, schema: str | None = None, echo: bool = False):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if schema is not None and self.is_sqlite:
+            raise RegistryError("schema: only PostgreSQL registries take a schema name")
+        if schema is not None and not schema.replace("_", "").isalnum():
+            raise RegistryError(f"schema: letters, digits and _ only (got {schema!r})")
+        self.schema = schema
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = sa.create_engine(url, **kwargs)
+        if self.is_sqlite:
+            _sqlite_pragmas(engine)
+        if schema is not None:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+            # search_path (not schema_translate_map) so the raw DDL of the migrations lands there too
+            @event.listens_for(engine, "connect")
+            def _set_search_path(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute(f'SET search_path TO "{schema}"')
+                cur.close()
+                dbapi_conn.commit()
+
+            engine.dispose()  # the connection used above predates the hook
+        self.engine: Engine = engine
+        self._migrate()
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        """Bring the database to SCHEMA_VERSION, one ordered step at a time, each in a transaction."""
+        with self.engine.begin() as conn:
+            if self.is_sqlite:
+                pass  # BEGIN IMMEDIATE already serializes concurrent openers
+            else:
+                # Concurrent openers on PostgreSQL: one migrates, the others wait here.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7715533)")
+            insp = sa.inspect(conn)
+            if not insp.has_table("schema_version", schema=self.schema):
+                schema_version.create(conn)
+                has_runs = insp.has_table("runs", schema=self.schema)
+                if has_runs:
+                    raise RegistryError(
+                        "registry: found tables without a schema_version row; this is not a gamma-lab registry"
+                    )
+                conn.execute(schema_version.insert().values(version=0))
+            version = conn.execute(sa.select(schema_version.c.version)).scalar_one()
+            if version > SCHEMA_VERSION:
+                raise RegistryError(
+                    f"registry schema version {version} is newer than this gamma-lab ({SCHEMA_VERSION}); upgrade"
+                )
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
+                conn.execute(schema_version.update().values(version=version))
+
+    @property
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(schema_version.c.version)).scalar_one())
+
+    # -- sweeps
+
+    def create_sweep(
+        self, name: str, owner: str, spec: Mapping[str, Any], *, executor: str = "local",
+        sweep_id: str | None = None, now: float | None = None,
+    ) -> str:
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise RegistryError(f"name: must be 1-200 characters (got {name!r})")
+        if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
+            raise RegistryError(f"owner: must be 1-200 characters (got {owner!r})")
+        sweep_id = sweep_id or uuid.uuid4().hex[:12]
+        with self.engine.begin() as conn:
+            conn.execute(sweeps.insert().values(
+                id=sweep_id, name=name, owner=owner, created=now or time.time(), spec=_json(dict(spec)),
+                status="empty", executor=executor,
+            ))
+        return sweep_id
+
+    def add_runs(self, sweep_id: str, configs: Iterable[Any], *, now: float | None = None) -> AddResult:
+        """Insert new runs as queued and link all of them to the sweep. Existing runs keep their
+        status and stored result (a re-launched cell is found, not retrained)."""
+        items = [NewRun.from_config(c) for c in configs]
+        now = now or time.time()
+        new: list[str] = []
+        existing: list[str] = []
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(sweeps.c.id).where(sweeps.c.id == sweep_id)).first() is None:
+                raise RegistryError(f"sweep_id: no sweep {sweep_id!r}")
+            ids = [it.run_id for it in items]
+            stored = set()
+            for chunk in _chunks(ids, 500):
+                stored |= set(conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id.in_(chunk))).scalars())
+            linked = set(conn.execute(
+                sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_id)).scalars())
+            rows, links, seen = [], [], set()
+            for it in items:
+                if it.run_id in seen:
+                    continue
+                seen.add(it.run_id)
+                if it.run_id in stored:
+                    existing.append(it.run_id)
+                else:
+                    depth, width = _depth_width(it.config)
+                    rows.append(dict(
+                        run_id=it.run_id, gamma=it.gamma, eta=it.eta, seed=it.seed, config=_json(it.config),
+                        shape_key=it.shape_key, status="queued", attempt=0, created=now,
+                        cancel_requested=False, depth=depth, width=width,
+                    ))
+                    new.append(it.run_id)
+                if it.run_id not in linked:
+                    links.append(dict(sweep_id=sweep_id, run_id=it.run_id, added=now))
+            if rows:
+                conn.execute(runs.insert(), rows)
+            if links:
+                conn.execute(sweep_runs.insert(), links)
+            self._refresh_sweeps(conn, [sweep_id])
+        return AddResult(new=new, existing=existing)
+
+    def _counts(self, conn: Connection, sweep_ids: Sequence[str] | None) -> dict[str, dict[str, int]]:
+        q = (sa.select(sweep_runs.c.sweep_id, runs.c.status, sa.func.count())
+             .join(runs, runs.c.run_id == sweep_runs.c.run_id)
+             .group_by(sweep_runs.c.sweep_id, runs.c.status))
+        if sweep_ids is not None:
+            q = q.where(sweep_runs.c.sweep_id.in_(list(sweep_ids)))
+        out: dict[str, dict[str, int]] = {}
+        for sid, status, n in conn.execute(q):
+            out.setdefault(sid, {})[status] = int(n)
+        return out
+
+    def _refresh_sweeps(self, conn: Connection, sweep_ids: Sequence[str]) -> None:
+        counts = self._counts(conn, sweep_ids)
+        for sid in sweep_ids:
+            conn.execute(sweeps.update().where(sweeps.c.id == sid)
+                         .values(status=sweep_rollup(counts.get(sid, {}))))
+
+    def _refresh_for_runs(self, conn: Connection, run_ids: Sequence[str]) -> None:
+        sids: set[str] = set()
+        for chunk in _chunks(list(run_ids), 500):
+            sids |= set(conn.execute(
+                sa.select(sweep_runs.c.sweep_id).where(sweep_runs.c.run_id.in_(chunk))).scalars())
+        if sids:
+            self._refresh_sweeps(conn, sorted(sids))
+
+    @staticmethod
+    def _sweep_dict(row: Any, counts: dict[str, int]) -> dict[str, Any]:
+        d = dict(row._mapping)
+        d["spec"] = json.loads(d["spec"])
+        d["counts"] = {s: counts.get(s, 0) for s in RUN_STATUSES}
+        d["n_runs"] = sum(counts.values())
+        d["status"] = sweep_rollup(counts)  # always fresh, whatever the stored column says
+        return d
+
+    def list_sweeps(self, *, owner: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Newest first, each with `counts` per run status, `n_runs` and the rolled-up `status`."""
+        q = sa.select(sweeps).order_by(sweeps.c.created.desc())
+        if owner is not None:
+            q = q.where(sweeps.c.owner == owner)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+            counts = self._counts(conn, [r.id for r in rows]) if rows else {}
+        return [self._sweep_dict(r, counts.get(r.id, {})) for r in rows]
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(sweeps).where(sweeps.c.id == sweep_id)).first()
+            if row is None:
+                return None
+            counts = self._counts(conn, [sweep_id]).get(sweep_id, {})
+        return self._sweep_dict(row, counts)
+
+    def sweep_status(self, sweep_id: str) -> str:
+        sweep = self.get_sweep(sweep_id)
+        if sweep is None:
+            raise RegistryError(f"sweep_id: no sweep {sweep_id!r}")
+        return str(sweep["status"])
+
+    def sweeps_of_run(self, run_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(sweep_runs.c.sweep_id).where(sweep_runs.c.run_id == run_id)).scalars())
+
+    # -- runs (read)
+
+    @staticmethod
+    def _run_dict(row: Any) -> dict[str, Any]:
+        d = dict(row._mapping)
+        d["config"] = json.loads(d["config"])
+        d["summary"] = json.loads(d["summary"]) if d["summary"] else {}
+        d["cancel_requested"] = bool(d["cancel_requested"])
+        return d
+
+    def list_runs(
+        self, sweep_id: str, *, status: str | Sequence[str] | None = None, gamma: float | None = None,
+        eta: float | None = None, seed: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Runs of a sweep ordered by (γ, η, seed), optionally filtered."""
+        q = (sa.select(runs).join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
+             .where(sweep_runs.c.sweep_id == sweep_id)
+             .order_by(runs.c.gamma, runs.c.eta, runs.c.seed))
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            bad = sorted(set(statuses) - set(RUN_STATUSES))
+            if bad:
+                raise RegistryError(f"status: {bad[0]!r} is not one of {', '.join(RUN_STATUSES)}")
+            q = q.where(runs.c.status.in_(statuses))
+        if gamma is not None:
+            q = q.where(runs.c.gamma == float(gamma))
+        if eta is not None:
+            q = q.where(runs.c.eta == float(eta))
+        if seed is not None:
+            q = q.where(runs.c.seed == int(seed))
+        with self.engine.connect() as conn:
+            return [self._run_dict(r) for r in conn.execute(q)]
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+        return None if row is None else self._run_dict(row)
+
+    def get_runs(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Runs in the order asked; unknown ids are left out."""
+        found: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(run_ids), 500):
+                for r in conn.execute(sa.select(runs).where(runs.c.run_id.in_(chunk))):
+                    found[r.run_id] = self._run_dict(r)
+        return [found[i] for i in run_ids if i in found]
+
+    def existing_run_ids(self, run_ids: Iterable[str]) -> set[str]:
+        ids = list(set(run_ids))
+        out: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids, 500):
+                out |= set(conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id.in_(chunk))).scalars())
+        return out
+
+    # -- runs (status transitions; each returns whether it applied)
+
+    def mark_running(self, run_id: str, attempt: int, worker: str, *, now: float | None = None) -> bool:
+        """queued/lost/running -> running for the current attempt. An old attempt's event is ignored."""
+        now = now or time.time()
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                runs.update()
+                .where(runs.c.run_id == run_id, runs.c.attempt == attempt,
+                       runs.c.status.in_(("queued", "running", "lost")))
+                .values(status="running", worker=worker, started=now, heartbeat=now, ended=None)
+            )
+            if res.rowcount:
+                self._refresh_for_runs(conn, [run_id])
+        return bool(res.rowcount)
+
+    def heartbeat(self, run_ids: Sequence[str], attempt: int, worker: str, *, now: float | None = None) -> int:
+        """Refresh liveness. A run marked lost whose worker turns out alive goes back to running."""
+        now = now or time.time()
+        n = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(run_ids), 500):
+                res = conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id.in_(chunk), runs.c.attempt == attempt,
+                           runs.c.status.in_(("running", "lost")))
+                    .values(status="running", heartbeat=now, worker=worker)
+                )
+                n += res.rowcount
+        return n
+
+    def finish(
+        self, run_id: str, attempt: int, status: str, *, steps_done: int | None = None,
+        diverged_step: int | None = None, summary: Mapping[str, Any] | None = None,
+        error: str | None = None, now: float | None = None,
+    ) -> bool:
+        """Record the outcome of `attempt`. Ignored (False) if a newer attempt has been queued since."""
+        if status not in FINISH_STATUSES:
+            raise RegistryError(f"status: must be one of {', '.join(FINISH_STATUSES)} (got {status!r})")
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                runs.update()
+                .where(runs.c.run_id == run_id, runs.c.attempt == attempt)
+                .values(status=status, ended=now or time.time(), steps_done=steps_done,
+                        diverged_step=diverged_step, summary=_json(_clean_summary(summary)),
+                        error=(error[:20_000] if error else None))
+            )
+            if res.rowcount:
+                self._refresh_for_runs(conn, [run_id])
+        return bool(res.rowcount)
+
+    def _resolve_ids(self, conn: Connection, sweep_or_run_id: str) -> list[str]:
+        if conn.execute(sa.select(sweeps.c.id).where(sweeps.c.id == sweep_or_run_id)).first() is not None:
+            return list(conn.execute(
+                sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_or_run_id)).scalars())
+        if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == sweep_or_run_id)).first() is not None:
+            return [sweep_or_run_id]
+        raise RegistryError(f"id: {sweep_or_run_id!r} is neither a sweep nor a run")
+
+    def run_ids_for(self, sweep_or_run_id: str) -> list[str]:
+        """The runs a sweep id names, or [run_id] for a run id (RegistryError if neither)."""
+        with self.engine.connect() as conn:
+            return self._resolve_ids(conn, sweep_or_run_id)
+
+    def request_cancel(self, sweep_or_run_id: str, *, now: float | None = None) -> int:
+        """Cooperative cancel: flag the runs; queued ones become cancelled at once (workers skip them),
+        running ones stop at their next flush and report `cancelled`. Returns how many were flagged."""
+        with self.engine.begin() as conn:
+            ids = self._resolve_ids(conn, sweep_or_run_id)
+            n = 0
+            for chunk in _chunks(ids, 500):
+                active = runs.c.status.in_(("queued", "running"))
+                n += conn.execute(runs.update().where(runs.c.run_id.in_(chunk), active)
+                                  .values(cancel_requested=True)).rowcount
+                conn.execute(runs.update().where(runs.c.run_id.in_(chunk), runs.c.status == "queued")
+                             .values(status="cancelled", ended=now or time.time()))
+            self._refresh_for_runs(conn, ids)
+        return n
+
+    def is_cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
+        """The subset of run_ids whose cancel flag is set (workers poll this at every flush)."""
+        out: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(run_ids), 500):
+                out |= set(conn.execute(sa.select(runs.c.run_id).where(
+                    runs.c.run_id.in_(chunk), runs.c.cancel_requested.is_(True))).scalars())
+        return out
+
+    def mark_lost(self, older_than: float, *, now: float | None = None) -> list[str]:
+        """Running runs whose last heartbeat is more than `older_than` seconds old become `lost`."""
+        cutoff = (now or time.time()) - older_than
+        with self.engine.begin() as conn:
+            stale = sa.func.coalesce(runs.c.heartbeat, runs.c.started, runs.c.created) < cutoff
+            ids = list(conn.execute(sa.select(runs.c.run_id).where(runs.c.status == "running", stale)).scalars())
+            if ids:
+                for chunk in _chunks(ids, 500):
+                    conn.execute(runs.update().where(runs.c.run_id.in_(chunk), runs.c.status == "running")
+                                 .values(status="lost", error="no heartbeat for more than "
+                                         f"{older_than:g} s (worker died or was disconnected)"))
+                self._refresh_for_runs(conn, ids)
+        return ids
+
+    def reset_for_rerun(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """Queue runs again as a new attempt (attempt += 1). Returns run_id -> new attempt.
+
+        Points of older attempts stay in the metric store keyed by their attempt; events of an
+        older attempt that arrive late are ignored by mark_running/heartbeat/finish."""
+        out: dict[str, int] = {}
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(run_ids), 500):
+                conn.execute(runs.update().where(runs.c.run_id.in_(chunk)).values(
+                    attempt=runs.c.attempt + 1, status="queued", worker=None, started=None, ended=None,
+                    heartbeat=None, error=None, diverged_step=None, steps_done=None, summary=None,
+                    cancel_requested=False))
+                for rid, att in conn.execute(sa.select(runs.c.run_id, runs.c.attempt)
+                                             .where(runs.c.run_id.in_(chunk))):
+                    out[rid] = int(att)
+            self._refresh_for_runs(conn, list(out))
+        return out
+
+
+def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" hook emit BEGIN itself (pysqlite's own BEGIN is deferred).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, and vice versa
+        cur.execute("PRAGMA busy_timeout=30000")  # several processes write: wait, don't fail
+        cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a commit is not an fsync
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

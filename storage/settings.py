@@ -1,0 +1,176 @@
+"""Settings: one frozen object, one documented reason per setting.
+
+Precedence: explicit overrides > environment variables > `<data_dir>/settings.toml` > defaults.
+Every process (dashboard, CLI, recorder, workers) calls `load_settings()` and sees the same values,
+so a lab deployment changes behaviour by environment only (docker compose) and a laptop by a TOML
+file beside its data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_DATA = "GAMMA_LAB_DATA"
+ENV_REGISTRY = "GAMMA_LAB_REGISTRY_URL"
+ENV_BROKER = "GAMMA_LAB_BROKER_URL"
+ENV_PREFIX = "GAMMA_LAB_"
+
+
+class SettingsError(ValueError):
+    """A setting is not allowed. `field` names the setting."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live and how the pieces talk.
+
+    data_dir      -- the one folder that holds everything a lab keeps (registry, metrics, spool,
+                     datasets); dataset paths in specs are resolved inside it and nowhere else.
+    registry_url  -- SQLAlchemy URL of the sweeps/runs registry. SQLite in data_dir for one machine;
+                     a PostgreSQL URL when several machines (GPU workers, a lab server) share it.
+    broker_url    -- Redis URL. None means embedded mode: local worker processes and a spool
+                     directory instead of Redis Streams, so a laptop needs no services.
+    metrics_path  -- the DuckDB file. Only the recorder opens it read-write (DuckDB allows one
+                     read-write process per file).
+    spool_dir     -- embedded-mode event bus: workers drop event files here, the recorder ingests.
+    heartbeat_s   -- how often workers publish a heartbeat; cheap, and bounds how fast a dead
+                     worker is noticed.
+    lost_after_s  -- a running run without a heartbeat for this long is marked `lost`; several
+                     heartbeats long so one slow step (e.g. a sharpness eval) does not trip it.
+    max_cells     -- refuse sweeps larger than this before queueing: a typo in a grid (1e3 values
+                     instead of 1e1) should not flood the queue.
+    workers       -- local worker processes in embedded mode (one per core or device by default).
+    """
+
+    data_dir: Path
+    registry_url: str
+    broker_url: str | None
+    metrics_path: Path
+    spool_dir: Path
+    heartbeat_s: float = 10.0
+    lost_after_s: float = 120.0
+    max_cells: int = 10_000
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_s", "lost_after_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise SettingsError(name, f"must be a number of seconds > 0 (got {value!r})")
+            object.__setattr__(self, name, float(value))
+        if self.lost_after_s < 2 * self.heartbeat_s:
+            raise SettingsError(
+                "lost_after_s",
+                f"must be at least 2 x heartbeat_s={self.heartbeat_s} so one late heartbeat does not "
+                f"mark a healthy run lost (got {self.lost_after_s})",
+            )
+        for name, low in (("max_cells", 1), ("workers", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SettingsError(name, f"must be an integer >= {low} (got {value!r})")
+        if not isinstance(self.registry_url, str) or "://" not in self.registry_url:
+            raise SettingsError(
+                "registry_url", f"must be an SQLAlchemy URL like sqlite:///path or postgresql+psycopg://... "
+                f"(got {self.registry_url!r})"
+            )
+        if self.broker_url is not None and not str(self.broker_url).startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("broker_url", f"must be a redis:// URL or unset (got {self.broker_url!r})")
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: spool directory + local workers."""
+        return self.broker_url is None
+
+    def resolve_data_path(self, rel: str | os.PathLike[str]) -> Path:
+        """Resolve `rel` inside data_dir; refuse absolute paths, '..' and symlinks that lead outside.
+
+        User text (a spec's data.path, a form field) reaches the filesystem only through here.
+        """
+        text = os.fspath(rel)
+        if not isinstance(text, str) or not text.strip():
+            raise SettingsError("data.path", "must be a non-empty path relative to the data folder")
+        if "\x00" in text:
+            raise SettingsError("data.path", "must not contain NUL characters")
+        candidate = Path(text)
+        if candidate.is_absolute() or text.startswith(("/", "\\")):
+            raise SettingsError(
+                "data.path", f"must be relative to the data folder {self.data_dir} (got absolute path {text!r})"
+            )
+        if ".." in text.replace("\\", "/").split("/"):
+            raise SettingsError("data.path", f"must not contain '..'; stay inside the data folder (got {text!r})")
+        root = self.data_dir.resolve()
+        # resolve() follows symlinks, so a link inside data_dir pointing elsewhere is caught here.
+        resolved = (root / candidate).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise SettingsError(
+                "data.path", f"{text!r} resolves to {resolved}, outside the data folder {root} (symlink?)"
+            )
+        return resolved
+
+    def ensure_dirs(self) -> None:
+        """Create the data and spool folders (idempotent)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Settings)}
+_NUMERIC = {"heartbeat_s": float, "lost_after_s": float, "max_cells": int, "workers": int}
+
+
+def _env_value(name: str, raw: str) -> Any:
+    if name in _NUMERIC:
+        try:
+            return _NUMERIC[name](raw)
+        except ValueError:
+            raise SettingsError(name, f"environment {ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
+    if name == "broker_url" and raw.strip() == "":
+        return None
+    return raw
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from overrides > environment > <data_dir>/settings.toml > defaults.
+
+    Environment names are GAMMA_LAB_<FIELD> (GAMMA_LAB_DATA for data_dir, GAMMA_LAB_REGISTRY_URL,
+    GAMMA_LAB_BROKER_URL, GAMMA_LAB_HEARTBEAT_S, ...). An empty GAMMA_LAB_BROKER_URL means embedded.
+    """
+    unknown = sorted(set(overrides) - _FIELDS)
+    if unknown:
+        raise SettingsError(unknown[0], f"unknown setting; allowed are {', '.join(sorted(_FIELDS))}")
+    data_dir = Path(overrides.get("data_dir") or os.environ.get(ENV_DATA) or "./data").expanduser()
+    values: dict[str, Any] = {}
+    toml_path = data_dir / "settings.toml"
+    if toml_path.is_file():
+        try:
+            file_values = tomllib.loads(toml_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError("settings.toml", f"{toml_path} is not valid TOML: {exc}") from None
+        bad = sorted(set(file_values) - (_FIELDS - {"data_dir"}))
+        if bad:
+            raise SettingsError(bad[0], f"unknown setting in {toml_path}; allowed are {', '.join(sorted(_FIELDS))}")
+        values.update(file_values)
+    env_names = {"registry_url": ENV_REGISTRY, "broker_url": ENV_BROKER}
+    for name in _FIELDS - {"data_dir"}:
+        env = env_names.get(name, ENV_PREFIX + name.upper())
+        if env in os.environ:
+            values[name] = _env_value(name, os.environ[env])
+    values.update({k: v for k, v in overrides.items() if k != "data_dir"})
+    data_dir = data_dir.resolve()
+    values.setdefault("registry_url", f"sqlite:///{data_dir / 'registry.sqlite'}")
+    values.setdefault("broker_url", None)
+    for name, default in (("metrics_path", data_dir / "metrics.duckdb"), ("spool_dir", data_dir / "spool")):
+        value = Path(values.get(name, default)).expanduser()
+        values[name] = value if value.is_absolute() else data_dir / value
+    values.setdefault("workers", max(1, (os.cpu_count() or 1)))
+    return Settings(data_dir=data_dir, **values)

@@ -86,13 +86,18 @@ def _publish_fn(publisher: Any) -> Callable[[dict[str, Any]], None]:
     raise TypeError("publisher: needs a publish(event) method")
 
 
-def _new_attempts(settings: Any, unit: WorkUnit) -> list[int]:
-    """A redelivered unit (its first execution died) trains as a NEW attempt so no point is duplicated."""
+def _redelivered_attempts(settings: Any, unit: WorkUnit) -> dict[str, int]:
+    """A redelivered unit (its first execution died) trains as a NEW attempt, so no point is
+    duplicated. Runs that ended meanwhile, or were rerun (their attempt moved on), are skipped:
+    the returned dict holds only the runs to train, run_id -> new attempt."""
     from storage.registry import Registry
 
+    planned = dict(zip(unit.run_ids, unit.attempts, strict=True))
     with Registry(settings.registry_url) as reg:
-        fresh = reg.reset_for_rerun(unit.run_ids)
-    return [fresh.get(r, a + 1) for r, a in zip(unit.run_ids, unit.attempts, strict=True)]
+        rows = reg.get_runs(unit.run_ids)
+        again = [r["run_id"] for r in rows
+                 if r["attempt"] == planned[r["run_id"]] and r["status"] in ("queued", "running", "lost")]
+        return reg.reset_for_rerun(again) if again else {}
 
 
 def run_unit(
@@ -113,8 +118,13 @@ def run_unit(
 
     publish = _publish_fn(publisher)
     unit = WorkUnit.from_json(unit_json)
-    attempts = _new_attempts(settings, unit) if redelivered else list(unit.attempts)
-    attempt_of = dict(zip(unit.run_ids, attempts, strict=True))
+    attempt_of = dict(zip(unit.run_ids, unit.attempts, strict=True))
+    if redelivered:
+        attempt_of = _redelivered_attempts(settings, unit)
+        unit = WorkUnit(unit.unit_id, [c for c in unit.configs if c.run_id in attempt_of],
+                        [attempt_of[r] for r in unit.run_ids if r in attempt_of], unit.device, unit.sweep_id)
+        if not unit.configs:
+            return []
     me = worker_name()
     finished: dict[str, dict[str, Any]] = {}
 

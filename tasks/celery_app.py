@@ -1,0 +1,105 @@
+"""Celery over Redis: every setting in one place, each with the reason it is set.
+
+Start a worker with `gamma-lab worker --queue gpu --device cuda:0` (see app.cli), or directly:
+    GAMMA_LAB_BROKER_URL=redis://host:6379/0 celery -A tasks.celery_app worker -Q cpu -P solo
+
+The task is thin: a work unit's JSON in, events out through storage's bus (Redis Streams), a small
+summary back. Tensors never travel through the broker. No result backend: the registry and the
+metric store are where results live.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery, signals
+
+log = logging.getLogger("gamma_lab.celery")
+
+TASK_NAME = "gamma_lab.run_unit"
+QUEUES = ("cpu", "gpu")  # one queue per device class: a GPU worker never takes a CPU unit and vice versa
+# Redis redelivers a task not acknowledged within the visibility timeout (default 1 h). With
+# acks_late a task is acknowledged only when it ends, so a unit longer than the timeout would be
+# handed to a second worker and trained twice. 48 h is above any unit the planner makes (it splits
+# big groups); tasks.api raises it further per sweep if the planner's estimate says so.
+VISIBILITY_TIMEOUT_S = 48 * 3600
+
+app = Celery("gamma_lab")
+
+
+def configure(broker_url: str | None = None) -> Celery:
+    """Apply the settings. The broker URL comes from storage.settings (GAMMA_LAB_BROKER_URL)."""
+    if broker_url is None:
+        from storage.settings import load_settings
+
+        broker_url = load_settings().broker_url
+    app.conf.update(
+        broker_url=broker_url or "redis://127.0.0.1:6379/0",
+        # No result backend: results are events on the bus; the registry holds statuses.
+        result_backend=None,
+        task_ignore_result=True,
+        # JSON only: a unit is JSON, and pickle from a broker is code execution.
+        task_serializer="json",
+        accept_content=["json"],
+        # Acknowledge when the unit ends, not when it is received: a worker that dies mid-unit leaves
+        # the message in Redis to be redelivered (then trained as a new attempt, tasks.worker).
+        task_acks_late=True,
+        # ...and the same when the worker process is killed (SIGKILL, OOM): requeue, do not drop.
+        task_reject_on_worker_lost=True,
+        # One unit at a time per worker process: a unit can take hours; prefetching a second one
+        # would hold it hostage behind the first while other workers sit idle.
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        task_default_queue="cpu",
+        task_create_missing_queues=True,
+        # The broker may be restarted under a long-lived worker: keep trying instead of exiting.
+        broker_connection_retry_on_startup=True,
+        # Workers log their own lines; do not hijack the root logger of the process (tests, CLI).
+        worker_hijack_root_logger=False,
+        # Events for `celery events`/flower are not needed; our bus carries progress.
+        worker_send_task_events=False,
+    )
+    return app
+
+
+
+
+def _broker_from_settings() -> str | None:
+    try:
+        from storage.settings import load_settings
+
+        return load_settings().broker_url
+    except ValueError:  # a bad settings file: the CLI reports it; importing this module must not fail
+        return os.environ.get("GAMMA_LAB_BROKER_URL") or None
+
+
+configure(_broker_from_settings())
+
+
+def queue_for(device: str) -> str:
+    return "cpu" if device == "cpu" else "gpu"
+
+
+@app.task(name=TASK_NAME, bind=True)
+def run_unit_task(self: Any, unit_json: str) -> dict[str, Any]:
+    """Train one unit. JSON in; events out through the bus; a tiny status summary returned."""
+    from storage.bus import open_publisher
+    from storage.settings import load_settings
+    from tasks.worker import run_unit, set_torch_threads
+
+    settings = load_settings()
+    set_torch_threads(None)
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    device = os.environ.get("GAMMA_LAB_WORKER_DEVICE") or None
+    with open_publisher(settings) as publisher:
+        finished = run_unit(unit_json, settings, publisher, device=device, redelivered=redelivered)
+    return {"statuses": {e["run_id"]: e["status"] for e in finished}}
+
+
+@signals.worker_process_init.connect
+def _no_inherited_cuda(**_: Any) -> None:
+    # A forked pool child must not inherit an initialized CUDA context (it would crash on first use);
+    # GPU workers use the solo pool, and nothing here initializes CUDA in the parent.
+    os.environ.setdefault("GAMMA_LAB_FORKED_CHILD", "1")

@@ -10,6 +10,7 @@ import numpy as np
 
 from app.logic.figures import Curve
 from app.logic.grid import HeatmapGrid
+from engine import analysis
 
 STATS = {"final": "final value", "best": "best value", "at_step": "value at step t",
          "steps_to": "steps to reach a threshold"}
@@ -17,87 +18,76 @@ AGGS = ("mean", "median", "min")
 
 
 @dataclass(frozen=True)
-class PowerLawFit:
-    """η = prefactor · γ^slope fitted in log-log space; `stderr` is the slope's standard error."""
+class FitLabel:
+    """A fitted power law η = prefactor · γ^slope (engine.analysis.fit_power_law) and its name."""
 
     name: str
-    slope: float
-    stderr: float
-    prefactor: float
-    n: int
+    fit: analysis.PowerLawFit
 
     def label(self) -> str:
-        err = "n/a" if not math.isfinite(self.stderr) else f"{self.stderr:.2f}"
-        return f"{self.name}: slope {self.slope:.2f} ± {err} (n={self.n})"
+        err = self.fit.slope_stderr
+        err_text = "n/a" if not math.isfinite(err) else f"{err:.2f}"
+        return f"{self.name}: slope {self.fit.slope:.2f} ± {err_text} (n={self.fit.n})"
 
 
-def fit_power_law(x: np.ndarray, y: np.ndarray, name: str) -> PowerLawFit | None:
-    """Least squares of log y on log x. Needs two points; stderr needs three (NaN otherwise)."""
-    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    lx, ly = np.log(x[keep]), np.log(y[keep])
-    n = lx.size
-    if n < 2 or np.ptp(lx) == 0:
-        return None
-    slope, intercept = np.polyfit(lx, ly, 1)
-    stderr = math.nan
-    if n > 2:
-        resid = ly - (slope * lx + intercept)
-        stderr = math.sqrt(float(resid @ resid) / (n - 2) / float(((lx - lx.mean()) ** 2).sum()))
-    return PowerLawFit(name, float(slope), stderr, float(math.exp(intercept)), int(n))
-
-
-def eta_star(grid: HeatmapGrid, *, lower_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Per γ with at least one ok cell: the η of the best ok value (η*, the ridge). (k,), (k,)."""
+def ridge(grid: HeatmapGrid, *, lower_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """η*(γ) per γ with an ok cell (engine.analysis.eta_star: parabola around the grid minimum).
+    Only ok cells take part: diverged/running/missing ones are NaN. Returns (k,), (k,)."""
     ok = grid.ok_values()  # (E, G)
+    if not lower_is_better:  # an accuracy: minimise the error instead
+        ok = 1.0 - ok
     gs, es = [], []
     for j, gamma in enumerate(grid.gammas):
-        col = ok[:, j]
-        if np.all(np.isnan(col)):
-            continue
-        i = int(np.nanargmin(col) if lower_is_better else np.nanargmax(col))
-        gs.append(gamma)
-        es.append(grid.etas[i])
+        found = analysis.eta_star(grid.etas, ok[:, j])
+        if found.value is not None:
+            gs.append(gamma)
+            es.append(found.value)
     return np.asarray(gs), np.asarray(es)
 
 
-def eta_max(grid: HeatmapGrid) -> tuple[np.ndarray, np.ndarray]:
-    """Per γ: the largest η whose cell finished without diverging, when some larger η diverged
-    (otherwise the boundary lies above the grid and is not drawn). (k,), (k,)."""
+def boundary(grid: HeatmapGrid) -> tuple[np.ndarray, np.ndarray]:
+    """η_max(γ) per γ where the grid brackets it (a stable η below a diverged one); cells still
+    running or missing are left out. Returns (k,), (k,)."""
     gs, es = [], []
     for j, gamma in enumerate(grid.gammas):
         col = grid.status[:, j]
-        ok_idx = np.flatnonzero(col == "ok")
-        div_idx = np.flatnonzero(col == "diverged")
-        if ok_idx.size == 0 or div_idx.size == 0:
+        known = (col == "ok") | (col == "diverged")
+        if known.sum() < 2:
             continue
-        top_ok = int(ok_idx.max())
-        if div_idx.max() > top_ok:
+        lower, upper = analysis.eta_max_bracket(grid.etas[known], col[known] == "diverged")
+        if lower is not None and upper is not None:
             gs.append(gamma)
-            es.append(grid.etas[top_ok])
+            es.append(lower)
     return np.asarray(gs), np.asarray(es)
+
+
+def _fit(name: str, x: np.ndarray, y: np.ndarray) -> FitLabel | None:
+    try:
+        return FitLabel(name, analysis.fit_power_law(x, y))
+    except ValueError:  # fewer than two usable points: nothing to fit yet
+        return None
 
 
 def overlay_curves(grid: HeatmapGrid, depth: int, *, show: tuple[str, ...] = ("ridge", "boundary", "fits",
                                                                               "theory"),
-                   lower_is_better: bool = True) -> tuple[list[Curve], list[PowerLawFit]]:
+                   lower_is_better: bool = True) -> tuple[list[Curve], list[FitLabel]]:
     """Curves to draw and the fits to report. Theory lines are anchored at the ridge's end points:
     γ² through the smallest-γ ridge point (lazy side), γ^(2/L) through the largest (rich side)."""
     curves: list[Curve] = []
-    fits: list[PowerLawFit] = []
-    rg, re = eta_star(grid, lower_is_better=lower_is_better)
-    bg, be = eta_max(grid)
+    fits: list[FitLabel] = []
+    rg, re = ridge(grid, lower_is_better=lower_is_better)
+    bg, be = boundary(grid)
     if "ridge" in show and rg.size:
         curves.append(Curve("η* ridge", rg, re, colour="white", markers=True))
     if "boundary" in show and bg.size:
         curves.append(Curve("η_max boundary", bg, be, colour="#ff6f61", markers=True, dash="dot"))
     if "fits" in show:
         for name, g, e, colour in (("fit η*", rg, re, "#e0e0e0"), ("fit η_max", bg, be, "#ffb3a7")):
-            fit = fit_power_law(g, e, name)
+            fit = _fit(name, g, e)
             if fit is not None:
                 fits.append(fit)
                 xs = np.geomspace(g.min(), g.max(), 20)
-                curves.append(Curve(f"{fit.label()}", xs, fit.prefactor * xs**fit.slope, dash="dash",
-                                    colour=colour))
+                curves.append(Curve(fit.label(), xs, fit.fit.predict(xs), dash="dash", colour=colour))
     if "theory" in show and rg.size and grid.gammas.size:
         xs = np.geomspace(grid.gammas.min(), grid.gammas.max(), 30)
         g0, e0 = rg[0], re[0]

@@ -1,0 +1,61 @@
+"""Which runs a trajectories/overlays view shows: a row (fixed γ), a column (fixed η), one cell,
+the η* ridge, or a hand-picked set — chosen from a sweep's runs frame."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+MODES = {"row": "a row (fixed γ)", "column": "a column (fixed η)", "cell": "one cell (all seeds)",
+         "ridge": "the η* ridge (best η per γ)", "pick": "hand-picked runs"}
+MAX_RUNS = 200  # beyond this a figure stops being readable and costly to draw
+
+
+def _close(values: pd.Series, target: float) -> np.ndarray:
+    return np.isclose(values.to_numpy(dtype=np.float64), target, rtol=1e-9, atol=0.0)
+
+
+def ridge_runs(runs: pd.DataFrame, metric_col: str = "final_train_loss") -> pd.DataFrame:
+    """Per γ, all seeds of the η whose seed-mean `metric_col` is lowest among finished, non-diverged runs."""
+    good = runs[(runs["status"] == "done") & np.isfinite(runs[metric_col].astype(float))]
+    if good.empty:
+        return runs.iloc[0:0]
+    means = good.groupby(["gamma", "eta"])[metric_col].mean().reset_index()
+    best = means.loc[means.groupby("gamma")[metric_col].idxmin(), ["gamma", "eta"]]
+    return runs.merge(best, on=["gamma", "eta"], how="inner")
+
+
+def select_runs(runs: pd.DataFrame, mode: str, *, gamma: float | None = None, eta: float | None = None,
+                picked: Sequence[str] = (), limit: int = MAX_RUNS) -> pd.DataFrame:
+    """Runs for a view mode (see MODES), at most `limit` of them (ordered by γ, η, seed)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {', '.join(MODES)} (got {mode!r})")
+    if mode == "row":
+        if gamma is None:
+            raise ValueError("gamma: a row needs a γ")
+        out = runs[_close(runs["gamma"], gamma)]
+    elif mode == "column":
+        if eta is None:
+            raise ValueError("eta: a column needs an η")
+        out = runs[_close(runs["eta"], eta)]
+    elif mode == "cell":
+        if gamma is None or eta is None:
+            raise ValueError("gamma, eta: a cell needs both")
+        out = runs[_close(runs["gamma"], gamma) & _close(runs["eta"], eta)]
+    elif mode == "ridge":
+        out = ridge_runs(runs)
+    else:
+        out = runs[runs["run_id"].isin(list(picked))]
+    return out.sort_values(["gamma", "eta", "seed"]).head(limit)
+
+
+def nearest(values: Sequence[float], target: float | None) -> float | None:
+    """The grid value nearest to target on a log scale (URL values may be rounded)."""
+    arr = np.asarray(sorted(set(values)), dtype=np.float64)
+    if arr.size == 0:
+        return None
+    if target is None or not np.isfinite(target) or target <= 0:
+        return float(arr[0])
+    return float(arr[int(np.argmin(np.abs(np.log(arr) - np.log(target))))])

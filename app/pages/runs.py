@@ -1,0 +1,90 @@
+"""Runs: every sweep (owner, created, progress by status, executor) and the runs of one, with filters
+and actions: cancel, rerun, add seeds, clone-and-edit. Counts refresh live."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.logic.source import filter_runs
+from app.logic.view_state import Field
+from app.ui import resources, sync_url, url_state
+
+P = "runs"
+STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
+SCHEMA = {"sweep": Field("str", None), "status": Field("list", [], choices=STATUSES), "q": Field("str", "")}
+
+res = resources()
+source = res.source
+settings = res.settings
+url_state(SCHEMA, P)
+st.title("Runs")
+
+
+@st.fragment(run_every=3.0)
+def sweeps_table() -> None:
+    sweeps = source.sweeps()
+    if sweeps.empty:
+        st.info("No sweeps yet: launch one on the Launch page.")
+        return
+    st.dataframe(
+        sweeps, hide_index=True, width="stretch",
+        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
+                       "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")},
+    )
+
+
+sweeps_table()
+sweeps = source.sweeps()
+if sweeps.empty:
+    st.stop()
+labels = {r.sweep_id: f"{r.name} · {r.owner} · {r.sweep_id}" for r in sweeps.itertuples()}
+if st.session_state.get(f"{P}.sweep") not in labels:
+    st.session_state[f"{P}.sweep"] = sweeps["sweep_id"].iloc[0]
+sweep_id = st.selectbox("Sweep", list(labels), key=f"{P}.sweep", format_func=labels.get)
+f1, f2 = st.columns([2, 1])
+f1.multiselect("Status", STATUSES, key=f"{P}.status")
+f2.text_input("Run id contains", key=f"{P}.q")
+sync_url(SCHEMA, P)
+
+a1, a2, a3, a4, a5 = st.columns(5)
+if a1.button("Cancel sweep", key=f"{P}.cancel"):
+    from tasks.api import cancel
+
+    cancel(settings, sweep_id)
+    st.toast(f"Cancel requested for {sweep_id}")
+if a2.button("Rerun unfinished", key=f"{P}.rerun", help="Runs that failed, were cancelled or lost"):
+    from tasks.api import rerun
+
+    rerun(settings, sweep_id)
+    st.toast(f"Rerun queued for {sweep_id}")
+extra = a3.text_input("Seeds to add", key=f"{P}.seeds", placeholder="e.g. 2, 3", label_visibility="collapsed")
+if a4.button("Add seeds", key=f"{P}.addseeds"):
+    try:
+        seeds = [int(s) for s in extra.replace(",", " ").split()]
+    except ValueError:
+        st.error(f"Seeds to add: whole numbers separated by commas (got {extra!r})")
+        seeds = []
+    if seeds:
+        from tasks.api import add_seeds
+
+        add_seeds(settings, sweep_id, seeds)
+        st.toast(f"Added seeds {seeds}")
+if a5.button("Clone and edit", key=f"{P}.clone"):
+    sweep = source.sweep(sweep_id) or {}
+    st.session_state["launch.clone"] = dict(sweep.get("spec", {}))
+    st.switch_page("pages/launch.py")
+
+
+@st.fragment(run_every=3.0)
+def runs_table() -> None:
+    runs = source.runs(sweep_id)
+    shown = filter_runs(runs, statuses=st.session_state[f"{P}.status"], text=st.session_state[f"{P}.q"])
+    st.caption(f"{len(shown):,} of {len(runs):,} runs")
+    st.dataframe(shown, hide_index=True, width="stretch")
+    st.download_button("Download runs (CSV)", shown.to_csv(index=False).encode(), file_name=f"runs-{sweep_id}.csv",
+                       mime="text/csv", key=f"{P}.csv")
+
+
+runs_table()
+st.page_link("pages/portrait.py", label="Phase portrait of this sweep", icon=":material/grid_on:",
+             query_params={"sweep": sweep_id})

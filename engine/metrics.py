@@ -1,0 +1,156 @@
+"""Diagnostics as pure functions (design.md §2). No I/O, no state: tensors in, tensors out.
+
+Shapes: K = ensemble members, B/P = batch/probe points, C = outputs, F = feature dimension.
+Every function works per member along the leading K axis, so one call serves a whole ensemble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def mse_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Mean over batch × classes of (f − y)². output (K, B, C), target (B, C) → (K,)."""
+    return (output - target).pow(2).mean(dim=(-2, -1))
+
+
+def xent_loss(output: Tensor, label: Tensor) -> Tensor:
+    """Softmax cross-entropy, mean over the batch. output (K, B, C), label (B,) long → (K,)."""
+    logp = torch.log_softmax(output, dim=-1)  # (K, B, C)
+    picked = logp.gather(-1, label.view(1, -1, 1).expand(output.shape[0], -1, 1))  # (K, B, 1)
+    return -picked.squeeze(-1).mean(dim=-1)
+
+
+def loss_fn(kind: str, output: Tensor, target: Tensor, label: Tensor) -> Tensor:
+    """Dispatch on the config's `train.loss` ('mse' | 'xent'). → (K,)."""
+    if kind == "mse":
+        return mse_loss(output, target)
+    if kind == "xent":
+        return xent_loss(output, label)
+    raise ValueError(f"train.loss: must be one of mse, xent (got {kind!r})")
+
+
+def accuracy(output: Tensor, label: Tensor) -> Tensor:
+    """Fraction of points whose argmax output is the label. output (K, B, C), label (B,) → (K,)."""
+    return (output.argmax(dim=-1) == label).to(output.dtype).mean(dim=-1)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def feature_kernel(features: Tensor) -> Tensor:
+    """Gram matrix of last-layer features Φ Φᵀ. features (K, P, F) → (K, P, P)."""
+    return features @ features.transpose(-1, -2)
+
+
+def _center(kernel: Tensor) -> Tensor:
+    """H K H with H = I − 11ᵀ/P: subtract row and column means, add back the grand mean. (..., P, P)."""
+    row = kernel.mean(dim=-1, keepdim=True)
+    col = kernel.mean(dim=-2, keepdim=True)
+    grand = kernel.mean(dim=(-2, -1), keepdim=True)
+    return kernel - row - col + grand
+
+
+def kernel_alignment(kernel: Tensor, target: Tensor, centered: bool = False) -> Tensor:
+    """Kernel–target alignment ⟨K, YYᵀ⟩_F / (‖K‖_F ‖YYᵀ‖_F); centered=True gives CKA (both centered).
+
+    kernel (K, P, P) (or (P, P)), target (P, C) → (K,) (or scalar). A zero kernel gives NaN
+    (alignment is undefined there), which is stored as is.
+    """
+    yy = target @ target.transpose(-1, -2)  # (P, P)
+    if centered:
+        kernel, yy = _center(kernel), _center(yy)
+    inner = (kernel * yy).sum(dim=(-2, -1))
+    return inner / (kernel.flatten(-2).norm(dim=-1) * yy.norm())
+
+
+def empirical_ntk(
+    fn: Callable[[Params, Tensor], Tensor], params: Params, x: Tensor, chunk: int = 1
+) -> Tensor:
+    """Class-summed empirical NTK Θ(x, x') = Σ_c ∂f_c(x)/∂θ · ∂f_c(x')/∂θ for every member.
+
+    fn(params_one, x) → (P, C) is one member's output; params holds stacked (K, ...) tensors;
+    x (P, ...) is the probe. Returns (K, P, P). Costs P·C backward passes per member (jacrev), so keep
+    P small (≤ 64); members run `chunk` at a time under vmap to bound memory (P·C·n_params each).
+    """
+    k_total = next(iter(params.values())).shape[0]
+    out = []
+
+    def one(p: Params) -> Tensor:
+        jac = torch.func.jacrev(fn)(p, x)  # name -> (P, C, *shape)
+        total = None
+        for j in jac.values():
+            flat = j.flatten(2)  # (P, C, n)
+            part = torch.einsum("pcn,qcn->pq", flat, flat)
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+    for start in range(0, k_total, chunk):
+        sub = {n: t[start : start + chunk] for n, t in params.items()}
+        out.append(torch.func.vmap(one)(sub))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- sharpness
+
+
+def top_hessian_eigenvalue(
+    loss: Callable[[Params], Tensor],
+    params: Params,
+    iters: int = 20,
+    init: Params | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Params]:
+    """Top eigenvalue of each member's loss Hessian by power iteration on Hessian-vector products.
+
+    loss(params) → (K,) per-member losses of stacked params (K, ...). Members are independent, so the
+    Hessian of Σ_k loss_k is block-diagonal and one double-backward gives every member's H_k v_k.
+    Power iteration converges to the eigenvalue of largest magnitude; for a loss near a minimum or on
+    the edge of stability that is the top (positive) one. `init` warm-starts from a previous vector
+    (pass the returned one back: a few iterations then suffice between nearby checkpoints).
+    Returns (eigenvalue (K,), unit vector per member).
+    """
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    k = next(iter(leaves.values())).shape[0]
+    if init is None:
+        v = {n: torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=generator) for n, p in leaves.items()}
+    else:
+        v = {n: t.clone() for n, t in init.items()}
+    v = _normalize(v, k)
+    with torch.enable_grad():
+        total = loss(leaves).sum()
+        grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
+    eig = torch.zeros(k, dtype=total.dtype, device=total.device)
+    for i in range(iters):
+        hv_list = torch.autograd.grad(grads, list(leaves.values()), grad_outputs=list(v.values()), retain_graph=i < iters - 1)
+        hv = dict(zip(leaves, hv_list, strict=True))
+        eig = _dot(v, hv, k)  # Rayleigh quotient vᵀHv (v is unit)
+        v = _normalize({n: t.detach() for n, t in hv.items()}, k)
+    return eig.detach(), v
+
+
+def _dot(a: Params, b: Params, k: int) -> Tensor:
+    return sum((a[n] * b[n]).reshape(k, -1).sum(dim=1) for n in a)  # type: ignore[return-value]
+
+
+def _normalize(v: Params, k: int) -> Params:
+    norm = _dot(v, v, k).sqrt().clamp_min(torch.finfo(next(iter(v.values())).dtype).tiny)  # (K,)
+    return {n: t / norm.view(-1, *([1] * (t.dim() - 1))) for n, t in v.items()}
+
+
+# ----------------------------------------------------------------------------- movement
+
+
+def movement(weight: Tensor, weight0: Tensor) -> Tensor:
+    """Relative change ‖W − W(0)‖_F / ‖W(0)‖_F per member. weight, weight0 (K, ...) → (K,)."""
+    k = weight.shape[0]
+    return (weight - weight0).reshape(k, -1).norm(dim=1) / weight0.reshape(k, -1).norm(dim=1)

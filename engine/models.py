@@ -1,0 +1,471 @@
+"""μP-γ networks with per-member stacked parameters (design.md §2).
+
+Every parameter of a K-member ensemble is one tensor with a leading K axis, so one forward call
+computes all members. Rules (N = width, fan_in = inputs of the layer):
+
+    hidden   h_{l+1} = (W_l φ(h_l) + b_l) / sqrt(fan_in)       W ~ N(0, 1), b = 0
+    conv     the same with fan_in = C_in (not C_in·k²)
+    readout  f = (W_L φ(h_L) + b_L) / (fan_in · γ)
+    centered f(x) = f_θ(x) − f_θ0(x), θ0 a frozen copy: the output is exactly 0 at init
+
+Member k is initialized from its own seed exactly as a single run with that seed would be
+(a float64 CPU generator, then cast), so an ensemble equals K separate runs.
+
+Architectures:
+  mlp     L weight layers, activation relu/tanh/linear. Batched by hand (one GEMM for the shared
+          input's first layer, bmm after) with a hand-written backward for the SGD step.
+  cnn     the reference CNN: conv3×3 C→N, φ, avgpool2, conv3×3 N→2N, φ, avgpool2, dense→8N, φ, readout.
+  resnet  μP ResNet-18-style: a 3×3 stem to N channels, then `depth` pre-activation basic blocks in
+          up to 4 stages of widths N, 2N, 4N, 8N (two blocks a stage; depth=8 is ResNet-18's layout),
+          stride 2 and a 1×1 projection when a stage starts, global average pool, readout.
+          It is norm-free: BatchNorm's batch statistics and running buffers do not batch cleanly
+          under vmap and mix samples within a batch, so the default (and only) variant drops
+          normalization; each residual branch is scaled by 1/sqrt(depth) so that activations stay O(1)
+          at any depth without it.
+  vit     small patch ViT: patches of `patch`² pixels embedded to N, learned positions, `depth`
+          pre-LN blocks (parameter-free LayerNorm) with μP attention — scores q·k / d_head, not
+          / sqrt(d_head) — and an MLP N→2N→N, branches scaled by 1/sqrt(depth), mean-pool, readout.
+The non-MLP architectures are written for one member and batched with torch.func.vmap (grouped
+convolutions underneath); their SGD step uses autograd on the sum of member losses (members are
+independent, so each gets its own gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.config import ConfigError, ModelConfig
+from engine.metrics import loss_fn
+
+Params = dict[str, Tensor]
+
+
+def activation(name: str, h: Tensor) -> Tensor:
+    if name == "relu":
+        return torch.relu(h)
+    if name == "tanh":
+        return torch.tanh(h)
+    if name == "linear":
+        return h
+    raise ConfigError("model.activation", f"must be one of relu, tanh, linear (got {name!r})")
+
+
+def _expand(v: Tensor, like: Tensor) -> Tensor:
+    """A per-member (K,) vector shaped to broadcast against a (K, ...) tensor."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+class EnsembleModel:
+    """A μP-γ network whose parameters are stacked along a leading member axis K.
+
+    Subclasses define `specs` (name → per-member shape, in layer order; 'w'-kind entries are weight
+    layers, counted by `weight_names` for movement_l1..movement_lL) and `forward_one`, one member's
+    raw network: x (B, *input_shape) → (readout g (B, C) without the 1/γ, features (B, F),
+    hidden pre-activations [(B, ...)]).
+    """
+
+    def __init__(self, model: ModelConfig, input_shape: Sequence[int], n_outputs: int):
+        self.config = model
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.n_outputs = int(n_outputs)
+        self.act = model.activation
+        # name -> (shape, kind) with kind 'w' (N(0,1) weight layer), 'b' (zero bias), 'e' (N(0,1), not a layer)
+        self.specs: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    # -- parameters
+
+    @property
+    def weight_names(self) -> list[str]:
+        return [n for n, (_, kind) in self.specs.items() if kind == "w"]
+
+    def init(self, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Params:
+        """Stacked parameters (K, ...) for members with these seeds. Member k depends only on seeds[k]."""
+        per_member: list[Params] = []
+        for seed in seeds:
+            gen = torch.Generator().manual_seed(int(seed))
+            p: Params = {}
+            for name, (shape, kind) in self.specs.items():
+                if kind == "b":
+                    p[name] = torch.zeros(shape, dtype=torch.float64)
+                else:
+                    p[name] = torch.randn(shape, generator=gen, dtype=torch.float64)
+            per_member.append(p)
+        return {
+            name: torch.stack([p[name] for p in per_member]).to(device=device, dtype=dtype).contiguous()
+            for name in self.specs
+        }
+
+    # -- forward
+
+    def forward_one(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        raise NotImplementedError
+
+    def raw(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        """All members' readout without 1/γ and features. x (B, ...) → ((K, B, C), (K, B, F))."""
+        g, feats, _ = torch.func.vmap(self.forward_one, in_dims=(0, None))(params, x)
+        return g, feats
+
+    def preactivations(self, params: Params, x: Tensor) -> list[Tensor]:
+        """Hidden pre-activations of every member, [(K, B, ...)] (for μP coordinate checks)."""
+        _, _, hs = torch.func.vmap(self.forward_one, in_dims=(0, None))(params, x)
+        return list(hs)
+
+    def output(self, params: Params, params0: Params | None, x: Tensor, gamma: Tensor) -> Tensor:
+        """The network function f (K, B, C): readout / γ, minus the frozen copy's when centered."""
+        g, _ = self.raw(params, x)
+        if params0 is not None:
+            g0, _ = self.raw(params0, x)
+            g = g - g0  # identical computation on identical values: exactly 0 at init
+        return g / _expand(gamma, g)
+
+    def features(self, params: Params, x: Tensor) -> Tensor:
+        """Last-layer features φ(h_L) (pooled for conv nets). x (B, ...) → (K, B, F)."""
+        return self.raw(params, x)[1]
+
+    def output_one(self, p: Params, p0: Params | None, x: Tensor, gamma: Tensor) -> Tensor:
+        """One member's f (B, C) — for per-member NTKs and the single-run reference in tests."""
+        g = self.forward_one(p, x)[0]
+        if p0 is not None:
+            g = g - self.forward_one(p0, x)[0]
+        return g / gamma
+
+    # -- training
+
+    def train_step(
+        self,
+        params: Params,
+        params0: Params | None,
+        x: Tensor,
+        target: Tensor,
+        label: Tensor,
+        gamma: Tensor,
+        step_size: Tensor,
+        loss: str = "mse",
+    ) -> Tensor:
+        """One in-place SGD step for every member; returns the losses (K,) *before* the update.
+
+        step_size (K,) is N·η per member, 0 for frozen members (their NaN gradients are masked out,
+        never multiplied in). x (B, ...), target (B, C), label (B,), gamma (K,).
+        """
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        with torch.enable_grad():
+            losses = loss_fn(loss, self.output(leaves, params0, x, gamma), target, label)  # (K,)
+            grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        with torch.no_grad():
+            for (name, p), g in zip(params.items(), grads, strict=True):
+                s = _expand(step_size, g)
+                p.sub_(torch.where(s > 0, g * s, torch.zeros((), dtype=g.dtype, device=g.device)))
+        return losses.detach()
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+class MLP(EnsembleModel):
+    """L weight layers D→N→…→N→C. Column layout inside: activations are (K, N, B), so every layer is
+    one bmm without transposes and the first layer (shared input) is one (K·N, D) @ (D, B) GEMM."""
+
+    def __init__(self, model: ModelConfig, input_shape: Sequence[int], n_outputs: int):
+        super().__init__(model, input_shape, n_outputs)
+        self.in_dim = math.prod(self.input_shape)
+        dims = [self.in_dim] + [model.width] * (model.depth - 1) + [self.n_outputs]
+        self.dims = dims
+        for layer in range(model.depth):
+            self.specs[f"w{layer + 1}"] = ((dims[layer + 1], dims[layer]), "w")
+            self.specs[f"b{layer + 1}"] = ((dims[layer + 1],), "b")
+
+    def forward_one(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        # The plain single-member path (row layout): the independent reference for the batched one.
+        a = x.reshape(x.shape[0], -1)  # (B, D)
+        hs = []
+        depth = self.config.depth
+        for layer in range(1, depth):
+            h = (a @ p[f"w{layer}"].T + p[f"b{layer}"]) / math.sqrt(self.dims[layer - 1])  # (B, N)
+            hs.append(h)
+            a = activation(self.act, h)
+        g = (a @ p[f"w{depth}"].T + p[f"b{depth}"]) / self.dims[depth - 1]  # (B, C)
+        return g, a, hs
+
+    def _forward_cols(self, params: Params, x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Batched forward. x (B, D) → readout g (K, C, B), pre-activations [(K, N, B)], activations
+        [x (D, B) then (K, N, B) per hidden layer] (kept for the hand backward)."""
+        depth = self.config.depth
+        k = params["w1"].shape[0]
+        xt = x.reshape(x.shape[0], -1).T  # (D, B), a view
+        s = 1.0 / math.sqrt(self.dims[0])
+        n1 = self.dims[1]
+        # one GEMM for all members: (K·N, D) @ (D, B) → (K·N, B); bias folded in with beta
+        h = torch.addmm(params["b1"].reshape(k * n1, 1), params["w1"].reshape(k * n1, -1), xt, beta=s, alpha=s)
+        h = h.view(k, n1, -1)  # (K, N, B)
+        hs, acts = [h], [xt]
+        for layer in range(2, depth + 1):
+            a = activation(self.act, h)
+            acts.append(a)
+            s = 1.0 / math.sqrt(self.dims[layer - 1]) if layer < depth else 1.0 / self.dims[layer - 1]
+            h = torch.baddbmm(params[f"b{layer}"].unsqueeze(-1), params[f"w{layer}"], a, beta=s, alpha=s)
+            if layer < depth:
+                hs.append(h)
+        return h, hs, acts  # h is the readout g (K, C, B)
+
+    def raw(self, params: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        g, hs, acts = self._forward_cols(params, x)
+        feats = activation(self.act, hs[-1])  # (K, N, B)
+        return g.transpose(1, 2), feats.transpose(1, 2)
+
+    def preactivations(self, params: Params, x: Tensor) -> list[Tensor]:
+        return [h.transpose(1, 2) for h in self._forward_cols(params, x)[1]]
+
+    def ntk(self, params: Params, x: Tensor, gamma: Tensor) -> Tensor:
+        """Class-summed empirical NTK in closed form, (K, P, P) for x (P, D). Much cheaper than
+        jacobians: for layer u_l = W_l a_l + b_l the kernel term is Σ_c (E_c E_cᵀ) ∘ (A Aᵀ + 1), with
+        E_c = ∂f_c/∂u_l (K, C, P, out) back-propagated once per class (C small), A the layer input."""
+        depth = self.config.depth
+        k = params["w1"].shape[0]
+        p_pts = x.shape[0]
+        _, hs, acts = self._forward_cols(params, x)
+        a_rows = [acts[0].T.expand(k, -1, -1)] + [a.transpose(1, 2) for a in acts[1:]]  # [(K, P, fan)]
+        s_out = 1.0 / self.dims[depth - 1]
+        eye = torch.eye(self.n_outputs, dtype=x.dtype, device=x.device)
+        # E for the readout's u: ∂f_c/∂u_L[c'] = s_L/γ δ_cc' → (K, C, P, C)
+        e = (s_out / gamma).view(k, 1, 1, 1) * eye.view(1, self.n_outputs, 1, self.n_outputs).expand(
+            k, -1, p_pts, -1
+        )
+        kernel = torch.zeros(k, p_pts, p_pts, dtype=x.dtype, device=x.device)
+        for layer in range(depth, 0, -1):
+            a = a_rows[layer - 1]  # (K, P, fan)
+            ee = torch.einsum("kcpo,kcqo->kpq", e, e)  # Σ_c E_c E_cᵀ
+            kernel += ee * (a @ a.transpose(1, 2) + 1)
+            if layer > 1:
+                s_prev = 1.0 / math.sqrt(self.dims[layer - 2])
+                e = torch.einsum("kcpo,koi->kcpi", e, params[f"w{layer}"])  # ∂f/∂a_l
+                h = hs[layer - 2].transpose(1, 2).unsqueeze(1)  # (K, 1, P, N)
+                if self.act == "relu":
+                    e = e * (h > 0)
+                elif self.act == "tanh":
+                    e = e * (1 - torch.tanh(h) ** 2)
+                e = e * s_prev
+        return kernel
+
+    def _act_grad(self, h: Tensor, a: Tensor, delta: Tensor) -> Tensor:
+        """δh = δa · φ'(h), in place on δa. All (K, N, B)."""
+        if self.act == "relu":
+            return delta.mul_(h > 0)
+        if self.act == "tanh":
+            return delta.mul_(1 - a * a)
+        return delta
+
+    @torch.no_grad()
+    def train_step(
+        self,
+        params: Params,
+        params0: Params | None,
+        x: Tensor,
+        target: Tensor,
+        label: Tensor,
+        gamma: Tensor,
+        step_size: Tensor,
+        loss: str = "mse",
+    ) -> Tensor:
+        # Hand-written backward: autograd's bookkeeping costs more than the small bmms themselves
+        # on CPU. Each member's step size and 1/γ are folded into the output error δ once, so every
+        # weight update is a single in-place baddbmm with a scalar alpha (the layer's 1/sqrt(fan_in)).
+        depth = self.config.depth
+        k = params["w1"].shape[0]
+        g, hs, acts = self._forward_cols(params, x)  # (K, C, B)
+        if params0 is not None:
+            g = g - self._forward_cols(params0, x)[0]
+        inv_gamma = (1.0 / gamma).view(k, 1, 1)
+        f = g.mul_(inv_gamma)  # (K, C, B), g is a fresh tensor
+        b = x.shape[0]
+        if loss == "mse":
+            resid = f - target.T  # (K, C, B)
+            losses = resid.pow(2).mean(dim=(1, 2))
+            dfdl = resid.mul_(2.0 / (b * self.n_outputs))
+        elif loss == "xent":
+            logp = torch.log_softmax(f, dim=1)  # (K, C, B)
+            losses = -logp.gather(1, label.view(1, 1, -1).expand(k, 1, -1)).mean(dim=(1, 2))
+            dfdl = logp.exp_()
+            dfdl.scatter_add_(1, label.view(1, 1, -1).expand(k, 1, -1), torch.full_like(dfdl[:, :1], -1.0))
+            dfdl.div_(b)
+        else:
+            raise ConfigError("train.loss", f"must be one of mse, xent (got {loss!r})")
+        coef = (step_size / gamma).view(k, 1, 1)
+        # frozen members: where(), not a multiply, so NaN/inf errors become exact zeros
+        delta = torch.where(coef > 0, dfdl * coef, torch.zeros((), dtype=f.dtype, device=f.device))  # (K, C, B)
+        for layer in range(depth, 0, -1):
+            fan = self.dims[layer - 1]
+            s = 1.0 / fan if layer == depth else 1.0 / math.sqrt(fan)
+            w, bias = params[f"w{layer}"], params[f"b{layer}"]
+            a = acts[layer - 1]
+            if layer > 1:
+                # δa = s Wᵀ δ must use W before its update
+                delta_prev = torch.bmm(w.transpose(1, 2), delta).mul_(s)  # (K, N, B)
+                w.baddbmm_(delta, a.transpose(1, 2), alpha=-s)  # (K, out, in)
+                bias.sub_(delta.sum(dim=2), alpha=s)
+                delta = self._act_grad(hs[layer - 2], a, delta_prev)
+            else:
+                n1 = self.dims[1]
+                # shared input: one (K·N, B) @ (B, D) GEMM updates every member's first layer
+                w.view(k * n1, -1).addmm_(delta.reshape(k * n1, b), a.T, alpha=-s)
+                bias.sub_(delta.sum(dim=2), alpha=s)
+        return losses
+
+
+# ----------------------------------------------------------------------------- CNN
+
+
+def _conv(x: Tensor, w: Tensor, b: Tensor, stride: int = 1) -> Tensor:
+    """μP conv: divide by sqrt(C_in), not sqrt(C_in·k²). x (B, C_in, H, W) → (B, C_out, H', W')."""
+    pad = w.shape[-1] // 2
+    return F.conv2d(x, w, b, stride=stride, padding=pad) / math.sqrt(w.shape[1])
+
+
+class CNN(EnsembleModel):
+    def __init__(self, model: ModelConfig, input_shape: Sequence[int], n_outputs: int):
+        super().__init__(model, input_shape, n_outputs)
+        if len(self.input_shape) != 3:
+            raise ConfigError("model.arch", f"cnn needs image inputs (C, H, W) (got shape {self.input_shape})")
+        c, hgt, wid = self.input_shape
+        if hgt < 4 or wid < 4:
+            raise ConfigError("data.image_size", f"cnn pools twice by 2: images must be at least 4×4 (got {hgt}×{wid})")
+        n = model.width
+        flat = 2 * n * (hgt // 4) * (wid // 4)
+        self.specs = {
+            "conv1": ((n, c, 3, 3), "w"), "conv1_b": ((n,), "b"),
+            "conv2": ((2 * n, n, 3, 3), "w"), "conv2_b": ((2 * n,), "b"),
+            "dense": ((8 * n, flat), "w"), "dense_b": ((8 * n,), "b"),
+            "readout": ((self.n_outputs, 8 * n), "w"), "readout_b": ((self.n_outputs,), "b"),
+        }  # fmt: skip
+
+    def forward_one(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        h1 = _conv(x, p["conv1"], p["conv1_b"])  # (B, N, H, W)
+        a = F.avg_pool2d(activation(self.act, h1), 2)
+        h2 = _conv(a, p["conv2"], p["conv2_b"])  # (B, 2N, H/2, W/2)
+        a = F.avg_pool2d(activation(self.act, h2), 2).flatten(1)  # (B, 2N·H/4·W/4)
+        h3 = (a @ p["dense"].T + p["dense_b"]) / math.sqrt(a.shape[1])  # (B, 8N)
+        feats = activation(self.act, h3)
+        g = (feats @ p["readout"].T + p["readout_b"]) / feats.shape[1]  # (B, C)
+        return g, feats, [h1, h2, h3]
+
+
+# ----------------------------------------------------------------------------- ResNet
+
+
+class ResNet(EnsembleModel):
+    def __init__(self, model: ModelConfig, input_shape: Sequence[int], n_outputs: int):
+        super().__init__(model, input_shape, n_outputs)
+        if len(self.input_shape) != 3:
+            raise ConfigError("model.arch", f"resnet needs image inputs (C, H, W) (got shape {self.input_shape})")
+        c = self.input_shape[0]
+        n = model.width
+        self.specs["stem"] = ((n, c, 3, 3), "w")
+        self.specs["stem_b"] = ((n,), "b")
+        self.blocks: list[tuple[str, int, bool]] = []  # (prefix, stride, has projection)
+        c_in = n
+        for i in range(model.depth):
+            stage = min(i // 2, 3)
+            c_out = n * 2**stage
+            first = i % 2 == 0 and stage > 0 and i // 2 <= 3
+            stride = 2 if first else 1
+            pre = f"block{i + 1}"
+            self.specs[f"{pre}.conv1"] = ((c_out, c_in, 3, 3), "w")
+            self.specs[f"{pre}.conv1_b"] = ((c_out,), "b")
+            self.specs[f"{pre}.conv2"] = ((c_out, c_out, 3, 3), "w")
+            self.specs[f"{pre}.conv2_b"] = ((c_out,), "b")
+            proj = stride != 1 or c_in != c_out
+            if proj:
+                self.specs[f"{pre}.proj"] = ((c_out, c_in, 1, 1), "w")
+                self.specs[f"{pre}.proj_b"] = ((c_out,), "b")
+            self.blocks.append((pre, stride, proj))
+            c_in = c_out
+        self.specs["readout"] = ((self.n_outputs, c_in), "w")
+        self.specs["readout_b"] = ((self.n_outputs,), "b")
+
+    def forward_one(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        branch_scale = 1.0 / math.sqrt(self.config.depth)
+        h = _conv(x, p["stem"], p["stem_b"])  # (B, N, H, W)
+        hs = [h]
+        for pre, stride, proj in self.blocks:
+            u = _conv(activation(self.act, h), p[f"{pre}.conv1"], p[f"{pre}.conv1_b"], stride)
+            u = _conv(activation(self.act, u), p[f"{pre}.conv2"], p[f"{pre}.conv2_b"])
+            skip = _conv(h, p[f"{pre}.proj"], p[f"{pre}.proj_b"], stride) if proj else h
+            h = skip + branch_scale * u  # (B, C_stage, H_s, W_s)
+            hs.append(h)
+        feats = activation(self.act, h).mean(dim=(-2, -1))  # (B, 8N) global average pool
+        g = (feats @ p["readout"].T + p["readout_b"]) / feats.shape[1]
+        return g, feats, hs
+
+
+# ----------------------------------------------------------------------------- ViT
+
+
+def _layer_norm(x: Tensor) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:])  # parameter-free: nothing to batch, nothing to scale
+
+
+class ViT(EnsembleModel):
+    def __init__(self, model: ModelConfig, input_shape: Sequence[int], n_outputs: int):
+        super().__init__(model, input_shape, n_outputs)
+        if len(self.input_shape) != 3:
+            raise ConfigError("model.arch", f"vit needs image inputs (C, H, W) (got shape {self.input_shape})")
+        c, hgt, wid = self.input_shape
+        ps = model.patch
+        if hgt % ps or wid % ps:
+            raise ConfigError("model.patch", f"must divide the image size {hgt}×{wid} (got {ps})")
+        n = model.width
+        self.tokens = (hgt // ps) * (wid // ps)
+        self.specs["embed"] = ((n, c * ps * ps), "w")
+        self.specs["embed_b"] = ((n,), "b")
+        self.specs["pos"] = ((self.tokens, n), "e")
+        for i in range(model.depth):
+            pre = f"block{i + 1}"
+            self.specs[f"{pre}.qkv"] = ((3 * n, n), "w")
+            self.specs[f"{pre}.qkv_b"] = ((3 * n,), "b")
+            self.specs[f"{pre}.proj"] = ((n, n), "w")
+            self.specs[f"{pre}.proj_b"] = ((n,), "b")
+            self.specs[f"{pre}.fc1"] = ((2 * n, n), "w")
+            self.specs[f"{pre}.fc1_b"] = ((2 * n,), "b")
+            self.specs[f"{pre}.fc2"] = ((n, 2 * n), "w")
+            self.specs[f"{pre}.fc2_b"] = ((n,), "b")
+        self.specs["readout"] = ((self.n_outputs, n), "w")
+        self.specs["readout_b"] = ((self.n_outputs,), "b")
+
+    def forward_one(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        cfg = self.config
+        n, heads, ps = cfg.width, cfg.heads, cfg.patch
+        d = n // heads
+        bsz = x.shape[0]
+        patches = F.unfold(x, kernel_size=ps, stride=ps).transpose(1, 2)  # (B, T, C·p²)
+        h = (patches @ p["embed"].T + p["embed_b"]) / math.sqrt(patches.shape[-1]) + p["pos"]  # (B, T, N)
+        hs = [h]
+        branch_scale = 1.0 / math.sqrt(cfg.depth)
+        for i in range(cfg.depth):
+            pre = f"block{i + 1}"
+            qkv = (_layer_norm(h) @ p[f"{pre}.qkv"].T + p[f"{pre}.qkv_b"]) / math.sqrt(n)  # (B, T, 3N)
+            q, k, v = qkv.view(bsz, -1, 3, heads, d).permute(2, 0, 3, 1, 4)  # each (B, H, T, d)
+            scores = q @ k.transpose(-1, -2) / d  # μP: 1/d_head keeps updates O(1) as d grows
+            att = torch.softmax(scores, dim=-1) @ v  # (B, H, T, d)
+            att = att.transpose(1, 2).reshape(bsz, -1, n)
+            h = h + branch_scale * (att @ p[f"{pre}.proj"].T + p[f"{pre}.proj_b"]) / math.sqrt(n)
+            u = (_layer_norm(h) @ p[f"{pre}.fc1"].T + p[f"{pre}.fc1_b"]) / math.sqrt(n)  # (B, T, 2N)
+            u = (activation(self.act, u) @ p[f"{pre}.fc2"].T + p[f"{pre}.fc2_b"]) / math.sqrt(2 * n)
+            h = h + branch_scale * u
+            hs.append(h)
+        feats = _layer_norm(h).mean(dim=1)  # (B, N)
+        g = (feats @ p["readout"].T + p["readout_b"]) / n
+        return g, feats, hs
+
+
+_ARCHS: dict[str, type[EnsembleModel]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "vit": ViT}
+
+
+def build_model(model: ModelConfig, input_shape: Sequence[int], n_outputs: int) -> EnsembleModel:
+    """The functional μP-γ network for this config (design.md §2), parameters stacked per member."""
+    if model.arch not in _ARCHS:
+        raise ConfigError("model.arch", f"must be one of {', '.join(_ARCHS)} (got {model.arch!r})")
+    return _ARCHS[model.arch](model, input_shape, n_outputs)

@@ -1,0 +1,356 @@
+"""The batched ensemble trainer: K (γ, η, seed) cells that share shapes, trained as one computation.
+
+Online SGD, step size N·η per member, every member sees the same fresh batch at step t.
+train_loss (the fresh batch's loss *before* the update) is logged every step, accumulated on the
+device and copied to the host only at flushes (every `flush_every` steps and at eval steps), so the
+hot loop has no host synchronization. The costly diagnostics run on the log-spaced `eval_steps`.
+
+Divergence: a member whose loss is NaN/inf or above divergence_factor × its step-0 loss is frozen
+(step size masked to 0 at once on the device; its parameters reset to the finite θ0 at the next
+flush), its step is kept and recorded, its status is 'diverged'. Members never mix (every batched
+op is independent per member), so a diverging member cannot disturb the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine import metrics as M
+from engine.config import ConfigError, RunConfig
+from engine.models import MLP, EnsembleModel, Params, build_model
+
+NTK_PROBE_MAX = 64  # NTK cost grows with P² (MLP) or P·C backward passes (others): cap the probe
+SHARPNESS_ITERS_COLD = 20
+SHARPNESS_ITERS_WARM = 8  # warm-started from the previous eval's eigenvector
+
+
+@dataclass
+class MetricBatch:
+    """Columnar metric rows of one flush of the whole ensemble."""
+
+    run_ids: list[str]
+    member: np.ndarray  # (P,) int32
+    step: np.ndarray  # (P,) int64
+    metric: list[str]  # (P,)
+    value: np.ndarray  # (P,) float64
+
+    def for_run(self, i: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(step, metric, value) of member i."""
+        sel = np.flatnonzero(self.member == i)
+        return self.step[sel], [self.metric[j] for j in sel], self.value[sel]
+
+    def __len__(self) -> int:
+        return len(self.metric)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # 'done' | 'diverged' | 'cancelled'
+    steps_done: int
+    diverged_step: int | None
+    summary: dict[str, float] = field(default_factory=dict)  # finite values only (JSON-safe)
+
+
+class _Batch(Protocol):
+    x: Tensor
+    target: Tensor
+    label: Tensor
+
+
+class _Stream(Protocol):
+    input_shape: tuple[int, ...]
+    n_outputs: int
+
+    def next_batch(self) -> Any: ...
+    def test_set(self) -> Any: ...
+    def probe(self, n: int) -> Any: ...
+
+
+def eval_steps(steps: int, points: int) -> list[int]:
+    """Log-spaced 0-based steps for the costly metrics, always with step 0 and the last step.
+
+    About `points` distinct steps (fewer when `steps` is small); [] when points is 0."""
+    if points <= 0 or steps <= 0:
+        return []
+    if points == 1:
+        return [steps - 1]
+    grid = np.unique(np.round(np.geomspace(1, steps, points)).astype(np.int64) - 1)
+    return sorted({0, steps - 1, *(int(s) for s in grid)})
+
+
+def _dtype_of(configs: Sequence[RunConfig]) -> torch.dtype:
+    names = {c.resolved_dtype for c in configs}
+    if len(names) != 1:
+        raise ConfigError("train.dtype", f"the members of one ensemble must share a dtype (got {sorted(names)})")
+    return torch.float64 if names.pop() == "float64" else torch.float32
+
+
+def train_ensemble(
+    configs: Sequence[RunConfig],
+    *,
+    device: str = "cpu",
+    data_root: Path | None = None,
+    on_metrics: Callable[[MetricBatch], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    flush_every: int = 50,
+) -> list[RunResult]:
+    """Train every config as one batched ensemble on `device` (docs/contracts.md)."""
+    from engine.data import make_stream  # the data package; imported here so models/metrics stand alone
+
+    configs = _check(configs)
+    dtype = _dtype_of(configs)
+    first = configs[0]
+    stream = make_stream(first.data, batch_size=first.train.batch_size, data_root=data_root, device=device, dtype=dtype)
+    return train_on_stream(
+        configs, stream, device=device, on_metrics=on_metrics, should_cancel=should_cancel,
+        on_progress=on_progress, flush_every=flush_every,
+    )  # fmt: skip
+
+
+def _check(configs: Sequence[RunConfig]) -> list[RunConfig]:
+    configs = list(configs)
+    if not configs:
+        raise ConfigError("configs", "give at least one run")
+    keys = {c.shape_key for c in configs}
+    if len(keys) != 1:
+        raise ConfigError(
+            "configs", "all runs of one ensemble must share shapes (model, data, train, dtype); only γ, η, seed may differ"
+        )
+    return configs
+
+
+def train_on_stream(
+    configs: Sequence[RunConfig],
+    stream: _Stream,
+    *,
+    device: str = "cpu",
+    on_metrics: Callable[[MetricBatch], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    flush_every: int = 50,
+) -> list[RunResult]:
+    """train_ensemble on an already-built data stream (anything with the DataStream interface)."""
+    configs = _check(configs)
+    if flush_every < 1:
+        raise ConfigError("flush_every", f"must be an integer >= 1 (got {flush_every})")
+    dtype = _dtype_of(configs)
+    first = configs[0]
+    tc, mc = first.train, first.model
+    k = len(configs)
+    run_ids = [c.run_id for c in configs]
+    model = build_model(mc, stream.input_shape, stream.n_outputs)
+
+    params = model.init([c.seed for c in configs], dtype=dtype, device=device)
+    params0 = {n: p.clone() for n, p in params.items()}  # frozen θ0: centering and movement
+    centered = params0 if mc.centered else None
+    gamma = torch.tensor([c.gamma for c in configs], dtype=dtype, device=device)  # (K,)
+    lr = torch.tensor([c.learning_rate for c in configs], dtype=dtype, device=device)  # (K,) N·η
+    alive = torch.ones(k, dtype=torch.bool, device=device)
+    diverged_at = torch.full((k,), -1, dtype=torch.int64, device=device)
+    threshold = torch.full((k,), math.inf, dtype=dtype, device=device)
+    loss_buf = torch.empty(flush_every, k, dtype=dtype, device=device)  # on-device train_loss
+
+    evals = set(eval_steps(tc.steps, tc.eval_points))
+    wanted = set(tc.metrics)
+    probe = stream.probe(tc.probe_size) if wanted & {"alignment", "sharpness"} else None
+    test = stream.test_set() if "test" in wanted else None
+    eig_vec: Params | None = None
+
+    rows = _Rows()
+    alive_host = np.ones(k, dtype=bool)
+    diverged_host = np.full(k, -1, dtype=np.int64)
+    last_test: dict[int, tuple[float, float]] = {}
+    best = np.full(k, np.inf)
+    final_train = np.full(k, np.nan)
+    buf_start = 0
+    status = "done"
+    steps_done = tc.steps
+
+    for t in range(tc.steps):
+        if t in evals:
+            eig_vec = _evaluate(
+                model, params, params0, centered, gamma, test, probe, wanted, tc.loss, alive_host, t, rows,
+                last_test, eig_vec, mc.depth,
+            )  # fmt: skip
+        batch = stream.next_batch()
+        step_size = torch.where(alive, lr, torch.zeros((), dtype=dtype, device=device))
+        losses = model.train_step(params, centered, batch.x, batch.target, batch.label, gamma, step_size, tc.loss)
+        loss_buf[t - buf_start] = losses
+        if t == 0:
+            threshold = torch.where(losses > 0, losses * tc.divergence_factor, threshold)
+        newly = alive & ~(torch.isfinite(losses) & (losses <= threshold))
+        diverged_at = torch.where(newly, t, diverged_at)
+        alive = alive & ~newly
+
+        if (t + 1 - buf_start) == flush_every or t in evals or t == tc.steps - 1:
+            # -- flush: the only host synchronization of the loop
+            chunk = loss_buf[: t + 1 - buf_start].double().cpu().numpy()  # (T, K)
+            div_now = diverged_at.cpu().numpy()
+            steps_idx = np.arange(buf_start, t + 1)
+            for i in range(k):
+                if not alive_host[i] and diverged_host[i] >= 0:
+                    continue  # frozen earlier: nothing more to record
+                last = div_now[i] if div_now[i] >= 0 else t
+                keep = steps_idx <= last
+                vals = chunk[keep, i]
+                rows.add(i, steps_idx[keep], "train_loss", vals)
+                if vals.size:
+                    final_train[i] = vals[-1]
+                    finite = vals[np.isfinite(vals)]
+                    if finite.size:
+                        best[i] = min(best[i], float(finite.min()))
+            newly_dead = (div_now >= 0) & alive_host
+            if newly_dead.any():
+                dead = torch.as_tensor(np.flatnonzero(newly_dead), device=device)
+                with torch.no_grad():
+                    for n in params:  # back to finite values: frozen members must not hold NaN
+                        params[n][dead] = params0[n][dead]
+                alive_host &= ~newly_dead
+                diverged_host = div_now.copy()
+            buf_start = t + 1
+            if on_metrics is not None and len(rows):
+                on_metrics(rows.emit(run_ids))
+            else:
+                rows.clear()
+            if on_progress is not None:
+                on_progress(t + 1, tc.steps)
+            if t < tc.steps - 1 and should_cancel is not None and should_cancel():
+                status, steps_done = "cancelled", t + 1
+                break
+
+    results = []
+    for i, c in enumerate(configs):
+        summary = {"final_train_loss": float(final_train[i]), "best_train_loss": float(best[i])}
+        if i in last_test:
+            summary["final_test_loss"], summary["final_test_acc"] = last_test[i]
+        summary = {key: v for key, v in summary.items() if math.isfinite(v)}
+        if diverged_host[i] >= 0:
+            step = int(diverged_host[i])
+            results.append(RunResult(c.run_id, "diverged", step + 1, step, summary))
+        else:
+            results.append(RunResult(c.run_id, status, steps_done, None, summary))
+    return results
+
+
+class _Rows:
+    """Columnar accumulator for one flush."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.member: list[np.ndarray] = []
+        self.step: list[np.ndarray] = []
+        self.metric: list[str] = []
+        self.value: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.metric)
+
+    def add(self, member: int, steps: np.ndarray | int, metric: str, values: np.ndarray | float) -> None:
+        steps_arr = np.atleast_1d(np.asarray(steps, dtype=np.int64))
+        vals = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        self.member.append(np.full(len(steps_arr), member, dtype=np.int32))
+        self.step.append(steps_arr)
+        self.metric.extend([metric] * len(steps_arr))
+        self.value.append(vals)
+
+    def emit(self, run_ids: list[str]) -> MetricBatch:
+        batch = MetricBatch(
+            run_ids=list(run_ids),
+            member=np.concatenate(self.member),
+            step=np.concatenate(self.step),
+            metric=list(self.metric),
+            value=np.concatenate(self.value),
+        )
+        self.clear()
+        return batch
+
+
+@torch.no_grad()
+def _evaluate(
+    model: EnsembleModel,
+    params: Params,
+    params0: Params,
+    centered: Params | None,
+    gamma: Tensor,
+    test: Any,
+    probe: Any,
+    wanted: set[str],
+    loss_kind: str,
+    alive: np.ndarray,
+    t: int,
+    rows: _Rows,
+    last_test: dict[int, tuple[float, float]],
+    eig_vec: Params | None,
+    depth: int,
+) -> Params | None:
+    """The costly metrics at eval step t (parameters before update t), for the live members."""
+    values: dict[str, Tensor] = {}
+    if test is not None:
+        out = _chunked_output(model, params, centered, test.x, gamma)  # (K, n_test, C)
+        values["test_loss"] = M.loss_fn(loss_kind, out, test.target, test.label)
+        values["test_acc"] = M.accuracy(out, test.label)
+    if "alignment" in wanted and probe is not None:
+        feats = model.features(params, probe.x)  # (K, P, F)
+        kf = M.feature_kernel(feats)
+        values["alignment_feature"] = M.kernel_alignment(kf, probe.target)
+        values["alignment_feature_centered"] = M.kernel_alignment(kf, probe.target, centered=True)
+        n_ntk = min(NTK_PROBE_MAX, probe.x.shape[0])
+        xs, ys = probe.x[:n_ntk], probe.target[:n_ntk]
+        if isinstance(model, MLP):
+            kn = model.ntk(params, xs, gamma)
+        else:
+            kn = _generic_ntk(model, params, centered, xs, gamma)
+        values["alignment_ntk"] = M.kernel_alignment(kn, ys)
+        values["alignment_ntk_centered"] = M.kernel_alignment(kn, ys, centered=True)
+    if "sharpness" in wanted and probe is not None:
+        px, py, pl = probe.x, probe.target, probe.label
+
+        def probe_loss(p: Params) -> Tensor:
+            return M.loss_fn(loss_kind, model.output(p, centered, px, gamma), py, pl)
+
+        iters = SHARPNESS_ITERS_COLD if eig_vec is None else SHARPNESS_ITERS_WARM
+        gen = torch.Generator(device=gamma.device).manual_seed(0)
+        values["sharpness"], eig_vec = M.top_hessian_eigenvalue(probe_loss, params, iters, eig_vec, gen)
+    if "movement" in wanted:
+        for i, name in enumerate(model.weight_names):
+            values[f"movement_l{i + 1}"] = M.movement(params[name], params0[name])
+    host = {name: v.double().cpu().numpy() for name, v in values.items()}
+    for i in np.flatnonzero(alive):
+        for name, v in host.items():
+            rows.add(int(i), t, name, float(v[i]))
+        if "test_loss" in host:
+            last_test[int(i)] = (float(host["test_loss"][i]), float(host["test_acc"][i]))
+    return eig_vec
+
+
+def _chunked_output(model: EnsembleModel, params: Params, centered: Params | None, x: Tensor, gamma: Tensor) -> Tensor:
+    """f on a large held-out set in slices, to bound memory (K × slice × widths). → (K, n, C)."""
+    size = 1024
+    return torch.cat([model.output(params, centered, x[s : s + size], gamma) for s in range(0, x.shape[0], size)], dim=1)
+
+
+def _generic_ntk(model: EnsembleModel, params: Params, centered: Params | None, x: Tensor, gamma: Tensor) -> Tensor:
+    """Class-summed NTK by jacobians, member by member. θ0 is frozen: only f_θ depends on θ."""
+    k = gamma.shape[0]
+    kernels = []
+    for i in range(k):
+        p_i = {n: v[i : i + 1] for n, v in params.items()}
+
+        def fn(p_one: Params, xs: Tensor, _i: int = i) -> Tensor:
+            return model.forward_one(p_one, xs)[0] / gamma[_i]
+
+        with torch.enable_grad():
+            kernels.append(M.empirical_ntk(fn, p_i, x))
+    return torch.cat(kernels)

@@ -1,0 +1,225 @@
+"""What the CLI and the dashboard call: submit, cancel, rerun, add_seeds, sweep_progress.
+
+submit() validates (nothing is queued if the spec is wrong), records the sweep and its runs in the
+registry as `queued`, packs the cells that need training into work units (tasks.planner) and hands
+them to an executor:
+  - "local": unit files in the data folder's queue, worker processes started as needed
+    (tasks.local_queue) — the embedded default, no services needed;
+  - "celery": one Celery task per unit on the `cpu` or `gpu` queue (tasks.celery_app).
+A cell whose identity is already stored with a result (done/diverged) is linked to the new sweep and
+reused, not retrained, unless `rerun=True`. Adaptive sweeps are driven in rounds by a detached
+process (tasks.adaptive) so that they outlive the submitting command.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.config import ConfigError, RunConfig
+from storage.registry import Registry
+from tasks import cancel as cancel_flags
+from tasks import local_queue
+from tasks.planner import Plan, device_class, pack
+from tasks.spec import SweepSpec, validate_spec
+
+log = logging.getLogger("gamma_lab.api")
+
+EXECUTORS = ("local", "celery")
+RESULT_STATUSES = ("done", "diverged")  # a stored result: reused by a re-launch
+ACTIVE_STATUSES = ("queued", "running")
+RETRY_STATUSES = ("failed", "cancelled", "lost")  # no result: a re-launch or a rerun trains them again
+
+
+def _check_executor(executor: str, settings: Any) -> None:
+    if executor not in EXECUTORS:
+        raise ConfigError("executor", f"must be one of {', '.join(EXECUTORS)} (got {executor!r})")
+    if executor == "celery" and not settings.broker_url:
+        raise ConfigError("executor", "celery needs a broker: set GAMMA_LAB_BROKER_URL=redis://host:port/0")
+
+
+def _default_device(executor: str) -> str:
+    # Local workers run where the submitter is; a Celery sweep goes to the GPU queue when asked.
+    return os.environ.get("GAMMA_LAB_DEVICE", "cpu")
+
+
+def dispatch(settings: Any, configs: Sequence[RunConfig], attempts: dict[str, int], *, executor: str,
+             sweep_id: str | None, device: str | None = None) -> Plan:
+    """Pack `configs` into units and hand them to the executor. Cancel flags of these runs are lowered."""
+    device = device or _default_device(executor)
+    device_class(device)
+    if not configs:
+        return Plan()
+    cancel_flags.clear(settings, [c.run_id for c in configs])
+    parallelism = settings.workers if executor == "local" else 1
+    plan = pack(configs, device=device, attempts=attempts, sweep_id=sweep_id, parallelism=parallelism)
+    if executor == "local":
+        local_queue.enqueue(settings, plan.units)
+        local_queue.ensure_workers(settings)
+    else:
+        from tasks.celery_app import VISIBILITY_TIMEOUT_S, configure, queue_for, run_unit_task
+
+        if plan.max_unit_seconds > VISIBILITY_TIMEOUT_S / 2:
+            log.warning("a unit is estimated at %.0f s, near the broker's visibility timeout (%d s): it could be "
+                        "redelivered while still running", plan.max_unit_seconds, VISIBILITY_TIMEOUT_S)
+        configure(settings.broker_url)
+        for unit in plan.units:
+            # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
+            run_unit_task.apply_async(args=[unit.to_json()], queue=queue_for(device), task_id=unit.unit_id)
+    return plan
+
+
+def submit(spec: SweepSpec, settings: Any, executor: str = "local", owner: str | None = None,
+           rerun: bool = False, device: str | None = None) -> str:
+    """Validate, record and queue a sweep. Returns the sweep id. Raises SpecError/ConfigError before
+    anything is stored when the spec or the executor is wrong."""
+    _check_executor(executor, settings)
+    for warning in validate_spec(spec, settings):
+        log.warning("%s", warning)
+    owner = owner or _whoami()
+    settings.ensure_dirs()
+    with Registry(settings.registry_url) as reg:
+        sweep_id = reg.create_sweep(spec.name, owner, spec.to_dict(), executor=executor)
+    if spec.grid.adaptive:
+        start_adaptive(settings, sweep_id, executor=executor, rerun=rerun, device=device)
+    else:
+        queue_cells(settings, sweep_id, spec.cells(), executor=executor, rerun=rerun, device=device)
+    return sweep_id
+
+
+def queue_cells(settings: Any, sweep_id: str, cells: Sequence[RunConfig], *, executor: str,
+                rerun: bool = False, device: str | None = None) -> list[str]:
+    """Link `cells` to the sweep and queue those that need training. Returns their run ids."""
+    with Registry(settings.registry_url) as reg:
+        added = reg.add_runs(sweep_id, cells)
+        attempts = {rid: 0 for rid in added.new}
+        if added.existing:
+            rows = reg.get_runs(added.existing)
+            again = [r["run_id"] for r in rows
+                     if r["status"] in RETRY_STATUSES or (rerun and r["status"] in RESULT_STATUSES)]
+            attempts.update(reg.reset_for_rerun(again) if again else {})
+    to_run = [c for c in cells if c.run_id in attempts]
+    dispatch(settings, to_run, attempts, executor=executor, sweep_id=sweep_id, device=device)
+    return [c.run_id for c in to_run]
+
+
+def cancel(settings: Any, sweep_or_run_id: str) -> int:
+    """Cooperative cancel: queued runs become cancelled at once, running ones stop at their next flush.
+    Returns how many runs were asked to stop."""
+    with Registry(settings.registry_url) as reg:
+        ids = reg.run_ids_for(sweep_or_run_id)
+        active = [r["run_id"] for r in reg.get_runs(ids) if r["status"] in ACTIVE_STATUSES]
+        cancel_flags.request(settings, active)  # what the workers poll
+        n = reg.request_cancel(sweep_or_run_id)  # what the dashboard shows
+    stop_adaptive(settings, sweep_or_run_id)
+    if active:
+        local_queue.remove_pending(settings, set(active))
+    return n
+
+
+def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, device: str | None = None) -> list[str]:
+    """Train again, as a new attempt, the runs without a result (failed, cancelled, lost) of a sweep,
+    or the one run named (whatever its result), or with `everything` every finished run.
+    Returns the run ids queued."""
+    with Registry(settings.registry_url) as reg:
+        ids = reg.run_ids_for(sweep_or_run_id)
+        rows = reg.get_runs(ids)
+        single = len(rows) == 1 and rows[0]["run_id"] == sweep_or_run_id
+        allowed = RETRY_STATUSES + (RESULT_STATUSES if (single or everything) else ())
+        again = [r for r in rows if r["status"] in allowed]
+        sweeps = reg.sweeps_of_run(again[0]["run_id"]) if again else []
+        sweep_id = sweep_or_run_id if not single else (sweeps[0] if sweeps else None)
+        sweep = reg.get_sweep(sweep_id) if sweep_id else None
+        attempts = reg.reset_for_rerun([r["run_id"] for r in again]) if again else {}
+    executor = (sweep or {}).get("executor", "local")
+    if executor == "celery" and not settings.broker_url:
+        executor = "local"
+    configs = [RunConfig.from_dict(r["config"]) for r in again]
+    dispatch(settings, configs, attempts, executor=executor, sweep_id=sweep_id, device=device)
+    return [c.run_id for c in configs]
+
+
+def add_seeds(settings: Any, sweep_id: str, seeds: Iterable[int], device: str | None = None) -> list[str]:
+    """Add seeds to every (γ, η) of a sweep (the cells it already has). Returns the run ids queued."""
+    seeds = sorted(set(seeds))
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds):
+        raise ConfigError("grid.seeds", "must be integers in [0, 2^31-1]")
+    with Registry(settings.registry_url) as reg:
+        sweep = reg.get_sweep(sweep_id)
+        if sweep is None:
+            raise ConfigError("sweep", f"no sweep {sweep_id!r}")
+        rows = reg.list_runs(sweep_id)
+    spec = SweepSpec.from_dict(sweep["spec"])
+    pairs = sorted({(r["gamma"], r["eta"]) for r in rows}) or [(g, e) for g in spec.grid.gammas for e in spec.grid.etas]
+    cells = [spec.cell(g, e, s) for g, e in pairs for s in seeds]
+    if spec.grid.n_cells and len(rows) + len(cells) > settings.max_cells:
+        raise ConfigError("grid.seeds", f"would make {len(rows) + len(cells)} cells; max_cells={settings.max_cells}")
+    return queue_cells(settings, sweep_id, cells, executor=sweep["executor"], device=device)
+
+
+def sweep_progress(settings: Any, sweep_id: str) -> dict[str, int]:
+    """Run counts per status (every status present, zeros included)."""
+    with Registry(settings.registry_url) as reg:
+        sweep = reg.get_sweep(sweep_id)
+    if sweep is None:
+        raise ConfigError("sweep", f"no sweep {sweep_id!r}")
+    return dict(sweep["counts"])
+
+
+def is_settled(settings: Any, sweep_id: str) -> bool:
+    """No run queued or running and no adaptive round still to come."""
+    counts = sweep_progress(settings, sweep_id)
+    return not any(counts.get(s, 0) for s in ACTIVE_STATUSES) and not adaptive_active(settings, sweep_id)
+
+
+# ----------------------------------------------------------------------------- adaptive driver process
+
+
+def _driver_file(settings: Any, sweep_id: str) -> Path:
+    return Path(settings.data_dir) / "adaptive" / f"{sweep_id}.pid"
+
+
+def start_adaptive(settings: Any, sweep_id: str, *, executor: str, rerun: bool, device: str | None) -> int:
+    """Start the detached round driver (tasks.adaptive) for a sweep. Returns its pid."""
+    path = _driver_file(settings, sweep_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "tasks.adaptive", sweep_id, "--executor", executor]
+    if rerun:
+        args.append("--rerun")
+    if device:
+        args += ["--device", device]
+    env = dict(os.environ, GAMMA_LAB_DATA=str(settings.data_dir))
+    with open(path.with_suffix(".log"), "ab") as logfile:
+        proc = subprocess.Popen(args, env=env, stdout=logfile, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    path.write_text(str(proc.pid))  # the driver removes it when done
+    return proc.pid
+
+
+def adaptive_active(settings: Any, sweep_id: str) -> bool:
+    path = _driver_file(settings, sweep_id)
+    try:
+        pid = int(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return local_queue._alive(pid)
+
+
+def stop_adaptive(settings: Any, sweep_or_run_id: str) -> None:
+    """A cancelled adaptive sweep queues no further rounds (the driver sees the flag file)."""
+    path = _driver_file(settings, sweep_or_run_id)
+    if path.exists():
+        path.with_suffix(".stop").touch()
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -103,3 +103,37 @@ def nearest_index(values: np.ndarray, target: float) -> int:
     if values.size == 0:
         raise ValueError("values: empty grid")
     return int(np.argmin(np.abs(np.log10(values) - np.log10(target))))
+
+
+def shared_log_range(*grids: HeatmapGrid) -> tuple[float, float] | None:
+    """One log10 colour range covering the ok values of every grid (so two portraits compare)."""
+    values = [np.log10(g.ok_values()[g.ok_values() > 0]) for g in grids if g.value.size]
+    values = [v for v in values if v.size]
+    if not values:
+        return None
+    allv = np.concatenate(values)
+    return float(allv.min()), float(allv.max())
+
+
+def difference_grid(a: HeatmapGrid, b: HeatmapGrid) -> HeatmapGrid:
+    """log10(a) − log10(b) on the cells both sweeps share (γ, η matched to 1e-9 relative). A cell is
+    ok only when it is ok in both; diverged when either diverged; else missing."""
+    gammas = np.array([g for g in a.gammas if np.any(np.isclose(b.gammas, g, rtol=1e-9, atol=0))])
+    etas = np.array([e for e in a.etas if np.any(np.isclose(b.etas, e, rtol=1e-9, atol=0))])
+    shape = (etas.size, gammas.size)
+    value = np.full(shape, np.nan)
+    status = np.full(shape, "missing", dtype=object)
+    zeros = np.zeros(shape, dtype=int)
+    for j, g in enumerate(gammas):
+        ja, jb = nearest_index(a.gammas, g), nearest_index(b.gammas, g)
+        for i, e in enumerate(etas):
+            ia, ib = nearest_index(a.etas, e), nearest_index(b.etas, e)
+            sa, sb = a.status[ia, ja], b.status[ib, jb]
+            if sa == "ok" and sb == "ok" and a.value[ia, ja] > 0 and b.value[ib, jb] > 0:
+                value[i, j] = np.log10(a.value[ia, ja]) - np.log10(b.value[ib, jb])
+                status[i, j] = "ok"
+            elif "diverged" in (sa, sb):
+                status[i, j] = "diverged"
+            elif "running" in (sa, sb):
+                status[i, j] = "running"
+    return HeatmapGrid(gammas, etas, value, status, zeros, zeros, zeros)

@@ -1,0 +1,30 @@
+"""Time-reparameterized overlays: which time variable collapses the loss curves, and by how much."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from engine import analysis
+
+TIME_VARIABLES = {"t": "t", "eta_t": "η·t", "eta_t_over_gamma": "η·t/γ",
+                  "eta_t_over_gamma_2_over_L": "η·t/γ^(2/L)"}
+
+
+def collapse_of(frame: pd.DataFrame) -> float | None:
+    """engine.analysis.collapse_score of an overlay frame (run_id, x, value); None when fewer than two
+    curves share a usable range (the score is undefined there, not zero)."""
+    curves = [(part["x"].to_numpy(dtype=float), part["value"].to_numpy(dtype=float))
+              for _, part in frame.sort_values("x").groupby("run_id", sort=False)]
+    curves = [(x, y) for x, y in curves if ((x > 0) & (y > 0)).sum() >= 2]
+    if len(curves) < 2:
+        return None
+    try:
+        return analysis.collapse_score(curves).score
+    except ValueError:
+        return None
+
+
+def best_time_variable(scores: dict[str, float | None]) -> str | None:
+    """The choice with the lowest (tightest) collapse score."""
+    usable = {k: v for k, v in scores.items() if v is not None}
+    return min(usable, key=lambda k: usable[k]) if usable else None

@@ -1,0 +1,77 @@
+"""Diagnostics: kernel alignment vs loss on twin axes (silent alignment), sharpness vs the edge of
+stability 2/(N·η), and per-layer weight movement."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app.logic.diagnostics import ALIGNMENTS, edge_of_stability, label_series, movement_metrics
+from app.logic.figures import lines_figure, twin_axes_figure
+from app.logic.selection import MODES, nearest, select_runs
+from app.logic.view_state import Field
+from app.ui import chart, pick_sweep, resources, sync_url, url_state
+
+P = "diag"
+SCHEMA = {
+    "sweep": Field("str", None),
+    "mode": Field("str", "ridge", choices=("ridge", "cell")),
+    "gamma": Field("float", None),
+    "eta": Field("float", None),
+    "alignment": Field("str", "alignment_ntk", choices=ALIGNMENTS),
+}
+MAX_RUNS = 6  # twin-axis and per-layer plots stop being readable beyond a handful of runs
+
+res = resources()
+source = res.source
+url_state(SCHEMA, P)
+st.title("Diagnostics")
+sweep_id = pick_sweep(source, f"{P}.sweep")
+if sweep_id is None:
+    st.stop()
+runs = source.runs(sweep_id)
+if runs.empty:
+    st.stop()
+for name in ("gamma", "eta"):
+    st.session_state[f"{P}.{name}"] = nearest(runs[name].tolist(), st.session_state.get(f"{P}.{name}"))
+c1, c2, c3, c4 = st.columns(4)
+mode = c1.radio("Runs", ("ridge", "cell"), key=f"{P}.mode", format_func=MODES.get)
+if mode == "cell":
+    c2.selectbox("γ", sorted(runs["gamma"].unique()), key=f"{P}.gamma", format_func=lambda v: f"{v:.3g}")
+    c3.selectbox("η", sorted(runs["eta"].unique()), key=f"{P}.eta", format_func=lambda v: f"{v:.3g}")
+alignment = c4.selectbox("Alignment", ALIGNMENTS, key=f"{P}.alignment")
+sync_url(SCHEMA, P)
+
+chosen = select_runs(runs, mode, gamma=st.session_state[f"{P}.gamma"], eta=st.session_state[f"{P}.eta"],
+                     limit=MAX_RUNS)
+ids = chosen["run_id"].tolist()
+if not ids:
+    st.info("No runs to show yet.")
+    st.stop()
+
+st.subheader("Silent alignment: alignment rises before the loss drops")
+loss = label_series(source.trajectories(ids, metric="train_loss", max_points=300), chosen)
+align = label_series(source.trajectories(ids, metric=alignment, max_points=300), chosen)
+fig = twin_axes_figure(loss.assign(run_id=loss["label"]), align.assign(run_id=align["label"]),
+                       left_label="train_loss", right_label=alignment)
+chart(fig, pd.concat([loss.assign(metric="train_loss"), align.assign(metric=alignment)]), key=f"{P}.align",
+      filename=f"alignment-{sweep_id}.csv")
+
+st.subheader("Sharpness against the edge of stability 2/(N·η)")
+sharp = label_series(source.trajectories(ids, metric="sharpness", max_points=300), chosen)
+x_range = (1.0, float(sharp["x"].max()) if not sharp.empty else 1.0)
+eos = edge_of_stability(chosen.drop_duplicates("eta"), x_range)
+chart(lines_figure(sharp, x_label="step t + 1", y_label="top Hessian eigenvalue", hlines=eos),
+      sharp, key=f"{P}.sharp", filename=f"sharpness-{sweep_id}.csv")
+
+st.subheader("Per-layer movement ‖W_l − W_l(0)‖ / ‖W_l(0)‖")
+depth = int(chosen["depth"].dropna().iloc[0]) if chosen["depth"].notna().any() else 3
+parts = []
+first = chosen.iloc[[0]]
+for name in movement_metrics(depth):
+    part = label_series(source.trajectories(ids[:1], metric=name, max_points=300), first)
+    parts.append(part.assign(label=name))
+movement = pd.concat(parts) if parts else pd.DataFrame(columns=["x", "value", "label"])
+st.caption(f"run {ids[0]}: γ={first['gamma'].iloc[0]:.3g}, η={first['eta'].iloc[0]:.3g}, seed {first['seed'].iloc[0]}")
+chart(lines_figure(movement, x_label="step t + 1", y_label="relative movement"), movement,
+      key=f"{P}.move", filename=f"movement-{sweep_id}.csv")

@@ -1,0 +1,70 @@
+"""Overlays: loss against a reparameterized time for the runs at η* of each γ (or a chosen set),
+with the collapse score of each time variable so the user sees which one collapses the curves."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app.logic.figures import trajectories_figure
+from app.logic.overlays import TIME_VARIABLES, best_time_variable, collapse_of
+from app.logic.selection import MODES, select_runs
+from app.logic.view_state import Field
+from app.ui import chart, pick_sweep, resources, sync_url, url_state
+
+P = "overlay"
+CHOICES = (*TIME_VARIABLES, "custom")
+SCHEMA = {
+    "sweep": Field("str", None),
+    "x": Field("str", "eta_t_over_gamma", choices=CHOICES),
+    "expr": Field("str", "eta * t / gamma"),
+    "mode": Field("str", "ridge", choices=("ridge", "pick")),
+    "runs": Field("list", []),
+    "metric": Field("str", "train_loss", choices=("train_loss", "test_loss")),
+}
+
+res = resources()
+source = res.source
+url_state(SCHEMA, P)
+st.title("Overlays")
+sweep_id = pick_sweep(source, f"{P}.sweep")
+if sweep_id is None:
+    st.stop()
+runs = source.runs(sweep_id)
+c1, c2, c3 = st.columns(3)
+mode = c1.radio("Runs", ("ridge", "pick"), key=f"{P}.mode", format_func=MODES.get)
+metric = c2.selectbox("Metric", ("train_loss", "test_loss"), key=f"{P}.metric")
+x_choice = c3.selectbox("Time variable", CHOICES, key=f"{P}.x",
+                        format_func=lambda k: TIME_VARIABLES.get(k, "custom expression"))
+if x_choice == "custom":
+    st.text_input("Expression over t, eta, gamma, L, N (+ - * / ^, log exp sqrt)", key=f"{P}.expr")
+if mode == "pick":
+    keep = set(runs["run_id"])
+    st.session_state[f"{P}.runs"] = [r for r in st.session_state[f"{P}.runs"] if r in keep]
+    labels = {r.run_id: f"γ={r.gamma:.3g} η={r.eta:.3g} seed={r.seed}" for r in runs.itertuples()}
+    st.multiselect("Runs", runs["run_id"].tolist(), key=f"{P}.runs", format_func=lambda r: labels.get(r, r))
+sync_url(SCHEMA, P)
+
+chosen = select_runs(runs, mode, picked=st.session_state[f"{P}.runs"]) if not runs.empty else runs
+ids = chosen["run_id"].tolist()
+if not ids:
+    st.info("No finished runs to overlay yet.")
+    st.stop()
+x_key = st.session_state[f"{P}.expr"] if x_choice == "custom" else x_choice
+scores: dict[str, float | None] = {}
+for key in TIME_VARIABLES:
+    scores[TIME_VARIABLES[key]] = collapse_of(source.overlay(ids, metric=metric, x=key))
+try:
+    frame = source.overlay(ids, metric=metric, x=x_key)
+except ValueError as exc:  # storage's ExpressionError: show it at the field
+    st.error(f"Expression: {exc}")
+    st.stop()
+if x_choice == "custom":
+    scores[f"custom: {x_key}"] = collapse_of(frame)
+best = best_time_variable(scores)
+st.dataframe(pd.DataFrame({"time variable": list(scores), "collapse score (lower = tighter)": list(scores.values()),
+                           "best": [k == best for k in scores]}), hide_index=True)
+series = frame.assign(kind="point")
+fig = trajectories_figure(series, chosen, colour_by="gamma", log_x=True, log_y=True, y_label=metric,
+                          x_label=TIME_VARIABLES.get(x_choice, x_key))
+chart(fig, frame, key=f"{P}.chart", filename=f"overlay-{sweep_id}.csv")

@@ -1,0 +1,275 @@
+"""The recorder: the single owner of the DuckDB file. Reads the bus, ingests, commits, then acks.
+
+DuckDB allows one read-write process per file (a second gets "Could not set lock on file"), and a
+second connect inside the same process would silently share the database, so ownership is decided
+first by an advisory flock on `<metrics>.recorder.lock` (flock locks conflict between two opens even
+in one process). The loser gets RecorderBusy("a recorder is already running (pid N)") and its caller
+only publishes.
+
+Crash safety, per batch of events: (1) points go to DuckDB in one transaction that also records
+(run, attempt, seq) -- a replayed batch is skipped; (2) registry transitions, each idempotent and
+guarded by attempt; (3) only then the bus acknowledgement (spool: unlink; Redis: XACK + XTRIM MINID).
+A kill -9 anywhere replays at most the unacknowledged events, which (1) and (2) absorb.
+
+Malformed events (undecodable, wrong types, unknown run) are set aside with a reason (spool:
+rejected/<name> + <name>.reason; Redis: the dead-letter stream) and ingestion goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
+from storage.metric_store import MetricStore, PointsBatch, StoreLocked
+from storage.registry import Registry
+from storage.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+class RecorderBusy(RuntimeError):
+    """Another recorder holds the metrics file."""
+
+
+class _OwnerLock:
+    """Advisory exclusive flock with the owner's pid written inside (for the loser's message)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            try:
+                pid = path.read_text().strip() or "unknown"
+            except OSError:
+                pid = "unknown"
+            raise RecorderBusy(
+                f"a recorder is already running (pid {pid}) and owns {str(path).removesuffix('.recorder.lock')}; "
+                "this process will only publish events"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Recorder:
+    """Owns settings.metrics_path. Use as a thread (start/stop) or in the foreground (run_forever)."""
+
+    def __init__(self, settings: Settings, *, max_events: int = 2000, poll_s: float = 0.2,
+                 consumer: SpoolConsumer | RedisConsumer | None = None):
+        self.settings = settings
+        settings.ensure_dirs()
+        self._lock = _OwnerLock(Path(str(settings.metrics_path) + ".recorder.lock"))
+        try:
+            self.store = MetricStore(settings.metrics_path)
+        except StoreLocked as exc:
+            self._lock.release()
+            raise RecorderBusy(f"a recorder is already running elsewhere: {exc}") from None
+        except BaseException:
+            self._lock.release()
+            raise
+        self.registry = Registry(settings.registry_url)
+        self.consumer = consumer or open_consumer(settings)
+        self.max_events = max_events
+        self.poll_s = poll_s
+        self._known_runs: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_lost_check = 0.0
+        self.stats = {"events": 0, "points": 0, "rejected": 0, "batches": 0}
+        self.last_error: str | None = None
+        self._closed = False
+
+    # -- one step
+
+    def _unknown(self, run_ids: set[str]) -> set[str]:
+        missing = run_ids - self._known_runs
+        if missing:
+            self._known_runs |= self.registry.existing_run_ids(missing)
+        return run_ids - self._known_runs
+
+    def _reject(self, d: Delivery, reason: str) -> None:
+        self.consumer.reject(d, reason)
+        self.stats["rejected"] += 1
+
+    def process(self, deliveries: Sequence[Delivery]) -> int:
+        """Ingest, commit, update the registry, then acknowledge. Returns points stored."""
+        good: list[Delivery] = []
+        for d in deliveries:
+            if d.event is None:
+                self._reject(d, d.error or "undecodable event")
+            else:
+                good.append(d)
+        referenced: set[str] = set()
+        for d in good:
+            ev = d.event or {}
+            referenced |= set(ev["run_ids"]) if ev["type"] == "heartbeat" else {ev["run_id"]}
+        unknown = self._unknown(referenced)
+        kept: list[Delivery] = []
+        for d in good:
+            ev = d.event or {}
+            if ev["type"] == "heartbeat":
+                ev["run_ids"] = [r for r in ev["run_ids"] if r not in unknown]
+                if not ev["run_ids"]:
+                    self._reject(d, "heartbeat names no known run")
+                    continue
+            elif ev["run_id"] in unknown:
+                self._reject(d, f"unknown run {ev['run_id']!r} (not in the registry)")
+                continue
+            kept.append(d)
+
+        points = [d for d in kept if (d.event or {})["type"] == "points"]
+        stored = 0
+        try:
+            stored = self.store.ingest([PointsBatch.from_event(d.event or {}) for d in points])
+        except Exception as exc:  # noqa: BLE001 - isolate the poison batch, keep the rest
+            log.warning("batch ingest failed (%s); retrying event by event", exc)
+            for d in points:
+                try:
+                    stored += self.store.ingest([PointsBatch.from_event(d.event or {})])
+                except Exception as one:  # noqa: BLE001
+                    self._reject(d, f"cannot store points: {type(one).__name__}: {one}")
+                    kept.remove(d)
+
+        any_finished = False
+        for d in kept:
+            ev = d.event or {}
+            kind = ev["type"]
+            if kind == "started":
+                self.registry.mark_running(ev["run_id"], ev["attempt"], ev["worker"], now=float(ev["time"]))
+            elif kind == "heartbeat":
+                self.registry.heartbeat(ev["run_ids"], ev["attempt"], ev["worker"], now=float(ev["time"]))
+            elif kind == "finished":
+                self.registry.finish(
+                    ev["run_id"], ev["attempt"], ev["status"], steps_done=ev.get("steps_done"),
+                    diverged_step=ev.get("diverged_step"), summary=ev.get("summary"), error=ev.get("error"))
+                any_finished = True
+        if any_finished:
+            self.store.checkpoint()
+        self.consumer.ack(kept)
+        self.stats["events"] += len(kept)
+        self.stats["points"] += stored
+        self.stats["batches"] += 1
+        return stored
+
+    def step(self, block_s: float | None = None) -> int:
+        """Read one batch of events and record it; check for lost runs when caught up."""
+        deliveries = self.consumer.read(self.max_events, self.poll_s if block_s is None else block_s)
+        stored = self.process(deliveries) if deliveries else 0
+        now = time.time()
+        # only when caught up: a backlog of old heartbeats must not make live runs look dead
+        if len(deliveries) < self.max_events and now - self._last_lost_check >= self.settings.heartbeat_s:
+            self._last_lost_check = now
+            lost = self.registry.mark_lost(self.settings.lost_after_s, now=now)
+            if lost:
+                log.warning("marked %d run(s) lost (no heartbeat for %.0f s)", len(lost), self.settings.lost_after_s)
+        return stored
+
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Record until the bus is empty (tests, CLI `--once`)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            n_before = self.stats["events"] + self.stats["rejected"]
+            self.step(block_s=0.05)
+            if self.stats["events"] + self.stats["rejected"] == n_before and self.consumer.pending_count() == 0:
+                return
+
+    # -- loops
+
+    def run_forever(self) -> None:
+        """Foreground loop until stop() (or SIGTERM/SIGINT in the main thread). Errors are logged and
+        retried: nothing is acknowledged before it is stored, so a retry loses nothing."""
+        while not self._stop.is_set():
+            try:
+                self.step()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - the loop must survive a hiccup (DB busy, Redis down)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("recorder step failed; retrying")
+                self._stop.wait(1.0)
+
+    def start(self) -> Recorder:
+        """Record in a daemon thread of this process (the dashboard)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run_forever, name="gamma-lab-recorder", daemon=True)
+            self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.consumer.close()
+        self.store.close()
+        self.registry.close()
+        self._lock.release()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m storage.recorder`: record in the foreground until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m storage.recorder", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="data folder (default: GAMMA_LAB_DATA or ./data)")
+    parser.add_argument("--once", action="store_true", help="record what is on the bus, then exit")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
+    settings = load_settings(**overrides)
+    try:
+        recorder = Recorder(settings)
+    except RecorderBusy as exc:
+        log.error("%s", exc)
+        return 2
+    if args.once:
+        recorder.drain()
+        recorder.close()
+        return 0
+
+    def _on_signal(_sig: int, _frame: Any) -> None:
+        recorder._stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    log.info("recording %s from %s", settings.metrics_path, settings.broker_url or settings.spool_dir)
+    try:
+        recorder.run_forever()
+    finally:
+        recorder.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

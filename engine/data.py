@@ -274,11 +274,15 @@ def make_stream(
         raise ConfigError("data", f"must be a DataConfig (got {type(cfg).__name__})")
     if cfg.dataset == "teacher":
         return TeacherStream(cfg, batch_size=batch_size, device=device, dtype=dtype)
+    if cfg.dataset == "mnist1d":
+        from engine.mnist1d import Mnist1dStream  # imports this module: import late
+
+        return Mnist1dStream(cfg, batch_size=batch_size, device=device, dtype=dtype)
     raise DataError("data.dataset", f"dataset {cfg.dataset!r} is not available yet (teacher works)")
 
 
 def check_data(cfg: DataConfig, *, data_root: Path | None, batch_size: int, steps: int) -> list[str]:
     """Cheap pre-flight check: raises DataError for unreadable data, returns warnings (e.g. reuse)."""
-    if cfg.dataset == "teacher":
-        return []
+    if cfg.dataset in ("teacher", "mnist1d"):
+        return []  # procedural: nothing to read, never reused
     raise DataError("data.dataset", f"dataset {cfg.dataset!r} is not available yet (teacher works)")

@@ -1,0 +1,158 @@
+"""Pure logic behind the dashboard: grid edges, heatmap layout, portrait overlays, URL state, the form."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.logic.figures import ema_smooth, portrait_figure, trajectories_figure
+from app.logic.grid import difference_grid, heatmap_grid, log_cell_edges, shared_log_range
+from app.logic.launch import errors_by_field, form_to_spec, parse_axis, spec_to_form
+from app.logic.portrait import boundary, overlay_curves, ridge, selected_cell
+from app.logic.presets import DEMO, available_presets
+from app.logic.selection import nearest, select_runs
+from app.logic.view_state import Field, read_view, write_view
+from engine.config import ConfigError
+
+from .plotly_json import arr
+
+
+def heatmap_frame(gammas, etas, value, status) -> pd.DataFrame:
+    rows = []
+    for j, g in enumerate(gammas):
+        for i, e in enumerate(etas):
+            rows.append(dict(gamma=g, eta=e, value=value[i][j], n_seeds=2, n_done=2, n_diverged=0, n_running=0,
+                             n_missing=0, cell_status=status[i][j]))
+    return pd.DataFrame(rows)
+
+
+def test_log_cell_edges_are_geometric_midpoints_for_uneven_grids():
+    edges = log_cell_edges([1e-3, 1e-2, 1.0])
+    np.testing.assert_allclose(edges, [-3.5, -2.5, -1.0, 1.0])  # midpoint of 1e-2 and 1 is 1e-1; outer edges mirror
+    np.testing.assert_allclose(log_cell_edges([10.0]), [0.5, 1.5])
+    with pytest.raises(ValueError, match="values"):
+        log_cell_edges([1.0, 0.1])
+
+
+def test_heatmap_grid_never_shows_non_ok_cells_as_values():
+    frame = heatmap_frame([0.1, 1.0], [0.01, 0.1],
+                          [[0.05, 0.02], [np.inf, 0.01]], [["ok", "ok"], ["diverged", "running"]])
+    frame = frame[~((frame.gamma == 1.0) & (frame.eta == 0.01))]  # an absent cell becomes missing
+    grid = heatmap_grid(frame)
+    assert grid.status.tolist() == [["ok", "missing"], ["diverged", "running"]]
+    ok = grid.ok_values()
+    assert ok[0, 0] == 0.05 and np.isnan(ok[1, 0]) and np.isnan(ok[1, 1]) and np.isnan(ok[0, 1])
+
+
+def test_portrait_figure_layers_and_values():
+    frame = heatmap_frame([0.1, 1.0, 10.0], [0.001, 0.01, 0.1],
+                          [[0.09, 0.08, 0.07], [0.05, 0.02, 0.06], [np.nan, 0.03, 0.01]],
+                          [["ok", "ok", "ok"], ["ok", "ok", "ok"], ["diverged", "ok", "running"]])
+    grid = heatmap_grid(frame)
+    curves, fits = overlay_curves(grid, depth=3)
+    fig = json.loads(portrait_figure(grid, value_label="loss", curves=curves).to_json())
+    names = [t.get("name") for t in fig["data"]]
+    assert "diverged" in names and "running" in names and "η* ridge" in names
+    main = fig["data"][0]
+    np.testing.assert_allclose(arr(main["x"]), log_cell_edges(grid.gammas))
+    z = arr(main["z"])
+    assert np.isnan(z[2, 0]) and np.isnan(z[2, 2])  # diverged and running cells carry no value
+    np.testing.assert_allclose(z[1, 1], np.log10(0.02))
+    assert fig["layout"]["uirevision"] == "gamma-lab"
+    assert any("theory η ∝ γ^(2/L), L=3" == n for n in names)
+
+
+def test_ridge_and_boundary():
+    frame = heatmap_frame([0.1, 1.0], [0.001, 0.01, 0.1, 1.0],
+                          [[0.09, 0.09], [0.02, 0.05], [0.05, 0.01], [np.nan, 0.08]],
+                          [["ok", "ok"], ["ok", "ok"], ["ok", "ok"], ["diverged", "ok"]])
+    grid = heatmap_grid(frame)
+    g, e = ridge(grid)
+    assert g.tolist() == [0.1, 1.0]
+    assert 0.001 <= e[0] <= 0.1 and 0.01 <= e[1] <= 1.0
+    bg, be = boundary(grid)
+    assert bg.tolist() == [0.1] and be.tolist() == [0.1]  # γ=1 never diverged: no boundary drawn
+
+
+def test_selected_cell_reads_customdata():
+    event = {"selection": {"points": [{"x": -1.0, "y": -2.0, "customdata": [0.1, 0.01, "ok"]}]}}
+    assert selected_cell(event) == (0.1, 0.01)
+    assert selected_cell({"selection": {"points": [{"x": 0.0, "y": -1.0}]}}) == (1.0, 0.1)
+    assert selected_cell({"selection": {"points": []}}) is None
+
+
+def test_view_state_round_trip_and_bad_values():
+    schema = {"metric": Field("str", "train_loss", choices=("train_loss", "test_loss")),
+              "step": Field("int", 0, minimum=0), "show": Field("list", ["ridge"], choices=("ridge", "fits")),
+              "live": Field("bool", True), "gamma": Field("float", None)}
+    values = {"metric": "test_loss", "step": 40, "show": ["fits"], "live": False, "gamma": 0.1}
+    params = write_view(values, schema)
+    assert read_view(params, schema) == values
+    bad = read_view({"metric": "rm -rf", "step": "-3", "show": "x,fits", "live": "maybe", "gamma": "nan"}, schema)
+    assert bad == {"metric": "train_loss", "step": 0, "show": ["fits"], "live": True, "gamma": None}
+    assert write_view({"metric": "train_loss"}, schema) == {}
+
+
+def test_launch_form_round_trip_and_errors():
+    form = spec_to_form(DEMO)
+    spec, errors = form_to_spec(form)
+    assert not errors and spec["grid"]["gamma"] == DEMO["grid"]["gamma"]
+    assert parse_axis("grid.eta", "1e-4 .. 10 / 2") == {"from": 1e-4, "to": 10.0, "per_decade": 2.0}
+    form["grid.eta"] = "0.1, lots"
+    _, errors = form_to_spec(form)
+    assert [e.field for e in errors] == ["grid.eta"]
+    grouped = errors_by_field([ConfigError("grid.eta.from", "bad"), ConfigError("model.width", "too big"),
+                               ConfigError("spec", "x")])
+    assert grouped == {"grid.eta": ["bad"], "model.width": ["too big"], "spec": ["spec: x"]}
+
+
+def test_demo_preset_is_a_valid_spec(tmp_path):
+    from tasks.spec import SweepSpec
+
+    presets = available_presets(tmp_path)
+    assert len(presets) == 2  # no CIFAR-5M files in the data folder
+    for spec in presets.values():
+        SweepSpec.from_dict(spec)
+    (tmp_path / "cifar5m").mkdir()
+    (tmp_path / "cifar5m" / "part0.npz").write_bytes(b"")
+    assert len(available_presets(tmp_path)) == 3
+
+
+def test_select_runs_and_nearest():
+    runs = pd.DataFrame({"run_id": list("abcdef"), "gamma": [0.1, 0.1, 0.1, 1.0, 1.0, 1.0],
+                         "eta": [0.01, 0.1, 1.0, 0.01, 0.1, 1.0], "seed": 0,
+                         "status": ["done", "done", "diverged", "done", "done", "done"],
+                         "final_train_loss": [0.05, 0.02, np.nan, 0.04, 0.03, 0.01]})
+    assert select_runs(runs, "row", gamma=0.1)["run_id"].tolist() == ["a", "b", "c"]
+    assert select_runs(runs, "column", eta=0.1)["run_id"].tolist() == ["b", "e"]
+    assert select_runs(runs, "ridge")["run_id"].tolist() == ["b", "f"]
+    assert nearest([0.1, 1.0], 0.09) == 0.1
+    with pytest.raises(ValueError, match="mode"):
+        select_runs(runs, "diagonal")
+
+
+def test_trajectories_figure_groups_by_colour_and_marks_divergence():
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "gamma": [0.1, 0.1, 1.0], "eta": [0.01, 0.1, 0.01], "seed": 0})
+    series = pd.DataFrame({"run_id": ["a", "a", "b", "b", "c", "c"], "x": [1, 10, 1, 10, 1, 10],
+                           "value": [0.1, 0.05, 0.1, np.inf, 0.1, 0.01],
+                           "kind": ["point", "point", "point", "diverged", "point", "point"]})
+    by_gamma = json.loads(trajectories_figure(series, runs, colour_by="gamma").to_json())
+    names = [t["name"] for t in by_gamma["data"]]
+    assert names == ["γ=0.1", "γ=1", "diverged"]
+    by_eta = json.loads(trajectories_figure(series, runs, colour_by="eta").to_json())
+    assert [t["name"] for t in by_eta["data"]] == ["η=0.01", "η=0.1", "diverged"]
+    smooth = ema_smooth(series[series.kind == "point"], 5)
+    assert smooth["value"].between(0.01, 0.1).all()
+
+
+def test_compare_helpers():
+    fa = heatmap_frame([0.1, 1.0], [0.01], [[0.1, 0.01]], [["ok", "ok"]])
+    fb = heatmap_frame([0.1, 1.0], [0.01], [[0.01, np.nan]], [["ok", "diverged"]])
+    ga, gb = heatmap_grid(fa), heatmap_grid(fb)
+    assert shared_log_range(ga, gb) == (-2.0, -1.0)
+    diff = difference_grid(ga, gb)
+    np.testing.assert_allclose(diff.value[0, 0], 1.0)
+    assert diff.status.tolist() == [["ok", "diverged"]]

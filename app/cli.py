@@ -1,0 +1,464 @@
+"""The `gamma-lab` command line.
+
+    gamma-lab serve [--host 127.0.0.1] [--port 8501]     the dashboard (recorder + local workers inside)
+    gamma-lab sweep SPEC.toml [--executor local|celery] [--wait] [--rerun] [--device cpu|cuda]
+    gamma-lab worker [--queue cpu|gpu] [--device cpu|cuda:0[,cuda:1...]] [--concurrency N]
+    gamma-lab recorder                                   the single owner of the DuckDB metric file
+    gamma-lab status [SWEEP]
+    gamma-lab cancel SWEEP|RUN
+    gamma-lab rerun SWEEP|RUN
+    gamma-lab export SWEEP --format csv|parquet [--out FILE] [--series]
+    gamma-lab demo                                       a tiny local sweep, then a summary table
+
+Settings come from storage.settings: GAMMA_LAB_DATA (data folder, default ./data),
+GAMMA_LAB_BROKER_URL (Redis; unset = embedded mode), GAMMA_LAB_REGISTRY_URL, <data>/settings.toml.
+
+Scripts capture the sweep id from the last line of standard output; everything else (progress,
+warnings) goes to standard error. A user error prints one clear line (or one per spec problem) and
+exits 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_UNFINISHED = 1
+SUMMARY_KEYS = ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
+EXPORT_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "steps_done", "diverged_step") + SUMMARY_KEYS
+DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo.toml"
+
+
+class UserError(Exception):
+    """Shown as one line (exit 2): bad input, not a bug."""
+
+
+def _err(*lines: str) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def _settings() -> Any:
+    from storage.settings import load_settings
+
+    return load_settings()
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    entry = Path(__file__).resolve().parent / "main.py"
+    if not entry.exists():
+        raise UserError(f"the dashboard entry {entry} is missing (install gamma-lab with its app package)")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(entry),
+           "--server.address", args.host, "--server.port", str(args.port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    _err(f"gamma-lab dashboard on http://{args.host}:{args.port}")
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def _read_spec(path: str) -> Any:
+    from tasks.spec import SweepSpec
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"spec: no such file {path!r}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"spec: cannot read {path!r}: {exc}") from None
+    return SweepSpec.from_toml(text)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tasks import api
+
+    settings = _settings()
+    spec = _read_spec(args.spec)
+    sweep_id = api.submit(spec, settings, executor=args.executor, rerun=args.rerun, device=args.device)
+    _err(f"sweep {sweep_id} ({spec.name}): {spec.grid.n_cells} cells queued on the {args.executor} executor")
+    code = 0
+    if args.wait:
+        code = wait_for(settings, sweep_id)
+    print(sweep_id, flush=True)
+    return code
+
+
+def _start_recorder(settings: Any) -> Any:
+    """An in-process recorder when nobody else records (None if one is running elsewhere)."""
+    from storage.recorder import Recorder, RecorderBusy
+
+    try:
+        recorder = Recorder(settings)
+    except RecorderBusy:
+        return None
+    recorder.start()
+    return recorder
+
+
+def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5) -> int:
+    """Progress bar until every run ended. 0 when all are done or diverged."""
+    from tqdm import tqdm
+
+    from tasks import api
+
+    recorder = _start_recorder(settings)
+    counts = api.sweep_progress(settings, sweep_id)
+    bar = tqdm(total=max(sum(counts.values()), 1), file=sys.stderr, unit="run", desc=sweep_id, leave=True)
+    try:
+        while True:
+            counts = api.sweep_progress(settings, sweep_id)
+            total = sum(counts.values())
+            ended = total - counts.get("queued", 0) - counts.get("running", 0)
+            bar.total = max(total, 1)
+            bar.n = ended
+            bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
+            if api.is_settled(settings, sweep_id) and total:
+                break
+            if recorder is None:  # the recorder elsewhere may have stopped: take over if we can
+                recorder = _start_recorder(settings)
+            time.sleep(poll_s)
+    finally:
+        bar.close()
+        if recorder is not None:
+            recorder.stop()
+    counts = api.sweep_progress(settings, sweep_id)
+    bad = {k: v for k, v in counts.items() if v and k not in ("done", "diverged")}
+    if bad:
+        _err(f"sweep {sweep_id} ended with " + ", ".join(f"{v} {k}" for k, v in bad.items()))
+        return EXIT_UNFINISHED
+    return 0
+
+
+# ----------------------------------------------------------------------------- worker / recorder
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if not settings.broker_url:
+        raise UserError("worker: a Celery worker needs a broker; set GAMMA_LAB_BROKER_URL=redis://host:port/0 "
+                        "(embedded mode starts local workers by itself)")
+    devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    from tasks.planner import device_class
+
+    for d in devices:
+        device_class(d)
+    queue = args.queue or ("cpu" if devices == ["cpu"] else "gpu")
+    if len(devices) > 1:
+        # One process per GPU, each seeing only its own device: CUDA is never initialized in a parent
+        # that forks, and a crash on one GPU leaves the others working.
+        procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queue", queue, "--device", d,
+                                   "--concurrency", "1"]) for d in devices]
+        try:
+            return max(p.wait() for p in procs)
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+            return 0
+    device = devices[0]
+    env_device = "cpu"
+    if device != "cpu":
+        index = device.split(":", 1)[1] if ":" in device else "0"
+        os.environ["CUDA_VISIBLE_DEVICES"] = index
+        env_device = "cuda"  # the only visible GPU is cuda:0 inside this process
+    os.environ["GAMMA_LAB_WORKER_DEVICE"] = env_device
+    concurrency = max(1, args.concurrency)
+    if env_device == "cuda":
+        concurrency = 1  # one process per GPU
+    os.environ.setdefault("GAMMA_LAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
+    from tasks.celery_app import configure
+
+    app = configure(settings.broker_url)
+    pool = "solo" if concurrency == 1 else "prefork"
+    argv = ["worker", "-Q", queue, "-P", pool, "-c", str(concurrency), "--loglevel", args.loglevel,
+            "-n", f"gamma-lab-{queue}-{device.replace(':', '')}@%h", "--without-gossip", "--without-mingle"]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_recorder(args: argparse.Namespace) -> int:
+    from storage.recorder import Recorder, RecorderBusy
+
+    settings = _settings()
+    try:
+        recorder = Recorder(settings)
+    except RecorderBusy as exc:
+        raise UserError(str(exc)) from None
+    _err(f"recording {settings.metrics_path} (Ctrl-C to stop)")
+    try:
+        recorder.run_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# ----------------------------------------------------------------------------- status / cancel / rerun
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from storage.registry import Registry
+
+    settings = _settings()
+    with Registry(settings.registry_url) as reg:
+        if args.sweep is None:
+            rows = reg.list_sweeps(limit=args.limit)
+            print(f"{'sweep':<14}{'name':<24}{'owner':<12}{'status':<10}{'runs':>6}  counts")
+            for s in rows:
+                counts = " ".join(f"{k}={v}" for k, v in s["counts"].items() if v)
+                print(f"{s['id']:<14}{s['name'][:23]:<24}{s['owner'][:11]:<12}{s['status']:<10}"
+                      f"{s['n_runs']:>6}  {counts}")
+            return 0
+        sweep = reg.get_sweep(args.sweep)
+        if sweep is None:
+            run = reg.get_run(args.sweep)
+            if run is None:
+                raise UserError(f"status: {args.sweep!r} is neither a sweep nor a run")
+            for k in ("run_id", "gamma", "eta", "seed", "status", "attempt", "worker", "steps_done",
+                      "diverged_step", "error"):
+                print(f"{k:>14}: {run[k]}")
+            for k, v in (run["summary"] or {}).items():
+                print(f"{k:>14}: {v}")
+            return 0
+        runs = reg.list_runs(args.sweep)
+    counts = " ".join(f"{k}={v}" for k, v in sweep["counts"].items() if v)
+    print(f"sweep {sweep['id']} ({sweep['name']}, {sweep['owner']}): {sweep['status']}  {counts}")
+    print(_run_table(runs))
+    return 0
+
+
+def _run_table(runs: Sequence[dict[str, Any]]) -> str:
+    lines = [f"{'run_id':<18}{'gamma':>10}{'eta':>11}{'seed':>5}  {'status':<10}{'steps':>7}{'final_loss':>12}"]
+    for r in runs:
+        loss = (r.get("summary") or {}).get("final_train_loss")
+        loss_s = f"{loss:.4g}" if isinstance(loss, float) else "-"
+        steps = r.get("steps_done")
+        lines.append(f"{r['run_id']:<18}{r['gamma']:>10.4g}{r['eta']:>11.4g}{r['seed']:>5}  {r['status']:<10}"
+                     f"{steps if steps is not None else '-':>7}{loss_s:>12}")
+    return "\n".join(lines)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from tasks import api
+
+    n = api.cancel(_settings(), args.id)
+    _err(f"cancel requested for {n} run(s) of {args.id}")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from tasks import api
+
+    ids = api.rerun(_settings(), args.id, everything=args.all)
+    _err(f"{len(ids)} run(s) queued again as a new attempt")
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def runs_frame(settings: Any, sweep_id: str) -> Any:
+    """One row per run: EXPORT_COLUMNS."""
+    import pandas as pd
+
+    from storage.registry import Registry
+
+    with Registry(settings.registry_url) as reg:
+        if reg.get_sweep(sweep_id) is None:
+            raise UserError(f"export: no sweep {sweep_id!r}")
+        runs = reg.list_runs(sweep_id)
+    rows = []
+    for r in runs:
+        row = {k: r.get(k) for k in EXPORT_COLUMNS[:7]}
+        summary = r.get("summary") or {}
+        row.update({k: summary.get(k) for k in SUMMARY_KEYS})
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
+    for k in ("steps_done", "diverged_step"):
+        frame[k] = frame[k].astype("Int64")
+    for k in SUMMARY_KEYS:
+        frame[k] = frame[k].astype("float64")
+    return frame
+
+
+def series_frame(settings: Any, sweep_id: str) -> Any:
+    """Every stored point of the sweep's runs (their current attempt): run_id, step, metric, value."""
+    import pandas as pd
+
+    from storage.metric_store import StoreLocked, open_reader
+    from storage.registry import Registry
+
+    with Registry(settings.registry_url) as reg:
+        if reg.get_sweep(sweep_id) is None:
+            raise UserError(f"export: no sweep {sweep_id!r}")
+        wanted = pd.DataFrame([(r["run_id"], r["attempt"]) for r in reg.list_runs(sweep_id)],
+                              columns=["run_id", "attempt"])
+    empty = pd.DataFrame({"run_id": pd.Series(dtype=str), "step": pd.Series(dtype="int64"),
+                          "metric": pd.Series(dtype=str), "value": pd.Series(dtype="float64")})
+    try:
+        store, owned = open_reader(settings.metrics_path)
+    except StoreLocked as exc:
+        raise UserError(f"export --series: {exc} (stop the recorder or export from the dashboard)") from None
+    if store is None or wanted.empty:
+        return empty
+    try:
+        cur = store.cursor()
+        cur.register("wanted_runs", wanted)
+        frame = cur.execute(
+            "SELECT k.run_id, p.step, p.metric, p.value FROM points p "
+            "JOIN run_keys k ON p.run_key = k.run_key "
+            "JOIN wanted_runs w ON w.run_id = k.run_id AND w.attempt = p.attempt "
+            "ORDER BY k.run_id, p.metric, p.step"
+        ).df()
+        cur.unregister("wanted_runs")
+    finally:
+        if owned:
+            store.close()
+    return frame
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.series:
+        recorder = _start_recorder(settings)  # flush pending events so the export is complete
+        if recorder is not None:
+            recorder.stop()
+    frame = series_frame(settings, args.sweep) if args.series else runs_frame(settings, args.sweep)
+    out = args.out
+    if args.format == "parquet":
+        if not out:
+            raise UserError("export: --format parquet needs --out FILE (binary output)")
+        frame.to_parquet(out, index=False)
+    elif out:
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    if out:
+        _err(f"wrote {len(frame)} rows to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tasks import api
+
+    settings = _settings()
+    spec = _read_spec(str(DEMO_SPEC))
+    if args.steps:
+        from dataclasses import replace
+
+        spec = replace(spec, train=replace(spec.train, steps=args.steps))
+    sweep_id = api.submit(spec, settings, executor="local")
+    _err(f"demo sweep {sweep_id}: {spec.grid.n_cells} cells of {spec.name}, data in {settings.data_dir}")
+    code = wait_for(settings, sweep_id)
+    frame = runs_frame(settings, sweep_id)
+    table = frame.groupby(["gamma", "eta"]).agg(
+        status=("status", lambda s: "/".join(sorted(set(s)))),
+        final_train_loss=("final_train_loss", "mean"),
+        final_test_acc=("final_test_acc", "mean"),
+    )
+    print(table.to_string(float_format=lambda v: f"{v:.4g}"), file=sys.stderr)
+    print(sweep_id, flush=True)
+    return code
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gamma-lab", description="Sweep γ and η of online SGD; browse the results.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the dashboard")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    s.add_argument("--port", type=int, default=8501)
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("sweep", help="launch a sweep from a TOML spec")
+    s.add_argument("spec")
+    s.add_argument("--executor", choices=("local", "celery"), default=None,
+                   help="default: celery when GAMMA_LAB_BROKER_URL is set, else local")
+    s.add_argument("--device", default=None, help="cpu (default) or cuda")
+    s.add_argument("--wait", action="store_true", help="show progress until every run ended")
+    s.add_argument("--rerun", action="store_true", help="retrain cells that already have a stored result")
+    s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("worker", help="a Celery worker for the lab's machines")
+    s.add_argument("--queue", choices=("cpu", "gpu"), default=None)
+    s.add_argument("--device", default="cpu", help="cpu, cuda:0, or cuda:0,cuda:1 for one process per GPU")
+    s.add_argument("--concurrency", type=int, default=1)
+    s.add_argument("--loglevel", default="INFO")
+    s.set_defaults(fn=cmd_worker)
+
+    s = sub.add_parser("recorder", help="ingest events into the metric store")
+    s.set_defaults(fn=cmd_recorder)
+
+    s = sub.add_parser("status", help="sweeps, or the runs of one sweep")
+    s.add_argument("sweep", nargs="?")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("cancel", help="stop a sweep or a run (at its next log step)")
+    s.add_argument("id")
+    s.set_defaults(fn=cmd_cancel)
+
+    s = sub.add_parser("rerun", help="train again the failed/cancelled/lost runs of a sweep, or one run")
+    s.add_argument("id")
+    s.add_argument("--all", action="store_true", help="also runs that have a result")
+    s.set_defaults(fn=cmd_rerun)
+
+    s = sub.add_parser("export", help="one row per run (or every point with --series)")
+    s.add_argument("sweep")
+    s.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    s.add_argument("--out", default=None)
+    s.add_argument("--series", action="store_true")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("demo", help="a tiny local sweep and a summary table")
+    s.add_argument("--steps", type=int, default=None)
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "executor", "x") is None:
+        args.executor = "celery" if os.environ.get("GAMMA_LAB_BROKER_URL") else "local"
+    from engine.config import ConfigError
+    from tasks.spec import SpecError
+
+    try:
+        return int(args.fn(args) or 0)
+    except SpecError as exc:
+        _err(f"error: {len(exc.errors)} problem(s) in the sweep spec; nothing was queued:",
+             *(f"  {line}" for line in exc.lines()))
+        return EXIT_USAGE
+    except (UserError, ConfigError) as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except ValueError as exc:  # SettingsError, RegistryError: bad input named by field
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

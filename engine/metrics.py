@@ -72,9 +72,7 @@ def kernel_alignment(kernel: Tensor, target: Tensor, centered: bool = False) -> 
     return inner / (kernel.flatten(-2).norm(dim=-1) * yy.norm())
 
 
-def empirical_ntk(
-    fn: Callable[[Params, Tensor], Tensor], params: Params, x: Tensor, chunk: int = 1
-) -> Tensor:
+def empirical_ntk(fn: Callable[[Params, Tensor], Tensor], params: Params, x: Tensor, chunk: int = 1) -> Tensor:
     """Class-summed empirical NTK Θ(x, x') = Σ_c ∂f_c(x)/∂θ · ∂f_c(x')/∂θ for every member.
 
     fn(params_one, x) → (P, C) is one member's output; params holds stacked (K, ...) tensors;
@@ -131,7 +129,9 @@ def top_hessian_eigenvalue(
         grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
     eig = torch.zeros(k, dtype=total.dtype, device=total.device)
     for i in range(iters):
-        hv_list = torch.autograd.grad(grads, list(leaves.values()), grad_outputs=list(v.values()), retain_graph=i < iters - 1)
+        hv_list = torch.autograd.grad(
+            grads, list(leaves.values()), grad_outputs=list(v.values()), retain_graph=i < iters - 1
+        )
         hv = dict(zip(leaves, hv_list, strict=True))
         eig = _dot(v, hv, k)  # Rayleigh quotient vᵀHv (v is unit)
         v = _normalize({n: t.detach() for n, t in hv.items()}, k)

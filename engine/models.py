@@ -83,7 +83,9 @@ class EnsembleModel:
     def weight_names(self) -> list[str]:
         return [n for n, (_, kind) in self.specs.items() if kind == "w"]
 
-    def init(self, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Params:
+    def init(
+        self, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> Params:
         """Stacked parameters (K, ...) for members with these seeds. Member k depends only on seeds[k]."""
         per_member: list[Params] = []
         for seed in seeds:
@@ -157,7 +159,7 @@ class EnsembleModel:
             losses = loss_fn(loss, self.output(leaves, params0, x, gamma), target, label)  # (K,)
             grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         with torch.no_grad():
-            for (name, p), g in zip(params.items(), grads, strict=True):
+            for p, g in zip(params.values(), grads, strict=True):
                 s = _expand(step_size, g)
                 p.sub_(torch.where(s > 0, g * s, torch.zeros((), dtype=g.dtype, device=g.device)))
         return losses.detach()
@@ -232,9 +234,7 @@ class MLP(EnsembleModel):
         s_out = 1.0 / self.dims[depth - 1]
         eye = torch.eye(self.n_outputs, dtype=x.dtype, device=x.device)
         # E for the readout's u: ∂f_c/∂u_L[c'] = s_L/γ δ_cc' → (K, C, P, C)
-        e = (s_out / gamma).view(k, 1, 1, 1) * eye.view(1, self.n_outputs, 1, self.n_outputs).expand(
-            k, -1, p_pts, -1
-        )
+        e = (s_out / gamma).view(k, 1, 1, 1) * eye.view(1, self.n_outputs, 1, self.n_outputs).expand(k, -1, p_pts, -1)
         kernel = torch.zeros(k, p_pts, p_pts, dtype=x.dtype, device=x.device)
         for layer in range(depth, 0, -1):
             a = a_rows[layer - 1]  # (K, P, fan)

@@ -124,7 +124,8 @@ def _check(configs: Sequence[RunConfig]) -> list[RunConfig]:
     keys = {c.shape_key for c in configs}
     if len(keys) != 1:
         raise ConfigError(
-            "configs", "all runs of one ensemble must share shapes (model, data, train, dtype); only γ, η, seed may differ"
+            "configs",
+            "all runs of one ensemble must share shapes (model, data, train, dtype); only γ, η, seed may differ",
         )
     return configs
 
@@ -338,7 +339,9 @@ def _evaluate(
 def _chunked_output(model: EnsembleModel, params: Params, centered: Params | None, x: Tensor, gamma: Tensor) -> Tensor:
     """f on a large held-out set in slices, to bound memory (K × slice × widths). → (K, n, C)."""
     size = 1024
-    return torch.cat([model.output(params, centered, x[s : s + size], gamma) for s in range(0, x.shape[0], size)], dim=1)
+    return torch.cat(
+        [model.output(params, centered, x[s : s + size], gamma) for s in range(0, x.shape[0], size)], dim=1
+    )
 
 
 def _generic_ntk(model: EnsembleModel, params: Params, centered: Params | None, x: Tensor, gamma: Tensor) -> Tensor:

@@ -334,9 +334,13 @@ def series_frame(settings: Any, sweep_id: str) -> Any:
 def cmd_export(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.series:
-        recorder = _start_recorder(settings)  # flush pending events so the export is complete
-        if recorder is not None:
-            recorder.stop()
+        from storage.recorder import Recorder, RecorderBusy
+
+        try:  # ingest pending events first so the export is complete (skipped if another one records)
+            with Recorder(settings) as recorder:
+                recorder.drain(timeout_s=30)
+        except RecorderBusy:
+            pass
     frame = series_frame(settings, args.sweep) if args.series else runs_frame(settings, args.sweep)
     out = args.out
     if args.format == "parquet":

@@ -38,3 +38,10 @@ def test_launch_shows_errors_at_their_fields(app: AppTest):
     app.text_input(key="launch.grid.eta").set_value("-1, 0.1")
     next(b for b in app.button if b.label == "Check plan").click().run()
     assert any("grid.eta" in e or "must be a finite number > 0" in e for e in [e.value for e in app.error])
+
+
+@pytest.mark.parametrize("page", ["runs", "portrait", "trajectories", "overlays", "diagnostics", "compare"])
+def test_every_page_renders_on_an_empty_store(app: AppTest, page: str):
+    app.switch_page(f"pages/{page}.py").run()
+    assert not app.exception, app.exception
+    assert any("No sweeps yet" in i.value for i in app.info)

@@ -275,14 +275,44 @@ def make_stream(
     if cfg.dataset == "teacher":
         return TeacherStream(cfg, batch_size=batch_size, device=device, dtype=dtype)
     if cfg.dataset == "mnist1d":
-        from engine.mnist1d import Mnist1dStream  # imports this module: import late
+        from engine.mnist1d import Mnist1dStream  # these modules import this one: import late
 
         return Mnist1dStream(cfg, batch_size=batch_size, device=device, dtype=dtype)
-    raise DataError("data.dataset", f"dataset {cfg.dataset!r} is not available yet (teacher works)")
+    if cfg.dataset == "digits":
+        from engine.data_digits import make_digits_stream
+
+        return make_digits_stream(cfg, batch_size=batch_size, device=device, dtype=dtype)
+    from engine.data_files import OPENERS, make_file_stream
+
+    if cfg.dataset in OPENERS:
+        return make_file_stream(cfg, batch_size=batch_size, data_root=data_root, device=device, dtype=dtype)
+    raise DataError("data.dataset", f"unknown dataset {cfg.dataset!r}")
 
 
 def check_data(cfg: DataConfig, *, data_root: Path | None, batch_size: int, steps: int) -> list[str]:
-    """Cheap pre-flight check: raises DataError for unreadable data, returns warnings (e.g. reuse)."""
+    """Cheap pre-flight check before anything is queued: raises DataError for missing, corrupt or
+    ill-shaped data (files are opened and their headers and labels checked, no pixels read);
+    returns warnings, e.g. that a finite set would be reused."""
+    if not isinstance(cfg, DataConfig):
+        raise ConfigError("data", f"must be a DataConfig (got {type(cfg).__name__})")
     if cfg.dataset in ("teacher", "mnist1d"):
         return []  # procedural: nothing to read, never reused
-    raise DataError("data.dataset", f"dataset {cfg.dataset!r} is not available yet (teacher works)")
+    from engine.data_finite import reuse_warning
+
+    if cfg.dataset == "digits":
+        from engine.data_digits import n_train
+
+        name, train_rows = "digits", n_train(cfg)
+    else:
+        from engine.data_files import open_file_dataset
+
+        opened = open_file_dataset(cfg, data_root)
+        name, train_rows = opened.name, len(opened.source) - cfg.test_size
+        if train_rows <= 0:
+            raise DataError(
+                "data.test_size",
+                f"{name} has {len(opened.source):,} samples; use test_size < {len(opened.source):,} "
+                f"(got {cfg.test_size:,})",
+            )
+    message = reuse_warning(name, train_rows, batch_size, steps)
+    return [message] if message else []

@@ -187,7 +187,9 @@ def trajectories_figure(
         raise ValueError(f"colour_by: must be gamma or eta (got {colour_by!r})")
     fig = go.Figure()
     meta = runs.set_index("run_id")
-    data = series.join(meta[["gamma", "eta"]], on="run_id", how="inner")
+    # γ, η come from the runs frame (an overlay frame carries its own copy: drop it, avoid a clash)
+    data = series.drop(columns=["gamma", "eta"], errors="ignore").join(meta[["gamma", "eta"]], on="run_id",
+                                                                       how="inner")
     if log_x:
         data = data[data["x"] > 0]
     if log_y:

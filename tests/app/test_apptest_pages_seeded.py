@@ -1,0 +1,70 @@
+"""Every page through AppTest against a store filled by a real tiny sweep (`gamma-lab demo`:
+local workers train it, the recorder ingests the points). Widgets must change the figures' data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from .plotly_json import arr
+
+MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("seeded")
+    env = {**os.environ, "GAMMA_LAB_DATA": str(path)}
+    done = subprocess.run([sys.executable, "-m", "app.cli", "demo"], env=env, capture_output=True, text=True,
+                          timeout=500, cwd=Path(MAIN).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return path
+
+
+@pytest.fixture()
+def app(data_dir, monkeypatch) -> AppTest:
+    monkeypatch.setenv("GAMMA_LAB_DATA", str(data_dir))
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+@pytest.mark.parametrize("page", ["runs", "portrait", "trajectories", "overlays", "diagnostics", "compare"])
+def test_page_renders_with_data(app: AppTest, page: str):
+    app.switch_page(f"pages/{page}.py").run()
+    assert not app.exception, app.exception
+    if page != "runs":
+        assert figures(app) and any(f["data"] for f in figures(app))
+
+
+def test_portrait_metric_changes_heatmap(app: AppTest):
+    app.switch_page("pages/portrait.py").run()
+    app.toggle(key="portrait.live").set_value(False).run()
+    before = arr(figures(app)[0]["data"][0]["z"])
+    assert np.isfinite(before).any()
+    app.selectbox(key="portrait.stat").set_value("best").run()
+    after = arr(figures(app)[0]["data"][0]["z"])
+    assert not app.exception
+    assert np.nanmax(after - before) <= 1e-12 and not np.allclose(after, before, equal_nan=True)
+
+
+def test_trajectories_colour_by_changes_traces(app: AppTest):
+    app.switch_page("pages/trajectories.py").run()
+    names = [t["name"] for t in figures(app)[0]["data"]]
+    assert names and all(n.startswith("η=") or n == "diverged" for n in names)
+    app.radio(key="traj.colour").set_value("gamma").run()
+    names = [t["name"] for t in figures(app)[0]["data"]]
+    assert any(n.startswith("γ=") for n in names)

@@ -142,7 +142,7 @@ def test_ntk_scales_as_one_over_gamma_squared():
     torch.testing.assert_close(ntk[1], 100 * ntk[0])
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_mup_coordinate_sizes_stay_bounded_across_widths(arch):
     # coord check (microsoft/mup): after a few SGD steps at fixed η, γ the RMS of every hidden
     # pre-activation and of the output change must not grow or shrink with width.

@@ -138,7 +138,9 @@ def test_diverging_member_does_not_disturb_the_others():
     good = [(1.0, 0.05, 0), (2.0, 0.2, 1)]
     bad = (1.0, 1e4, 2)
     steps = 12
-    with_bad, b1 = collect(make_configs("mlp", [good[0], bad, good[1]], steps=steps), SyntheticStream((6,)), flush_every=5)
+    with_bad, b1 = collect(
+        make_configs("mlp", [good[0], bad, good[1]], steps=steps), SyntheticStream((6,)), flush_every=5
+    )
     without, b2 = collect(make_configs("mlp", good, steps=steps), SyntheticStream((6,)), flush_every=5)
     assert with_bad[1].status == "diverged"
     d = with_bad[1].diverged_step

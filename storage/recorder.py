@@ -243,13 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m storage.recorder", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="data folder (default: GAMMA_LAB_DATA or ./data)")
     parser.add_argument("--once", action="store_true", help="record what is on the bus, then exit")
+    parser.add_argument("--max-events", type=int, default=2000, help="events per ingest transaction")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
     settings = load_settings(**overrides)
     try:
-        recorder = Recorder(settings)
+        recorder = Recorder(settings, max_events=args.max_events)
     except RecorderBusy as exc:
         log.error("%s", exc)
         return 2

@@ -215,6 +215,7 @@ def open_npz(cfg: DataConfig, data_root: Path | None) -> OpenedFiles:
             "data.path", f"{rel}: X must be uint8 or float, (n, D), (n, H, W) or 4-D images (got {x.dtype} {x.shape})"
         )
     check_labels(y, len(x), cfg.n_classes, rel)
+    shape: tuple[int, ...]
     if x.ndim == 2:
         layout, shape = "flat", (x.shape[1],)
     elif x.ndim == 3:

@@ -68,10 +68,13 @@ def dispatch(settings: Any, configs: Sequence[RunConfig], attempts: dict[str, in
         if plan.max_unit_seconds > VISIBILITY_TIMEOUT_S / 2:
             log.warning("a unit is estimated at %.0f s, near the broker's visibility timeout (%d s): it could be "
                         "redelivered while still running", plan.max_unit_seconds, VISIBILITY_TIMEOUT_S)
-        configure(settings.broker_url)
-        for unit in plan.units:
-            # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
-            run_unit_task.apply_async(args=[unit.to_json()], queue=queue_for(device), task_id=unit.unit_id)
+        app = configure(settings.broker_url)
+        # an explicit connection to *this* broker: the app's cached pool may point at an older URL
+        with app.connection_for_write(settings.broker_url) as conn:
+            for unit in plan.units:
+                # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
+                run_unit_task.apply_async(args=[unit.to_json()], queue=queue_for(device), task_id=unit.unit_id,
+                                          connection=conn)
     return plan
 
 

@@ -178,7 +178,7 @@ def sample_raw(
 
 
 @functools.cache
-def normalization(args: Mnist1dArgs = Mnist1dArgs(), samples: int = 1 << 17) -> tuple[float, float]:
+def normalization(args: Mnist1dArgs = Mnist1dArgs(), samples: int = 1 << 16) -> tuple[float, float]:
     """Scalar (mean, std) of the raw samples, measured once on a fixed-seed sample (the package
     standardizes its dataset by the same two scalars)."""
     x, _ = sample_raw(np.random.Generator(np.random.PCG64(CALIBRATION_SEED)), samples, args)

@@ -115,3 +115,42 @@ def test_sweep_wait_export_and_reuse(tmp_path: Path) -> None:
     assert len(train2) == len(train)
     with Registry(f"sqlite:///{tmp_path / 'registry.sqlite'}") as reg:
         assert {r["attempt"] for r in reg.get_runs(list(runs.run_id))} == {1}
+
+
+def test_worker_without_broker_and_bad_executor(tmp_path: Path) -> None:
+    res = _cli(tmp_path, "worker", "--queue", "gpu", "--device", "cuda:0")
+    assert res.returncode == 2 and "GAMMA_LAB_BROKER_URL" in res.stderr and "Traceback" not in res.stderr
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY)
+    res = _cli(tmp_path, "sweep", str(spec), "--executor", "celery")
+    assert res.returncode == 2 and "executor" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_serve_binds_localhost(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _env(tmp_path)
+    env["HOME"] = str(tmp_path)  # streamlit writes its config/credentials under ~
+    proc = subprocess.Popen(["gamma-lab", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the dashboard never listened on 127.0.0.1")
+        out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        listening = [line for line in out.splitlines() if f":{port} " in line]
+        assert listening and all("127.0.0.1" in line for line in listening)  # not 0.0.0.0
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(20)

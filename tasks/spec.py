@@ -214,7 +214,7 @@ def _section(cls: type, section: str, raw: Any, context: tuple[str, ...], errors
             errors.extend(found)
             return None
         return obj
-    ctx = {}
+    ctx: dict[str, Any] = {}
     for key in context:  # keep a context field only if it is valid on its own
         if key in known:
             try:
@@ -256,7 +256,7 @@ def _axis(field_name: str, raw: Any, errors: list[ConfigError]) -> tuple[float, 
             return None
         ok = True
         for key in ("from", "to"):
-            v = raw.get(key)
+            v: Any = raw.get(key)
             if not _number(v) or not math.isfinite(v) or v <= 0:
                 errors.append(ConfigError(f"{field_name}.{key}", f"must be a finite number > 0 (got {v!r})"))
                 ok = False

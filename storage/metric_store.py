@@ -292,11 +292,13 @@ def _to_arrow(fresh: list[tuple[tuple[int, int, int], PointsBatch]]) -> pa.Table
     seq = np.repeat(np.array([k[2] for k, _ in fresh], dtype=np.int32), sizes)
     step = np.concatenate([np.asarray(b.step, dtype=np.int64) for _, b in fresh]) if fresh else np.empty(0)
     value = np.concatenate([np.asarray(b.value, dtype=np.float64) for _, b in fresh])
-    metric: list[str] = []
-    for _, b in fresh:
-        metric.extend(b.metric)
+    # metric names repeat (a handful per batch): dictionary-encode instead of building P Python strings
+    names = sorted({m for _, b in fresh for m in set(b.metric)})
+    lookup = {m: i for i, m in enumerate(names)}
+    codes = np.concatenate([np.fromiter(map(lookup.__getitem__, b.metric), dtype=np.int32, count=len(b.metric))
+                            for _, b in fresh])  # (P,)
     order = np.lexsort((step, run_key))
-    metric_arr = pa.array(metric, pa.string()).take(pa.array(order))
+    metric_arr = pa.DictionaryArray.from_arrays(pa.array(codes[order]), pa.array(names, pa.string()))
     return pa.table({
         "run_key": run_key[order], "attempt": attempt[order], "seq": seq[order], "step": step[order],
         "metric": metric_arr, "value": value[order],

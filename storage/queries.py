@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from storage.expression import ExpressionError, compile_expression  # noqa: F401 - re-exported
 from storage.metric_store import MetricStore, open_reader
-from storage.registry import Registry, runs_frame
+from storage.registry import Registry, runs_columns, runs_frame
 from storage.settings import Settings
 
 STATS = ("final", "best", "at_step", "steps_to")
@@ -120,51 +120,77 @@ def _frame(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = 
 # ----------------------------------------------------------------------------- heatmap
 
 
-def _per_run_values(cur: duckdb.DuckDBPyConnection | None, runs: pd.DataFrame, metric: str, stat: str,
-                    step: int | None, threshold: float | None) -> pd.Series:
-    """run_id -> value (NaN when none) for the chosen statistic, current attempt only."""
-    if cur is None or runs.empty:
-        return pd.Series(np.nan, index=runs["run_id"], dtype=np.float64)
-    with _registered(cur, "sel", _selection(cur, runs)):
-        df = _stat_frame(cur, metric, stat, step, threshold)
-    values = pd.Series(np.nan, index=runs["run_id"], dtype=np.float64)
-    if not df.empty:
-        values.loc[df["run_id"].to_numpy()] = df["value"].to_numpy(dtype=np.float64)
-    return values
+_EMPTY_STORE_DDL = [
+    "CREATE TABLE run_keys (run_key INTEGER, run_id VARCHAR)",
+    "CREATE TABLE points (run_key INTEGER, attempt INTEGER, seq INTEGER, step BIGINT, metric VARCHAR, "
+    "value DOUBLE)",
+    "CREATE TABLE summaries (run_key INTEGER, attempt INTEGER, metric VARCHAR, n BIGINT, last_step BIGINT, "
+    "last_value DOUBLE, min_value DOUBLE, min_step BIGINT, max_value DOUBLE, max_step BIGINT, "
+    "first_nonfinite_step BIGINT)",
+]
 
 
-def _stat_frame(cur: duckdb.DuckDBPyConnection, metric: str, stat: str, step: int | None,
-                threshold: float | None) -> pd.DataFrame:
+def _empty_cursor() -> duckdb.DuckDBPyConnection:
+    """An in-memory store with the tables and no rows: no metrics file yet reads as 'no data'."""
+    conn = duckdb.connect()
+    for ddl in _EMPTY_STORE_DDL:
+        conn.execute(ddl)
+    return conn
+
+
+def _values_sql(metric: str, stat: str, step: int | None, threshold: float | None) -> tuple[str, list[Any]]:
+    """SQL of (run_id, v) over the registered `runs_in` (current attempt): the per-seed statistic."""
+    join = "JOIN k ON {t}.run_key = k.run_key AND {t}.attempt = k.attempt"
     if stat in ("final", "best"):
         col = "last_value" if stat == "final" else ("max_value" if higher_is_better(metric) else "min_value")
-        sql = (f"SELECT s.run_id, m.{col} AS value FROM sel s JOIN summaries m "
-               "ON m.run_key = s.run_key AND m.attempt = s.attempt WHERE m.metric = ?")
-        df = _frame(cur, sql, [metric])
-    elif stat == "at_step":
-        # the last logged value at or before `step` (eval metrics are logged on a sparse schedule)
-        sql = ("SELECT s.run_id, arg_max(p.value, p.step) AS value FROM points p JOIN sel s "
-               "ON p.run_key = s.run_key AND p.attempt = s.attempt WHERE p.metric = ? AND p.step <= ? "
-               "GROUP BY s.run_id")
-        df = _frame(cur, sql, [metric, int(step or 0)])
-    else:  # steps_to: first step reaching the threshold; +inf if never reached
-        cmp = ">=" if higher_is_better(metric) else "<="
-        sql = (f"SELECT s.run_id, min(p.step)::DOUBLE AS value FROM points p JOIN sel s "
-               f"ON p.run_key = s.run_key AND p.attempt = s.attempt WHERE p.metric = ? AND p.value {cmp} ? "
-               "GROUP BY s.run_id")
-        df = _frame(cur, sql, [metric, float(threshold or 0.0)])
-    return df
+        return f"SELECT k.run_id, m.{col} AS v FROM summaries m {join.format(t='m')} WHERE m.metric = ?", [metric]
+    if stat == "at_step":  # the last logged value at or before `step` (eval metrics are sparse)
+        return (f"SELECT k.run_id, arg_max(p.value, p.step) AS v FROM points p {join.format(t='p')} "
+                "WHERE p.metric = ? AND p.step <= ? GROUP BY k.run_id", [metric, int(step or 0)])
+    cmp = ">=" if higher_is_better(metric) else "<="
+    return (f"SELECT k.run_id, min(p.step)::DOUBLE AS v FROM points p {join.format(t='p')} "
+            f"WHERE p.metric = ? AND p.value {cmp} ? GROUP BY k.run_id", [metric, float(threshold or 0.0)])
+
+
+_HEATMAP_SQL = """
+WITH k AS (SELECT r.*, rk.run_key FROM runs_in r LEFT JOIN run_keys rk USING (run_id)),
+vals AS ({values}),
+c AS (
+    SELECT k.gamma, k.eta, k.status, vals.v AS raw,
+           CASE WHEN {steps_to} AND vals.v IS NULL AND k.status = 'done' THEN 'inf'::DOUBLE ELSE vals.v END AS v
+    FROM k LEFT JOIN vals USING (run_id)
+),
+cls AS (
+    SELECT *, CASE WHEN {steps_to} THEN v IS NOT NULL
+                   WHEN {at_step} THEN v IS NOT NULL AND isfinite(v)
+                   ELSE status = 'done' AND v IS NOT NULL AND isfinite(v) END AS valued
+    FROM c
+),
+cls2 AS (
+    SELECT *, NOT valued AND (status = 'diverged' OR (status IN ('done', 'failed', 'cancelled', 'lost')
+                                                      AND raw IS NOT NULL AND isinf(raw))) AS diverged
+    FROM cls
+)
+SELECT gamma, eta, {agg}(v) FILTER (WHERE valued) AS value, count(*) AS n_seeds,
+       count(*) FILTER (WHERE valued) AS n_valued, count(*) FILTER (WHERE status = 'done') AS n_done,
+       count(*) FILTER (WHERE diverged) AS n_diverged,
+       count(*) FILTER (WHERE NOT valued AND NOT diverged AND status IN ('queued', 'running')) AS n_running,
+       count(*) FILTER (WHERE NOT valued AND NOT diverged AND status NOT IN ('queued', 'running')) AS n_missing
+FROM cls2 GROUP BY gamma, eta ORDER BY gamma, eta
+"""
+_AGG_SQL = {"mean": "avg", "median": "median", "min": "min"}
 
 
 def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_loss", stat: str = "final",
             agg: str = "mean", step: int | None = None, threshold: float | None = None) -> pd.DataFrame:
-    """One row per (γ, η) of the sweep, value aggregated over seeds.
+    """One row per (γ, η) of the sweep, value aggregated over seeds (one DuckDB query).
 
     Per seed: final -> last logged value; best -> min (max for *acc); at_step -> last value at or before
     `step`; steps_to -> first step reaching `threshold` (+inf for a finished run that never did).
     A seed counts toward `value` only if its number is final and finite: for final/best the run must
     be `done`; for at_step/steps_to any run whose series answers the question counts (a run that
     diverged after step t has a value at t). Others are counted, never scored: n_diverged (diverged,
-    or a non-finite value), n_running (queued/running), n_missing (failed/lost/cancelled/no data).
+    or an infinite value), n_running (queued/running), n_missing (failed/lost/cancelled/no data).
     cell_status: ok (some value) > diverged > running > missing.
     """
     if stat not in STATS:
@@ -177,108 +203,73 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
     if stat == "steps_to" and (threshold is None or not np.isfinite(threshold)):
         raise QueryError(f"threshold: stat='steps_to' needs a finite threshold (got {threshold!r})")
     with _open(source) as (cur, registry):
-        runs = runs_frame(registry, sweep_id=sweep_id)
-        if runs.empty:
+        cols = runs_columns(registry, sweep_id=sweep_id)
+        if not cols["run_id"]:
             return pd.DataFrame(columns=HEATMAP_COLUMNS)
-        values = _per_run_values(cur, runs, metric, stat, step, threshold)
-    v = values.reindex(runs["run_id"]).to_numpy(dtype=np.float64)  # (R,)
-    status = runs["status"].to_numpy()
-    finished = np.isin(status, ("done", "diverged", "cancelled", "failed", "lost"))
-    if stat == "steps_to":
-        v = np.where(np.isnan(v) & (status == "done"), np.inf, v)  # finished, never reached
-        valued = ~np.isnan(v)
-    elif stat == "at_step":
-        valued = np.isfinite(v)
-    else:
-        valued = (status == "done") & np.isfinite(v)
-    diverged = ~valued & ((status == "diverged") | (finished & np.isinf(v)))
-    running = ~valued & ~diverged & np.isin(status, ("queued", "running"))
-    missing = ~valued & ~diverged & ~running
-    frame = pd.DataFrame({
-        "gamma": runs["gamma"].to_numpy(dtype=np.float64), "eta": runs["eta"].to_numpy(dtype=np.float64),
-        "v": np.where(valued, v, np.nan), "valued": valued, "done": status == "done", "diverged": diverged,
-        "running": running, "missing": missing,
-    })
-    grouped = frame.groupby(["gamma", "eta"], sort=True)
-    out = grouped.agg(value=("v", agg), n_seeds=("v", "size"), n_valued=("valued", "sum"), n_done=("done", "sum"),
-                      n_diverged=("diverged", "sum"), n_running=("running", "sum"),
-                      n_missing=("missing", "sum")).reset_index()
-    cell = np.select(
-        [out["n_valued"] > 0, out["n_diverged"] > 0, out["n_running"] > 0],
-        ["ok", "diverged", "running"], default="missing")
-    out["cell_status"] = cell
-    out.loc[out["n_valued"] == 0, "value"] = np.nan
+        runs_in = pa.table({
+            "run_id": pa.array(cols["run_id"], pa.string()), "gamma": pa.array(cols["gamma"], pa.float64()),
+            "eta": pa.array(cols["eta"], pa.float64()), "status": pa.array(cols["status"], pa.string()),
+            "attempt": pa.array(cols["attempt"], pa.int32()),
+        })
+        values_sql, params = _values_sql(metric, stat, step, threshold)
+        sql = _HEATMAP_SQL.format(values=values_sql, agg=_AGG_SQL[agg],
+                                  steps_to=str(stat == "steps_to").upper(), at_step=str(stat == "at_step").upper())
+        reader = cur if cur is not None else _empty_cursor()
+        try:
+            with _registered(reader, "runs_in", runs_in):
+                out = _frame(reader, sql, params)
+        finally:
+            if cur is None:
+                reader.close()
+    out["cell_status"] = np.select([out["n_valued"] > 0, out["n_diverged"] > 0, out["n_running"] > 0],
+                                   ["ok", "diverged", "running"], default="missing")
     for col in ("n_seeds", "n_done", "n_diverged", "n_running", "n_missing"):
         out[col] = out[col].astype("int64")
+    out["value"] = out["value"].astype("float64")
     return out[HEATMAP_COLUMNS]
 
 
 # ----------------------------------------------------------------------------- trajectories
 
-_M4_SQL = """
-WITH p AS (
-    SELECT s.run_id, p.step, p.value FROM points p JOIN sel s ON p.run_key = s.run_key AND p.attempt = s.attempt
-    WHERE p.metric = ? AND isfinite(p.value)
-), r AS (
-    SELECT run_id, count(*) AS n, min({xf}) AS x0, max({xf}) AS x1 FROM p GROUP BY run_id
-), b AS (
+_TRAJ_SQL = """
+WITH k AS (SELECT w.run_id, w.o, w.diverged_step, rk.run_key, w.attempt
+           FROM want w LEFT JOIN run_keys rk USING (run_id)),
+p_all AS (
+    SELECT k.run_id, p.step, p.value FROM points p JOIN k ON p.run_key = k.run_key AND p.attempt = k.attempt
+    WHERE p.metric = ?
+),
+p AS (SELECT * FROM p_all WHERE isfinite(value)),
+r AS (SELECT run_id, count(*) AS n, min({xf}) AS x0, max({xf}) AS x1 FROM p GROUP BY run_id),
+b AS (
     SELECT p.run_id, p.step, p.value, r.n,
            CASE WHEN r.n <= ? THEN p.step
                 ELSE least(? - 1, floor(? * ({xf} - r.x0) / (r.x1 - r.x0 + 1e-12)))::BIGINT END AS bucket
     FROM p JOIN r USING (run_id)
-)
-SELECT run_id, bucket, count(*) AS c, max(n) AS n,
-       min(step) AS first_step, arg_min(value, step) AS first_value,
-       max(step) AS last_step, arg_max(value, step) AS last_value,
-       arg_min(step, value) AS min_step, min(value) AS min_value,
-       arg_max(step, value) AS max_step, max(value) AS max_value
-FROM b GROUP BY run_id, bucket
+),
+agg AS (
+    SELECT run_id, max(n) > ? AS squeezed,
+           min(step) AS fs, arg_min(value, step) AS fv, max(step) AS ls, arg_max(value, step) AS lv,
+           arg_min(step, value) AS mins, min(value) AS minv, arg_max(step, value) AS maxs, max(value) AS maxv
+    FROM b GROUP BY run_id, bucket
+),
+u AS (
+    SELECT run_id, fs AS step, fv AS value, 'point' AS kind, 0 AS pr FROM agg
+    UNION ALL SELECT run_id, ls, lv, 'point', 0 FROM agg
+    UNION ALL SELECT run_id, mins, minv, CASE WHEN squeezed THEN 'min' ELSE 'point' END, 1 FROM agg
+    UNION ALL SELECT run_id, maxs, maxv, CASE WHEN squeezed THEN 'max' ELSE 'point' END, 1 FROM agg
+    -- non-finite values are kept as logged: the first one of each run
+    UNION ALL SELECT run_id, min(step), arg_min(value, step), 'nan', 2 FROM p_all
+              WHERE value IS NULL OR NOT isfinite(value) GROUP BY run_id
+),
+line AS (SELECT run_id, step, arg_max(value, pr) AS value, arg_max(kind, pr) AS kind FROM u GROUP BY run_id, step),
+marks AS (
+    SELECT k.run_id, k.diverged_step AS step, any_value(p_all.value) AS value, 'diverged' AS kind
+    FROM k LEFT JOIN p_all ON p_all.run_id = k.run_id AND p_all.step = k.diverged_step
+    WHERE k.diverged_step IS NOT NULL GROUP BY k.run_id, k.diverged_step
+),
+allrows AS (SELECT *, 0 AS last FROM line UNION ALL SELECT *, 1 FROM marks)
+SELECT a.run_id, a.step, a.value, a.kind FROM allrows a JOIN k USING (run_id) ORDER BY k.o, a.step, a.last
 """
-
-
-def _series(cur: duckdb.DuckDBPyConnection | None, runs: pd.DataFrame, metric: str, max_points: int,
-            log_x: bool) -> pd.DataFrame:
-    """M4 downsampling in DuckDB: per run and bucket keep first, last, min, max (<= max_points per run)."""
-    empty = pd.DataFrame({"run_id": pd.Series(dtype=str), "step": pd.Series(dtype="int64"),
-                          "value": pd.Series(dtype=np.float64), "kind": pd.Series(dtype=str)})
-    if cur is None or runs.empty:
-        return empty
-    with _registered(cur, "sel", _selection(cur, runs)):
-        return _m4(cur, metric, max_points, log_x, empty)
-
-
-def _m4(cur: duckdb.DuckDBPyConnection, metric: str, max_points: int, log_x: bool,
-        empty: pd.DataFrame) -> pd.DataFrame:
-    buckets = max(1, max_points // 4)
-    xf = "ln(1 + step)" if log_x else "step::DOUBLE"
-    agg = _frame(cur, _M4_SQL.format(xf=xf), [metric, max_points, buckets, buckets])
-    parts = []
-    if not agg.empty:
-        compressed = (agg["n"] > max_points).to_numpy()
-        for name, kind in (("first", "point"), ("last", "point"), ("min", "min"), ("max", "max")):
-            part = pd.DataFrame({"run_id": agg["run_id"], "step": agg[f"{name}_step"],
-                                 "value": agg[f"{name}_value"],
-                                 "kind": np.where(compressed, kind, "point"),
-                                 "priority": 0 if kind == "point" else 1})
-            parts.append(part)
-    # non-finite values are kept, as they were logged: the first one of each run
-    nonfinite = _frame(
-        cur,
-        "SELECT s.run_id, min(p.step) AS step, arg_min(p.value, p.step) AS value FROM points p JOIN sel s "
-        "ON p.run_key = s.run_key AND p.attempt = s.attempt WHERE p.metric = ? "
-        "AND (p.value IS NULL OR NOT isfinite(p.value)) GROUP BY s.run_id", [metric])
-    if not nonfinite.empty:
-        nonfinite["kind"] = "nan"
-        nonfinite["priority"] = 2
-        parts.append(nonfinite)
-    if not parts:
-        return empty
-    out = pd.concat(parts, ignore_index=True)
-    out = (out.sort_values(["run_id", "step", "priority"]).drop_duplicates(["run_id", "step"], keep="last")
-           .drop(columns="priority"))
-    out["step"] = out["step"].astype("int64")
-    out["value"] = out["value"].astype(np.float64)
-    return out
 
 
 def trajectories(source: Settings | QuerySource, run_ids: Sequence[str], metric: str = "train_loss",
@@ -286,24 +277,30 @@ def trajectories(source: Settings | QuerySource, run_ids: Sequence[str], metric:
     """At most ~max_points rows per run (M4 buckets: first/last as `point`, extremes as `min`/`max`,
     buckets spaced on log(1+step) when log_x), plus a `nan` row at the first non-finite value and a
     `diverged` row at the registry's diverged_step. Columns run_id, step, value, kind; runs in the
-    order asked, steps ascending."""
+    order asked, steps ascending. One DuckDB query does the bucketing."""
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
         raise QueryError(f"max_points: must be an integer >= 4 (got {max_points!r})")
     run_ids = list(dict.fromkeys(run_ids))
+    columns = ["run_id", "step", "value", "kind"]
     with _open(source) as (cur, registry):
-        runs = runs_frame(registry, run_ids=run_ids)
-        out = _series(cur, runs, metric, max_points, log_x)
-        markers = runs[runs["diverged_step"].notna()]
-        if not markers.empty:
-            logged = out.set_index(["run_id", "step"])["value"] if not out.empty else pd.Series(dtype=float)
-            rows = []
-            for rid, dstep in zip(markers["run_id"], markers["diverged_step"].astype("int64"), strict=True):
-                value = logged.get((rid, dstep), np.nan) if len(logged) else np.nan
-                rows.append({"run_id": rid, "step": int(dstep), "value": float(value), "kind": "diverged"})
-            out = pd.concat([out, pd.DataFrame(rows)], ignore_index=True)
-    order = {rid: i for i, rid in enumerate(run_ids)}
-    out = out.assign(_o=out["run_id"].map(order)).sort_values(["_o", "step"], kind="stable").drop(columns="_o")
-    return out.reset_index(drop=True)[["run_id", "step", "value", "kind"]]
+        cols = runs_columns(registry, run_ids=run_ids)
+        if cur is None or not cols["run_id"]:
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+                columns, (str, "int64", "float64", str), strict=True)})
+        order = {rid: i for i, rid in enumerate(run_ids)}
+        want = pa.table({
+            "run_id": pa.array(cols["run_id"], pa.string()),
+            "o": pa.array([order[r] for r in cols["run_id"]], pa.int32()),
+            "attempt": pa.array(cols["attempt"], pa.int32()),
+            "diverged_step": pa.array(cols["diverged_step"], pa.int64()),
+        })
+        buckets = max(1, max_points // 4)
+        xf = "ln(1 + step)" if log_x else "step::DOUBLE"
+        with _registered(cur, "want", want):
+            out = _frame(cur, _TRAJ_SQL.format(xf=xf), [metric, max_points, buckets, buckets, max_points])
+    out["step"] = out["step"].astype("int64")
+    out["value"] = out["value"].astype("float64")
+    return out[columns]
 
 
 # ----------------------------------------------------------------------------- overlays

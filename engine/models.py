@@ -254,7 +254,7 @@ class MLP(EnsembleModel):
     def _act_grad(self, h: Tensor, a: Tensor, delta: Tensor) -> Tensor:
         """δh = δa · φ'(h), in place on δa. All (K, N, B)."""
         if self.act == "relu":
-            return delta.mul_(h > 0)
+            return torch.ops.aten.threshold_backward(delta, h, 0)  # one fused pass: δ where h > 0
         if self.act == "tanh":
             return delta.mul_(1 - a * a)
         return delta

@@ -26,6 +26,7 @@ from engine.config import ConfigError, RunConfig
 from storage.registry import Registry
 from tasks import cancel as cancel_flags
 from tasks import local_queue
+from tasks.executors import CeleryExecutor, LocalExecutor
 from tasks.planner import Plan, device_class, pack
 from tasks.spec import SweepSpec, validate_spec
 
@@ -60,21 +61,9 @@ def dispatch(settings: Any, configs: Sequence[RunConfig], attempts: dict[str, in
     parallelism = settings.workers if executor == "local" else 1
     plan = pack(configs, device=device, attempts=attempts, sweep_id=sweep_id, parallelism=parallelism)
     if executor == "local":
-        local_queue.enqueue(settings, plan.units)
-        local_queue.ensure_workers(settings)
+        LocalExecutor(settings).submit(plan.units)
     else:
-        from tasks.celery_app import VISIBILITY_TIMEOUT_S, configure, queue_for, run_unit_task
-
-        if plan.max_unit_seconds > VISIBILITY_TIMEOUT_S / 2:
-            log.warning("a unit is estimated at %.0f s, near the broker's visibility timeout (%d s): it could be "
-                        "redelivered while still running", plan.max_unit_seconds, VISIBILITY_TIMEOUT_S)
-        app = configure(settings.broker_url)
-        # an explicit connection to *this* broker: the app's cached pool may point at an older URL
-        with app.connection_for_write(settings.broker_url) as conn:
-            for unit in plan.units:
-                # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
-                run_unit_task.apply_async(args=[unit.to_json()], queue=queue_for(device), task_id=unit.unit_id,
-                                          connection=conn)
+        CeleryExecutor(settings).submit(plan.units, plan.max_unit_seconds)
     return plan
 
 
@@ -122,7 +111,7 @@ def cancel(settings: Any, sweep_or_run_id: str) -> int:
         n = reg.request_cancel(sweep_or_run_id)  # what the dashboard shows
     stop_adaptive(settings, sweep_or_run_id)
     if active:
-        local_queue.remove_pending(settings, set(active))
+        LocalExecutor(settings).forget(set(active))
     return n
 
 

@@ -1,0 +1,58 @@
+"""Executors: where work units go once planned. Both take units and return at once.
+
+LocalExecutor (embedded default): unit files in the data folder's queue and N worker processes
+(`python -m tasks.local_worker`, Popen — a multiprocessing spawn pool breaks under `streamlit run`),
+torch threads split across them; workers exit when the queue is empty and are started again when
+work is submitted and fewer than N are alive. See tasks.local_queue.
+
+CeleryExecutor: one Celery task per unit on the `cpu` or `gpu` queue of the Redis broker; the task
+id is the unit id. See tasks.celery_app for every setting and its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from tasks import local_queue
+from tasks.planner import WorkUnit
+
+log = logging.getLogger("gamma_lab.executors")
+
+
+class LocalExecutor:
+    def __init__(self, settings: Any, workers: int | None = None):
+        self.settings = settings
+        self.workers = workers or settings.workers
+
+    def submit(self, units: Sequence[WorkUnit]) -> None:
+        local_queue.enqueue(self.settings, units)  # units first, then workers: none is orphaned
+        local_queue.ensure_workers(self.settings, n=self.workers)
+
+    def forget(self, run_ids: set[str]) -> int:
+        """Drop queued units whose runs were all cancelled."""
+        return local_queue.remove_pending(self.settings, run_ids)
+
+
+class CeleryExecutor:
+    def __init__(self, settings: Any):
+        if not settings.broker_url:
+            from engine.config import ConfigError
+
+            raise ConfigError("executor", "celery needs a broker: set GAMMA_LAB_BROKER_URL=redis://host:port/0")
+        self.settings = settings
+
+    def submit(self, units: Sequence[WorkUnit], max_unit_seconds: float = 0.0) -> None:
+        from tasks.celery_app import VISIBILITY_TIMEOUT_S, configure, queue_for, run_unit_task
+
+        if max_unit_seconds > VISIBILITY_TIMEOUT_S / 2:
+            log.warning("a unit is estimated at %.0f s, near the broker's visibility timeout (%d s): it could be "
+                        "redelivered while still running", max_unit_seconds, VISIBILITY_TIMEOUT_S)
+        app = configure(self.settings.broker_url)
+        # an explicit connection to *this* broker: the app's cached pool may point at an older URL
+        with app.connection_for_write(self.settings.broker_url) as conn:
+            for unit in units:
+                # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
+                run_unit_task.apply_async(args=[unit.to_json()], queue=queue_for(unit.device), task_id=unit.unit_id,
+                                          connection=conn)

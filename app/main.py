@@ -1,5 +1,5 @@
 """Dashboard entry: `streamlit run app/main.py` (or `gamma-lab serve`). Builds navigation and starts
-shared resources (registry, recorder thread) once per server; every page lives in app/pages/."""
+shared resources (registry, recorder thread) once per server; every page lives in app/views/."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ st.set_page_config(page_title="gamma-lab", page_icon="γ", layout="wide")
 res = resources()
 
 PAGES = [
-    st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch", default=True),
-    st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
-    st.Page("pages/portrait.py", title="Phase portrait", icon=":material/grid_on:", url_path="portrait"),
-    st.Page("pages/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
-    st.Page("pages/overlays.py", title="Overlays", icon=":material/stacked_line_chart:", url_path="overlays"),
-    st.Page("pages/diagnostics.py", title="Diagnostics", icon=":material/monitor_heart:", url_path="diagnostics"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch", default=True),
+    st.Page("views/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
+    st.Page("views/portrait.py", title="Phase portrait", icon=":material/grid_on:", url_path="portrait"),
+    st.Page("views/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
+    st.Page("views/overlays.py", title="Overlays", icon=":material/stacked_line_chart:", url_path="overlays"),
+    st.Page("views/diagnostics.py", title="Diagnostics", icon=":material/monitor_heart:", url_path="diagnostics"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
 ]
 st.sidebar.caption(f"data: `{res.settings.data_dir}` · {res.recorder_note}")
 st.navigation(PAGES).run()

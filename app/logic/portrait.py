@@ -78,11 +78,12 @@ def overlay_curves(grid: HeatmapGrid, depth: int, *, show: tuple[str, ...] = ("r
     rg, re = ridge(grid, lower_is_better=lower_is_better)
     bg, be = boundary(grid)
     if "ridge" in show and rg.size:
-        curves.append(Curve("η* ridge", rg, re, colour="white", markers=True))
+        # magenta reads on every Viridis colour and on the white legend (white/grey vanish there)
+        curves.append(Curve("η* ridge", rg, re, colour="#e040fb", markers=True))
     if "boundary" in show and bg.size:
         curves.append(Curve("η_max boundary", bg, be, colour="#ff6f61", markers=True, dash="dot"))
     if "fits" in show:
-        for name, g, e, colour in (("fit η*", rg, re, "#e0e0e0"), ("fit η_max", bg, be, "#ffb3a7")):
+        for name, g, e, colour in (("fit η*", rg, re, "#ce93d8"), ("fit η_max", bg, be, "#ffb3a7")):
             fit = _fit(name, g, e)
             if fit is not None:
                 fits.append(fit)

@@ -152,5 +152,5 @@ if f"{P}.plan" in st.session_state:
 if f"{P}.launched" in st.session_state:
     sweep_id = st.session_state[f"{P}.launched"]
     st.success(f"Launched sweep {sweep_id}.")
-    st.page_link("pages/portrait.py", label="Open its phase portrait", icon=":material/grid_on:",
+    st.page_link("views/portrait.py", label="Open its phase portrait", icon=":material/grid_on:",
                  query_params={"sweep": sweep_id})

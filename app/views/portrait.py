@@ -81,7 +81,7 @@ def draw() -> None:
         gi, ei = int(np.argmin(abs(grid.gammas - g))), int(np.argmin(abs(grid.etas - e)))
         st.markdown(f"**Cell γ={g:.3g}, η={e:.3g}** — {grid.status[ei, gi]}, "
                     f"{grid.n_done[ei, gi]}/{grid.n_seeds[ei, gi]} seeds done")
-        st.page_link("pages/trajectories.py", label="Open this cell's trajectories", icon=":material/show_chart:",
+        st.page_link("views/trajectories.py", label="Open this cell's trajectories", icon=":material/show_chart:",
                      query_params={"sweep": sweep_id, "mode": "cell", "gamma": repr(g), "eta": repr(e)})
 
 

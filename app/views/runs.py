@@ -72,7 +72,7 @@ if a4.button("Add seeds", key=f"{P}.addseeds"):
 if a5.button("Clone and edit", key=f"{P}.clone"):
     sweep = source.sweep(sweep_id) or {}
     st.session_state["launch.clone"] = dict(sweep.get("spec", {}))
-    st.switch_page("pages/launch.py")
+    st.switch_page("views/launch.py")
 
 
 @st.fragment(run_every=3.0)
@@ -86,5 +86,5 @@ def runs_table() -> None:
 
 
 runs_table()
-st.page_link("pages/portrait.py", label="Phase portrait of this sweep", icon=":material/grid_on:",
+st.page_link("views/portrait.py", label="Phase portrait of this sweep", icon=":material/grid_on:",
              query_params={"sweep": sweep_id})

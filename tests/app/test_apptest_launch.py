@@ -42,6 +42,6 @@ def test_launch_shows_errors_at_their_fields(app: AppTest):
 
 @pytest.mark.parametrize("page", ["runs", "portrait", "trajectories", "overlays", "diagnostics", "compare"])
 def test_every_page_renders_on_an_empty_store(app: AppTest, page: str):
-    app.switch_page(f"pages/{page}.py").run()
+    app.switch_page(f"views/{page}.py").run()
     assert not app.exception, app.exception
     assert any("No sweeps yet" in i.value for i in app.info)

@@ -44,14 +44,14 @@ def figures(at: AppTest) -> list[dict]:
 
 @pytest.mark.parametrize("page", ["runs", "portrait", "trajectories", "overlays", "diagnostics", "compare"])
 def test_page_renders_with_data(app: AppTest, page: str):
-    app.switch_page(f"pages/{page}.py").run()
+    app.switch_page(f"views/{page}.py").run()
     assert not app.exception, app.exception
     if page != "runs":
         assert figures(app) and any(f["data"] for f in figures(app))
 
 
 def test_portrait_metric_changes_heatmap(app: AppTest):
-    app.switch_page("pages/portrait.py").run()
+    app.switch_page("views/portrait.py").run()
     app.toggle(key="portrait.live").set_value(False).run()
     before = arr(figures(app)[0]["data"][0]["z"])
     assert np.isfinite(before).any()
@@ -62,7 +62,7 @@ def test_portrait_metric_changes_heatmap(app: AppTest):
 
 
 def test_trajectories_colour_by_changes_traces(app: AppTest):
-    app.switch_page("pages/trajectories.py").run()
+    app.switch_page("views/trajectories.py").run()
     names = [t["name"] for t in figures(app)[0]["data"]]
     assert names and all(n.startswith("η=") or n == "diverged" for n in names)
     app.radio(key="traj.colour").set_value("gamma").run()

@@ -1,0 +1,177 @@
+"""End to end in a real browser: `gamma-lab serve` in a subprocess, headless Chromium through
+Playwright. Launch the demo preset, wait until the phase portrait shows completed cells, click a
+cell, open its trajectories, and save a screenshot of every page under docs/screenshots/.
+
+Waits are on elements becoming visible, never on the script state: live fragments keep the
+script "running" for as long as the sweep is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage"]
+VIEWPORT = {"width": 1400, "height": 1000}
+SWEEP_TIMEOUT_MS = 240_000  # the demo takes ~25 s alone; leave room for a busy shared machine
+PAGE_TIMEOUT_MS = 60_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gamma-lab serve exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/_stcore/health did not answer within {timeout_s:.0f} s")
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "GAMMA_LAB_DATA": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "serve.log").open("wb")
+    # Own process group: streamlit and the local workers it starts all go down in teardown.
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        log.close()
+        print((tmp_path / "serve.log").read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture()
+def page() -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport=VIEWPORT)
+        pg = context.new_page()
+        pg.set_default_timeout(PAGE_TIMEOUT_MS)
+        try:
+            yield pg
+        finally:
+            context.close()
+            browser.close()
+
+
+def _no_exception(page) -> None:  # type: ignore[no-untyped-def]
+    errors = page.locator('[data-testid="stException"]')
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(800)  # let plotly finish its transition before the picture
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _wait_for_figure(page) -> None:  # type: ignore[no-untyped-def]
+    """A drawn plotly figure with at least one trace in it."""
+    page.locator(".js-plotly-plot .main-svg").first.wait_for(state="visible")
+    page.locator(".js-plotly-plot .scatterlayer .trace, .js-plotly-plot .heatmaplayer .hm").first.wait_for(
+        state="attached")
+
+
+def test_launch_demo_watch_portrait_open_cell(server: str, page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+    page.goto(f"{server}/")  # Launch is the default page: its URL is the root
+    expect(page.get_by_role("heading", name="Launch a sweep")).to_be_visible()
+    name = page.get_by_label("Name")
+    expect(name).to_have_value("demo-mlp-mnist1d")
+    page.get_by_role("button", name="Launch", exact=True).click()
+    expect(page.get_by_text("Launched sweep")).to_be_visible()
+    _no_exception(page)
+    link = page.get_by_role("link", name="Open its phase portrait")
+    expect(link).to_be_visible()
+    sweep_id = re.search(r"sweep=([0-9a-f]+)", link.get_attribute("href") or "")
+    assert sweep_id, link.get_attribute("href")
+    sweep_id = sweep_id.group(1)
+    _shot(page, "launch")
+
+    link.click()
+    expect(page.get_by_role("heading", name="Phase portrait")).to_be_visible()
+    # The portrait's caption counts cells by status; every cell finished = none running/missing.
+    expect(page.get_by_text(re.compile(r"ok: \d+ · diverged: \d+ · running: 0 · missing: 0"))).to_be_visible(
+        timeout=SWEEP_TIMEOUT_MS)
+    caption = page.get_by_text(re.compile(r"ok: \d+ · diverged")).inner_text()
+    assert int(re.search(r"ok: (\d+)", caption).group(1)) > 0  # type: ignore[union-attr]
+    _wait_for_figure(page)
+    _no_exception(page)
+    _shot(page, "portrait")
+
+    # Click a cell: the transparent click-target markers carry each cell's (γ, η).
+    targets = page.locator(".js-plotly-plot .scatterlayer .trace").filter(
+        has=page.locator("path.point")).first.locator("path.point")
+    expect(targets.first).to_be_attached()
+    assert targets.count() == 12  # the demo's 3 γ × 4 η cells, row-major over (η, γ)
+    box = targets.nth(5).bounding_box()  # η index 1, γ index 2: γ=10, η=0.1
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    cell_link = page.get_by_role("link", name="Open this cell's trajectories")
+    expect(cell_link).to_be_visible()
+    expect(page.get_by_text("Cell γ=10, η=0.1")).to_be_visible()
+    cell_link.click()
+
+    expect(page.get_by_role("heading", name="Trajectories")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^1 runs · (done|diverged): 1$"))).to_be_visible()
+    _wait_for_figure(page)
+    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1
+    _no_exception(page)
+    _shot(page, "trajectories")
+
+    for path, heading in (("runs", "Runs"), ("overlays", "Overlays"), ("diagnostics", "Diagnostics"),
+                          ("compare", "Compare two sweeps")):
+        page.goto(f"{server}/{path}?sweep={sweep_id}")
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        if path == "runs":
+            expect(page.get_by_text(re.compile(r"^12 of 12 runs$"))).to_be_visible()
+            page.locator('[data-testid="stDataFrame"]').first.wait_for(state="visible")
+        else:
+            _wait_for_figure(page)
+        _no_exception(page)
+        _shot(page, path)

@@ -15,6 +15,7 @@ Targets on the reference machine: ingest >= 1M rows/s; heatmap <= 100 ms; 100-ru
 from __future__ import annotations
 
 import argparse
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -74,11 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-rows", type=int, default=20_000, help="rows for the row-per-INSERT baseline")
     parser.add_argument("--runs-per-transaction", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 runs x 200 points")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.points, args.baseline_rows = 200, 200, 1_000
-    n_traj = min(100, args.runs)
     tmp = Path(tempfile.mkdtemp(prefix="gamma-lab-bench-"))
+    try:
+        _run(args, tmp)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _run(args: argparse.Namespace, tmp: Path) -> None:
+    n_traj = min(100, args.runs)
     print(f"storage bench: {args.runs} runs x {args.points} points = {args.runs * args.points:,} rows in {tmp}")
 
     registry = Registry(f"sqlite:///{tmp / 'registry.sqlite'}")
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'':17}ratio {naive_traj_s / traj_s:8.1f}x   target <= 200 ms ({n_traj} runs x {args.points} pts)")
     store.close()
     registry.close()
-    return 0
+    base_engine.dispose()
 
 
 if __name__ == "__main__":

@@ -286,6 +286,7 @@ class Consumer(Protocol):
     def read(self, max_events: int = 1000, block_s: float = 0.5) -> list[Delivery]: ...
     def ack(self, deliveries: Sequence[Delivery]) -> None: ...
     def reject(self, delivery: Delivery, reason: str) -> None: ...
+    def rewind(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -339,6 +340,9 @@ class SpoolConsumer:
         except FileNotFoundError:
             pass
         log.warning("rejected spool event %s: %s", path.name, reason)
+
+    def rewind(self) -> None:
+        """Nothing to do: unacknowledged files stay in the folder and are read again."""
 
     def pending_count(self) -> int:
         with os.scandir(self.spool_dir) as it:
@@ -421,6 +425,10 @@ class RedisConsumer:
                                               "id": delivery.token})
         self.client.xack(self.stream, self.group, delivery.token)
         log.warning("rejected stream event %s: %s", _s(delivery.token), reason)
+
+    def rewind(self) -> None:
+        """After a failed step: read our own pending entries (id 0) again before new ones."""
+        self._backlog = True
 
     def pending_count(self) -> int:
         summary = self.client.xpending(self.stream, self.group)

@@ -203,6 +203,7 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001 - the loop must survive a hiccup (DB busy, Redis down)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("recorder step failed; retrying")
+                self.consumer.rewind()  # what was read but not acked must be read again
                 self._stop.wait(1.0)
 
     def start(self) -> Recorder:

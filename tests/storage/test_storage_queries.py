@@ -253,3 +253,35 @@ def test_grammar_known_values_and_errors() -> None:
     for bad in ("__import__('os')", "eval(t)", "t.real", "", "(t", "t +", "x" * 300):
         with pytest.raises(ExpressionError):
             parse(bad)
+
+
+def test_failed_step_is_retried_from_pending(redis_settings: Settings, make_configs) -> None:
+    """A registry hiccup after ingest: nothing acked, the loop rereads its own pending entries."""
+    import time
+
+    configs = make_configs()[:1]
+    reg = Registry(redis_settings.registry_url)
+    reg.add_runs(reg.create_sweep("r", "t", {}), configs)
+    rid = configs[0].run_id
+    pub = open_publisher(redis_settings)
+    pub.started(rid, 0, "w")
+    pub.points(rid, 0, [0, 1], ["train_loss"] * 2, [1.0, 0.5])
+    pub.finished(rid, 0, "done", steps_done=2)
+    rec = Recorder(redis_settings)
+    real_finish, calls = rec.registry.finish, []
+
+    def flaky_finish(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        return real_finish(*args, **kwargs)
+
+    rec.registry.finish = flaky_finish  # type: ignore[method-assign]
+    rec.start()
+    deadline = time.monotonic() + 30
+    while reg.get_run(rid)["status"] != "done" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rec.stop()
+    assert reg.get_run(rid)["status"] == "done" and len(calls) == 2
+    with Recorder(redis_settings) as again:
+        assert again.store.count_points() == 2 and again.consumer.pending_count() == 0

@@ -255,9 +255,9 @@ def twin_axes_figure(
         for run_id, part in frame.groupby("run_id", sort=False):
             part = part.sort_values("x")
             fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines+markers" if secondary else "lines",
-                                     name=f"{label} · {str(run_id)[:8]}", line={"dash": dash}),
+                                     name=f"{label} · {run_id}", line={"dash": dash}),
                           secondary_y=secondary)
-    fig.update_xaxes(title_text="step t", type="log" if log_x else "linear")
+    fig.update_xaxes(title_text="step t + 1", type="log" if log_x else "linear")
     fig.update_yaxes(title_text=left_label, type="log" if log_left else "linear", secondary_y=False)
     fig.update_yaxes(title_text=right_label, secondary_y=True)
     fig.update_layout(uirevision=UIREVISION, margin={"t": 10})

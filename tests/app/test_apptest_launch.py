@@ -45,3 +45,36 @@ def test_every_page_renders_on_an_empty_store(app: AppTest, page: str):
     app.switch_page(f"views/{page}.py").run()
     assert not app.exception, app.exception
     assert any("No sweeps yet" in i.value for i in app.info)
+
+
+def test_launch_submits_and_links_to_the_sweep(app: AppTest, tmp_path):
+    """Launch stores the sweep and its runs in the registry and links to the sweep's portrait.
+    A one-cell, few-step spec keeps the local worker that trains it short-lived."""
+    import time
+
+    from storage.registry import Registry
+    from storage.settings import load_settings
+    from tasks import api
+
+    for key, value in (("name", "apptest-launch"), ("model.width", 4), ("train.steps", 5),
+                       ("train.eval_points", 2), ("grid.gamma", "1"), ("grid.eta", "0.1"), ("grid.seeds", "0")):
+        widget = app.text_input(key=f"launch.{key}") if isinstance(value, str) else app.number_input(
+            key=f"launch.{key}")
+        widget.set_value(value)
+    app.multiselect(key="launch.train.metrics").set_value(["test"])
+    next(b for b in app.button if b.label == "Launch").click().run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+
+    settings = load_settings(data_dir=tmp_path)
+    sweeps = Registry(settings.registry_url).list_sweeps()
+    assert [s["name"] for s in sweeps] == ["apptest-launch"]
+    sweep_id = sweeps[0]["id"]
+    runs = Registry(settings.registry_url).list_runs(sweep_id)
+    assert [(r["gamma"], r["eta"], r["seed"], r["config"]["model"]["width"]) for r in runs] == [(1.0, 0.1, 0, 4)]
+    assert any(f"Launched sweep {sweep_id}" in s.value for s in app.success)
+    links = [p for p in app.get("page_link") if p.proto.label == "Open its phase portrait"]
+    assert len(links) == 1 and links[0].proto.query_string == f"sweep={sweep_id}"
+    deadline = time.monotonic() + 120  # let the worker finish inside tmp_path (not an assertion on time)
+    while not api.is_settled(settings, sweep_id) and time.monotonic() < deadline:
+        time.sleep(0.5)

@@ -68,3 +68,39 @@ def test_trajectories_colour_by_changes_traces(app: AppTest):
     app.radio(key="traj.colour").set_value("gamma").run()
     names = [t["name"] for t in figures(app)[0]["data"]]
     assert any(n.startswith("γ=") for n in names)
+
+
+def test_portrait_cell_selection_opens_its_trajectories(app: AppTest, data_dir: Path):
+    """Choosing a cell (the selectbox a click in the portrait fills) links to that cell's
+    trajectories; following the link's query string shows exactly that run's series."""
+    from storage import queries
+    from storage.registry import Registry
+    from storage.settings import load_settings
+
+    app.switch_page("views/portrait.py").run()
+    app.toggle(key="portrait.live").set_value(False).run()
+    cell = app.selectbox(key="portrait.cell")
+    cell.select_index(len(cell.options) - 1).run()  # the largest (γ, η) of the grid
+    assert not app.exception, app.exception
+    gamma, eta = app.selectbox(key="portrait.cell").value
+    links = [p for p in app.get("page_link") if p.proto.label == "Open this cell's trajectories"]
+    assert len(links) == 1 and links[0].proto.page.endswith("trajectories")
+    query = dict(part.split("=", 1) for part in links[0].proto.query_string.split("&"))
+    assert query["mode"] == "cell" and float(query["gamma"]) == gamma and float(query["eta"]) == eta
+
+    sweep_id = query["sweep"]
+    settings = load_settings(data_dir=data_dir)
+    runs = Registry(settings.registry_url).list_runs(sweep_id, gamma=gamma, eta=eta)
+    assert len(runs) == 1
+    fresh = AppTest.from_file(MAIN, default_timeout=120)
+    fresh.query_params.update(query)
+    fresh.run()
+    fresh.switch_page("views/trajectories.py").run()
+    assert not fresh.exception, fresh.exception
+    assert fresh.selectbox(key="traj.mode").value == "cell"
+    traces = [t for t in figures(fresh)[0]["data"] if t["name"] != "diverged"]
+    assert len(traces) == 1 and traces[0]["name"] == f"η={eta:.3g}"
+    expected = queries.trajectories(settings, [runs[0]["run_id"]], metric="train_loss")
+    expected = expected[(expected["kind"] != "diverged") & (expected["value"] > 0)]
+    y = arr(traces[0]["y"])
+    np.testing.assert_allclose(y[np.isfinite(y)], expected["value"].to_numpy())

@@ -28,7 +28,7 @@ SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
                  "--no-first-run", "--disable-dev-shm-usage"]
-VIEWPORT = {"width": 1400, "height": 1000}
+VIEWPORT = {"width": 1400, "height": 1300}  # Streamlit scrolls inside: the viewport is the picture
 SWEEP_TIMEOUT_MS = 240_000  # the demo takes ~25 s alone; leave room for a busy shared machine
 PAGE_TIMEOUT_MS = 60_000
 

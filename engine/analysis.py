@@ -114,6 +114,8 @@ def eta_star(etas: Sequence[float] | np.ndarray, losses: Sequence[float] | np.nd
     if np.any(trio <= 0):
         return grid("a loss at the minimum is not positive: no log-fit")
     x, y = np.log(eta_s[i - 1 : i + 2]), np.log(trio)
+    if not np.all(np.diff(x) > 0):  # distinct floats can still share a logarithm
+        return grid("neighbouring η values are too close to fit a parabola")
     # Exact parabola through three points with non-uniform spacing (divided differences).
     slope_left = (y[1] - y[0]) / (x[1] - x[0])
     slope_right = (y[2] - y[1]) / (x[2] - x[1])
@@ -122,6 +124,8 @@ def eta_star(etas: Sequence[float] | np.ndarray, losses: Sequence[float] | np.nd
         return grid("the three points around the minimum are not convex in log-log")
     # y = y0 + slope_left (x - x0) + curvature (x - x0)(x - x1)  ⇒  y' = 0 at:
     vertex = 0.5 * (x[0] + x[1]) - slope_left / (2.0 * curvature)
+    if not math.isfinite(vertex):
+        return grid("the parabola fit is numerically degenerate")
     vertex = float(np.clip(vertex, x[0], x[2]))
     return EtaStar(math.exp(vertex), index, "fitted", "parabola through the minimum and its two neighbours")
 

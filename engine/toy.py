@@ -19,8 +19,10 @@ Balanced init reaches exactly that point, so this is the measured edge (tests ch
     γ ≪ 1 (lazy):  η_max → 2γ²/L        — the NTK at init, L/γ², barely changes;
     γ ≫ 1 (rich):  η_max → (2/L) γ^(2/L) — the weights grow to γ^(1/L) and flatten the landscape.
 γ^(2/L) is γ to the power 2/L, not γ²/L. The optimal rate η* is the Newton step at that minimum,
-η* = 1/λ_min = η_max/2: ∝ γ² lazy, ∝ γ^(2/L) rich. Off balanced init (e.g. random w_l(0)) GD ends
-at a sharper minimum, so η_max is at most this value; gradient flow preserves w_l² − w_k².
+η* = 1/λ_min = η_max/2: ∝ γ² lazy, ∝ γ^(2/L) rich. From any other start with Π w_l(0) = P0 the
+manifold is Π w_l = P0 + γ and the same argument bounds η_max by 2γ²/(L (P0+γ)^(2−2/L))
+(`initial_product=P0`); an unbalanced start ends at a sharper minimum, below that bound (gradient
+flow preserves w_l² − w_k²).
 
 On the rich side, the loss sits on a plateau: u' ≈ (η/γ) u^(L−1) while u^L ≪ γ, so the escape
 takes ~γ/η steps (the τ = η t/γ collapse of `engine.analysis`).
@@ -62,27 +64,34 @@ def _positive_array(name: str, value: float | np.ndarray) -> np.ndarray:
     return arr
 
 
-def eta_max_theory(gamma: float | np.ndarray, L: int, form: str = "smooth") -> np.ndarray:
+def eta_max_theory(
+    gamma: float | np.ndarray, L: int, form: str = "smooth", *, initial_product: float = 1.0
+) -> np.ndarray:
     """Largest convergent GD step of the balanced chain (module docstring), elementwise in γ.
 
-    form: 'smooth' = 2γ²/(L(1+γ)^(2−2/L)) (exact linear stability of the minimum reached from
-    w(0) = 1), 'lazy' = 2γ²/L (its γ ≪ 1 asymptote), 'rich' = (2/L)γ^(2/L) (its γ ≫ 1 asymptote).
+    form: 'smooth' = 2γ²/(L(P0+γ)^(2−2/L)) (exact linear stability of the flattest minimum, the
+    one reached from w(0) = 1 where P0 = Π w(0) = 1), 'lazy' = 2γ²/(L P0^(2−2/L)) (its γ ≪ P0
+    asymptote, 2γ²/L for P0 = 1), 'rich' = (2/L)γ^(2/L) (its γ ≫ P0 asymptote).
     """
     _check_depth(L)
     g = _positive_array("gamma", gamma)
+    p0 = float(_positive_array("initial_product", initial_product))
+    power = 2.0 - 2.0 / L
     if form == "smooth":
-        return 2.0 * g**2 / (L * (1.0 + g) ** (2.0 - 2.0 / L))
+        return 2.0 * g**2 / (L * (p0 + g) ** power)
     if form == "lazy":
-        return 2.0 * g**2 / L
+        return 2.0 * g**2 / (L * p0**power)
     if form == "rich":
         return (2.0 / L) * g ** (2.0 / L)
     raise ValueError(f"form: must be one of {', '.join(FORMS)} (got {form!r})")
 
 
-def eta_star_theory(gamma: float | np.ndarray, L: int, form: str = "smooth") -> np.ndarray:
+def eta_star_theory(
+    gamma: float | np.ndarray, L: int, form: str = "smooth", *, initial_product: float = 1.0
+) -> np.ndarray:
     """The toy's optimal rate, η* = η_max/2 (a Newton step at the reached minimum): γ²/L lazy,
     γ^(2/L)/L rich. For real networks only the exponents (2 lazy, 2/L rich) carry over."""
-    return 0.5 * eta_max_theory(gamma, L, form)
+    return 0.5 * eta_max_theory(gamma, L, form, initial_product=initial_product)
 
 
 # ----------------------------------------------------------------------------- simulator
@@ -96,17 +105,17 @@ class ChainRun:
         +inf from the step a cell diverged onwards. None when not kept.
     final_loss: (*S,); diverged: (*S,) bool — blew up (non-finite, or loss > divergence_factor ×
         initial loss); diverged_step: (*S,) int, the first update whose result blew up, -1 if none.
-    oscillating: (*S,) bool — not diverged, not converged, and the residual f − y changed sign in
-        the last `window` steps: GD bounces around the target without settling (period-2 or
-        chaotic orbits just above the stability edge). Converging cells with η·λ ∈ (1, 2) also
-        alternate sign, but their loss falls below the convergence tolerance.
+    unsettled: (*S,) bool — not diverged, not converged, and the loss rose at some step: GD
+        overshot and has not settled since (period-2 or chaotic orbits just above the stability
+        edge, or a throw onto the saddle at w ≈ 0, where ∂f/∂w vanishes and GD stalls). A cell
+        still on the rich plateau (small η) is neither: its loss falls monotonically, only slowly.
     """
 
     losses: np.ndarray | None
     final_loss: np.ndarray
     diverged: np.ndarray
     diverged_step: np.ndarray
-    oscillating: np.ndarray
+    unsettled: np.ndarray
 
 
 def _initial_weights(init: str | np.ndarray, shape: tuple[int, ...], L: int) -> np.ndarray:
@@ -144,7 +153,6 @@ def run_chain(
     centered: bool = True,
     divergence_factor: float = 1e3,
     converge_tol: float = 1e-8,
-    window: int = 10,
     keep_losses: bool = True,
 ) -> ChainRun:
     """Full-batch GD on f = (Π w − Π w(0))/γ (or Π w/γ uncentered), loss (f − target)²/2.
@@ -178,7 +186,7 @@ def run_chain(
     alive = np.ones(shape, dtype=bool)
     settled = alive & (loss <= settled_level)
     diverged_step = np.full(shape, -1, dtype=np.int64)
-    sign_flips = np.zeros(shape, dtype=np.int64)
+    rose = np.zeros(shape, dtype=bool)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         for t in range(steps):
             moving = alive & ~settled
@@ -195,8 +203,8 @@ def run_chain(
             alive &= ~blew_up
             moving &= ~blew_up
             # Dead and settled cells keep their last finite state: no inf/NaN feeds later arithmetic.
-            if t >= steps - window:
-                sign_flips += moving & (np.sign(residual_new) != np.sign(residual)) & (residual != 0)
+            # A relative margin so that round-off on a flat plateau does not count as a rise.
+            rose |= moving & (loss_new > loss * (1.0 + 1e-9))
             w = np.where(moving[..., None], w_new, w)
             others = np.where(moving[..., None], others_new, others)
             residual = np.where(moving, residual_new, residual)
@@ -210,7 +218,7 @@ def run_chain(
         final_loss=loss,
         diverged=~alive,
         diverged_step=diverged_step,
-        oscillating=alive & ~converged & (sign_flips > 0),
+        unsettled=alive & ~converged & rose,
     )
 
 
@@ -227,13 +235,16 @@ def default_steps(gamma: float, L: int) -> int:
     """Enough GD steps to decide convergence near η_max.
 
     Lazy side (γ ≤ 1): at η ≈ η_max one step moves f by O(1), so a few thousand steps settle even
-    cells within 1 % of the edge (contraction |1 − ηλ| ≈ 0.98). Rich side: the plateau lasts
-    ~(γ/η)(1 + ln γ) steps (u' = (η/γ) u^(L−1); the log is L = 2's exponential escape); we allow
-    20 times that at η = η_max.
+    cells within 1 % of the edge (contraction |1 − ηλ| ≈ 0.98). Rich side: u' ≈ (η/γ) u^(L−1)
+    escapes the plateau after (γ/η)/(L−2) steps for L ≥ 3 (finite-time blow-up), (γ/η) ln γ^(1/2)
+    for L = 2 (exponential growth), at once for L = 1 (a linear model); we allow 20 times that at
+    η = η_max.
     """
-    if gamma <= 1.0:
+    _check_depth(L)
+    if gamma <= 1.0 or L == 1:
         return 2_000
-    plateau = gamma / float(eta_max_theory(gamma, L)) * (1.0 + math.log(gamma))
+    time_unit = gamma / float(eta_max_theory(gamma, L))
+    plateau = time_unit * (1.0 + math.log(gamma)) if L == 2 else time_unit / (L - 2)
     return int(min(200_000, 2_000 + math.ceil(20.0 * plateau)))
 
 
@@ -248,8 +259,8 @@ def measure_eta_max(
 ) -> np.ndarray:
     """Measured η_max of the chain for each γ: (n_γ,) float64, NaN where the smallest η fails.
 
-    All (γ, η) cells run as one batch. A cell *fails* when it diverges or oscillates without
-    converging (`ChainRun`); cells still on a slow plateau do not fail — they are below the edge.
+    All (γ, η) cells run as one batch. A cell *fails* when it diverges or is unsettled
+    (`ChainRun`); cells still on a slow plateau do not fail — they are below the edge.
     η_max per γ is `engine.analysis.eta_max` on that grid (largest passing η below the first
     failure), then `refine` bisection rounds in ln η between it and the first failure. steps:
     None picks `default_steps` of the largest γ.
@@ -266,7 +277,7 @@ def measure_eta_max(
 
     def fails(g: np.ndarray, e: np.ndarray) -> np.ndarray:
         run = run_chain(g, e, L, n_steps, init, keep_losses=False)
-        return run.diverged | run.oscillating
+        return run.diverged | run.unsettled
 
     failed = fails(gammas[:, None], grid[None, :])  # (n_γ, n_η)
     lower = np.full(gammas.shape, np.nan)

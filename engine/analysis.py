@@ -47,7 +47,7 @@ REPARAMETERIZATIONS = ("t", "eta_t", "eta_t_over_gamma", "eta_t_over_gamma_2_ove
 
 
 def _as_1d(name: str, values: Sequence[float] | np.ndarray, dtype: type = np.float64) -> np.ndarray:
-    arr = np.asarray(values, dtype=dtype)
+    arr: np.ndarray = np.asarray(values, dtype=dtype)
     if arr.ndim != 1:
         raise ValueError(f"{name}: must be a 1-D array (got shape {arr.shape})")
     return arr

@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "ChainRun",
+    "default_steps",
     "eta_max_theory",
     "eta_star_theory",
     "measure_eta_max",

@@ -102,6 +102,14 @@ class EnsembleModel:
             for name in self.specs
         }
 
+    def init_pair(
+        self, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> tuple[Params, Params]:
+        """(θ, θ0): init(seeds) and a frozen copy of it, for centering and movement. Architectures
+        may lay the two out jointly (the MLP does, so one batched GEMM serves both)."""
+        params = self.init(seeds, dtype=dtype, device=device)
+        return params, {name: p.clone() for name, p in params.items()}
+
     # -- forward
 
     def forward_one(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -251,13 +259,99 @@ class MLP(EnsembleModel):
                 e = e * s_prev
         return kernel
 
-    def _act_grad(self, h: Tensor, a: Tensor, delta: Tensor) -> Tensor:
-        """δh = δa · φ'(h), in place on δa. All (K, N, B)."""
+    # -- the training hot loop
+    #
+    # Packed layout: each layer l is one tensor (2K, out, fan_in + 1) holding θ for members [:K] and
+    # the frozen θ0 for [K:], with the bias as the last column. `init_pair` returns w{l}, b{l} as
+    # views into it, so the rest of the engine sees ordinary (K, out, in) / (K, out) parameters.
+    # Against the activations augmented with a row of ones (K, fan_in + 1, B):
+    #   * every forward layer is one GEMM with the bias folded in (no broadcast copy of b),
+    #   * θ and θ0 go through the network in one batched GEMM over 2K members (centering fused),
+    #   * every weight update — W and b together — is one in-place GEMM.
+    # All activations and gradients live in buffers reused across steps.
+
+    def init_pair(
+        self, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> tuple[Params, Params]:
+        p = self.init(seeds, dtype=dtype, device=device)
+        k = len(seeds)
+        params: Params = {}
+        params0: Params = {}
+        for layer in range(1, self.config.depth + 1):
+            w, b = p[f"w{layer}"], p[f"b{layer}"]
+            fan = self.dims[layer - 1]
+            packed = torch.empty(2 * k, w.shape[1], fan + 1, dtype=dtype, device=device)
+            packed[:k, :, :fan] = w
+            packed[:k, :, fan] = b
+            packed[k:] = packed[:k]
+            for half, target in ((packed[:k], params), (packed[k:], params0)):
+                target[f"w{layer}"] = half[:, :, :fan]  # (K, out, in), row stride in + 1
+                target[f"b{layer}"] = half[:, :, fan]  # (K, out)
+        return params, params0
+
+    def _packed(self, params: Params, params0: Params | None) -> list[Tensor] | None:
+        """The (2K, out, in + 1) tensors behind params and params0 when they come from `init_pair`
+        (θ0 in the second half), else None."""
+        k = params["w1"].shape[0]
+        out: list[Tensor] = []
+        for layer in range(1, self.config.depth + 1):
+            w, b = params[f"w{layer}"], params[f"b{layer}"]
+            base = w._base
+            fan = self.dims[layer - 1]
+            if (
+                base is None
+                or b._base is not base
+                or base.dim() != 3
+                or tuple(base.shape) != (2 * k, w.shape[1], fan + 1)
+                or not base.is_contiguous()
+                or w.data_ptr() != base.data_ptr()
+                or b.data_ptr() != base.data_ptr() + fan * base.element_size()
+            ):
+                return None
+            if params0 is not None:
+                w0 = params0[f"w{layer}"]
+                half = k * base.stride(0) * base.element_size()
+                if w0._base is not base or w0.data_ptr() != base.data_ptr() + half:
+                    return None
+            out.append(base)
+        return out
+
+    def _buffers(self, members: int, k: int, batch: int, dtype: torch.dtype, device: torch.device) -> dict:
+        """Activation and gradient buffers reused across steps (allocated once per shape)."""
+        key = (members, k, batch, dtype, device)
+        cached = getattr(self, "_buffer_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        n, depth = self.config.width, self.config.depth
+        opts = {"dtype": dtype, "device": device}
+        x_aug = torch.ones(self.in_dim + 1, batch, **opts)  # (D + 1, B), last row stays 1
+        acts = [torch.ones(members, n + 1, batch, **opts) for _ in range(depth - 1)]  # (2K, N + 1, B)
+        bufs = {
+            "x_aug": x_aug,
+            "acts": acts,
+            "h": torch.empty(members, n, batch, **opts),  # pre-activation scratch (2K, N, B)
+            "g": torch.empty(members, self.n_outputs, batch, **opts),  # readout (2K, C, B)
+            "grads": [torch.empty(k, n, batch, **opts) for _ in range(depth - 1)],  # δh_l (K, N, B)
+        }
+        self._buffer_cache = (key, bufs)
+        return bufs
+
+    def _activate_into(self, h: Tensor, out: Tensor) -> None:
+        """out = φ(h) in one pass. h (M, N, B) contiguous, out a (M, N, B) view of an augmented buffer."""
         if self.act == "relu":
-            return torch.ops.aten.threshold_backward(delta, h, 0)  # one fused pass: δ where h > 0
-        if self.act == "tanh":
-            return delta.mul_(1 - a * a)
-        return delta
+            torch.clamp_min(h, 0, out=out)
+        elif self.act == "tanh":
+            torch.tanh(h, out=out)
+        else:
+            out.copy_(h)
+
+    def _act_grad_(self, delta: Tensor, a: Tensor) -> None:
+        """δh = δa · φ'(h) in place on δa, from the activation a = φ(h) (h itself is not kept:
+        relu(h) > 0 exactly where h > 0, and tanh' = 1 − a²). Both (K, N, B)."""
+        if self.act == "relu":
+            torch.ops.aten.threshold_backward.grad_input(delta, a, 0, grad_input=delta)  # one fused pass
+        elif self.act == "tanh":
+            delta.mul_(1 - a * a)
 
     @torch.no_grad()
     def train_step(
@@ -271,48 +365,94 @@ class MLP(EnsembleModel):
         step_size: Tensor,
         loss: str = "mse",
     ) -> Tensor:
-        # Hand-written backward: autograd's bookkeeping costs more than the small bmms themselves
-        # on CPU. Each member's step size and 1/γ are folded into the output error δ once, so every
-        # weight update is a single in-place baddbmm with a scalar alpha (the layer's 1/sqrt(fan_in)).
+        # Hand-written backward: autograd's bookkeeping costs more than the small GEMMs on CPU.
+        if loss not in ("mse", "xent"):
+            raise ConfigError("train.loss", f"must be one of mse, xent (got {loss!r})")
         depth = self.config.depth
         k = params["w1"].shape[0]
-        g, hs, acts = self._forward_cols(params, x)  # (K, C, B)
-        if params0 is not None:
-            g = g - self._forward_cols(params0, x)[0]
-        inv_gamma = (1.0 / gamma).view(k, 1, 1)
-        f = g.mul_(inv_gamma)  # (K, C, B), g is a fresh tensor
+        packed = self._packed(params, params0)
+        if packed is None:
+            # parameters not laid out by init_pair: pack a copy, step it, write θ back
+            packed = []
+            for layer in range(1, depth + 1):
+                halves = [params] if params0 is None else [params, params0]
+                packed.append(
+                    torch.cat([torch.cat([h[f"w{layer}"], h[f"b{layer}"].unsqueeze(-1)], dim=2) for h in halves])
+                )
+            losses = self._step_packed(packed, k, params0 is not None, x, target, label, gamma, step_size, loss)
+            for layer, base in enumerate(packed, start=1):
+                fan = self.dims[layer - 1]
+                params[f"w{layer}"].copy_(base[:k, :, :fan])
+                params[f"b{layer}"].copy_(base[:k, :, fan])
+            return losses
+        return self._step_packed(packed, k, params0 is not None, x, target, label, gamma, step_size, loss)
+
+    def _step_packed(
+        self,
+        packed: list[Tensor],
+        k: int,
+        centered: bool,
+        x: Tensor,
+        target: Tensor,
+        label: Tensor,
+        gamma: Tensor,
+        step_size: Tensor,
+        loss: str,
+    ) -> Tensor:
+        """One SGD step on packed layers [(M, out, in + 1)] whose first K members are θ (updated in
+        place) and, when centered, whose next K are θ0 (read only). Returns the losses (K,)."""
+        depth, n, c = self.config.depth, self.config.width, self.n_outputs
+        m = 2 * k if centered else k  # members in the forward pass
         b = x.shape[0]
+        buf = self._buffers(m, k, b, x.dtype, x.device)
+        x_aug, acts, h, g, grads = buf["x_aug"], buf["acts"], buf["h"], buf["g"], buf["grads"]
+        x_aug[: self.in_dim].copy_(x.reshape(b, -1).T)  # (D, B); the ones row stays
+        scale = [1.0 / math.sqrt(self.dims[i]) for i in range(depth - 1)] + [1.0 / self.dims[depth - 1]]
+
+        # forward θ and θ0 together. Layer 1 (shared input): one (M·N, D+1) @ (D+1, B) GEMM.
+        torch.addmm(
+            h.view(m * n, b), packed[0][:m].view(m * n, -1), x_aug, beta=0, alpha=scale[0], out=h.view(m * n, b)
+        )
+        self._activate_into(h, acts[0][:, :n])
+        for layer in range(2, depth):
+            torch.baddbmm(h, packed[layer - 1][:m], acts[layer - 2], beta=0, alpha=scale[layer - 1], out=h)
+            self._activate_into(h, acts[layer - 1][:, :n])
+        torch.baddbmm(g, packed[depth - 1][:m], acts[depth - 2], beta=0, alpha=scale[depth - 1], out=g)  # (M, C, B)
+
+        # loss and its gradient on the output, f = (g_θ − g_θ0) / γ  (K, C, B)
+        inv_gamma = (1.0 / gamma).view(k, 1, 1)
+        diff = torch.sub(g[:k], g[k:]) if centered else g[:k]
         if loss == "mse":
-            resid = f - target.T  # (K, C, B)
-            losses = resid.pow(2).mean(dim=(1, 2))
-            dfdl = resid.mul_(2.0 / (b * self.n_outputs))
-        elif loss == "xent":
-            logp = torch.log_softmax(f, dim=1)  # (K, C, B)
-            losses = -logp.gather(1, label.view(1, 1, -1).expand(k, 1, -1)).mean(dim=(1, 2))
-            dfdl = logp.exp_()
-            dfdl.scatter_add_(1, label.view(1, 1, -1).expand(k, 1, -1), torch.full_like(dfdl[:, :1], -1.0))
-            dfdl.div_(b)
+            resid = torch.addcmul(target.T.neg(), diff, inv_gamma)  # f − y in one pass
+            losses = torch.linalg.vector_norm(resid, dim=(1, 2)).square_().div_(b * c)
+            dfdl = resid.mul_(2.0 / (b * c))
         else:
-            raise ConfigError("train.loss", f"must be one of mse, xent (got {loss!r})")
+            logp = torch.log_softmax(diff.mul(inv_gamma), dim=1)  # (K, C, B)
+            idx = label.view(1, 1, -1).expand(k, 1, -1)
+            losses = -logp.gather(1, idx).mean(dim=(1, 2))
+            dfdl = logp.exp_()
+            dfdl.scatter_add_(1, idx, torch.full_like(dfdl[:, :1], -1.0))
+            dfdl.div_(b)
+        # each member's step size and 1/γ folded into δ once; frozen members get exact zeros (where,
+        # not a multiply, so NaN/inf errors never reach the update)
         coef = (step_size / gamma).view(k, 1, 1)
-        # frozen members: where(), not a multiply, so NaN/inf errors become exact zeros
-        delta = torch.where(coef > 0, dfdl * coef, torch.zeros((), dtype=f.dtype, device=f.device))  # (K, C, B)
-        for layer in range(depth, 0, -1):
+        delta = torch.where(coef > 0, dfdl.mul_(coef), torch.zeros((), dtype=x.dtype, device=x.device))
+
+        # backward over θ only (members [:K]); δ of layer l is (K, out_l, B)
+        for layer in range(depth, 1, -1):
+            base = packed[layer - 1][:k]  # (K, out, fan + 1)
             fan = self.dims[layer - 1]
-            s = 1.0 / fan if layer == depth else 1.0 / math.sqrt(fan)
-            w, bias = params[f"w{layer}"], params[f"b{layer}"]
-            a = acts[layer - 1]
-            if layer > 1:
-                # δa = s Wᵀ δ must use W before its update
-                delta_prev = torch.bmm(w.transpose(1, 2), delta).mul_(s)  # (K, N, B)
-                w.baddbmm_(delta, a.transpose(1, 2), alpha=-s)  # (K, out, in)
-                bias.sub_(delta.sum(dim=2), alpha=s)
-                delta = self._act_grad(hs[layer - 2], a, delta_prev)
-            else:
-                n1 = self.dims[1]
-                # shared input: one (K·N, B) @ (B, D) GEMM updates every member's first layer
-                w.view(k * n1, -1).addmm_(delta.reshape(k * n1, b), a.T, alpha=-s)
-                bias.sub_(delta.sum(dim=2), alpha=s)
+            a_aug = acts[layer - 2][:k]  # (K, fan + 1, B)
+            delta_prev = grads[layer - 2]
+            # δa = s Wᵀ δ must use W before its update
+            torch.baddbmm(
+                delta_prev, base[:, :, :fan].transpose(1, 2), delta, beta=0, alpha=scale[layer - 1], out=delta_prev
+            )
+            base.baddbmm_(delta, a_aug.transpose(1, 2), alpha=-scale[layer - 1])  # W and b in one GEMM
+            self._act_grad_(delta_prev, a_aug[:, :n])
+            delta = delta_prev
+        # shared input: one (K·N, B) @ (B, D+1) GEMM updates every member's first layer and bias
+        packed[0][:k].view(k * n, -1).addmm_(delta.reshape(k * n, b), x_aug.T, alpha=-scale[0])
         return losses
 
 

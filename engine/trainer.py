@@ -151,8 +151,9 @@ def train_on_stream(
     run_ids = [c.run_id for c in configs]
     model = build_model(mc, stream.input_shape, stream.n_outputs)
 
-    params = model.init([c.seed for c in configs], dtype=dtype, device=device)
-    params0 = {n: p.clone() for n, p in params.items()}  # frozen θ0: centering and movement
+    # frozen θ0 for centering and movement; the MLP lays θ and θ0 out side by side so that one
+    # batched GEMM per layer computes both forwards
+    params, params0 = model.init_pair([c.seed for c in configs], dtype=dtype, device=device)
     centered = params0 if mc.centered else None
     gamma = torch.tensor([c.gamma for c in configs], dtype=dtype, device=device)  # (K,)
     lr = torch.tensor([c.learning_rate for c in configs], dtype=dtype, device=device)  # (K,) N·η

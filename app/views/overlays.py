@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app.logic.figures import trajectories_figure
-from app.logic.overlays import TIME_VARIABLES, best_time_variable, collapse_of
+from app.logic.overlays import TIME_VARIABLES, best_time_variable, collapse_of, rescale_time
 from app.logic.selection import MODES, select_runs
 from app.logic.view_state import Field
 from app.ui import chart, pick_sweep, resources, sync_url, url_state
@@ -51,16 +51,20 @@ if not ids:
     st.info("No finished runs to overlay yet.")
     st.stop()
 x_key = st.session_state[f"{P}.expr"] if x_choice == "custom" else x_choice
-scores: dict[str, float | None] = {}
-for key in TIME_VARIABLES:
-    scores[TIME_VARIABLES[key]] = collapse_of(source.overlay(ids, metric=metric, x=key))
-try:
-    frame = source.overlay(ids, metric=metric, x=x_key)
-except ValueError as exc:  # storage's ExpressionError: show it at the field
-    st.error(f"Expression: {exc}")
-    st.stop()
+# One storage query with x = t; the other named variables are per-run rescalings of it.
+frame_t = source.overlay(ids, metric=metric, x="t")
+depth = chosen.set_index("run_id")["depth"].fillna(3)
+frames = {key: rescale_time(frame_t, depth, key) for key in TIME_VARIABLES}
+scores: dict[str, float | None] = {TIME_VARIABLES[key]: collapse_of(f) for key, f in frames.items()}
 if x_choice == "custom":
+    try:
+        frame = source.overlay(ids, metric=metric, x=x_key)
+    except ValueError as exc:  # storage's ExpressionError: show it at the field
+        st.error(f"Expression: {exc}")
+        st.stop()
     scores[f"custom: {x_key}"] = collapse_of(frame)
+else:
+    frame = frames[x_choice]
 best = best_time_variable(scores)
 st.dataframe(pd.DataFrame({"time variable": list(scores), "collapse score (lower = tighter)": list(scores.values()),
                            "best": [k == best for k in scores]}), hide_index=True)

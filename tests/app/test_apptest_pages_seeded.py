@@ -104,3 +104,22 @@ def test_portrait_cell_selection_opens_its_trajectories(app: AppTest, data_dir: 
     expected = expected[(expected["kind"] != "diverged") & (expected["value"] > 0)]
     y = arr(traces[0]["y"])
     np.testing.assert_allclose(y[np.isfinite(y)], expected["value"].to_numpy())
+
+
+def test_overlay_rescaling_equals_storage_overlay(data_dir: Path):
+    """The overlays page derives every named time variable from one x = t query: it must equal
+    storage's own overlay for each variable."""
+    from app.logic.overlays import TIME_VARIABLES, rescale_time
+    from app.logic.source import DashboardSource
+    from storage.settings import load_settings
+
+    source = DashboardSource(load_settings(data_dir=data_dir))
+    runs = source.runs(source.sweeps()["sweep_id"].iloc[0])
+    ids = runs["run_id"].tolist()
+    frame_t = source.overlay(ids, x="t")
+    depth = runs.set_index("run_id")["depth"]
+    for key in TIME_VARIABLES:
+        ours = rescale_time(frame_t, depth, key)
+        theirs = source.overlay(ids, x=key)
+        assert ours["run_id"].tolist() == theirs["run_id"].tolist()
+        np.testing.assert_allclose(ours["x"].to_numpy(float), theirs["x"].to_numpy(float), rtol=1e-12)

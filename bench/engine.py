@@ -6,10 +6,13 @@
 
 Prints both wall times, their ratio, the ensemble's achieved FLOP/s and that as a fraction of this
 machine's dense-matmul peak (a large square GEMM in the same dtype, measured in the same run), and
-checks that both ways reach the same losses.
+checks that both ways reach the same losses. The peak is measured before the reference, before the
+ensemble and after it (the machine may be shared: the load average is printed too), and the
+fraction uses the best peak measured next to the ensemble.
 
     python bench/engine.py            # 36 cells, L=3 MLP, width 256, batch 128, 200 steps, MNIST-1D
-    python bench/engine.py --quick    # a few cells, a few steps: a smoke run
+    python bench/engine.py --steps 50 --cells 18 --width 128
+    python bench/engine.py --quick    # 4 cells, width 64, 20 steps: a smoke run
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def reference_run(cfg: RunConfig, dims: list[int]) -> list[float]:
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:
-    """Best-of FLOP/s of a large square GEMM: this machine's practical dense-matmul peak."""
+    """Best-of FLOP/s of a large square GEMM: this machine's practical dense-matmul peak right now."""
     a = torch.randn(size, size, dtype=dtype)
     b = torch.randn(size, size, dtype=dtype)
     out = torch.empty(size, size, dtype=dtype)
@@ -91,62 +94,87 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:
 
 
 def mlp_flops_per_step(dims: list[int], batch: int, centered: bool) -> float:
-    """Dense FLOPs of one SGD step of one member: forward, the frozen copy's forward, weight grads,
-    and input grads for every layer but the first (the input needs none)."""
+    """Dense GEMM FLOPs of one SGD step of one member (2·m·n·k per GEMM):
+    forward of θ, forward of the frozen θ0 (centering), and the backward — weight gradients for
+    every layer plus input gradients for every layer but the first (the data needs none), i.e. a
+    little under 2× the forward. Biases, activations and the loss are not counted (so the count
+    is a lower bound on the work done)."""
     layer = [2 * batch * a * b for a, b in zip(dims[:-1], dims[1:], strict=True)]
     forward = sum(layer)
     return forward * (2 if centered else 1) + forward + sum(layer[1:])
 
 
+def make_grid(args: argparse.Namespace) -> list[RunConfig]:
+    """args.cells cells: 6 γ (0.1 … 10) × 3 η, then as many seeds as needed, in that order."""
+    gammas = list(np.geomspace(0.1, 10.0, 6))
+    etas = [1e-3, 3e-3, 1e-2]
+    seeds = range(math.ceil(args.cells / (len(gammas) * len(etas))))
+    data = DataConfig(dataset=args.dataset, input_dim=40, n_classes=10)
+    train = TrainConfig(batch_size=args.batch, steps=args.steps, dtype="float32", metrics=(), eval_points=0)
+    model = ModelConfig(arch="mlp", width=args.width, depth=3)
+    cells = [
+        RunConfig(model=model, data=data, train=train, gamma=float(g), eta=e, seed=s)
+        for s in seeds
+        for g in gammas
+        for e in etas
+    ]
+    return cells[: args.cells]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {text})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 4 cells, width 64, 20 steps")
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--cells", type=_positive_int, default=36, help="grid cells (6 γ × 3 η × seeds)")
+    ap.add_argument("--width", type=_positive_int, default=256)
+    ap.add_argument("--steps", type=_positive_int, default=200)
+    ap.add_argument("--batch", type=_positive_int, default=128)
     ap.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "teacher"])
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     if args.quick:
-        args.width, args.steps, gammas, etas, seeds = 64, 20, [0.5, 2.0], [0.01], [0, 1]
-    else:
-        gammas = list(np.geomspace(0.1, 10.0, 6))
-        etas = [1e-3, 3e-3, 1e-2]
-        seeds = [0, 1]
-    data = DataConfig(dataset=args.dataset, input_dim=40, n_classes=10)
-    train = TrainConfig(batch_size=args.batch, steps=args.steps, dtype="float32", metrics=(), eval_points=0)
-    model = ModelConfig(arch="mlp", width=args.width, depth=3)
-    configs = [
-        RunConfig(model=model, data=data, train=train, gamma=float(g), eta=e, seed=s)
-        for g in gammas
-        for e in etas
-        for s in seeds
-    ]
-    in_dim = make_stream(data, batch_size=1).input_shape[0]
+        args.cells, args.width, args.steps = 4, 64, 20
+    configs = make_grid(args)
+    in_dim = make_stream(configs[0].data, batch_size=1).input_shape[0]
     dims = [in_dim, args.width, args.width, 10]
-    print(f"grid: {len(configs)} cells, L=3 MLP width {args.width}, batch {args.batch}, {args.steps} steps, "
-          f"{args.dataset}, float32, {torch.get_num_threads()} threads, device {args.device}")  # fmt: skip
+    cpu = args.device == "cpu"
+    load_start = os.getloadavg()
+    print(f"grid: {len(configs)} cells, L=3 MLP {dims}, batch {args.batch}, {args.steps} steps, {args.dataset}, "
+          f"float32, device {args.device}")  # fmt: skip
+    print(f"torch {torch.__version__}: {torch.get_num_threads()} threads on {os.cpu_count()} cores, "
+          f"MKL {torch.backends.mkl.is_available()}, oneDNN {torch.backends.mkldnn.is_available()}")  # fmt: skip
+    print(f"load average at start (1, 5, 15 min): {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
 
-    peak = matmul_peak(torch.float32) if args.device == "cpu" else math.nan
-
+    # Peak, reference, peak, ensemble, peak: the machine is shared, so the peak is measured right
+    # next to each timed part and the ensemble is compared with the peaks on either side of it.
+    peaks = [matmul_peak(torch.float32)] if cpu else []
     t0 = time.perf_counter()
-    ref_losses = [reference_run(c, dims) for c in configs] if args.device == "cpu" else []
+    ref_losses = [reference_run(c, dims) for c in configs] if cpu else []
     t_ref = time.perf_counter() - t0
+    if cpu:
+        peaks.append(matmul_peak(torch.float32))
 
     t0 = time.perf_counter()
     results = train_ensemble(configs, device=args.device, flush_every=args.steps)
-    if args.device != "cpu":
+    if not cpu:
         torch.cuda.synchronize()
     t_ens = time.perf_counter() - t0
+    if cpu:
+        peaks.append(matmul_peak(torch.float32))
+    load_end = os.getloadavg()
 
     flops = mlp_flops_per_step(dims, args.batch, True) * args.steps * len(configs)
     achieved = flops / t_ens
-    print(f"matmul peak (2048² sgemm):  {peak / 1e9:8.1f} GFLOP/s")
-    print(f"reference, cell by cell:    {t_ref:8.2f} s")
-    print(f"ensemble (train_ensemble):  {t_ens:8.2f} s   ({achieved / 1e9:.1f} GFLOP/s)")
-    print(f"speed-up:                   {t_ref / t_ens:8.1f}x")
-    print(f"ensemble / matmul peak:     {achieved / peak:8.1%}")
+    peak = max(peaks[1:]) if cpu else math.nan  # the best sgemm around the ensemble's timing
+    ratio = t_ref / t_ens if cpu else math.nan
     div_ens = sum(r.status == "diverged" for r in results)
+    gap = math.nan
     if ref_losses:
         div_ref = sum(len(r) < args.steps for r in ref_losses)
         diffs = [
@@ -154,9 +182,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for r, ref in zip(results, ref_losses, strict=True)
             if r.status == "done" and len(ref) == args.steps
         ]
+        gap = max(diffs, default=math.nan)
         print(f"diverged cells: reference {div_ref}, ensemble {div_ens}; "
-              f"max relative gap of final losses {max(diffs, default=math.nan):.1e}")  # fmt: skip
-    return {"t_ref": t_ref, "t_ens": t_ens, "ratio": t_ref / t_ens, "peak_fraction": achieved / peak}
+              f"max relative gap of final losses {gap:.1e}")  # fmt: skip
+    print("counted per member and step: forward θ + forward θ0 (centering) + backward (weight grads, input")
+    print(f"  grads but the first layer's) = {mlp_flops_per_step(dims, args.batch, True) / 1e6:.1f} MFLOP")
+    print(f"matmul peaks (2048² sgemm, best of 5) before reference / before ensemble / after: "
+          f"{' / '.join(f'{p / 1e9:.1f}' for p in peaks)} GFLOP/s")  # fmt: skip
+    print(f"load average at end (1, 5, 15 min): {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    print("----------------------------------------------------------------")
+    print(f"reference, cell by cell:    {t_ref:8.2f} s")
+    print(f"ensemble (train_ensemble):  {t_ens:8.2f} s")
+    print(f"speed-up:                   {ratio:8.1f}x")
+    print(f"ensemble throughput:        {achieved / 1e9:8.1f} GFLOP/s")
+    print(f"matmul peak:                {peak / 1e9:8.1f} GFLOP/s")
+    print(f"ensemble / matmul peak:     {achieved / peak:8.1%}")
+    return {"t_ref": t_ref, "t_ens": t_ens, "ratio": ratio, "peak_fraction": achieved / peak, "gap": gap}
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -316,22 +317,23 @@ class MLP(EnsembleModel):
             out.append(base)
         return out
 
-    def _buffers(self, members: int, k: int, batch: int, dtype: torch.dtype, device: torch.device) -> dict:
+    def _buffers(self, members: int, k: int, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         """Activation and gradient buffers reused across steps (allocated once per shape)."""
         key = (members, k, batch, dtype, device)
         cached = getattr(self, "_buffer_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         n, depth = self.config.width, self.config.depth
-        opts = {"dtype": dtype, "device": device}
-        x_aug = torch.ones(self.in_dim + 1, batch, **opts)  # (D + 1, B), last row stays 1
-        acts = [torch.ones(members, n + 1, batch, **opts) for _ in range(depth - 1)]  # (2K, N + 1, B)
+        x_aug = torch.ones(self.in_dim + 1, batch, dtype=dtype, device=device)  # (D + 1, B), last row stays 1
+        acts = [
+            torch.ones(members, n + 1, batch, dtype=dtype, device=device) for _ in range(depth - 1)
+        ]  # (2K, N + 1, B)
         bufs = {
             "x_aug": x_aug,
             "acts": acts,
-            "h": torch.empty(members, n, batch, **opts),  # pre-activation scratch (2K, N, B)
-            "g": torch.empty(members, self.n_outputs, batch, **opts),  # readout (2K, C, B)
-            "grads": [torch.empty(k, n, batch, **opts) for _ in range(depth - 1)],  # δh_l (K, N, B)
+            "h": torch.empty(members, n, batch, dtype=dtype, device=device),  # pre-activation scratch (2K, N, B)
+            "g": torch.empty(members, self.n_outputs, batch, dtype=dtype, device=device),  # readout (2K, C, B)
+            "grads": [torch.empty(k, n, batch, dtype=dtype, device=device) for _ in range(depth - 1)],  # δh_l (K, N, B)
         }
         self._buffer_cache = (key, bufs)
         return bufs
@@ -423,19 +425,21 @@ class MLP(EnsembleModel):
         inv_gamma = (1.0 / gamma).view(k, 1, 1)
         diff = torch.sub(g[:k], g[k:]) if centered else g[:k]
         if loss == "mse":
-            resid = torch.addcmul(target.T.neg(), diff, inv_gamma)  # f − y in one pass
-            losses = torch.linalg.vector_norm(resid, dim=(1, 2)).square_().div_(b * c)
-            dfdl = resid.mul_(2.0 / (b * c))
+            minus_y = target.T.neg().contiguous()  # (C, B), tiny
+            resid = torch.addcmul(minus_y, diff, inv_gamma)  # f − y in one pass, (K, C, B)
+            flat = resid.reshape(k, 1, c * b)
+            losses = torch.bmm(flat, flat.transpose(1, 2)).view(k).div_(b * c)  # mean of squares, one pass
+            dfdl, dloss = resid, 2.0 / (b * c)  # ∂loss/∂f = 2 (f − y) / (B·C), the constant folded below
         else:
             logp = torch.log_softmax(diff.mul(inv_gamma), dim=1)  # (K, C, B)
             idx = label.view(1, 1, -1).expand(k, 1, -1)
             losses = -logp.gather(1, idx).mean(dim=(1, 2))
             dfdl = logp.exp_()
             dfdl.scatter_add_(1, idx, torch.full_like(dfdl[:, :1], -1.0))
-            dfdl.div_(b)
+            dloss = 1.0 / b
         # each member's step size and 1/γ folded into δ once; frozen members get exact zeros (where,
         # not a multiply, so NaN/inf errors never reach the update)
-        coef = (step_size / gamma).view(k, 1, 1)
+        coef = (step_size / gamma * dloss).view(k, 1, 1)  # (K, 1, 1), a tiny op
         delta = torch.where(coef > 0, dfdl.mul_(coef), torch.zeros((), dtype=x.dtype, device=x.device))
 
         # backward over θ only (members [:K]); δ of layer l is (K, out_l, B)

@@ -34,7 +34,7 @@ EXIT_USAGE = 2
 EXIT_UNFINISHED = 1
 SUMMARY_KEYS = ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
 EXPORT_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "steps_done", "diverged_step") + SUMMARY_KEYS
-DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo.toml"
+DEMO_SPEC = Path(__file__).resolve().parent / "examples" / "demo.toml"
 
 
 class UserError(Exception):

@@ -6,7 +6,7 @@ Kept small on purpose: anything worth testing without a browser lives in app/log
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,15 +88,21 @@ def chart(fig: go.Figure, data: pd.DataFrame, *, key: str, filename: str, select
     return event
 
 
-def pick_sweep(source: DashboardSource, key: str) -> str | None:
-    """Sweep selectbox (newest first); the chosen id is in session_state[key]."""
+def labeler(labels: Mapping[Any, str]) -> Callable[[Any], str]:
+    """A selectbox format_func showing labels[key], or the key itself when it has no label."""
+    return lambda key: labels.get(key, str(key))
+
+
+def pick_sweep(source: DashboardSource, key: str) -> str:
+    """Sweep selectbox (newest first); the chosen id is in session_state[key]. Stops the page when
+    there is no sweep yet, so callers always get an id."""
     sweeps = source.sweeps()
     if sweeps.empty:
         st.info("No sweeps yet: launch one on the Launch page.")
-        return None
+        st.stop()
     ids = sweeps["sweep_id"].tolist()
     labels = {row.sweep_id: f"{row.name} · {row.owner} · {row.sweep_id}" for row in sweeps.itertuples()}
     current = st.session_state.get(key)
     if current not in labels:
         st.session_state[key] = ids[0]
-    return st.selectbox("Sweep", ids, key=key, format_func=lambda i: labels.get(i, i))
+    return str(st.selectbox("Sweep", ids, key=key, format_func=labeler(labels)))

@@ -10,7 +10,7 @@ from app.logic.figures import portrait_figure
 from app.logic.grid import difference_grid, heatmap_grid, shared_log_range
 from app.logic.portrait import AGGS
 from app.logic.view_state import Field
-from app.ui import chart, resources, sync_url, url_state
+from app.ui import chart, labeler, resources, sync_url, url_state
 
 P = "compare"
 STATS = ("final", "best")
@@ -35,14 +35,14 @@ for key, idx in (("a", 0), ("b", min(1, len(ids) - 1))):
     if st.session_state.get(f"{P}.{key}") not in labels:
         st.session_state[f"{P}.{key}"] = ids[idx]
 c1, c2 = st.columns(2)
-a = c1.selectbox("Sweep A", ids, key=f"{P}.a", format_func=labels.get)
-b = c2.selectbox("Sweep B", ids, key=f"{P}.b", format_func=labels.get)
+a = c1.selectbox("Sweep A", ids, key=f"{P}.a", format_func=labeler(labels))
+b = c2.selectbox("Sweep B", ids, key=f"{P}.b", format_func=labeler(labels))
 d1, d2, d3, d4 = st.columns(4)
 metric = d1.selectbox("Metric", ("train_loss", "test_loss"), key=f"{P}.metric")
 stat = d2.selectbox("Statistic", STATS, key=f"{P}.stat")
 agg = d3.selectbox("Over seeds", AGGS, key=f"{P}.agg")
 view = d4.radio("View", ("side", "diff"), key=f"{P}.view", horizontal=True,
-                format_func={"side": "side by side", "diff": "difference"}.get)
+                format_func=labeler({"side": "side by side", "diff": "difference"}))
 sync_url(SCHEMA, P)
 
 fa = source.heatmap(a, metric=metric, stat=stat, agg=agg)

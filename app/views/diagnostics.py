@@ -10,7 +10,7 @@ from app.logic.diagnostics import ALIGNMENTS, edge_of_stability, label_series, m
 from app.logic.figures import lines_figure, twin_axes_figure
 from app.logic.selection import MODES, nearest, select_runs
 from app.logic.view_state import Field
-from app.ui import chart, pick_sweep, resources, sync_url, url_state
+from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
 P = "diag"
 SCHEMA = {
@@ -27,15 +27,13 @@ source = res.source
 url_state(SCHEMA, P)
 st.title("Diagnostics")
 sweep_id = pick_sweep(source, f"{P}.sweep")
-if sweep_id is None:
-    st.stop()
 runs = source.runs(sweep_id)
 if runs.empty:
     st.stop()
 for name in ("gamma", "eta"):
     st.session_state[f"{P}.{name}"] = nearest(runs[name].tolist(), st.session_state.get(f"{P}.{name}"))
 c1, c2, c3, c4 = st.columns(4)
-mode = c1.radio("Runs", ("ridge", "cell"), key=f"{P}.mode", format_func=MODES.get)
+mode = c1.radio("Runs", ("ridge", "cell"), key=f"{P}.mode", format_func=labeler(MODES))
 if mode == "cell":
     c2.selectbox("γ", sorted(runs["gamma"].unique()), key=f"{P}.gamma", format_func=lambda v: f"{v:.3g}")
     c3.selectbox("η", sorted(runs["eta"].unique()), key=f"{P}.eta", format_func=lambda v: f"{v:.3g}")

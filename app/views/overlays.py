@@ -10,7 +10,7 @@ from app.logic.figures import trajectories_figure
 from app.logic.overlays import TIME_VARIABLES, best_time_variable, collapse_of, rescale_time
 from app.logic.selection import MODES, select_runs
 from app.logic.view_state import Field
-from app.ui import chart, pick_sweep, resources, sync_url, url_state
+from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
 P = "overlay"
 CHOICES = (*TIME_VARIABLES, "custom")
@@ -28,11 +28,9 @@ source = res.source
 url_state(SCHEMA, P)
 st.title("Overlays")
 sweep_id = pick_sweep(source, f"{P}.sweep")
-if sweep_id is None:
-    st.stop()
 runs = source.runs(sweep_id)
 c1, c2, c3 = st.columns(3)
-mode = c1.radio("Runs", ("ridge", "pick"), key=f"{P}.mode", format_func=MODES.get)
+mode = c1.radio("Runs", ("ridge", "pick"), key=f"{P}.mode", format_func=labeler(MODES))
 metric = c2.selectbox("Metric", ("train_loss", "test_loss"), key=f"{P}.metric")
 x_choice = c3.selectbox("Time variable", CHOICES, key=f"{P}.x",
                         format_func=lambda k: TIME_VARIABLES.get(k, "custom expression"))

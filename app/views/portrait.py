@@ -9,7 +9,7 @@ from app.logic.figures import portrait_figure
 from app.logic.grid import heatmap_grid
 from app.logic.portrait import AGGS, STATS, overlay_curves, selected_cell
 from app.logic.view_state import Field
-from app.ui import chart, pick_sweep, resources, sync_url, url_state
+from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
 P = "portrait"
 METRICS = ("train_loss", "test_loss", "test_acc")
@@ -30,8 +30,6 @@ source = res.source
 url_state(SCHEMA, P)
 st.title("Phase portrait")
 sweep_id = pick_sweep(source, f"{P}.sweep")
-if sweep_id is None:
-    st.stop()
 sweep = source.sweep(sweep_id) or {}
 spec = sweep.get("spec", {})
 depth = int(spec.get("model", {}).get("depth", 3))
@@ -39,7 +37,7 @@ steps = int(spec.get("train", {}).get("steps", 1))
 
 c1, c2, c3, c4 = st.columns(4)
 c1.selectbox("Metric", METRICS, key=f"{P}.metric")
-c2.selectbox("Statistic", list(STATS), key=f"{P}.stat", format_func=STATS.get)
+c2.selectbox("Statistic", list(STATS), key=f"{P}.stat", format_func=labeler(STATS))
 c3.selectbox("Over seeds", AGGS, key=f"{P}.agg")
 c4.toggle("Live", key=f"{P}.live", help="Refresh every few seconds while runs are going")
 stat = st.session_state[f"{P}.stat"]

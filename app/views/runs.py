@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.logic.source import filter_runs
 from app.logic.view_state import Field
-from app.ui import resources, sync_url, url_state
+from app.ui import labeler, resources, sync_url, url_state
 
 P = "runs"
 STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
@@ -40,7 +40,7 @@ if sweeps.empty:
 labels = {r.sweep_id: f"{r.name} · {r.owner} · {r.sweep_id}" for r in sweeps.itertuples()}
 if st.session_state.get(f"{P}.sweep") not in labels:
     st.session_state[f"{P}.sweep"] = sweeps["sweep_id"].iloc[0]
-sweep_id = st.selectbox("Sweep", list(labels), key=f"{P}.sweep", format_func=labels.get)
+sweep_id = st.selectbox("Sweep", list(labels), key=f"{P}.sweep", format_func=labeler(labels))
 f1, f2 = st.columns([2, 1])
 f1.multiselect("Status", STATUSES, key=f"{P}.status")
 f2.text_input("Run id contains", key=f"{P}.q")

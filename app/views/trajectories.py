@@ -9,7 +9,7 @@ from app.logic.figures import ema_smooth, trajectories_figure
 from app.logic.selection import MODES, nearest, select_runs
 from app.logic.source import points_budget
 from app.logic.view_state import Field
-from app.ui import chart, pick_sweep, resources, sync_url, url_state
+from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
 P = "traj"
 METRICS = ("train_loss", "test_loss", "test_acc")
@@ -31,8 +31,6 @@ source = res.source
 url_state(SCHEMA, P)
 st.title("Trajectories")
 sweep_id = pick_sweep(source, f"{P}.sweep")
-if sweep_id is None:
-    st.stop()
 runs = source.runs(sweep_id)
 if runs.empty:
     st.info("This sweep has no runs.")
@@ -43,7 +41,7 @@ for name, values in (("gamma", gammas), ("eta", etas)):
     st.session_state[key] = nearest(values, st.session_state.get(key))
 
 c1, c2, c3 = st.columns(3)
-mode = c1.selectbox("Show", list(MODES), key=f"{P}.mode", format_func=MODES.get)
+mode = c1.selectbox("Show", list(MODES), key=f"{P}.mode", format_func=labeler(MODES))
 if mode in ("row", "cell"):
     c2.selectbox("γ", gammas, key=f"{P}.gamma", format_func=lambda v: f"{v:.3g}")
 if mode in ("column", "cell"):
@@ -55,7 +53,7 @@ if mode == "pick":
 d1, d2, d3, d4, d5 = st.columns(5)
 metric = d1.selectbox("Metric", METRICS, key=f"{P}.metric")
 colour = d2.radio("Colour by", ("gamma", "eta"), key=f"{P}.colour", horizontal=True,
-                  format_func={"gamma": "γ", "eta": "η"}.get)
+                  format_func=labeler({"gamma": "γ", "eta": "η"}))
 smooth = d3.number_input("Smoothing (EMA span, steps of the shown series)", 1, 500, key=f"{P}.smooth")
 log_x = d4.toggle("log x", key=f"{P}.logx")
 bands = d5.toggle("Seed bands", key=f"{P}.bands", help="mean ± std over seeds, per cell")

@@ -54,7 +54,8 @@ class ReferenceMLP(nn.Module):
         return self.layers[-1](h) / (self.dims[-2] * self.gamma)
 
 
-def reference_run(cfg: RunConfig, dims: list[int]) -> list[float]:
+def reference_run(cfg: RunConfig, dims: list[int]) -> tuple[list[float], float]:
+    """One cell the reference way. Returns the losses and the seconds spent making its data."""
     model = ReferenceMLP(dims, cfg.gamma)
     init = build_model(cfg.model, (dims[0],), dims[-1]).init([cfg.seed])  # the same weights as the ensemble
     with torch.no_grad():
@@ -63,10 +64,14 @@ def reference_run(cfg: RunConfig, dims: list[int]) -> list[float]:
             layer.bias.copy_(init[f"b{i + 1}"][0])
     frozen = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+    t0 = time.perf_counter()
     stream = make_stream(cfg.data, batch_size=cfg.train.batch_size)
-    losses = []
+    data_s = time.perf_counter() - t0
+    losses: list[float] = []
     for _ in range(cfg.train.steps):
+        t0 = time.perf_counter()
         batch = stream.next_batch()
+        data_s += time.perf_counter() - t0
         out = model(batch.x) - frozen(batch.x)
         loss = (out - batch.target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
@@ -76,7 +81,7 @@ def reference_run(cfg: RunConfig, dims: list[int]) -> list[float]:
         losses.append(value)
         if not math.isfinite(value) or value > cfg.train.divergence_factor * losses[0]:
             break
-    return losses
+    return losses, data_s
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:
@@ -155,8 +160,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # next to each timed part and the ensemble is compared with the peaks on either side of it.
     peaks = [matmul_peak(torch.float32)] if cpu else []
     t0 = time.perf_counter()
-    ref_losses = [reference_run(c, dims) for c in configs] if cpu else []
+    ref_runs = [reference_run(c, dims) for c in configs] if cpu else []
     t_ref = time.perf_counter() - t0
+    ref_losses = [losses for losses, _ in ref_runs]
+    t_ref_data = sum(data_s for _, data_s in ref_runs)
     if cpu:
         peaks.append(matmul_peak(torch.float32))
 
@@ -191,13 +198,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"{' / '.join(f'{p / 1e9:.1f}' for p in peaks)} GFLOP/s")  # fmt: skip
     print(f"load average at end (1, 5, 15 min): {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     print("----------------------------------------------------------------")
-    print(f"reference, cell by cell:    {t_ref:8.2f} s")
-    print(f"ensemble (train_ensemble):  {t_ens:8.2f} s")
+    print(f"reference, cell by cell:    {t_ref:8.2f} s   (of which making its data: {t_ref_data:.2f} s)")
+    print(f"ensemble (train_ensemble):  {t_ens:8.2f} s   (data included)")
     print(f"speed-up:                   {ratio:8.1f}x")
+    print(f"speed-up without the reference's data time: {(t_ref - t_ref_data) / t_ens:.1f}x")
     print(f"ensemble throughput:        {achieved / 1e9:8.1f} GFLOP/s")
     print(f"matmul peak:                {peak / 1e9:8.1f} GFLOP/s")
     print(f"ensemble / matmul peak:     {achieved / peak:8.1%}")
-    return {"t_ref": t_ref, "t_ens": t_ens, "ratio": ratio, "peak_fraction": achieved / peak, "gap": gap}
+    return {
+        "t_ref": t_ref, "t_ens": t_ens, "ratio": ratio, "ratio_without_ref_data": (t_ref - t_ref_data) / t_ens,
+        "peak_fraction": achieved / peak, "gap": gap,
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,9 @@ class MetricStore:
                     "the recorder can read it"
                 ) from None
             raise
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # serializes everything that executes on self.conn
+        self._reader_lock = threading.Lock()  # only guards making reader cursors (see cursor())
+        self._reader_root: duckdb.DuckDBPyConnection | None = self.conn.cursor()
         self._keys: dict[str, int] = {}
         if not read_only:
             for ddl in _SCHEMA:
@@ -145,7 +147,12 @@ class MetricStore:
             ref = _OPEN.get(self.path)
             if ref is not None and ref() is self:
                 del _OPEN[self.path]
-        self.conn.close()
+        with self._reader_lock:
+            if self._reader_root is not None:
+                self._reader_root.close()
+                self._reader_root = None
+        with self._write_lock:
+            self.conn.close()
 
     def __enter__(self) -> MetricStore:
         return self
@@ -154,13 +161,28 @@ class MetricStore:
         self.close()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A reader for the calling thread (a DuckDB connection serializes its queries, so threads
-        must not share one; conn.cursor() is a new connection to the same database instance)."""
-        cur = getattr(self._local, "cursor", None)
-        if cur is None:
-            cur = self.conn.cursor()
-            self._local.cursor = cur
-        return cur
+        """A NEW reader connection to this database; the caller closes it (or use `reader()`).
+
+        Why not one cached cursor per thread: in DuckDB 2.x a connection that holds an unfinished
+        result (a fetch interrupted by an exception, a fetchone() of a multi-row result) refuses other
+        work ("connection has an unfinished result"), so one half-read query would poison every later
+        query of that thread. A fresh cursor per query context costs ~0.1 ms.
+        Why not self.conn.cursor(): a DuckDB connection is not thread-safe and the recorder thread
+        executes on self.conn; readers are made from `_reader_root`, which nobody executes on, under a
+        lock that ingest never holds (so a reader never waits for an ingest transaction)."""
+        with self._reader_lock:
+            if self._reader_root is None:
+                raise RuntimeError(f"MetricStore: {self.path} is closed")
+            return self._reader_root.cursor()
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A fresh reader connection for one query context, closed on exit (whatever happened)."""
+        cur = self.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
 
     # -- run keys
 
@@ -265,23 +287,24 @@ class MetricStore:
     # -- small reads
 
     def count_points(self, run_id: str | None = None, attempt: int | None = None) -> int:
-        cur = self.cursor()
-        if run_id is None:
-            return int(cur.execute("SELECT count(*) FROM points").fetchone()[0])  # type: ignore[index]
-        key = self.run_keys([run_id]).get(run_id)
-        if key is None:
-            return 0
-        sql, params = "SELECT count(*) FROM points WHERE run_key = ?", [key]
-        if attempt is not None:
-            sql, params = sql + " AND attempt = ?", [key, attempt]
-        return int(cur.execute(sql, params).fetchone()[0])  # type: ignore[index]
+        sql, params = "SELECT count(*) FROM points", []
+        if run_id is not None:
+            key = self.run_keys([run_id]).get(run_id)
+            if key is None:
+                return 0
+            sql, params = sql + " WHERE run_key = ?", [key]
+            if attempt is not None:
+                sql, params = sql + " AND attempt = ?", [key, attempt]
+        with self.reader() as cur:
+            return int(cur.execute(sql, params).fetchall()[0][0])
 
     def count_duplicates(self) -> int:
         """Points whose (run, attempt, seq, step, metric) occurs more than once (0 when exactly-once holds)."""
-        row = self.cursor().execute(
-            "SELECT coalesce(sum(c - 1), 0) FROM (SELECT count(*) c FROM points "
-            "GROUP BY run_key, attempt, seq, step, metric HAVING count(*) > 1)").fetchone()
-        return int(row[0])  # type: ignore[index]
+        with self.reader() as cur:
+            rows = cur.execute(
+                "SELECT coalesce(sum(c - 1), 0) FROM (SELECT count(*) c FROM points "
+                "GROUP BY run_key, attempt, seq, step, metric HAVING count(*) > 1)").fetchall()
+        return int(rows[0][0])
 
 
 def _to_arrow(fresh: list[tuple[tuple[int, int, int], PointsBatch]]) -> pa.Table:

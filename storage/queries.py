@@ -10,6 +10,7 @@ Only the current attempt of each run is read; older attempts' points stay stored
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ NAMED_X = {
     "eta_t_over_gamma": "eta*t/gamma",
     "eta_t_over_gamma_2_over_L": "eta*t/gamma^(2/L)",
 }
+log = logging.getLogger(__name__)
 HEATMAP_COLUMNS = ["gamma", "eta", "value", "n_seeds", "n_done", "n_diverged", "n_running", "n_missing",
                    "cell_status"]
 
@@ -66,17 +68,27 @@ def _registry_for(url: str) -> Registry:
 
 @contextmanager
 def _open(source: Settings | QuerySource) -> Iterator[tuple[duckdb.DuckDBPyConnection | None, Registry]]:
+    """(reader, registry) for one query context. A MetricStore gives a fresh reader cursor, closed on
+    exit: a query that fails or is interrupted mid-fetch cannot leave an unfinished result behind on a
+    connection that later queries of this thread would reuse (storage.metric_store.MetricStore.cursor)."""
     if isinstance(source, QuerySource):
         store = source.store
-        cur = store.cursor() if isinstance(store, MetricStore) else store
-        yield cur, source.registry
+        if isinstance(store, MetricStore):
+            with store.reader() as cur:
+                yield cur, source.registry
+        else:
+            yield store, source.registry
         return
     if not isinstance(source, Settings):
         raise QueryError(f"source: must be Settings or QuerySource (got {type(source).__name__})")
     registry = _registry_for(source.registry_url)
     store, owned = open_reader(source.metrics_path)
     try:
-        yield (store.cursor() if store is not None else None), registry
+        if store is None:
+            yield None, registry
+        else:
+            with store.reader() as cur:
+                yield cur, registry
     finally:
         if owned and store is not None:
             store.close()
@@ -84,12 +96,19 @@ def _open(source: Settings | QuerySource) -> Iterator[tuple[duckdb.DuckDBPyConne
 
 @contextmanager
 def _registered(cur: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
-    """Expose an Arrow table to SQL under `name` on this thread's cursor for the duration."""
+    """Expose an Arrow table to SQL under `name` on this cursor for the duration.
+
+    The unregister can itself fail when the query left a result open (DuckDB refuses other work on
+    such a connection); it must never replace the query's own exception, and since the cursor is
+    closed at the end of the query context the view goes with it anyway."""
     cur.register(name, table)
     try:
         yield
     finally:
-        cur.unregister(name)
+        try:
+            cur.unregister(name)
+        except duckdb.Error as exc:
+            log.debug("unregister %s skipped (%s); the cursor is closed after the query", name, exc)
 
 
 def _selection(cur: duckdb.DuckDBPyConnection, runs: pd.DataFrame) -> pa.Table:

@@ -262,12 +262,16 @@ class MLP(EnsembleModel):
 
     # -- the training hot loop
     #
-    # Packed layout: each layer l is one tensor (2K, out, fan_in + 1) holding θ for members [:K] and
-    # the frozen θ0 for [K:], with the bias as the last column. `init_pair` returns w{l}, b{l} as
-    # views into it, so the rest of the engine sees ordinary (K, out, in) / (K, out) parameters.
-    # Against the activations augmented with a row of ones (K, fan_in + 1, B):
+    # Packed layout: each layer l is one tensor (K + U, out, fan_in + 1) holding θ for members [:K]
+    # and, in [K:], the frozen θ0 of the U distinct seeds, with the bias as the last column. θ0
+    # depends only on the seed (γ and η do not enter the initialization), so a grid with few seeds
+    # needs few centering forwards: member k subtracts the readout of θ0 slot `theta0_index[k]`.
+    # `init_pair` returns w{l}, b{l} as views into [:K], so the rest of the engine sees ordinary
+    # (K, out, in) / (K, out) parameters, and θ0 per member as plain tensors (for movement, resets).
+    # Against the activations augmented with a row of ones (K + U, fan_in + 1, B):
     #   * every forward layer is one GEMM with the bias folded in (no broadcast copy of b),
-    #   * θ and θ0 go through the network in one batched GEMM over 2K members (centering fused),
+    #   * θ and θ0 go through the network in the same batched GEMMs (centering fused, and θ, θ0
+    #     computed by the same kernels, so f is exactly 0 at init),
     #   * every weight update — W and b together — is one in-place GEMM.
     # All activations and gradients live in buffers reused across steps.
 
@@ -276,24 +280,39 @@ class MLP(EnsembleModel):
     ) -> tuple[Params, Params]:
         p = self.init(seeds, dtype=dtype, device=device)
         k = len(seeds)
+        distinct = list(dict.fromkeys(int(s) for s in seeds))  # first appearance order
+        first = [[int(s) for s in seeds].index(s) for s in distinct]  # a member holding each seed
+        slot = {s: i for i, s in enumerate(distinct)}
+        index = torch.tensor([slot[int(s)] for s in seeds], dtype=torch.long, device=device)  # (K,)
         params: Params = {}
         params0: Params = {}
+        first_t = torch.tensor(first, dtype=torch.long, device=device)
         for layer in range(1, self.config.depth + 1):
             w, b = p[f"w{layer}"], p[f"b{layer}"]
             fan = self.dims[layer - 1]
-            packed = torch.empty(2 * k, w.shape[1], fan + 1, dtype=dtype, device=device)
+            packed = torch.empty(k + len(distinct), w.shape[1], fan + 1, dtype=dtype, device=device)
             packed[:k, :, :fan] = w
             packed[:k, :, fan] = b
-            packed[k:] = packed[:k]
-            for half, target in ((packed[:k], params), (packed[k:], params0)):
-                target[f"w{layer}"] = half[:, :, :fan]  # (K, out, in), row stride in + 1
-                target[f"b{layer}"] = half[:, :, fan]  # (K, out)
+            packed[k:] = packed[:k].index_select(0, first_t)
+            params[f"w{layer}"] = packed[:k, :, :fan]  # (K, out, in), row stride in + 1
+            params[f"b{layer}"] = packed[:k, :, fan]  # (K, out)
+            params0[f"w{layer}"] = w.clone()
+            params0[f"b{layer}"] = b.clone()
+        # remembered so that train_step can recognise this pair and use the packed θ0 slots
+        self._pair = (params0, index, len(distinct))
         return params, params0
 
-    def _packed(self, params: Params, params0: Params | None) -> list[Tensor] | None:
-        """The (2K, out, in + 1) tensors behind params and params0 when they come from `init_pair`
-        (θ0 in the second half), else None."""
+    def _packed(self, params: Params, params0: Params | None) -> tuple[list[Tensor], Tensor | None] | None:
+        """(the (K + U, out, in + 1) tensors behind params, θ0 slot of each member or None when not
+        centered) when params (and params0) come from `init_pair`; None otherwise."""
         k = params["w1"].shape[0]
+        index: Tensor | None = None
+        slots = 0
+        if params0 is not None:
+            pair = getattr(self, "_pair", None)
+            if pair is None or pair[0] is not params0 or pair[1].shape[0] != k:
+                return None
+            index, slots = pair[1], pair[2]
         out: list[Tensor] = []
         for layer in range(1, self.config.depth + 1):
             w, b = params[f"w{layer}"], params[f"b{layer}"]
@@ -303,19 +322,16 @@ class MLP(EnsembleModel):
                 base is None
                 or b._base is not base
                 or base.dim() != 3
-                or tuple(base.shape) != (2 * k, w.shape[1], fan + 1)
+                or base.shape[0] < k
+                or tuple(base.shape[1:]) != (w.shape[1], fan + 1)
                 or not base.is_contiguous()
                 or w.data_ptr() != base.data_ptr()
                 or b.data_ptr() != base.data_ptr() + fan * base.element_size()
+                or (index is not None and base.shape[0] != k + slots)
             ):
                 return None
-            if params0 is not None:
-                w0 = params0[f"w{layer}"]
-                half = k * base.stride(0) * base.element_size()
-                if w0._base is not base or w0.data_ptr() != base.data_ptr() + half:
-                    return None
             out.append(base)
-        return out
+        return out, index
 
     def _buffers(self, members: int, k: int, batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         """Activation and gradient buffers reused across steps (allocated once per shape)."""
@@ -327,12 +343,12 @@ class MLP(EnsembleModel):
         x_aug = torch.ones(self.in_dim + 1, batch, dtype=dtype, device=device)  # (D + 1, B), last row stays 1
         acts = [
             torch.ones(members, n + 1, batch, dtype=dtype, device=device) for _ in range(depth - 1)
-        ]  # (2K, N + 1, B)
+        ]  # (M, N + 1, B), M = K + U θ0 slots
         bufs = {
             "x_aug": x_aug,
             "acts": acts,
-            "h": torch.empty(members, n, batch, dtype=dtype, device=device),  # pre-activation scratch (2K, N, B)
-            "g": torch.empty(members, self.n_outputs, batch, dtype=dtype, device=device),  # readout (2K, C, B)
+            "h": torch.empty(members, n, batch, dtype=dtype, device=device),  # pre-activation scratch (M, N, B)
+            "g": torch.empty(members, self.n_outputs, batch, dtype=dtype, device=device),  # readout (M, C, B)
             "grads": [torch.empty(k, n, batch, dtype=dtype, device=device) for _ in range(depth - 1)],  # δh_l (K, N, B)
         }
         self._buffer_cache = (key, bufs)
@@ -372,28 +388,27 @@ class MLP(EnsembleModel):
             raise ConfigError("train.loss", f"must be one of mse, xent (got {loss!r})")
         depth = self.config.depth
         k = params["w1"].shape[0]
-        packed = self._packed(params, params0)
-        if packed is None:
-            # parameters not laid out by init_pair: pack a copy, step it, write θ back
-            packed = []
-            for layer in range(1, depth + 1):
-                halves = [params] if params0 is None else [params, params0]
-                packed.append(
-                    torch.cat([torch.cat([h[f"w{layer}"], h[f"b{layer}"].unsqueeze(-1)], dim=2) for h in halves])
-                )
-            losses = self._step_packed(packed, k, params0 is not None, x, target, label, gamma, step_size, loss)
-            for layer, base in enumerate(packed, start=1):
-                fan = self.dims[layer - 1]
-                params[f"w{layer}"].copy_(base[:k, :, :fan])
-                params[f"b{layer}"].copy_(base[:k, :, fan])
-            return losses
-        return self._step_packed(packed, k, params0 is not None, x, target, label, gamma, step_size, loss)
+        found = self._packed(params, params0)
+        if found is not None:
+            return self._step_packed(found[0], k, found[1], x, target, label, gamma, step_size, loss)
+        # parameters not laid out by init_pair: pack a copy (θ0 one slot per member), step it, write θ back
+        packed = []
+        for layer in range(1, depth + 1):
+            halves = [params] if params0 is None else [params, params0]
+            packed.append(torch.cat([torch.cat([h[f"w{layer}"], h[f"b{layer}"].unsqueeze(-1)], dim=2) for h in halves]))
+        index = None if params0 is None else torch.arange(k, device=x.device)
+        losses = self._step_packed(packed, k, index, x, target, label, gamma, step_size, loss)
+        for layer, base in enumerate(packed, start=1):
+            fan = self.dims[layer - 1]
+            params[f"w{layer}"].copy_(base[:k, :, :fan])
+            params[f"b{layer}"].copy_(base[:k, :, fan])
+        return losses
 
     def _step_packed(
         self,
         packed: list[Tensor],
         k: int,
-        centered: bool,
+        theta0_index: Tensor | None,
         x: Tensor,
         target: Tensor,
         label: Tensor,
@@ -402,16 +417,17 @@ class MLP(EnsembleModel):
         loss: str,
     ) -> Tensor:
         """One SGD step on packed layers [(M, out, in + 1)] whose first K members are θ (updated in
-        place) and, when centered, whose next K are θ0 (read only). Returns the losses (K,)."""
+        place) and, when centered, whose next U are θ0 slots (read only); member k is centered by
+        slot theta0_index[k] (K,). Returns the losses (K,)."""
         depth, n, c = self.config.depth, self.config.width, self.n_outputs
-        m = 2 * k if centered else k  # members in the forward pass
+        m = packed[0].shape[0] if theta0_index is not None else k  # members in the forward pass
         b = x.shape[0]
         buf = self._buffers(m, k, b, x.dtype, x.device)
         x_aug, acts, h, g, grads = buf["x_aug"], buf["acts"], buf["h"], buf["g"], buf["grads"]
         x_aug[: self.in_dim].copy_(x.reshape(b, -1).T)  # (D, B); the ones row stays
         scale = [1.0 / math.sqrt(self.dims[i]) for i in range(depth - 1)] + [1.0 / self.dims[depth - 1]]
 
-        # forward θ and θ0 together. Layer 1 (shared input): one (M·N, D+1) @ (D+1, B) GEMM.
+        # forward θ and the θ0 slots together. Layer 1 (shared input): one (M·N, D+1) @ (D+1, B) GEMM.
         torch.addmm(
             h.view(m * n, b), packed[0][:m].view(m * n, -1), x_aug, beta=0, alpha=scale[0], out=h.view(m * n, b)
         )
@@ -423,7 +439,7 @@ class MLP(EnsembleModel):
 
         # loss and its gradient on the output, f = (g_θ − g_θ0) / γ  (K, C, B)
         inv_gamma = (1.0 / gamma).view(k, 1, 1)
-        diff = torch.sub(g[:k], g[k:]) if centered else g[:k]
+        diff = g[:k] if theta0_index is None else torch.sub(g[:k], g[k:m].index_select(0, theta0_index))
         if loss == "mse":
             minus_y = target.T.neg().contiguous()  # (C, B), tiny
             resid = torch.addcmul(minus_y, diff, inv_gamma)  # f − y in one pass, (K, C, B)

@@ -54,8 +54,8 @@ def test_centered_output_is_exactly_zero_at_init_on_the_packed_path():
     losses = model.train_step(params, params0, x.float(), target.float(), label, torch.ones(2), torch.zeros(2))
     # θ and θ0 ran through the same batched GEMMs: their readouts agree bit for bit, so f = 0
     # exactly and the loss is the mean of the one-hot targets squared, 1/C
-    g = model._buffer_cache[1]["g"]  # (2K, C, B) readouts of the step
-    assert torch.equal(g[:2], g[2:])
+    g = model._buffer_cache[1]["g"]  # (K + U, C, B) readouts of the step
+    assert g.shape[0] == 4 and torch.equal(g[:2], g[2:])
     assert torch.equal(losses, torch.full((2,), 1.0 / 3))
 
 
@@ -88,3 +88,28 @@ def test_parameters_from_elsewhere_take_the_fallback_and_are_written_back():
     torch.testing.assert_close(l_copy, l_pack)
     for n in params:
         torch.testing.assert_close(copies[n], params[n])
+
+
+def test_members_sharing_a_seed_share_one_centering_forward():
+    # θ0 depends only on the seed: a 2-seed grid needs 2 θ0 slots, and every member is centered by
+    # its own seed's θ0 — the same losses and parameters as with one θ0 per member (the fallback)
+    model = build_model(ModelConfig(arch="mlp", width=10, depth=3), (6,), 3)
+    seeds = [3, 7, 3, 7, 3]
+    params, params0 = model.init_pair(seeds, dtype=D64)
+    found = model._packed(params, params0)
+    assert found is not None and found[0][0].shape[0] == 5 + 2 and found[1].tolist() == [0, 1, 0, 1, 0]
+    for name in model.weight_names:  # θ0 per member for the rest of the engine
+        assert torch.equal(params0[name][2], params0[name][0])
+        assert not torch.equal(params0[name][1], params0[name][0])
+    separate = {n: t.clone() for n, t in params.items()}
+    separate0 = {n: t.clone() for n, t in params0.items()}
+    gamma = torch.tensor([0.3, 1.0, 2.0, 5.0, 0.7], dtype=D64)
+    step = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5], dtype=D64)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        x, target, label = _batch(gen)
+        l_shared = model.train_step(params, params0, x, target, label, gamma, step)
+        l_separate = model.train_step(separate, separate0, x, target, label, gamma, step)
+        torch.testing.assert_close(l_shared, l_separate, rtol=0, atol=1e-14)
+    for n in params:
+        torch.testing.assert_close(params[n], separate[n], rtol=0, atol=1e-13)

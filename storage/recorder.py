@@ -30,7 +30,7 @@ from typing import Any
 
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
 from storage.metric_store import MetricStore, PointsBatch, StoreLocked
-from storage.registry import Registry
+from storage.registry import FinishedEvent, HeartbeatEvent, Registry, StartedEvent
 from storage.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -148,20 +148,22 @@ class Recorder:
                     self._reject(d, f"cannot store points: {type(one).__name__}: {one}")
                     kept.remove(d)
 
-        any_finished = False
+        # registry transitions of the whole batch: one transaction, one sweep recount per touched sweep
+        started, beats, finished = [], [], []
         for d in kept:
             ev = d.event or {}
             kind = ev["type"]
             if kind == "started":
-                self.registry.mark_running(ev["run_id"], ev["attempt"], ev["worker"], now=float(ev["time"]))
+                started.append(StartedEvent(ev["run_id"], ev["attempt"], ev["worker"], float(ev["time"])))
             elif kind == "heartbeat":
-                self.registry.heartbeat(ev["run_ids"], ev["attempt"], ev["worker"], now=float(ev["time"]))
+                beats.append(HeartbeatEvent(ev["run_ids"], ev["attempt"], ev["worker"], float(ev["time"])))
             elif kind == "finished":
-                self.registry.finish(
+                finished.append(FinishedEvent(
                     ev["run_id"], ev["attempt"], ev["status"], steps_done=ev.get("steps_done"),
-                    diverged_step=ev.get("diverged_step"), summary=ev.get("summary"), error=ev.get("error"))
-                any_finished = True
-        if any_finished:
+                    diverged_step=ev.get("diverged_step"), summary=ev.get("summary"), error=ev.get("error")))
+        if started or beats or finished:
+            self.registry.apply_events(started=started, heartbeats=beats, finished=finished)
+        if finished:
             self.store.checkpoint()
         self.consumer.ack(kept)
         self.stats["events"] += len(kept)

@@ -268,15 +268,17 @@ def test_failed_step_is_retried_from_pending(redis_settings: Settings, make_conf
     pub.points(rid, 0, [0, 1], ["train_loss"] * 2, [1.0, 0.5])
     pub.finished(rid, 0, "done", steps_done=2)
     rec = Recorder(redis_settings)
-    real_finish, calls = rec.registry.finish, []
+    # the recorder applies a batch's transitions with one registry.apply_events call
+    real_apply, calls = rec.registry.apply_events, []
 
-    def flaky_finish(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("database is locked")
-        return real_finish(*args, **kwargs)
+    def flaky_apply(*args, **kwargs):
+        if kwargs.get("finished"):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("database is locked")
+        return real_apply(*args, **kwargs)
 
-    rec.registry.finish = flaky_finish  # type: ignore[method-assign]
+    rec.registry.apply_events = flaky_apply  # type: ignore[method-assign]
     rec.start()
     deadline = time.monotonic() + 30
     while reg.get_run(rid)["status"] != "done" and time.monotonic() < deadline:

@@ -98,15 +98,13 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def mlp_flops_per_step(dims: list[int], batch: int, centered: bool) -> float:
-    """Dense GEMM FLOPs of one SGD step of one member (2·m·n·k per GEMM):
-    forward of θ, forward of the frozen θ0 (centering), and the backward — weight gradients for
-    every layer plus input gradients for every layer but the first (the data needs none), i.e. a
-    little under 2× the forward. Biases, activations and the loss are not counted (so the count
-    is a lower bound on the work done)."""
+def mlp_gemm_flops(dims: list[int], batch: int) -> tuple[float, float]:
+    """Dense GEMM FLOPs (2·m·n·k each) of one step of one network: (forward, backward). The
+    backward is the weight gradients of every layer plus the input gradients of every layer but
+    the first (the data needs none), a little under 2× the forward. Biases, activations and the
+    loss are not counted, so the totals are a lower bound on the work done."""
     layer = [2 * batch * a * b for a, b in zip(dims[:-1], dims[1:], strict=True)]
-    forward = sum(layer)
-    return forward * (2 if centered else 1) + forward + sum(layer[1:])
+    return float(sum(layer)), float(sum(layer) + sum(layer[1:]))
 
 
 def make_grid(args: argparse.Namespace) -> list[RunConfig]:
@@ -176,7 +174,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         peaks.append(matmul_peak(torch.float32))
     load_end = os.getloadavg()
 
-    flops = mlp_flops_per_step(dims, args.batch, True) * args.steps * len(configs)
+    # What the ensemble computes per step: forward + backward of each of the K members, and the
+    # centering forward of θ0 once per distinct seed (θ0 depends only on the seed).
+    forward, backward = mlp_gemm_flops(dims, args.batch)
+    n_seeds = len({c.seed for c in configs})
+    flops_step = len(configs) * (forward + backward) + n_seeds * forward
+    flops = flops_step * args.steps
     achieved = flops / t_ens
     peak = max(peaks[1:]) if cpu else math.nan  # the best sgemm around the ensemble's timing
     ratio = t_ref / t_ens if cpu else math.nan
@@ -192,8 +195,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         gap = max(diffs, default=math.nan)
         print(f"diverged cells: reference {div_ref}, ensemble {div_ens}; "
               f"max relative gap of final losses {gap:.1e}")  # fmt: skip
-    print("counted per member and step: forward θ + forward θ0 (centering) + backward (weight grads, input")
-    print(f"  grads but the first layer's) = {mlp_flops_per_step(dims, args.batch, True) / 1e6:.1f} MFLOP")
+    print(f"FLOPs counted per step (GEMMs only): {len(configs)} members × (forward {forward / 1e6:.1f} + backward "
+          f"{backward / 1e6:.1f} MFLOP) + {n_seeds} centering forwards of θ0 (one per distinct seed) "
+          f"= {flops_step / 1e9:.2f} GFLOP; the reference does a θ0 forward per cell")  # fmt: skip
     print(f"matmul peaks (2048² sgemm, best of 5) before reference / before ensemble / after: "
           f"{' / '.join(f'{p / 1e9:.1f}' for p in peaks)} GFLOP/s")  # fmt: skip
     print(f"load average at end (1, 5, 15 min): {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")

@@ -15,6 +15,7 @@ Targets on the reference machine: ingest >= 1M rows/s; heatmap <= 100 ms; 100-ru
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sqlite3
 import statistics
@@ -46,6 +47,14 @@ def _timed(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _load() -> str:
+    """1/5/15-minute load averages: the machine is shared, so every result line needs this context."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def _grid(n_runs: int) -> list[NewRun]:
@@ -91,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, tmp: Path) -> None:
     n_traj = min(100, args.runs)
     print(f"storage bench: {args.runs} runs x {args.points} points = {args.runs * args.points:,} rows in {tmp}")
+    print(f"load average at start {_load()} on {os.cpu_count()} cores (other processes slow every number below)")
 
     registry = Registry(f"sqlite:///{tmp / 'registry.sqlite'}")
     sid = registry.create_sweep("bench", "bench", {})
@@ -175,6 +185,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> None:
 
     naive_traj_s = _timed(naive_traj, 3)
 
+    print(f"load average at end   {_load()}")
     print(f"ingest      duckdb {duck_rate / 1e6:8.2f} M rows/s   naive {naive_rate:10.0f} rows/s "
           f"(on {done:,} rows)   ratio {duck_rate / naive_rate:8.0f}x   target >= 1 M rows/s")
     print(f"heatmap     duckdb {heat_s * 1e3:8.1f} ms        naive {naive_heat_s * 1e3:10.1f} ms"

@@ -308,23 +308,33 @@ class MetricStore:
 
 
 def _to_arrow(fresh: list[tuple[tuple[int, int, int], PointsBatch]]) -> pa.Table:
-    """Concatenate batches into one Arrow table sorted by (run_key, step): zone maps then prune."""
+    """Concatenate batches into one Arrow table sorted by (run_key, step): zone maps then prune.
+
+    Batches are put in (run_key, first step) order first; the rows then are usually sorted already
+    (each batch's steps ascend), which a vectorized check confirms, so the P-row lexsort is the
+    exception. Metric names repeat (a handful per batch, often one): dictionary-encoded, and a batch
+    holding a single name is encoded with np.full instead of a per-row Python lookup."""
+    fresh = sorted(fresh, key=lambda kb: (kb[0][0], int(kb[1].step[0]) if len(kb[1].step) else 0))
     sizes = [len(b.step) for _, b in fresh]
     run_key = np.repeat(np.array([k[0] for k, _ in fresh], dtype=np.int32), sizes)  # (P,)
     attempt = np.repeat(np.array([k[1] for k, _ in fresh], dtype=np.int32), sizes)
     seq = np.repeat(np.array([k[2] for k, _ in fresh], dtype=np.int32), sizes)
-    step = np.concatenate([np.asarray(b.step, dtype=np.int64) for _, b in fresh]) if fresh else np.empty(0)
-    value = np.concatenate([np.asarray(b.value, dtype=np.float64) for _, b in fresh])
-    # metric names repeat (a handful per batch): dictionary-encode instead of building P Python strings
-    names = sorted({m for _, b in fresh for m in set(b.metric)})
+    step = np.concatenate([np.asarray(b.step, dtype=np.int64) for _, b in fresh])  # (P,)
+    value = np.concatenate([np.asarray(b.value, dtype=np.float64) for _, b in fresh])  # (P,)
+    distinct = [set(b.metric) for _, b in fresh]
+    names = sorted(set().union(*distinct))
     lookup = {m: i for i, m in enumerate(names)}
-    codes = np.concatenate([np.fromiter(map(lookup.__getitem__, b.metric), dtype=np.int32, count=len(b.metric))
-                            for _, b in fresh])  # (P,)
-    order = np.lexsort((step, run_key))
-    metric_arr = pa.DictionaryArray.from_arrays(pa.array(codes[order]), pa.array(names, pa.string()))
+    codes = np.concatenate([
+        np.full(len(b.metric), lookup[next(iter(d))], dtype=np.int32) if len(d) == 1
+        else np.fromiter(map(lookup.__getitem__, b.metric), dtype=np.int32, count=len(b.metric))
+        for d, (_, b) in zip(distinct, fresh, strict=True)])  # (P,)
+    d_key, d_step = np.diff(run_key), np.diff(step)
+    if not np.all((d_key > 0) | ((d_key == 0) & (d_step >= 0))):
+        order = np.lexsort((step, run_key))
+        run_key, attempt, seq, step, value, codes = (a[order] for a in (run_key, attempt, seq, step, value, codes))
+    metric_arr = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
     return pa.table({
-        "run_key": run_key[order], "attempt": attempt[order], "seq": seq[order], "step": step[order],
-        "metric": metric_arr, "value": value[order],
+        "run_key": run_key, "attempt": attempt, "seq": seq, "step": step, "metric": metric_arr, "value": value,
     })
 
 

@@ -222,7 +222,7 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
     if stat == "steps_to" and (threshold is None or not np.isfinite(threshold)):
         raise QueryError(f"threshold: stat='steps_to' needs a finite threshold (got {threshold!r})")
     with _open(source) as (cur, registry):
-        cols = runs_columns(registry, sweep_id=sweep_id)
+        cols = runs_columns(registry, sweep_id=sweep_id, fields=("run_id", "gamma", "eta", "status", "attempt"))
         if not cols["run_id"]:
             return pd.DataFrame(columns=HEATMAP_COLUMNS)
         runs_in = pa.table({

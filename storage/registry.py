@@ -711,24 +711,42 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def runs_columns(registry: Registry, *, sweep_id: str | None = None,
-                 run_ids: Sequence[str] | None = None) -> dict[str, list[Any]]:
-    """Lean column lists of runs (no JSON parsing, no Row objects kept): run_id, gamma, eta, seed,
-    depth, width, status, attempt, diverged_step. For the query side, where 10,000 runs must load in
-    milliseconds."""
-    cols = [runs.c.run_id, runs.c.gamma, runs.c.eta, runs.c.seed, runs.c.depth, runs.c.width, runs.c.status,
-            runs.c.attempt, runs.c.diverged_step]
+RUN_COLUMNS = ("run_id", "gamma", "eta", "seed", "depth", "width", "status", "attempt", "diverged_step")
+
+
+def runs_columns(registry: Registry, *, sweep_id: str | None = None, run_ids: Sequence[str] | None = None,
+                 fields: Sequence[str] = RUN_COLUMNS) -> dict[str, list[Any]]:
+    """Lean column lists of runs (no JSON parsing, no Row objects): by default run_id, gamma, eta, seed,
+    depth, width, status, attempt, diverged_step (`fields` picks a subset). For the query side, where
+    10,000 runs must load in milliseconds: the SELECT runs on a raw DB-API cursor, without SQLAlchemy's
+    Row objects (half the time at 10k rows) and, on SQLite, without the BEGIN IMMEDIATE the registry's
+    transactions take -- a read-only autocommit SELECT in WAL mode never waits for a writer."""
+    bad = sorted(set(fields) - set(RUN_COLUMNS))
+    if bad:
+        raise RegistryError(f"fields: {bad[0]!r} is not one of {', '.join(RUN_COLUMNS)}")
+    cols = [runs.c[name] for name in fields]
+    if sweep_id is not None:
+        queries = [sa.select(*cols).join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
+                   .where(sweep_runs.c.sweep_id == sweep_id)]
+    else:
+        queries = [sa.select(*cols).where(runs.c.run_id.in_(chunk))
+                   for chunk in _chunks(list(dict.fromkeys(run_ids or [])), 500)]
     rows: list[Any] = []
-    with registry.engine.connect() as conn:
-        if sweep_id is not None:
-            q = (sa.select(*cols).join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
-                 .where(sweep_runs.c.sweep_id == sweep_id))
-            rows.extend(conn.execute(q).all())
-        else:
-            for chunk in _chunks(list(dict.fromkeys(run_ids or [])), 500):
-                rows.extend(conn.execute(sa.select(*cols).where(runs.c.run_id.in_(chunk))).all())
+    dialect = registry.engine.dialect
+    raw = registry.engine.raw_connection()  # pooled; returned (and rolled back) on close
+    try:
+        cur = raw.cursor()
+        for q in queries:
+            compiled = q.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+            params = compiled.params
+            args: Any = [params[k] for k in compiled.positiontup or ()] if compiled.positional else params
+            cur.execute(compiled.string, args)
+            rows.extend(cur.fetchall())
+        cur.close()
+    finally:
+        raw.close()
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in cols]
-    return {c.name: list(v) for c, v in zip(cols, columns, strict=True)}
+    return {name: list(v) for name, v in zip(fields, columns, strict=True)}
 
 
 def runs_frame(registry: Registry, *, sweep_id: str | None = None, run_ids: Sequence[str] | None = None) -> Any:

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 STREAM = "gamma-lab:events"
 DEAD_LETTER_STREAM = "gamma-lab:events:dead"
 GROUP = "recorder"
-EVENT_TYPES = ("started", "points", "heartbeat", "finished")
+EVENT_TYPES = ("started", "points", "heartbeat", "finished", "export")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
 
 
@@ -76,6 +78,19 @@ def validate_event(ev: Any) -> dict[str, Any]:
     kind = ev.get("type")
     if kind not in EVENT_TYPES:
         raise BadEvent(f"type: must be one of {', '.join(EVENT_TYPES)} (got {kind!r})")
+    if kind == "export":  # a reader asks the recorder to write points to a Parquet file (storage.export)
+        rid = ev.get("request_id")
+        if not isinstance(rid, str) or not _REQUEST_ID.fullmatch(rid):
+            raise BadEvent(f"request_id: must be 1-64 letters, digits, _ or - (got {rid!r})")
+        _need_str(ev, "path")
+        ids, sweep = ev.get("run_ids"), ev.get("sweep_id")
+        if (ids is None) == (sweep is None):
+            raise BadEvent("run_ids, sweep_id: give exactly one of them")
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids)):
+            raise BadEvent("run_ids: must be a list of run id strings")
+        if sweep is not None:
+            _need_str(ev, "sweep_id")
+        return ev
     _need_int(ev, "attempt")
     if kind == "heartbeat":
         ids = ev.get("run_ids")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
+from storage.export import answer_request
 from storage.metric_store import MetricStore, PointsBatch, StoreLocked
 from storage.registry import FinishedEvent, HeartbeatEvent, Registry, StartedEvent
 from storage.settings import Settings, load_settings
@@ -120,6 +121,8 @@ class Recorder:
         referenced: set[str] = set()
         for d in good:
             ev = d.event or {}
+            if ev["type"] == "export":  # names runs to read, not to record: checked when answered
+                continue
             referenced |= set(ev["run_ids"]) if ev["type"] == "heartbeat" else {ev["run_id"]}
         unknown = self._unknown(referenced)
         kept: list[Delivery] = []
@@ -130,7 +133,7 @@ class Recorder:
                 if not ev["run_ids"]:
                     self._reject(d, "heartbeat names no known run")
                     continue
-            elif ev["run_id"] in unknown:
+            elif ev["type"] != "export" and ev["run_id"] in unknown:
                 self._reject(d, f"unknown run {ev['run_id']!r} (not in the registry)")
                 continue
             kept.append(d)
@@ -165,6 +168,13 @@ class Recorder:
             self.registry.apply_events(started=started, heartbeats=beats, finished=finished)
         if finished:
             self.store.checkpoint()
+        # export requests last, so they see every point published before them (storage.export)
+        for d in [d for d in kept if (d.event or {})["type"] == "export"]:
+            try:
+                answer_request(self.settings, self.store, self.registry, d.event or {})
+            except ValueError as exc:  # path outside the data folder: nothing written, set aside
+                self._reject(d, f"export: {exc}")
+                kept.remove(d)
         self.consumer.ack(kept)
         self.stats["events"] += len(kept)
         self.stats["points"] += stored

@@ -554,9 +554,9 @@ class Registry:
         Same guards as the single-run methods: an event whose attempt is not the run's current one
         changes nothing; started applies to queued/running/lost runs; a heartbeat to running/lost
         runs (lost -> running); a later event for the same run in the batch wins."""
-        for ev in finished:
-            if ev.status not in FINISH_STATUSES:
-                raise RegistryError(f"status: must be one of {', '.join(FINISH_STATUSES)} (got {ev.status!r})")
+        for fin in finished:
+            if fin.status not in FINISH_STATUSES:
+                raise RegistryError(f"status: must be one of {', '.join(FINISH_STATUSES)} (got {fin.status!r})")
         out = AppliedEvents([], [], [])
         if not (started or heartbeats or finished):
             return out
@@ -572,13 +572,13 @@ class Registry:
             touched: set[str] = set()  # runs whose status changed: their sweeps need a recount
 
             rows: dict[str, dict[str, Any]] = {}
-            for ev in started:
-                att, status = current.get(ev.run_id, (-1, ""))
-                if att == ev.attempt and status in ("queued", "running", "lost"):
-                    rows[ev.run_id] = dict(k_run=ev.run_id, k_att=ev.attempt, v_worker=ev.worker, v_t=float(ev.time))
+            for st in started:
+                att, status = current.get(st.run_id, (-1, ""))
+                if att == st.attempt and status in ("queued", "running", "lost"):
+                    rows[st.run_id] = dict(k_run=st.run_id, k_att=st.attempt, v_worker=st.worker, v_t=float(st.time))
                     if status != "running":
-                        touched.add(ev.run_id)
-                    current[ev.run_id] = (att, "running")
+                        touched.add(st.run_id)
+                    current[st.run_id] = (att, "running")
             if rows:
                 conn.execute(runs.update().where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
                              .values(status="running", worker=b("v_worker"), started=b("v_t"), heartbeat=b("v_t"),

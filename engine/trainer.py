@@ -215,8 +215,7 @@ def train_on_stream(
             if newly_dead.any():
                 dead = torch.as_tensor(np.flatnonzero(newly_dead), device=device)
                 with torch.no_grad():
-                    for n in params:  # back to finite values: frozen members must not hold NaN
-                        params[n][dead] = params0[n][dead]
+                    model.reset_members(params, params0, dead)  # back to finite values
                 alive_host &= ~newly_dead
                 diverged_host = div_now.copy()
             buf_start = t + 1

@@ -113,3 +113,25 @@ def test_members_sharing_a_seed_share_one_centering_forward():
         torch.testing.assert_close(l_shared, l_separate, rtol=0, atol=1e-14)
     for n in params:
         torch.testing.assert_close(params[n], separate[n], rtol=0, atol=1e-13)
+
+
+def test_reset_members_clears_a_blown_up_member_completely():
+    # a member driven to inf/NaN mid-step leaves 0·inf = NaN in the packed padding too;
+    # reset_members must bring it back to a finite θ0 (f = 0 again), leaving the other member alone
+    model = build_model(ModelConfig(arch="mlp", width=8, depth=3), (6,), 3)
+    params, params0 = model.init_pair([0, 1], dtype=torch.float32)
+    gen = torch.Generator().manual_seed(5)
+    gamma = torch.ones(2)
+    for _ in range(6):
+        x, target, label = (t.float() if t.is_floating_point() else t for t in _batch(gen))
+        model.train_step(params, params0, x, target, label, gamma, torch.tensor([1e30, 0.1]))
+    found = model._packed(params, params0)
+    assert found is not None
+    assert not torch.isfinite(found[0][1][0, :, 9:]).all()  # NaN reached member 0's padding
+    keep = {n: t[1].clone() for n, t in params.items()}
+    model.reset_members(params, params0, torch.tensor([0]))
+    x, target, label = (t.float() if t.is_floating_point() else t for t in _batch(gen))
+    losses = model.train_step(params, params0, x, target, label, gamma, torch.zeros(2))
+    assert losses[0].item() == pytest.approx(1.0 / 3, rel=1e-6)
+    for n in params:
+        assert torch.equal(params[n][1], keep[n])

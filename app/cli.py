@@ -296,39 +296,27 @@ def runs_frame(settings: Any, sweep_id: str) -> Any:
 
 
 def series_frame(settings: Any, sweep_id: str) -> Any:
-    """Every stored point of the sweep's runs (their current attempt): run_id, step, metric, value."""
+    """Every stored point of the sweep's runs (their current attempt): run_id, step, metric, value.
+
+    Reads the DuckDB file directly when this process can open it; while another process records
+    (the dashboard, say) the recorder writes the points for us (storage.export.export_points)."""
+    import tempfile
+
     import pandas as pd
 
-    from storage.metric_store import StoreLocked, open_reader
+    from storage.export import ExportError, export_points
     from storage.registry import Registry
 
     with Registry(settings.registry_url) as reg:
         if reg.get_sweep(sweep_id) is None:
             raise UserError(f"export: no sweep {sweep_id!r}")
-        wanted = pd.DataFrame([(r["run_id"], r["attempt"]) for r in reg.list_runs(sweep_id)],
-                              columns=["run_id", "attempt"])
-    empty = pd.DataFrame({"run_id": pd.Series(dtype=str), "step": pd.Series(dtype="int64"),
-                          "metric": pd.Series(dtype=str), "value": pd.Series(dtype="float64")})
-    try:
-        store, owned = open_reader(settings.metrics_path)
-    except StoreLocked as exc:
-        raise UserError(f"export --series: {exc} (stop the recorder or export from the dashboard)") from None
-    if store is None or wanted.empty:
-        return empty
-    try:
-        cur = store.cursor()
-        cur.register("wanted_runs", wanted)
-        frame = cur.execute(
-            "SELECT k.run_id, p.step, p.metric, p.value FROM points p "
-            "JOIN run_keys k ON p.run_key = k.run_key "
-            "JOIN wanted_runs w ON w.run_id = k.run_id AND w.attempt = p.attempt "
-            "ORDER BY k.run_id, p.metric, p.step"
-        ).df()
-        cur.unregister("wanted_runs")
-    finally:
-        if owned:
-            store.close()
-    return frame
+    with tempfile.TemporaryDirectory(prefix="gamma-lab-export-") as folder:
+        target = Path(folder) / "series.parquet"
+        try:
+            export_points(settings, None, target, sweep_id=sweep_id)
+        except ExportError as exc:
+            raise UserError(f"export --series: {exc}") from None
+        return pd.read_parquet(target)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

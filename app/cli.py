@@ -99,25 +99,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return code
 
 
-def _start_recorder(settings: Any) -> Any:
-    """An in-process recorder when nobody else records (None if one is running elsewhere)."""
-    from storage.recorder import Recorder, RecorderBusy
-
-    try:
-        recorder = Recorder(settings)
-    except RecorderBusy:
-        return None
-    recorder.start()
-    return recorder
-
-
 def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5) -> int:
     """Progress bar until every run ended. 0 when all are done or diverged."""
     from tqdm import tqdm
 
+    from storage.recorder import start_if_free
     from tasks import api
 
-    recorder = _start_recorder(settings)
+    recorder = start_if_free(settings)
     counts = api.sweep_progress(settings, sweep_id)
     bar = tqdm(total=max(sum(counts.values()), 1), file=sys.stderr, unit="run", desc=sweep_id, leave=True)
     try:
@@ -131,7 +120,7 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5) -> int:
             if api.is_settled(settings, sweep_id) and total:
                 break
             if recorder is None:  # the recorder elsewhere may have stopped: take over if we can
-                recorder = _start_recorder(settings)
+                recorder = start_if_free(settings)
             time.sleep(poll_s)
     finally:
         bar.close()

@@ -251,6 +251,16 @@ class Recorder:
         self.stop()
 
 
+def start_if_free(settings: Settings) -> Recorder | None:
+    """Record in this process unless another recorder holds the DuckDB file (then None: the events
+    this process causes are ingested by that one)."""
+    try:
+        recorder = Recorder(settings)
+    except RecorderBusy:
+        return None
+    return recorder.start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m storage.recorder`: record in the foreground until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m storage.recorder", description=__doc__.splitlines()[0])

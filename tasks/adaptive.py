@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from storage.recorder import start_if_free
+
     settings = load_settings()
-    recorder = _start_recorder(settings)
+    recorder = start_if_free(settings)
     try:
         found = run(args.sweep_id, settings, executor=args.executor, rerun=args.rerun, device=args.device)
         log.info("eta_max per gamma: %s", found)
@@ -111,18 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         for suffix in (".pid", ".stop"):
             _driver_file(settings, args.sweep_id).with_suffix(suffix).unlink(missing_ok=True)
     return 0
-
-
-def _start_recorder(settings: Any) -> Any:
-    """Record in this process unless another recorder holds the DuckDB file."""
-    from storage.recorder import Recorder, RecorderBusy
-
-    try:
-        recorder = Recorder(settings)
-    except RecorderBusy:
-        return None
-    recorder.start()
-    return recorder
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ Member k is initialized from its own seed exactly as a single run with that seed
 
 Architectures:
   mlp     L weight layers, activation relu/tanh/linear. Batched by hand (one GEMM for the shared
-          input's first layer, bmm after) with a hand-written backward for the SGD step.
+          input's first layer, bmm after) with a hand-written backward for the SGD step, on a packed
+          layout (MLP.init_pair): θ and the θ0 of each distinct seed in one tensor per layer, biases
+          folded into the GEMMs, so a step is ~7 GEMMs and 4 elementwise passes over (K, N, B).
   cnn     the reference CNN: conv3×3 C→N, φ, avgpool2, conv3×3 N→2N, φ, avgpool2, dense→8N, φ, readout.
   resnet  μP ResNet-18-style: a 3×3 stem to N channels, then `depth` pre-activation basic blocks in
           up to 4 stages of widths N, 2N, 4N, 8N (two blocks a stage; depth=8 is ResNet-18's layout),

@@ -5,16 +5,28 @@ train_loss (the fresh batch's loss *before* the update) is logged every step, ac
 device and copied to the host only at flushes (every `flush_every` steps and at eval steps), so the
 hot loop has no host synchronization. The costly diagnostics run on the log-spaced `eval_steps`.
 
-Divergence: a member whose loss is NaN/inf or above divergence_factor × its step-0 loss is frozen
+Divergence: a member whose loss is NaN/inf or above divergence_factor × max(1, 1/γ²) × its step-0
+loss is frozen
 (step size masked to 0 at once on the device; its parameters reset to the finite θ0 at the next
 flush), its step is kept and recorded, its status is 'diverged'. Members never mix (every batched
 op is independent per member), so a diverging member cannot disturb the others.
+
+Why max(1, 1/γ²): just above the lazy edge of stability a net *catapults* — the loss first grows by
+~1/γ² (the features must move by O(1) relative, and they move ∝ γ·Δf), then the kernel flattens and
+training converges (design.md §2: "a catapult window sits just below η_max"). A fixed factor calls
+those convergent runs diverged at small γ only and bends the measured lazy slope of η_max(γ) from 2
+to ~2.5 (tests/engine/test_physics_lazy.py); scaling the threshold with 1/γ² keeps the catapults.
+Runs that really diverge grow geometrically and cross it a few steps later.
+
+Cancellation: `should_cancel()` is called at each flush and returns True (stop every member) or the
+run ids to stop (those members are frozen, status 'cancelled'; the others go on). The loop ends
+early once no member is left training.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,7 +112,7 @@ def train_ensemble(
     device: str = "cpu",
     data_root: Path | None = None,
     on_metrics: Callable[[MetricBatch], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: Callable[[], bool | Collection[str]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     flush_every: int = 50,
 ) -> list[RunResult]:
@@ -136,7 +148,7 @@ def train_on_stream(
     *,
     device: str = "cpu",
     on_metrics: Callable[[MetricBatch], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: Callable[[], bool | Collection[str]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     flush_every: int = 50,
 ) -> list[RunResult]:
@@ -160,6 +172,8 @@ def train_on_stream(
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged_at = torch.full((k,), -1, dtype=torch.int64, device=device)
     threshold = torch.full((k,), math.inf, dtype=dtype, device=device)
+    # catapult allowance (module docstring): divergence_factor × max(1, 1/γ²) × step-0 loss
+    allowance = tc.divergence_factor * torch.clamp(gamma**-2, min=1.0)  # (K,)
     loss_buf = torch.empty(flush_every, k, dtype=dtype, device=device)  # on-device train_loss
 
     evals = set(eval_steps(tc.steps, tc.eval_points))
@@ -177,6 +191,7 @@ def train_on_stream(
     buf_start = 0
     status = "done"
     steps_done = tc.steps
+    cancelled_at = np.full(k, -1, dtype=np.int64)  # members stopped by a per-run cancel: steps done
 
     for t in range(tc.steps):
         if t in evals:
@@ -189,7 +204,7 @@ def train_on_stream(
         losses = model.train_step(params, centered, batch.x, batch.target, batch.label, gamma, step_size, tc.loss)
         loss_buf[t - buf_start] = losses
         if t == 0:
-            threshold = torch.where(losses > 0, losses * tc.divergence_factor, threshold)
+            threshold = torch.where(losses > 0, losses * allowance, threshold)
         newly = alive & ~(torch.isfinite(losses) & (losses <= threshold))
         diverged_at = torch.where(newly, t, diverged_at)
         alive = alive & ~newly
@@ -200,8 +215,8 @@ def train_on_stream(
             div_now = diverged_at.cpu().numpy()
             steps_idx = np.arange(buf_start, t + 1)
             for i in range(k):
-                if not alive_host[i] and diverged_host[i] >= 0:
-                    continue  # frozen earlier: nothing more to record
+                if not alive_host[i] and (diverged_host[i] >= 0 or cancelled_at[i] >= 0):
+                    continue  # frozen earlier (diverged or cancelled): nothing more to record
                 last = div_now[i] if div_now[i] >= 0 else t
                 keep = steps_idx <= last
                 vals = chunk[keep, i]
@@ -225,9 +240,20 @@ def train_on_stream(
                 rows.clear()
             if on_progress is not None:
                 on_progress(t + 1, tc.steps)
-            if t < tc.steps - 1 and should_cancel is not None and should_cancel():
-                status, steps_done = "cancelled", t + 1
-                break
+            if t < tc.steps - 1 and should_cancel is not None:
+                verdict = should_cancel()
+                if isinstance(verdict, bool | np.bool_):
+                    if verdict:
+                        status, steps_done = "cancelled", t + 1
+                        break
+                elif verdict:  # some run ids: freeze those members, the others go on
+                    stop = np.array([alive_host[i] and rid in verdict for i, rid in enumerate(run_ids)])
+                    if stop.any():
+                        cancelled_at[stop] = t + 1
+                        alive_host &= ~stop
+                        alive &= torch.as_tensor(~stop, device=device)
+            if not alive_host.any():
+                break  # every member diverged or was cancelled: nothing left to train
 
     results = []
     for i, c in enumerate(configs):
@@ -238,6 +264,8 @@ def train_on_stream(
         if diverged_host[i] >= 0:
             step = int(diverged_host[i])
             results.append(RunResult(c.run_id, "diverged", step + 1, step, summary))
+        elif cancelled_at[i] >= 0:
+            results.append(RunResult(c.run_id, "cancelled", int(cancelled_at[i]), None, summary))
         else:
             results.append(RunResult(c.run_id, status, steps_done, None, summary))
     return results
@@ -328,11 +356,11 @@ def _evaluate(
         for i, name in enumerate(model.weight_names):
             values[f"movement_l{i + 1}"] = M.movement(params[name], params0[name])
     host = {name: v.double().cpu().numpy() for name, v in values.items()}
-    for i in np.flatnonzero(alive):
+    for member in np.flatnonzero(alive).tolist():
         for name, v in host.items():
-            rows.add(int(i), t, name, float(v[i]))
+            rows.add(member, t, name, float(v[member]))
         if "test_loss" in host:
-            last_test[int(i)] = (float(host["test_loss"][i]), float(host["test_acc"][i]))
+            last_test[member] = (float(host["test_loss"][member]), float(host["test_acc"][member]))
     return eig_vec
 
 

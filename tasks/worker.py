@@ -163,10 +163,10 @@ def run_unit(
                      "step": [int(s) for s in step], "metric": list(metric), "value": [float(v) for v in value]})
             seq[rid] += 1
 
-    def should_cancel() -> bool:
-        # the trainer stops the whole ensemble; a unit stops when all of its runs were asked to
+    def should_cancel() -> set[str]:
+        # the runs asked to stop: the trainer freezes those members and trains the others on
         flagged.update(checker.cancelled())
-        return all(c.run_id in flagged for c in configs)
+        return flagged
 
     try:
         results = train_ensemble(

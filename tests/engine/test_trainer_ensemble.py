@@ -170,6 +170,58 @@ def test_cancel_stops_within_one_flush_and_progress_is_reported():
     assert series(batches, 0, "train_loss")[0].max() == 19
 
 
+def test_cancelling_one_run_freezes_only_that_member():
+    configs = make_configs("mlp", [(1.0, 0.1, 0), (1.0, 0.1, 1), (2.0, 0.05, 2)], steps=40)
+    target = configs[1].run_id
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return {target} if calls["n"] >= 2 else set()  # ask at the second flush
+
+    results, batches = collect(configs, SyntheticStream((6,)), should_cancel=cancel, flush_every=10)
+    assert [r.status for r in results] == ["done", "cancelled", "done"]
+    assert [r.steps_done for r in results] == [40, 20, 40]
+    assert series(batches, 1, "train_loss")[0].max() == 19  # nothing recorded after the cancel
+    # the others train on exactly as without the cancelled member
+    alone, b_alone = collect([configs[0], configs[2]], SyntheticStream((6,)), flush_every=10)
+    for i_with, i_without in ((0, 0), (2, 1)):
+        np.testing.assert_array_equal(series(batches, i_with, "train_loss")[1], series(b_alone, i_without, "train_loss")[1])
+
+
+def test_loop_ends_once_every_member_diverged():
+    configs = make_configs("mlp", [(1.0, 1e4, 0), (1.0, 3e4, 1)], steps=500)
+    progress = []
+    results, _ = collect(configs, SyntheticStream((6,)), flush_every=5, on_progress=lambda s, t: progress.append(s))
+    assert [r.status for r in results] == ["diverged", "diverged"]
+    assert progress[-1] < 500  # stopped early instead of training frozen members to the end
+
+
+def test_divergence_threshold_allows_the_lazy_catapult():
+    """A loss spike of a few thousand × the initial loss is a divergence at γ = 1 but, at γ = 0.01,
+    within the 1/γ² catapult allowance (divergence_factor × max(1, 1/γ²) × step-0 loss)."""
+    from engine.trainer import train_on_stream as run
+
+    class Spike(SyntheticStream):
+        """Targets blow up 5000× at step 3 only: the loss before the update spikes, then recovers."""
+
+        def __init__(self):
+            super().__init__((6,))
+            self.t = 0
+
+        def next_batch(self):
+            b = super().next_batch()
+            if self.t == 3:
+                b = Batch(b.x, b.target * 100.0, b.label)  # loss × 1e4
+            self.t += 1
+            return b
+
+    tiny_eta = 1e-12  # no learning: the loss tracks the targets alone
+    for gamma, expected in ((1.0, "diverged"), (0.01, "done")):
+        cfg = make_configs("mlp", [(gamma, tiny_eta, 0)], steps=8)
+        assert run(cfg, Spike())[0].status == expected, gamma
+
+
 @pytest.mark.slow
 def test_eval_metrics_on_schedule_and_train_loss_every_step():
     configs = make_configs("mlp", [(1.0, 0.1, 0), (0.5, 0.3, 1)], steps=30,

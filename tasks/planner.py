@@ -39,6 +39,9 @@ MEMORY_BUDGET = {"cpu": 2 * 2**30, "cuda": 12 * 2**30}
 # let several workers share a sweep and cancel/retry at a finer grain.
 MAX_MEMBERS = {"cpu": 64, "cuda": 512}
 THROUGHPUT_FLOPS = {"cpu": 2.0e10, "cuda": 2.0e13}
+# Fixed cost of a unit before its first step: a worker process importing torch, building the data
+# stream, (on a GPU) creating the CUDA context. Dominates small units such as the dashboard's demo.
+UNIT_OVERHEAD_S = {"cpu": 3.0, "cuda": 10.0}
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
@@ -106,7 +109,7 @@ def estimate_seconds(configs: Sequence[RunConfig], device: str = "cpu") -> float
     cfg = configs[0]
     flops = FLOPS_PER_PARAM_PER_EXAMPLE * parameter_count(cfg) * cfg.train.batch_size * cfg.train.steps
     flops *= len(configs) * (2.0 if cfg.resolved_dtype == "float64" else 1.0)
-    return flops / THROUGHPUT_FLOPS[device_class(device)]
+    return UNIT_OVERHEAD_S[device_class(device)] + flops / THROUGHPUT_FLOPS[device_class(device)]
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,14 @@ class WorkUnit:
 @dataclass
 class Plan:
     units: list[WorkUnit] = field(default_factory=list)
-    estimated_seconds: float = 0.0
+    estimated_seconds: float = 0.0  # all units one after another
     max_unit_seconds: float = 0.0
+    workers: int = 1  # units that run at once (local workers, GPUs)
+
+    @property
+    def wall_seconds(self) -> float:
+        """Rough wall time with `workers` units running at once: no less than the longest unit."""
+        return max(self.max_unit_seconds, self.estimated_seconds / max(self.workers, 1))
 
     @property
     def n_cells(self) -> int:
@@ -203,7 +212,7 @@ def pack(
     groups: dict[str, list[RunConfig]] = defaultdict(list)
     for c in configs:
         groups[c.shape_key].append(c)
-    plan = Plan()
+    plan = Plan(workers=max(parallelism, 1))
     for group in groups.values():
         cap = max_members(group[0], device, memory_budget)
         if member_limit is not None:

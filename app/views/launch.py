@@ -135,7 +135,7 @@ if check or launch:
     from tasks.planner import plan
 
     p = plan(spec, settings, device="cpu")
-    st.session_state[f"{P}.plan"] = (p.n_cells, p.n_units, p.estimated_seconds)
+    st.session_state[f"{P}.plan"] = (p.n_cells, p.n_units, p.wall_seconds)
     if launch:
         from tasks.api import submit
 
@@ -148,7 +148,9 @@ if f"{P}.plan" in st.session_state:
     c1, c2, c3 = st.columns(3)
     c1.metric("Cells (γ × η × seed)", f"{n_cells:,}")
     c2.metric("Work units", f"{n_units:,}")
-    c3.metric("Estimated time", f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s")
+    c3.metric("Estimated time", f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s",
+              help=f"Rough wall time with {settings.workers} local worker(s): start-up plus FLOPs at a "
+                   "typical sustained rate (tasks/planner.py); never a deadline.")
 if f"{P}.launched" in st.session_state:
     sweep_id = st.session_state[f"{P}.launched"]
     st.success(f"Launched sweep {sweep_id}.")

@@ -46,12 +46,18 @@ def test_parameter_count_mlp_exact() -> None:
 
 
 def test_estimate_scales_with_members_and_steps() -> None:
+    from tasks.planner import UNIT_OVERHEAD_S
+
+    def compute(configs: list, device: str = "cpu") -> float:  # the FLOP part, without start-up
+        return estimate_seconds(configs, device) - UNIT_OVERHEAD_S[device]
+
     cells = _spec().cells()[2:4]
-    one = estimate_seconds(cells[:1])
-    assert estimate_seconds(cells) == pytest.approx(2 * one)
-    assert estimate_seconds(cells, "cuda") < estimate_seconds(cells, "cpu")
+    one = compute(cells[:1])
+    assert one > 0
+    assert compute(cells) == pytest.approx(2 * one)
+    assert compute(cells, "cuda") < compute(cells, "cpu")
     longer = [c.replace(train=c.train.__class__(steps=100, batch_size=8)) for c in cells[:1]]
-    assert estimate_seconds(longer) == pytest.approx(10 * one)
+    assert compute(longer) == pytest.approx(10 * one)
 
 
 def test_unit_json_round_trip_and_errors() -> None:
@@ -66,3 +72,15 @@ def test_unit_json_round_trip_and_errors() -> None:
         WorkUnit.from_json('{"configs": []}')
     with pytest.raises(ConfigError):
         pack(_spec().cells(), device="tpu")
+
+
+def test_wall_time_counts_start_up_and_parallel_workers() -> None:
+    from tasks.planner import UNIT_OVERHEAD_S
+
+    cells = _spec(seeds=list(range(4))).cells()
+    serial = pack(cells, parallelism=1)
+    parallel = pack(cells, parallelism=4)
+    # every unit pays its start-up, so a tiny grid is never estimated at 0 s
+    assert all(estimate_seconds(u.configs) >= UNIT_OVERHEAD_S["cpu"] for u in parallel.units)
+    assert serial.wall_seconds == pytest.approx(serial.estimated_seconds)
+    assert parallel.max_unit_seconds <= parallel.wall_seconds < parallel.estimated_seconds

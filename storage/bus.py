@@ -385,6 +385,9 @@ class RedisConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._backlog = True  # start with our own pending entries
+        # XAUTOCLAIM again every half idle period, not only at start: a consumer that dies while we
+        # run leaves entries that become claimable only after claim_idle_s.
+        self._next_claim = 0.0
 
     def _entries(self, reply: Any) -> list[Delivery]:
         out = []
@@ -403,6 +406,8 @@ class RedisConsumer:
             if got:
                 return got
             self._backlog = False
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + self.claim_idle_ms / 2000.0
             # entries a dead consumer (another name) left pending for longer than claim_idle
             _next, claimed, *_ = self.client.xautoclaim(
                 self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=max_events)

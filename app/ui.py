@@ -83,9 +83,16 @@ def chart(fig: go.Figure, data: pd.DataFrame, *, key: str, filename: str, select
     event = st.plotly_chart(fig, key=key, on_select="rerun" if select else "ignore",
                             selection_mode=("points",) if select else ("points", "box", "lasso"),
                             width="stretch")
-    st.download_button(f"Download data (CSV, {len(data):,} rows)", data.to_csv(index=False).encode(),
-                       file_name=filename, mime="text/csv", key=f"{key}.csv")
+    # Deferred: the CSV is built when the user clicks, not on every rerun (a 10,000-cell heatmap's CSV
+    # costs more than its query). The frame is captured now, so the file matches the figure shown.
+    st.download_button(f"Download data (CSV, {len(data):,} rows)", csv_bytes(data), file_name=filename,
+                       mime="text/csv", key=f"{key}.csv")
     return event
+
+
+def csv_bytes(frame: pd.DataFrame) -> Callable[[], bytes]:
+    """A download_button data callable: the frame as CSV, encoded only when the button is clicked."""
+    return lambda: frame.to_csv(index=False).encode()
 
 
 def labeler(labels: Mapping[Any, str]) -> Callable[[Any], str]:

@@ -7,8 +7,10 @@ never talk to storage directly, so the seam to storage is this one file.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,10 @@ RUN_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "attempt", "worker", 
 SWEEP_COLUMNS = ("sweep_id", "name", "owner", "created", "executor", "status", "n_runs", "queued", "running",
                  "done", "diverged", "failed", "cancelled", "lost", "progress")
 FINISHED = ("done", "diverged", "failed", "cancelled", "lost")
+# A run in one of these states gains no more points for its current attempt (a `lost` run can come
+# back to life with a heartbeat, so it is not frozen): its series may be cached.
+FROZEN = ("done", "diverged", "failed", "cancelled")
+CACHE_ENTRIES = 64  # results kept per DashboardSource (a 100-run trajectories frame is ~2 MB)
 
 
 def sweeps_frame(sweeps: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -77,13 +83,74 @@ def filter_runs(runs: pd.DataFrame, *, statuses: Sequence[str] = (), gammas: Seq
 
 
 class DashboardSource:
-    """Registry + metric queries for one data folder. Cheap to call; safe to share across sessions."""
+    """Registry + metric queries for one data folder. Cheap to call; safe to share across sessions.
 
-    def __init__(self, settings: Any):
+    Reads are cached in this process (shared by every browser session) under keys that change
+    exactly when the answer can: the runs table of a sweep under its registry fingerprint
+    (storage.dashboard_reads.sweep_fingerprint, one grouped query); the heatmap only while the sweep
+    is settled (nothing queued or running: no points can arrive); series of runs whose current
+    attempt is finished under their (run_id, attempt). A live page thus re-reads only what changed,
+    and a 10,000-run sweep is parsed once, not on every rerun. Returned frames are copies."""
+
+    def __init__(self, settings: Any, *, cache_entries: int = CACHE_ENTRIES):
         from storage.registry import Registry
 
         self.settings = settings
         self.registry = Registry(settings.registry_url)
+        self._cache: OrderedDict[Hashable, Any] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._lock = threading.Lock()
+        # run_id -> (attempt, status) as of the latest runs table read: tells which series are frozen
+        self._known: dict[str, tuple[int, str]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    # -- cache
+
+    def _cached(self, key: Hashable | None, compute: Callable[[], Any]) -> Any:
+        """compute() once per key (LRU of `cache_entries`); key None means: do not cache."""
+        if key is not None:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    self.hits += 1
+                    value = self._cache[key]
+                    return value.copy() if isinstance(value, pd.DataFrame) else value
+        value = compute()  # outside the lock: a slow query must not block other sessions' hits
+        if key is not None:
+            with self._lock:
+                self.misses += 1
+                self._cache[key] = value
+                self._cache.move_to_end(key)
+                while len(self._cache) > self._cache_entries:
+                    self._cache.popitem(last=False)
+            return value.copy() if isinstance(value, pd.DataFrame) else value
+        return value
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._known.clear()
+
+    def fingerprint(self, sweep_id: str) -> tuple[Any, ...]:
+        """The sweep's registry fingerprint: changes whenever any of its runs changes status, attempt,
+        start/end time or cancel flag (storage.dashboard_reads.sweep_fingerprint)."""
+        from storage.dashboard_reads import sweep_fingerprint
+
+        return sweep_fingerprint(self.registry, sweep_id)
+
+    @staticmethod
+    def settled(fingerprint: tuple[Any, ...]) -> bool:
+        """No run queued or running: nothing of this sweep can change without the fingerprint changing."""
+        return not any(row[0] in ("queued", "running") for row in fingerprint)
+
+    def _frozen_key(self, run_ids: Sequence[str]) -> tuple[tuple[str, int], ...] | None:
+        """(run_id, attempt) of every run if all their current attempts are finished, else None."""
+        with self._lock:
+            known = [self._known.get(r) for r in run_ids]
+        if any(k is None or k[1] not in FROZEN for k in known):
+            return None
+        return tuple((r, k[0]) for r, k in zip(run_ids, known, strict=True) if k is not None)
 
     # -- registry
 
@@ -94,7 +161,19 @@ class DashboardSource:
         return self.registry.get_sweep(sweep_id)
 
     def runs(self, sweep_id: str) -> pd.DataFrame:
-        return runs_frame(self.registry.list_runs(sweep_id))
+        """Runs of a sweep (RUN_COLUMNS), re-read from the registry only when its fingerprint changed."""
+        from storage.dashboard_reads import runs_table
+
+        key = ("runs", sweep_id, self.fingerprint(sweep_id))
+
+        def read() -> pd.DataFrame:
+            frame = runs_table(self.registry, sweep_id)
+            with self._lock:
+                self._known.update(zip(frame["run_id"], zip(frame["attempt"].astype(int), frame["status"],
+                                                            strict=True), strict=True))
+            return frame
+
+        return self._cached(key, read)
 
     def run_configs(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {r["run_id"]: r["config"] for r in self.registry.get_runs(list(run_ids))}
@@ -108,23 +187,33 @@ class DashboardSource:
 
     def heatmap(self, sweep_id: str, *, metric: str = "train_loss", stat: str = "final", agg: str = "mean",
                 step: int | None = None, threshold: float | None = None) -> pd.DataFrame:
-        return self._queries().heatmap(self.settings, sweep_id, metric=metric, stat=stat, agg=agg, step=step,
-                                       threshold=threshold)
+        fp = self.fingerprint(sweep_id)
+        key = ("heatmap", sweep_id, fp, metric, stat, agg, step, threshold) if self.settled(fp) else None
+        return self._cached(key, lambda: self._queries().heatmap(
+            self.settings, sweep_id, metric=metric, stat=stat, agg=agg, step=step, threshold=threshold))
 
     def trajectories(self, run_ids: Sequence[str], *, metric: str = "train_loss", max_points: int = 500,
                      log_x: bool = True) -> pd.DataFrame:
         if not run_ids:
             return pd.DataFrame(columns=["run_id", "step", "value", "kind"])
-        return self._queries().trajectories(self.settings, list(run_ids), metric=metric, max_points=max_points,
-                                            log_x=log_x)
+        frozen = self._frozen_key(run_ids)
+        key = None if frozen is None else ("traj", frozen, metric, max_points, log_x)
+        return self._cached(key, lambda: self._queries().trajectories(
+            self.settings, list(run_ids), metric=metric, max_points=max_points, log_x=log_x))
 
-    def overlay(self, run_ids: Sequence[str], *, metric: str = "train_loss", x: str = "t") -> pd.DataFrame:
+    def overlay(self, run_ids: Sequence[str], *, metric: str = "train_loss", x: str = "t",
+                max_points: int = 500) -> pd.DataFrame:
         if not run_ids:
             return pd.DataFrame(columns=["run_id", "x", "value", "gamma", "eta"])
-        return self._queries().overlay(self.settings, list(run_ids), metric=metric, x=x)
+        frozen = self._frozen_key(run_ids)
+        key = None if frozen is None else ("overlay", frozen, metric, x, max_points)
+        return self._cached(key, lambda: self._queries().overlay(
+            self.settings, list(run_ids), metric=metric, x=x, max_points=max_points))
 
     def seed_bands(self, sweep_id: str, gamma: float, eta: float, metric: str = "train_loss") -> pd.DataFrame:
-        return self._queries().seed_bands(self.settings, sweep_id, gamma, eta, metric)
+        fp = self.fingerprint(sweep_id)
+        key = ("bands", sweep_id, fp, float(gamma), float(eta), metric) if self.settled(fp) else None
+        return self._cached(key, lambda: self._queries().seed_bands(self.settings, sweep_id, gamma, eta, metric))
 
 
 def points_budget(n_runs: int, *, total: int = 4000, most: int = 500, least: int = 20) -> int:

@@ -9,6 +9,7 @@ import streamlit as st
 from app.logic.figures import trajectories_figure
 from app.logic.overlays import TIME_VARIABLES, best_time_variable, collapse_of, rescale_time
 from app.logic.selection import MODES, select_runs
+from app.logic.source import points_budget
 from app.logic.view_state import Field
 from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
@@ -49,14 +50,16 @@ if not ids:
     st.info("No finished runs to overlay yet.")
     st.stop()
 x_key = st.session_state[f"{P}.expr"] if x_choice == "custom" else x_choice
-# One storage query with x = t; the other named variables are per-run rescalings of it.
-frame_t = source.overlay(ids, metric=metric, x="t")
+# One storage query with x = t; the other named variables are per-run rescalings of it. A few
+# thousand points per figure (log-spaced buckets) keep the collapse scores and the browser fast.
+budget = points_budget(len(ids), total=8000)
+frame_t = source.overlay(ids, metric=metric, x="t", max_points=budget)
 depth = chosen.set_index("run_id")["depth"].fillna(3)
 frames = {key: rescale_time(frame_t, depth, key) for key in TIME_VARIABLES}
 scores: dict[str, float | None] = {TIME_VARIABLES[key]: collapse_of(f) for key, f in frames.items()}
 if x_choice == "custom":
     try:
-        frame = source.overlay(ids, metric=metric, x=x_key)
+        frame = source.overlay(ids, metric=metric, x=x_key, max_points=budget)
     except ValueError as exc:  # storage's ExpressionError: show it at the field
         st.error(f"Expression: {exc}")
         st.stop()

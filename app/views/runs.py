@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.logic.source import filter_runs
 from app.logic.view_state import Field
-from app.ui import labeler, resources, sync_url, url_state
+from app.ui import csv_bytes, labeler, resources, sync_url, url_state
 
 P = "runs"
 STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
@@ -81,7 +81,7 @@ def runs_table() -> None:
     shown = filter_runs(runs, statuses=st.session_state[f"{P}.status"], text=st.session_state[f"{P}.q"])
     st.caption(f"{len(shown):,} of {len(runs):,} runs")
     st.dataframe(shown, hide_index=True, width="stretch")
-    st.download_button("Download runs (CSV)", shown.to_csv(index=False).encode(), file_name=f"runs-{sweep_id}.csv",
+    st.download_button("Download runs (CSV)", csv_bytes(shown), file_name=f"runs-{sweep_id}.csv",
                        mime="text/csv", key=f"{P}.csv")
 
 

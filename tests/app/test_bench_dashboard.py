@@ -1,4 +1,5 @@
-"""bench/dashboard.py --quick runs end to end: both stores seeded, every page rendered, a table printed."""
+"""bench/dashboard.py --quick runs end to end: both stores seeded, every page rendered cold and warm, a table
+printed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,6 @@ def test_dashboard_bench_quick_prints_a_row_per_page():
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert lines[0].split()[0] == "page"
-    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[1:]}
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[1:]}  # cold, warm × 2, ratios
     assert set(rows) == {"launch", "runs", "portrait", "trajectories", "overlays", "diagnostics", "compare"}
-    assert all(len(v) == 3 and all(x > 0 for x in v) for v in rows.values())
+    assert all(len(v) == 6 and all(x > 0 for x in v) for v in rows.values())

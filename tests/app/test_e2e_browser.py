@@ -1,6 +1,7 @@
 """End to end in a real browser: `gamma-lab serve` in a subprocess, headless Chromium through
 Playwright. Launch the demo preset, wait until the phase portrait shows completed cells, click a
-cell, open its trajectories, and save a screenshot of every page under docs/screenshots/.
+cell, open its trajectories, and save a screenshot of every page under the test's tmp_path (or the
+folder in GAMMA_LAB_SHOTS). The README's pictures come from bench/screenshots.py, a richer sweep.
 
 Waits are on elements becoming visible, never on the script state: live fragments keep the
 script "running" for as long as the sweep is.
@@ -24,7 +25,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
                  "--no-first-run", "--disable-dev-shm-usage"]
@@ -102,10 +102,19 @@ def _no_exception(page) -> None:  # type: ignore[no-untyped-def]
     assert errors.count() == 0, errors.first.inner_text()
 
 
-def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    SHOTS.mkdir(parents=True, exist_ok=True)
+@pytest.fixture()
+def shots(tmp_path: Path) -> Path:
+    """Where the screenshots go: $GAMMA_LAB_SHOTS if set, else the test's own tmp_path (never the
+    committed docs/screenshots, which bench/screenshots.py takes from a real sweep)."""
+    folder = Path(os.environ.get("GAMMA_LAB_SHOTS") or tmp_path / "shots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _shot(page, folder: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_timeout(800)  # let plotly finish its transition before the picture
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+    assert (folder / f"{name}.png").stat().st_size > 0
 
 
 def _wait_for_figure(page) -> None:  # type: ignore[no-untyped-def]
@@ -115,7 +124,7 @@ def _wait_for_figure(page) -> None:  # type: ignore[no-untyped-def]
         state="attached")
 
 
-def test_launch_demo_watch_portrait_open_cell(server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_launch_demo_watch_portrait_open_cell(server: str, page, shots: Path) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
     expect.set_options(timeout=PAGE_TIMEOUT_MS)
@@ -131,7 +140,7 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page) -> None:  # typ
     sweep_id = re.search(r"sweep=([0-9a-f]+)", link.get_attribute("href") or "")
     assert sweep_id, link.get_attribute("href")
     sweep_id = sweep_id.group(1)
-    _shot(page, "launch")
+    _shot(page, shots, "launch")
 
     link.click()
     expect(page.get_by_role("heading", name="Phase portrait")).to_be_visible()
@@ -142,7 +151,7 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page) -> None:  # typ
     assert int(re.search(r"ok: (\d+)", caption).group(1)) > 0  # type: ignore[union-attr]
     _wait_for_figure(page)
     _no_exception(page)
-    _shot(page, "portrait")
+    _shot(page, shots, "portrait")
 
     # Click a cell: the transparent click-target markers carry each cell's (γ, η).
     targets = page.locator(".js-plotly-plot .scatterlayer .trace").filter(
@@ -162,7 +171,7 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page) -> None:  # typ
     _wait_for_figure(page)
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1
     _no_exception(page)
-    _shot(page, "trajectories")
+    _shot(page, shots, "trajectories")
 
     for path, heading in (("runs", "Runs"), ("overlays", "Overlays"), ("diagnostics", "Diagnostics"),
                           ("compare", "Compare two sweeps")):
@@ -174,4 +183,4 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page) -> None:  # typ
         else:
             _wait_for_figure(page)
         _no_exception(page)
-        _shot(page, path)
+        _shot(page, shots, path)

@@ -279,16 +279,25 @@ def twin_axes_figure(
     """Two metrics of the same run(s) against step on twin y axes (silent alignment: alignment
     rises before the loss drops). Frames: run_id, x, value."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
+    # One colour per run on both axes (loss solid, alignment dotted with markers): the eye pairs them.
+    from plotly.colors import qualitative
+
+    palette = qualitative.Plotly
+    runs = list(dict.fromkeys([*left["run_id"], *right["run_id"]]))
+    colour = {r: palette[i % len(palette)] for i, r in enumerate(runs)}
     for frame, label, secondary, dash in ((left, left_label, False, "solid"), (right, right_label, True, "dot")):
         for run_id, part in frame.groupby("run_id", sort=False):
             part = part.sort_values("x")
             fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines+markers" if secondary else "lines",
-                                     name=f"{label} · {run_id}", line={"dash": dash}),
+                                     name=f"{label} · {run_id}", line={"dash": dash, "color": colour[run_id]},
+                                     marker={"size": 5}, legendgroup=str(run_id)),
                           secondary_y=secondary)
     fig.update_xaxes(title_text="step t + 1", type="log" if log_x else "linear")
     fig.update_yaxes(title_text=left_label, type="log" if log_left else "linear", secondary_y=False)
-    fig.update_yaxes(title_text=right_label, secondary_y=True)
-    fig.update_layout(uirevision=UIREVISION, margin={"t": 10})
+    fig.update_yaxes(title_text=right_label, secondary_y=True, title_standoff=8)
+    # Legend below the plot: on the right it sits on the secondary axis's title and clips it.
+    fig.update_layout(uirevision=UIREVISION, margin={"t": 10, "r": 60},
+                      legend={"orientation": "h", "y": -0.2, "yanchor": "top"})
     return fig
 
 

@@ -186,7 +186,9 @@ def test_cancelling_one_run_freezes_only_that_member():
     # the others train on exactly as without the cancelled member
     alone, b_alone = collect([configs[0], configs[2]], SyntheticStream((6,)), flush_every=10)
     for i_with, i_without in ((0, 0), (2, 1)):
-        np.testing.assert_array_equal(series(batches, i_with, "train_loss")[1], series(b_alone, i_without, "train_loss")[1])
+        np.testing.assert_array_equal(
+            series(batches, i_with, "train_loss")[1], series(b_alone, i_without, "train_loss")[1]
+        )
 
 
 def test_loop_ends_once_every_member_diverged():

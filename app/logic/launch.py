@@ -11,9 +11,28 @@ from typing import Any
 
 from engine.config import ConfigError
 
-FORM_FIELDS = ("name", "model.arch", "model.width", "model.depth", "model.activation", "model.centered",
-               "data.dataset", "data.path", "train.loss", "train.batch_size", "train.steps", "train.dtype",
-               "train.eval_points", "train.metrics", "grid.gamma", "grid.eta", "grid.seeds")
+# Every scalar field of a sweep spec that the form edits, with its default and type. Advanced ones
+# sit in an expander; all of them round-trip, so clone-and-edit never drops a setting.
+SCALAR_FIELDS: dict[str, tuple[Any, type]] = {
+    "model.arch": ("mlp", str), "model.width": (128, int), "model.depth": (3, int),
+    "model.activation": ("relu", str), "model.centered": (True, bool), "model.patch": (4, int),
+    "model.heads": (2, int),
+    "data.dataset": ("mnist1d", str), "data.input_dim": (32, int), "data.image_size": (0, int),
+    "data.channels": (1, int), "data.n_classes": (10, int), "data.noise": (0.0, float),
+    "data.test_size": (1000, int), "data.data_seed": (0, int),
+    "train.loss": ("mse", str), "train.batch_size": (128, int), "train.steps": (1000, int),
+    "train.dtype": ("auto", str), "train.eval_points": (30, int), "train.divergence_factor": (1e3, float),
+    "train.probe_size": (128, int),
+    "grid.adaptive": (False, bool), "grid.below_max_decades": (3.0, float),
+}
+FORM_FIELDS = ("name", *SCALAR_FIELDS, "data.path", "train.metrics", "grid.gamma", "grid.eta", "grid.seeds")
+DEFAULT_METRICS = ["test", "alignment", "sharpness", "movement"]
+
+def _exact(v: float) -> str:
+    """Short form when it reads back as the same float, else every digit: a cloned grid must keep
+    its run identities (the content hash sees every bit of γ and η)."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(v)
 
 
 def format_axis(value: Any) -> str:
@@ -21,7 +40,7 @@ def format_axis(value: Any) -> str:
     if isinstance(value, dict):
         return f"{value.get('from')} .. {value.get('to')} / {value.get('per_decade')}"
     if isinstance(value, list | tuple):
-        return ", ".join(f"{float(v):g}" for v in value)
+        return ", ".join(_exact(float(v)) for v in value)
     return f"{value}"
 
 
@@ -51,47 +70,38 @@ def parse_seeds(text: str) -> Any:
 
 def spec_to_form(spec: dict[str, Any]) -> dict[str, Any]:
     """Flatten a spec dict into form values keyed by the dotted field names."""
-    model, data, train, grid = (spec.get(k, {}) for k in ("model", "data", "train", "grid"))
-    return {
-        "name": spec.get("name", "sweep"),
-        "model.arch": model.get("arch", "mlp"), "model.width": int(model.get("width", 128)),
-        "model.depth": int(model.get("depth", 3)), "model.activation": model.get("activation", "relu"),
-        "model.centered": bool(model.get("centered", True)),
-        "data.dataset": data.get("dataset", "mnist1d"), "data.path": data.get("path") or "",
-        "train.loss": train.get("loss", "mse"), "train.batch_size": int(train.get("batch_size", 128)),
-        "train.steps": int(train.get("steps", 1000)), "train.dtype": train.get("dtype", "auto"),
-        "train.eval_points": int(train.get("eval_points", 30)),
-        "train.metrics": list(train.get("metrics", ["test", "alignment", "sharpness", "movement"])),
+    sections = {k: spec.get(k) or {} for k in ("model", "data", "train", "grid")}
+    form: dict[str, Any] = {"name": spec.get("name", "sweep")}
+    for name, (default, kind) in SCALAR_FIELDS.items():
+        section, key = name.split(".")
+        form[name] = kind(sections[section].get(key, default))
+    grid = sections["grid"]
+    seeds = grid.get("seeds", [0])
+    form.update({
+        "data.path": sections["data"].get("path") or "",
+        "train.metrics": list(sections["train"].get("metrics", DEFAULT_METRICS)),
         "grid.gamma": format_axis(grid.get("gamma", [1.0])), "grid.eta": format_axis(grid.get("eta", [0.1])),
-        "grid.seeds": ", ".join(str(s) for s in (grid.get("seeds", [0]) if isinstance(grid.get("seeds"), list)
-                                                  else range(int(grid.get("seeds", 1))))),
-    }
+        "grid.seeds": ", ".join(str(s) for s in (seeds if isinstance(seeds, list) else range(int(seeds)))),
+    })
+    return form
 
 
 def form_to_spec(values: dict[str, Any]) -> tuple[dict[str, Any], list[ConfigError]]:
     """Form values -> spec dict, plus the errors of fields the form itself could not read."""
     errors: list[ConfigError] = []
-    grid: dict[str, Any] = {}
+    spec: dict[str, Any] = {"name": values["name"], "model": {}, "data": {}, "train": {}, "grid": {}}
+    for name, (default, kind) in SCALAR_FIELDS.items():
+        section, key = name.split(".")
+        spec[section][key] = kind(values.get(name, default))
     for key, parser in (("gamma", lambda t: parse_axis("grid.gamma", t)),
                         ("eta", lambda t: parse_axis("grid.eta", t)), ("seeds", parse_seeds)):
         try:
-            grid[key] = parser(str(values.get(f"grid.{key}", "")))
+            spec["grid"][key] = parser(str(values.get(f"grid.{key}", "")))
         except ConfigError as exc:
             errors.append(exc)
-    data: dict[str, Any] = {"dataset": values["data.dataset"]}
     if str(values.get("data.path") or "").strip():
-        data["path"] = str(values["data.path"]).strip()
-    spec = {
-        "name": values["name"],
-        "model": {"arch": values["model.arch"], "width": int(values["model.width"]),
-                  "depth": int(values["model.depth"]), "activation": values["model.activation"],
-                  "centered": bool(values["model.centered"])},
-        "data": data,
-        "train": {"loss": values["train.loss"], "batch_size": int(values["train.batch_size"]),
-                  "steps": int(values["train.steps"]), "dtype": values["train.dtype"],
-                  "eval_points": int(values["train.eval_points"]), "metrics": list(values["train.metrics"])},
-        "grid": grid,
-    }
+        spec["data"]["path"] = str(values["data.path"]).strip()
+    spec["train"]["metrics"] = list(values.get("train.metrics", DEFAULT_METRICS))
     return spec, errors
 
 

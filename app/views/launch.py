@@ -99,6 +99,52 @@ with st.form(f"{P}.form"):
     with g3:
         st.text_input("Seeds", key=f"{P}.grid.seeds")
         field_errors("grid.seeds")
+    with st.expander("Advanced: adaptive η range, teacher data, ViT, divergence"):
+        a1, a2, a3 = st.columns(3)
+        with a1:
+            st.checkbox("Adaptive η range", key=f"{P}.grid.adaptive",
+                        help="Per γ, find η_max from the top of the η grid, then train only down to "
+                             "η_max / 10^k: the reference protocol, in rounds")
+        with a2:
+            st.number_input("k: decades below η_max", 0.0, 20.0, step=0.5, key=f"{P}.grid.below_max_decades")
+            field_errors("grid.below_max_decades")
+        with a3:
+            st.number_input("Divergence factor (× step-0 loss × max(1, 1/γ²))", min_value=1.0, format="%g",
+                            key=f"{P}.train.divergence_factor")
+            field_errors("train.divergence_factor")
+        b1, b2, b3, b4 = st.columns(4)
+        with b1:
+            st.number_input("Teacher input dim", 1, 1 << 20, key=f"{P}.data.input_dim")
+            field_errors("data.input_dim")
+        with b2:
+            st.number_input("Teacher image size (0 = vectors)", 0, 1024, key=f"{P}.data.image_size")
+            field_errors("data.image_size")
+        with b3:
+            st.number_input("Teacher channels", 1, 64, key=f"{P}.data.channels")
+            field_errors("data.channels")
+        with b4:
+            st.number_input("Classes / outputs", 1, 100_000, key=f"{P}.data.n_classes")
+            field_errors("data.n_classes")
+        c1, c2, c3, c4 = st.columns(4)
+        with c1:
+            st.number_input("Label noise", min_value=0.0, format="%g", key=f"{P}.data.noise")
+            field_errors("data.noise")
+        with c2:
+            st.number_input("Held-out test size", 1, 10_000_000, key=f"{P}.data.test_size")
+            field_errors("data.test_size")
+        with c3:
+            st.number_input("Data seed", 0, 2**31 - 1, key=f"{P}.data.data_seed")
+            field_errors("data.data_seed")
+        with c4:
+            st.number_input("Probe batch (alignment, sharpness)", 1, 1 << 16, key=f"{P}.train.probe_size")
+            field_errors("train.probe_size")
+        v1, v2 = st.columns(2)
+        with v1:
+            st.number_input("ViT patch", 1, 64, key=f"{P}.model.patch")
+            field_errors("model.patch")
+        with v2:
+            st.number_input("ViT heads", 1, 64, key=f"{P}.model.heads")
+            field_errors("model.heads")
     executor = st.radio("Run on", ["local", "celery"], horizontal=True, key=f"{P}.executor",
                         disabled=settings.embedded, help="celery needs GAMMA_LAB_BROKER_URL")
     check = st.form_submit_button("Check plan")

@@ -109,6 +109,26 @@ def test_launch_form_round_trip_and_errors():
     assert grouped == {"grid.eta": ["bad"], "model.width": ["too big"], "spec": ["spec: x"]}
 
 
+def test_launch_form_round_trips_every_spec_field():
+    """Clone-and-edit goes spec -> form -> spec: nothing may be dropped or changed on the way."""
+    from tasks.spec import SweepSpec
+
+    rich = SweepSpec.from_dict({
+        "name": "vit-teacher-adaptive",
+        "model": {"arch": "vit", "width": 12, "depth": 2, "patch": 2, "heads": 3, "activation": "tanh",
+                  "centered": False},
+        "data": {"dataset": "teacher", "input_dim": 5, "image_size": 6, "channels": 2, "n_classes": 4,
+                 "noise": 0.25, "test_size": 64, "data_seed": 9},
+        "train": {"loss": "xent", "batch_size": 16, "steps": 30, "dtype": "float64", "eval_points": 3,
+                  "metrics": ["test"], "divergence_factor": 50.0, "probe_size": 8},
+        "grid": {"gamma": [0.5, 2.0], "eta": {"from": 0.01, "to": 1.0, "per_decade": 2}, "seeds": [3, 4],
+                 "adaptive": True, "below_max_decades": 1.5},
+    }).to_dict()
+    back, errors = form_to_spec(spec_to_form(rich))
+    assert not errors
+    assert SweepSpec.from_dict(back).to_dict() == rich
+
+
 def test_demo_preset_is_a_valid_spec(tmp_path):
     from tasks.spec import SweepSpec
 

@@ -76,6 +76,8 @@ def _read_spec(path: str) -> Any:
     from tasks.spec import SweepSpec
 
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"spec: {path!r} is a directory; give the sweep's .toml file")
     if not p.is_file():
         raise UserError(f"spec: no such file {path!r}")
     try:

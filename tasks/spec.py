@@ -90,6 +90,9 @@ class SweepSpec:
             data = tomllib.loads(text)
         except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
             raise SpecError([ConfigError("spec", f"not valid TOML: {exc}")]) from None
+        if not data:  # an empty (or comments-only) file is a mistake, not "one cell of every default"
+            raise SpecError([ConfigError("spec", "is empty: a sweep needs at least a [grid] table with gamma "
+                                                 "and eta (see app/examples/demo.toml)")])
         return cls.from_dict(data)
 
     @classmethod
@@ -223,8 +226,12 @@ def _section(cls: type, section: str, raw: Any, context: tuple[str, ...], errors
             except (ConfigError, TypeError, ValueError, AttributeError):
                 pass
     for key, value in known.items():
+        # A context field is tried together with the other context fields as given: `dataset = "npz"`
+        # and `path = "/etc/passwd"` each fail alone ("needs a path", "takes no path"), which would
+        # hide the real problem (the path leaves the data folder) behind two contradictory messages.
+        tried = {k: known[k] for k in context if k in known} if key in context else ctx
         try:
-            cls(**{**ctx, key: value})
+            cls(**{**tried, key: value})
         except ConfigError as exc:
             found.append(exc)
         except (TypeError, ValueError, AttributeError) as exc:

@@ -61,6 +61,11 @@ def test_bad_spec_exits_2_with_messages_and_queues_nothing(tmp_path: Path) -> No
 
     missing = _cli(tmp_path, "sweep", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    folder = _cli(tmp_path, "sweep", str(tmp_path))
+    assert folder.returncode == 2 and "is a directory" in folder.stderr and "Traceback" not in folder.stderr
+    (tmp_path / "empty.toml").write_text("")
+    empty = _cli(tmp_path, "sweep", str(tmp_path / "empty.toml"))
+    assert empty.returncode == 2 and "spec: is empty" in empty.stderr and empty.stdout.strip() == ""
     unknown = _cli(tmp_path, "cancel", "no-such-id")
     assert unknown.returncode == 2 and "neither a sweep nor a run" in unknown.stderr
 

@@ -111,6 +111,23 @@ def test_bad_toml_text() -> None:
     assert "not valid TOML" in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n   \n"])
+def test_empty_spec_is_refused_not_one_default_cell(text: str) -> None:
+    # A user saw an empty spec file queue a one-cell sweep of every default setting.
+    with pytest.raises(SpecError) as info:
+        SweepSpec.from_toml(text)
+    assert info.value.errors[0].field == "spec" and "empty" in str(info.value)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.npz"])
+def test_escaping_npz_path_gives_one_clear_message(path: str) -> None:
+    # A user saw three contradictory lines ("give a path" and "only file-backed datasets take a
+    # path") for `dataset = "npz"` with an absolute path: each context field was tried alone.
+    with pytest.raises(SpecError) as info:
+        SweepSpec.from_dict({"data": {"dataset": "npz", "path": path}})
+    assert info.value.lines() == [f"data.path: must be relative and stay inside the data folder (got {path!r})"]
+
+
 # -- fuzzing: nothing but SpecError ever escapes
 
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),

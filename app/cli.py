@@ -201,10 +201,24 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- status / cancel / rerun
 
 
+def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
+    """Ingest the events waiting on the bus unless another process records (the dashboard, a
+    `sweep --wait`). Without this, `status` and `export` after a plain `gamma-lab sweep` showed runs
+    `queued` long after their workers had finished: nobody had recorded their events yet."""
+    from storage.recorder import Recorder, RecorderBusy
+
+    try:
+        with Recorder(settings) as recorder:
+            recorder.drain(timeout_s=timeout_s)
+    except RecorderBusy:
+        pass
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from storage.registry import Registry
 
     settings = _settings()
+    catch_up(settings)
     with Registry(settings.registry_url) as reg:
         if args.sweep is None:
             rows = reg.list_sweeps(limit=args.limit)
@@ -312,14 +326,7 @@ def series_frame(settings: Any, sweep_id: str) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     settings = _settings()
-    if args.series:
-        from storage.recorder import Recorder, RecorderBusy
-
-        try:  # ingest pending events first so the export is complete (skipped if another one records)
-            with Recorder(settings) as recorder:
-                recorder.drain(timeout_s=30)
-        except RecorderBusy:
-            pass
+    catch_up(settings)  # so the export is complete (skipped if another process records)
     frame = series_frame(settings, args.sweep) if args.series else runs_frame(settings, args.sweep)
     out = args.out
     if args.format == "parquet":

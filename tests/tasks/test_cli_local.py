@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -120,6 +121,27 @@ def test_sweep_wait_export_and_reuse(tmp_path: Path) -> None:
     assert len(train2) == len(train)
     with Registry(f"sqlite:///{tmp_path / 'registry.sqlite'}") as reg:
         assert {r["attempt"] for r in reg.get_runs(list(runs.run_id))} == {1}
+
+
+@pytest.mark.slow
+def test_status_and_export_after_a_plain_sweep_catch_up(tmp_path: Path) -> None:
+    # A user ran `gamma-lab sweep` (no --wait, no dashboard) and `gamma-lab status` said `queued`
+    # forever: the workers had finished but no process recorded their events.
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY.replace("gamma = [0.1, 1.0]", "gamma = [1.0]").replace("seeds = [0, 1]", "seeds = [0]"))
+    res = _cli(tmp_path, "sweep", str(spec))
+    assert res.returncode == 0, res.stderr
+    sweep_id = res.stdout.strip().splitlines()[-1]
+    pending = tmp_path / "queue" / "pending"
+    for _ in range(240):  # the local workers take the unit and finish it; then nothing is pending
+        status = _cli(tmp_path, "status", sweep_id)
+        assert status.returncode == 0, status.stderr
+        if "queued" not in status.stdout and "running" not in status.stdout:
+            break
+        time.sleep(0.5)
+    assert not list(pending.iterdir())
+    runs = pd.read_csv(io.StringIO(_cli(tmp_path, "export", sweep_id).stdout))
+    assert sorted(runs.status) == ["diverged", "done"]
 
 
 def test_worker_without_broker_and_bad_executor(tmp_path: Path) -> None:

@@ -92,23 +92,53 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     settings = _settings()
     spec = _read_spec(args.spec)
-    sweep_id = api.submit(spec, settings, executor=args.executor, rerun=args.rerun, device=args.device)
+    # --wait records here: open the metric store before queueing, so a broken store stops us first
+    recorder = _recorder_for_wait(settings) if args.wait else None
+    if not args.wait:
+        _check_store(settings)
+    try:
+        sweep_id = api.submit(spec, settings, executor=args.executor, rerun=args.rerun, device=args.device)
+    except BaseException:
+        if recorder is not None:
+            recorder.stop()
+        raise
     _err(f"sweep {sweep_id} ({spec.name}): {spec.grid.n_cells} cells queued on the {args.executor} executor")
     code = 0
     if args.wait:
-        code = wait_for(settings, sweep_id)
+        code = wait_for(settings, sweep_id, recorder=recorder)
     print(sweep_id, flush=True)
     return code
 
 
-def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5) -> int:
-    """Progress bar until every run ended. 0 when all are done or diverged."""
+def _check_store(settings: Any) -> None:
+    """Raise StoreCorrupt before queueing when the metric store is unreadable (unless another process
+    holds it: then it is readable). Runs queued anyway could never be recorded."""
+    from storage.recorder import Recorder, RecorderBusy
+
+    try:
+        Recorder(settings).close()
+    except RecorderBusy:
+        pass
+
+
+def _recorder_for_wait(settings: Any) -> Any:
+    """The recorder this process runs while it waits, or None when another process records.
+    Raises StoreCorrupt (a clear message, nothing queued yet) when the metric store is unreadable."""
+    from storage.recorder import start_if_free
+
+    return start_if_free(settings)
+
+
+def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = None) -> int:
+    """Progress bar until every run ended. 0 when all are done or diverged. `recorder`: one already
+    started by the caller (else one is started here if no other process records)."""
     from tqdm import tqdm
 
     from storage.recorder import start_if_free
     from tasks import api
 
-    recorder = start_if_free(settings)
+    if recorder is None:
+        recorder = start_if_free(settings)
     counts = api.sweep_progress(settings, sweep_id)
     bar = tqdm(total=max(sum(counts.values()), 1), file=sys.stderr, unit="run", desc=sweep_id, leave=True)
     try:
@@ -205,6 +235,7 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
     """Ingest the events waiting on the bus unless another process records (the dashboard, a
     `sweep --wait`). Without this, `status` and `export` after a plain `gamma-lab sweep` showed runs
     `queued` long after their workers had finished: nobody had recorded their events yet."""
+    from storage.metric_store import StoreCorrupt
     from storage.recorder import Recorder, RecorderBusy
 
     try:
@@ -212,6 +243,8 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
             recorder.drain(timeout_s=timeout_s)
     except RecorderBusy:
         pass
+    except StoreCorrupt as exc:  # the registry may still be fine: say so and show what it holds
+        _err(f"warning: {exc}", "warning: waiting events were not recorded; run statuses may be out of date")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -354,9 +387,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         spec = replace(spec, train=replace(spec.train, steps=args.steps))
-    sweep_id = api.submit(spec, settings, executor="local")
+    recorder = _recorder_for_wait(settings)
+    try:
+        sweep_id = api.submit(spec, settings, executor="local")
+    except BaseException:
+        if recorder is not None:
+            recorder.stop()
+        raise
     _err(f"demo sweep {sweep_id}: {spec.grid.n_cells} cells of {spec.name}, data in {settings.data_dir}")
-    code = wait_for(settings, sweep_id)
+    code = wait_for(settings, sweep_id, recorder=recorder)
     frame = runs_frame(settings, sweep_id)
     table = frame.groupby(["gamma", "eta"]).agg(
         status=("status", lambda s: "/".join(sorted(set(s)))),
@@ -432,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "executor", "x") is None:
         args.executor = "celery" if os.environ.get("GAMMA_LAB_BROKER_URL") else "local"
     from engine.config import ConfigError
+    from storage.metric_store import StoreCorrupt
     from tasks.spec import SpecError
 
     try:
@@ -440,10 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"error: {len(exc.errors)} problem(s) in the sweep spec; nothing was queued:",
              *(f"  {line}" for line in exc.lines()))
         return EXIT_USAGE
-    except (UserError, ConfigError) as exc:
+    except (UserError, ConfigError, StoreCorrupt) as exc:
         _err(f"error: {exc}")
         return EXIT_USAGE
-    except ValueError as exc:  # SettingsError, RegistryError: bad input named by field
+    except ValueError as exc:  # SettingsError, RegistryError (RegistryUnreadable too): named by field/file
         _err(f"error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -80,6 +80,20 @@ ON CONFLICT (run_key, attempt, metric) DO UPDATE SET
 """
 
 
+class StoreCorrupt(RuntimeError):
+    """The metrics file exists but is not a readable DuckDB database. Never answered by replacing it
+    with an empty one: that would silently lose every stored curve."""
+
+    @classmethod
+    def of(cls, path: Path, exc: Exception) -> StoreCorrupt:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return cls(
+            f"metrics file {path} cannot be opened ({reason}). Nothing was changed. Move it aside "
+            f"(mv {path} {path}.broken) to start an empty metric store — run statuses stay in the registry, "
+            "the stored curves are lost — or restore it from a backup"
+        )
+
+
 class StoreLocked(RuntimeError):
     """The DuckDB file is held read-write by another process (the recorder)."""
 
@@ -120,18 +134,25 @@ class MetricStore:
                     f"metrics file {self.path} is held by another process ({exc}); only the process running "
                     "the recorder can read it"
                 ) from None
-            raise
+            raise StoreCorrupt.of(self.path, exc) from None
+        except duckdb.Error as exc:  # a truncated file fails in deserialization, not with an IOException
+            raise StoreCorrupt.of(self.path, exc) from None
         self._write_lock = threading.Lock()  # serializes everything that executes on self.conn
         self._reader_lock = threading.Lock()  # only guards making reader cursors (see cursor())
         self._reader_root: duckdb.DuckDBPyConnection | None = self.conn.cursor()
         self._keys: dict[str, int] = {}
+        try:  # a truncated file opens, then fails on its first read
+            if not read_only:
+                for ddl in _SCHEMA:
+                    self.conn.execute(ddl)
+                self.conn.execute("INSERT OR IGNORE INTO store_meta VALUES ('version', ?)", [STORE_VERSION])
+            self._load_keys()
+        except duckdb.Error as exc:
+            self.conn.close()
+            raise StoreCorrupt.of(self.path, exc) from None
         if not read_only:
-            for ddl in _SCHEMA:
-                self.conn.execute(ddl)
-            self.conn.execute("INSERT OR IGNORE INTO store_meta VALUES ('version', ?)", [STORE_VERSION])
             with _OPEN_LOCK:
                 _OPEN[self.path] = weakref.ref(self)
-        self._load_keys()
 
     def _load_keys(self) -> None:
         try:

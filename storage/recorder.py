@@ -86,7 +86,12 @@ class Recorder:
         except BaseException:
             self._lock.release()
             raise
-        self.registry = Registry(settings.registry_url)
+        try:
+            self.registry = Registry(settings.registry_url)
+        except BaseException:  # e.g. RegistryUnreadable: leave the DuckDB file and the lock free again
+            self.store.close()
+            self._lock.release()
+            raise
         self.consumer = consumer or open_consumer(settings)
         self.max_events = max_events
         self.poll_s = poll_s

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +37,11 @@ SCHEMA_VERSION = 2
 
 class RegistryError(ValueError):
     """Bad input to the registry (unknown sweep, bad status...)."""
+
+
+class RegistryUnreadable(RegistryError):
+    """The registry database cannot be opened or read (a corrupt SQLite file, an unreachable server).
+    Never answered by creating a fresh registry: that would silently lose every sweep."""
 
 
 # ----------------------------------------------------------------------------- schema (current)
@@ -284,7 +290,11 @@ class Registry:
 
             engine.dispose()  # the connection used above predates the hook
         self.engine: Engine = engine
-        self._migrate()
+        try:
+            self._migrate()
+        except sa.exc.DatabaseError as exc:  # OperationalError included
+            engine.dispose()
+            raise _unreadable(url, exc) from None
 
     # -- lifecycle
 
@@ -692,6 +702,21 @@ class Registry:
 def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+def _unreadable(url: str, exc: Exception) -> RegistryUnreadable:
+    """A message naming the file (or server) and what to do; the password of a URL is hidden."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database).resolve()
+        if any(w in reason.lower() for w in ("not a database", "malformed", "corrupt")):
+            return RegistryUnreadable(
+                f"registry: {path} is not a readable SQLite database ({reason}). Nothing was changed. Move it "
+                f"aside (mv {path} {path}.broken) to start an empty registry, or restore it from a backup"
+            )
+        return RegistryUnreadable(f"registry: cannot open {path} ({reason})")
+    return RegistryUnreadable(f"registry: cannot open {parsed.render_as_string(hide_password=True)} ({reason})")
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -144,6 +144,32 @@ def test_status_and_export_after_a_plain_sweep_catch_up(tmp_path: Path) -> None:
     assert sorted(runs.status) == ["diverged", "done"]
 
 
+def test_corrupt_store_files_named_nothing_queued_nothing_reset(tmp_path: Path) -> None:
+    # A user with a junk <data>/metrics.duckdb or registry.sqlite saw raw DuckDB/SQLAlchemy tracebacks.
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY)
+    junk = bytes(range(256)) * 20
+    metrics = tmp_path / "metrics.duckdb"
+    metrics.write_bytes(junk)
+    for args in (("sweep", str(spec)), ("sweep", str(spec), "--wait")):
+        res = _cli(tmp_path, *args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert str(metrics) in res.stderr and "Move it aside" in res.stderr and res.stdout.strip() == ""
+    status = _cli(tmp_path, "status")  # the registry is fine: shown, with a warning about the metrics
+    assert status.returncode == 0 and "Traceback" not in status.stderr and "warning" in status.stderr
+    assert len(status.stdout.strip().splitlines()) == 1  # header only: nothing was queued
+    assert metrics.read_bytes() == junk
+
+    metrics.unlink()
+    registry = tmp_path / "registry.sqlite"
+    registry.write_bytes(junk)
+    for args in (("status",), ("export", "abc"), ("sweep", str(spec))):
+        res = _cli(tmp_path, *args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert str(registry) in res.stderr and "Move it aside" in res.stderr
+    assert registry.read_bytes() == junk
+
+
 def test_worker_without_broker_and_bad_executor(tmp_path: Path) -> None:
     res = _cli(tmp_path, "worker", "--queue", "gpu", "--device", "cuda:0")
     assert res.returncode == 2 and "GAMMA_LAB_BROKER_URL" in res.stderr and "Traceback" not in res.stderr

@@ -13,10 +13,14 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from app.ui import resources  # noqa: E402
+from app.ui import broken_store_errors, resources, show_broken_store  # noqa: E402
 
 st.set_page_config(page_title="gamma-lab", page_icon="γ", layout="wide")
-res = resources()
+try:
+    res = resources()
+except broken_store_errors() as exc:  # a corrupt registry/metric file: say which and what to do
+    show_broken_store(exc)
+    st.stop()
 
 PAGES = [
     st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch", default=True),
@@ -28,4 +32,8 @@ PAGES = [
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
 ]
 st.sidebar.caption(f"data: `{res.settings.data_dir}` · {res.recorder_note}")
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+try:
+    page.run()
+except broken_store_errors() as exc:  # e.g. the file broke while the dashboard was running
+    show_broken_store(exc)

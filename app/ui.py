@@ -40,15 +40,35 @@ def _resources(data_dir: str, registry_url: str) -> Resources:
     settings = load_settings()
     settings.ensure_dirs()
     recorder, note = None, "recording in this dashboard"
+    from storage.metric_store import StoreCorrupt
+    from storage.registry import RegistryUnreadable
+
     try:
         from storage.recorder import Recorder
 
         recorder = Recorder(settings)
         recorder.start()
+    except (StoreCorrupt, RegistryUnreadable):
+        # Not "another process records": the file itself is broken. Raised (so not cached) for
+        # app/main.py to show; once the user moves the file aside, a reload starts afresh.
+        raise
     except Exception as exc:  # noqa: BLE001 - any lock/ownership problem means: publish only
         recorder, note = None, f"another process records ({exc}); this dashboard only reads"
         log.warning("recorder not started: %s", exc)
     return Resources(settings=settings, source=DashboardSource(settings), recorder=recorder, recorder_note=note)
+
+
+def broken_store_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean an unreadable registry or metric file (shown, never a traceback)."""
+    from storage.metric_store import StoreCorrupt
+    from storage.registry import RegistryUnreadable
+
+    return (StoreCorrupt, RegistryUnreadable)
+
+
+def show_broken_store(exc: Exception) -> None:
+    st.error(f"**The lab's data cannot be read.** {exc}", icon=":material/error:")
+    st.caption("Nothing was changed or reset. Fix or move the file named above, then reload this page.")
 
 
 def resources() -> Resources:

@@ -88,17 +88,13 @@ def portrait_figure(
     fig.add_trace(go.Heatmap(
         x=gx, y=ey, z=z, zmin=zmin, zmax=zmax, colorscale=VALUE_SCALE, name=value_label,
         colorbar={"title": {"text": label}} if show_scale else None, showscale=show_scale,
-        customdata=customdata, hoverongaps=False,
-        hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>" + value_label
-        + "=%{customdata[2]:.4g}<br>done %{customdata[3]}/%{customdata[4]} seeds<extra></extra>",
+        hoverinfo="skip",  # the click targets below carry the hover: a hovered heatmap is not clickable
     ))
     diverged = np.where(grid.status == "diverged", 1.0, np.nan)
     if np.any(grid.status == "diverged"):
         fig.add_trace(go.Heatmap(
             x=gx, y=ey, z=diverged, zmin=0, zmax=1, showscale=False, name="diverged",
-            colorscale=[[0, DIVERGED_COLOUR], [1, DIVERGED_COLOUR]], hoverongaps=False,
-            customdata=customdata,
-            hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>diverged<extra></extra>",
+            colorscale=[[0, DIVERGED_COLOUR], [1, DIVERGED_COLOUR]], hoverinfo="skip",
         ))
     lg, le = np.log10(grid.gammas), np.log10(grid.etas)
     cx, cy = np.meshgrid(lg, le)  # (E, G) cell centres
@@ -110,14 +106,16 @@ def portrait_figure(
                 x=cx[mask], y=cy[mask], mode="markers", name=status, hoverinfo="skip",
                 marker={"symbol": symbol, "size": 11, "color": colour, "line": {"width": 2, "color": colour}},
             ))
-    # Click targets: one transparent marker per cell, carrying the cell's γ, η.
+    # Click targets: one transparent marker per cell, carrying the cell's γ, η. Plotly selects the
+    # hovered point on click, and with hoverdistance=-1 (below) the hovered point is the nearest
+    # centre, i.e. the cell under the pointer: a click anywhere in a cell selects it (users clicked
+    # off the 18 px centre marker and nothing happened).
     fig.add_trace(go.Scatter(
         x=cx.ravel(), y=cy.ravel(), mode="markers", name="cells", showlegend=False,
-        customdata=np.column_stack([np.broadcast_to(grid.gammas[None, :], ok.shape).ravel(),
-                                    np.broadcast_to(grid.etas[:, None], ok.shape).ravel(),
-                                    grid.status.ravel()]),
+        customdata=np.column_stack([customdata.reshape(-1, 5).astype(object), grid.status.ravel()]),  # (E·G, 6)
         marker={"size": 18, "color": "rgba(0,0,0,0)", "symbol": "square"},
-        hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>%{customdata[2]}<extra></extra>",
+        hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>" + value_label
+        + "=%{customdata[2]:.4g}<br>%{customdata[5]}, done %{customdata[3]}/%{customdata[4]} seeds<extra></extra>",
     ))
     for curve in curves:
         keep = (curve.gammas > 0) & (curve.etas > 0) & np.isfinite(curve.gammas) & np.isfinite(curve.etas)
@@ -132,6 +130,7 @@ def portrait_figure(
     yt, yl = _decade_ticks(ey[0], ey[-1])
     fig.update_layout(
         title=title, uirevision=UIREVISION, clickmode="event+select", dragmode="zoom",
+        hovermode="closest", hoverdistance=-1,
         xaxis={"title": "γ (feature-learning strength)", "tickvals": xt, "ticktext": xl,
                "range": [gx[0], gx[-1]], "showgrid": False},
         yaxis={"title": "η (raw learning rate; SGD step = N·η)", "tickvals": yt, "ticktext": yl,

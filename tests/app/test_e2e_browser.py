@@ -160,7 +160,8 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page, shots: Path) ->
     assert targets.count() == 12  # the demo's 3 γ × 4 η cells, row-major over (η, γ)
     box = targets.nth(5).bounding_box()  # η index 1, γ index 2: γ=10, η=0.1
     assert box is not None
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    # off the 18 px centre marker but inside the cell (cells are ~60+ px): a click anywhere selects
+    page.mouse.click(box["x"] + box["width"] / 2 + 35, box["y"] + box["height"] / 2 + 18)
     cell_link = page.get_by_role("link", name="Open this cell's trajectories")
     expect(cell_link).to_be_visible()
     expect(page.get_by_text("Cell γ=10, η=0.1")).to_be_visible()

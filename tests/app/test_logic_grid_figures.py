@@ -65,6 +65,27 @@ def test_portrait_figure_layers_and_values():
     assert any("theory η ∝ γ^(2/L), L=3" == n for n in names)
 
 
+def test_portrait_click_anywhere_in_a_cell_selects_it():
+    # A user clicked inside a cell, off its 18 px centre marker, and nothing was selected: the click
+    # landed on the heatmap (not selectable). Now the heatmaps take no hover, the click targets carry
+    # the value, and hoverdistance=-1 makes the nearest centre (the cell under the pointer) the hovered
+    # point, which plotly selects on click.
+    frame = heatmap_frame([0.1, 1.0], [0.01, 0.1], [[0.05, 0.02], [np.inf, 0.01]],
+                          [["ok", "ok"], ["diverged", "ok"]])
+    grid = heatmap_grid(frame)
+    fig = json.loads(portrait_figure(grid, value_label="loss").to_json())
+    heatmaps = [t for t in fig["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) == 2 and all(t.get("hoverinfo") == "skip" for t in heatmaps)
+    targets = next(t for t in fig["data"] if t.get("name") == "cells")
+    assert fig["layout"]["hoverdistance"] == -1 and fig["layout"]["hovermode"] == "closest"
+    assert "loss=%{customdata[2]" in targets["hovertemplate"]
+    points = [{"customdata": list(cd)} for cd in targets["customdata"]]
+    cells = [selected_cell({"selection": {"points": [p]}}) for p in points]
+    assert sorted(cells) == [(0.1, 0.01), (0.1, 0.1), (1.0, 0.01), (1.0, 0.1)]
+    by_cell = {(cd[0], cd[1]): cd for cd in targets["customdata"]}
+    assert by_cell[(1.0, 0.1)][2] == 0.01 and by_cell[(0.1, 0.1)][5] == "diverged"
+
+
 def test_ridge_and_boundary():
     frame = heatmap_frame([0.1, 1.0], [0.001, 0.01, 0.1, 1.0],
                           [[0.09, 0.09], [0.02, 0.05], [0.05, 0.01], [np.nan, 0.08]],

@@ -362,14 +362,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     catch_up(settings)  # so the export is complete (skipped if another process records)
     frame = series_frame(settings, args.sweep) if args.series else runs_frame(settings, args.sweep)
     out = args.out
-    if args.format == "parquet":
-        if not out:
-            raise UserError("export: --format parquet needs --out FILE (binary output)")
-        frame.to_parquet(out, index=False)
-    elif out:
-        frame.to_csv(out, index=False)
-    else:
-        frame.to_csv(sys.stdout, index=False)
+    if args.format == "parquet" and not out:
+        raise UserError("export: --format parquet needs --out FILE (binary output)")
+    if out and Path(out).is_dir():
+        raise UserError(f"export: --out {out!r} is a directory; give a file name")
+    try:
+        if args.format == "parquet":
+            frame.to_parquet(out, index=False)
+        elif out:
+            frame.to_csv(out, index=False)
+        else:
+            frame.to_csv(sys.stdout, index=False)
+    except OSError as exc:  # an unwritable or missing folder: say which, no traceback
+        raise UserError(f"export: cannot write {out!r}: {exc.strerror or exc}") from None
     if out:
         _err(f"wrote {len(frame)} rows to {out}")
     return 0

@@ -170,6 +170,18 @@ def test_corrupt_store_files_named_nothing_queued_nothing_reset(tmp_path: Path) 
     assert registry.read_bytes() == junk
 
 
+def test_export_to_an_unwritable_path_is_one_clear_line(tmp_path: Path) -> None:
+    # A user exporting to a missing folder or a directory saw a pandas/OSError traceback.
+    with Registry(f"sqlite:///{tmp_path / 'registry.sqlite'}") as reg:
+        sweep_id = reg.create_sweep("empty", "alice", {}, executor="local")
+    cases = [("--out", str(tmp_path / "no" / "such" / "x.csv")), ("--out", str(tmp_path)),
+             ("--format", "parquet", "--out", str(tmp_path / "missing" / "x.parquet"))]
+    for extra in cases:
+        res = _cli(tmp_path, "export", sweep_id, *extra)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.startswith("error: export:") and extra[-1] in res.stderr
+
+
 def test_worker_without_broker_and_bad_executor(tmp_path: Path) -> None:
     res = _cli(tmp_path, "worker", "--queue", "gpu", "--device", "cuda:0")
     assert res.returncode == 2 and "GAMMA_LAB_BROKER_URL" in res.stderr and "Traceback" not in res.stderr

@@ -124,3 +124,14 @@ def selected_cell(event: object) -> tuple[float, float] | None:
             except (TypeError, ValueError):
                 continue
     return None
+
+
+def cell_key(gamma: float, eta: float) -> str:
+    """A grid cell as URL/session text: "γ,η" with every digit (floats read back exactly)."""
+    return f"{float(gamma)!r},{float(eta)!r}"
+
+
+def parse_cell(key: str) -> tuple[float, float]:
+    """Inverse of cell_key."""
+    gamma, eta = key.split(",")
+    return float(gamma), float(eta)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.logic.figures import portrait_figure
 from app.logic.grid import heatmap_grid
-from app.logic.portrait import AGGS, STATS, overlay_curves, selected_cell
+from app.logic.portrait import AGGS, STATS, cell_key, overlay_curves, parse_cell, selected_cell
 from app.logic.view_state import Field
 from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
@@ -23,6 +23,7 @@ SCHEMA = {
     "threshold": Field("float", 0.05, minimum=0.0),
     "show": Field("list", list(SHOW), choices=SHOW),
     "live": Field("bool", True),
+    "cell": Field("str", None),  # the selected cell as "γ,η" (repr floats): a copied link keeps it
 }
 
 res = resources()
@@ -69,13 +70,16 @@ def draw() -> None:
                + " · ".join(f.label() for f in fits))
     event = chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
     cell = selected_cell(event)
-    options = [(float(g), float(e)) for g in grid.gammas for e in grid.etas]
+    options = [cell_key(g, e) for g in grid.gammas for e in grid.etas]
     if cell is not None:
-        st.session_state[f"{P}.cell"] = cell
+        st.session_state[f"{P}.cell"] = cell_key(*cell)
+    if st.session_state.get(f"{P}.cell") not in options:  # a stale or hand-edited link: no cell
+        st.session_state[f"{P}.cell"] = None
     chosen = st.selectbox("Cell (or click one in the portrait)", [None, *options], key=f"{P}.cell",
-                          format_func=lambda c: "—" if c is None else f"γ={c[0]:.3g}, η={c[1]:.3g}")
+                          format_func=lambda c: "—" if c is None else "γ={:.3g}, η={:.3g}".format(*parse_cell(c)))
+    sync_url(SCHEMA, P)  # the click above happened after the page's first sync
     if chosen is not None:
-        g, e = chosen
+        g, e = parse_cell(chosen)
         gi, ei = int(np.argmin(abs(grid.gammas - g))), int(np.argmin(abs(grid.etas - e)))
         st.markdown(f"**Cell γ={g:.3g}, η={e:.3g}** — {grid.status[ei, gi]}, "
                     f"{grid.n_done[ei, gi]}/{grid.n_seeds[ei, gi]} seeds done")

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app.logic.portrait import cell_key, parse_cell
+
 from .plotly_json import arr
 
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
@@ -82,11 +84,20 @@ def test_portrait_cell_selection_opens_its_trajectories(app: AppTest, data_dir: 
     cell = app.selectbox(key="portrait.cell")
     cell.select_index(len(cell.options) - 1).run()  # the largest (γ, η) of the grid
     assert not app.exception, app.exception
-    gamma, eta = app.selectbox(key="portrait.cell").value
+    gamma, eta = parse_cell(app.selectbox(key="portrait.cell").value)
+    assert app.query_params["cell"] == cell_key(gamma, eta)  # the selected cell is in the URL
     links = [p for p in app.get("page_link") if p.proto.label == "Open this cell's trajectories"]
     assert len(links) == 1 and links[0].proto.page.endswith("trajectories")
     query = dict(part.split("=", 1) for part in links[0].proto.query_string.split("&"))
     assert query["mode"] == "cell" and float(query["gamma"]) == gamma and float(query["eta"]) == eta
+
+    # a copied portrait link reopens with the same cell selected
+    shared = AppTest.from_file(MAIN, default_timeout=120)
+    shared.query_params.update({"sweep": query["sweep"], "live": "0", "cell": cell_key(gamma, eta)})
+    shared.run()
+    shared.switch_page("views/portrait.py").run()
+    assert not shared.exception, shared.exception
+    assert shared.selectbox(key="portrait.cell").value == cell_key(gamma, eta)
 
     sweep_id = query["sweep"]
     settings = load_settings(data_dir=data_dir)

@@ -120,16 +120,22 @@ def labeler(labels: Mapping[Any, str]) -> Callable[[Any], str]:
     return lambda key: labels.get(key, str(key))
 
 
-def pick_sweep(source: DashboardSource, key: str) -> str:
-    """Sweep selectbox (newest first); the chosen id is in session_state[key]. Stops the page when
-    there is no sweep yet, so callers always get an id."""
+def sweep_labels(sweeps: pd.DataFrame) -> dict[str, str]:
+    """sweep id -> "name · owner · id" for the rows of source.sweeps(), newest first."""
+    return {row.sweep_id: f"{row.name} · {row.owner} · {row.sweep_id}" for row in sweeps.itertuples()}
+
+
+def pick_sweep(source: DashboardSource, key: str, label: str = "Sweep", default_index: int = 0,
+               where: Any = st) -> str:
+    """Sweep selectbox (newest first) in `where` (the page or a column); the chosen id is in
+    session_state[key], the `default_index`-th newest when nothing valid is chosen. Stops the page
+    when there is no sweep yet, so callers always get an id."""
     sweeps = source.sweeps()
     if sweeps.empty:
         st.info("No sweeps yet: launch one on the Launch page.")
         st.stop()
     ids = sweeps["sweep_id"].tolist()
-    labels = {row.sweep_id: f"{row.name} · {row.owner} · {row.sweep_id}" for row in sweeps.itertuples()}
-    current = st.session_state.get(key)
-    if current not in labels:
-        st.session_state[key] = ids[0]
-    return str(st.selectbox("Sweep", ids, key=key, format_func=labeler(labels)))
+    labels = sweep_labels(sweeps)
+    if st.session_state.get(key) not in labels:
+        st.session_state[key] = ids[min(default_index, len(ids) - 1)]
+    return str(where.selectbox(label, ids, key=key, format_func=labeler(labels)))

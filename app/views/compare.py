@@ -10,7 +10,7 @@ from app.logic.figures import portrait_figure
 from app.logic.grid import difference_grid, heatmap_grid, shared_log_range
 from app.logic.portrait import AGGS
 from app.logic.view_state import Field
-from app.ui import chart, labeler, resources, sync_url, url_state
+from app.ui import chart, labeler, pick_sweep, resources, sweep_labels, sync_url, url_state
 
 P = "compare"
 STATS = ("final", "best")
@@ -25,18 +25,10 @@ res = resources()
 source = res.source
 url_state(SCHEMA, P)
 st.title("Compare two sweeps")
-sweeps = source.sweeps()
-if sweeps.empty:
-    st.info("No sweeps yet.")
-    st.stop()
-ids = sweeps["sweep_id"].tolist()
-labels = {r.sweep_id: f"{r.name} · {r.owner} · {r.sweep_id}" for r in sweeps.itertuples()}
-for key, idx in (("a", 0), ("b", min(1, len(ids) - 1))):
-    if st.session_state.get(f"{P}.{key}") not in labels:
-        st.session_state[f"{P}.{key}"] = ids[idx]
 c1, c2 = st.columns(2)
-a = c1.selectbox("Sweep A", ids, key=f"{P}.a", format_func=labeler(labels))
-b = c2.selectbox("Sweep B", ids, key=f"{P}.b", format_func=labeler(labels))
+a = pick_sweep(source, f"{P}.a", "Sweep A", 0, c1)
+b = pick_sweep(source, f"{P}.b", "Sweep B", 1, c2)
+labels = sweep_labels(source.sweeps())
 d1, d2, d3, d4 = st.columns(4)
 metric = d1.selectbox("Metric", ("train_loss", "test_loss"), key=f"{P}.metric")
 stat = d2.selectbox("Statistic", STATS, key=f"{P}.stat")

@@ -49,102 +49,57 @@ def field_errors(name: str) -> None:
 
 for message in errors.get("spec", []):
     st.error(message)
+def field(where: Any, kind: str, label: str, name: str, *args: Any, **kwargs: Any) -> None:
+    """One form widget in `where` (a column or an expander), bound to the spec field `name`, with
+    that field's errors under it."""
+    with where:
+        getattr(st, kind)(label, *args, key=f"{P}.{name}", **kwargs)
+        field_errors(name)
+
+
 with st.form(f"{P}.form"):
-    st.text_input("Name", key=f"{P}.name")
-    field_errors("name")
-    m1, m2, m3, m4 = st.columns(4)
-    with m1:
-        st.selectbox("Architecture", ARCHS, key=f"{P}.model.arch")
-        field_errors("model.arch")
-    with m2:
-        st.number_input("Width N", 1, 1 << 16, key=f"{P}.model.width")
-        field_errors("model.width")
-    with m3:
-        st.number_input("Depth L (weight layers)", 2, 64, key=f"{P}.model.depth")
-        field_errors("model.depth")
-    with m4:
-        st.selectbox("Activation", ACTIVATIONS, key=f"{P}.model.activation")
-        st.checkbox("Centered (f − f₀)", key=f"{P}.model.centered")
-        field_errors("model.activation")
-    d1, d2 = st.columns(2)
-    with d1:
-        st.selectbox("Dataset", DATASETS, key=f"{P}.data.dataset")
-        field_errors("data.dataset")
-    with d2:
-        st.text_input("Path in the data folder (file-backed sets)", key=f"{P}.data.path")
-        field_errors("data.path")
-    t1, t2, t3, t4, t5 = st.columns(5)
-    with t1:
-        st.selectbox("Loss", LOSSES, key=f"{P}.train.loss")
-    with t2:
-        st.number_input("Batch size", 1, 1 << 20, key=f"{P}.train.batch_size")
-        field_errors("train.batch_size")
-    with t3:
-        st.number_input("Steps", 1, 100_000_000, key=f"{P}.train.steps")
-        field_errors("train.steps")
-    with t4:
-        st.selectbox("Precision", DTYPES, key=f"{P}.train.dtype")
-    with t5:
-        st.number_input("Eval points", 0, 10_000, key=f"{P}.train.eval_points")
-        field_errors("train.eval_points")
-    st.multiselect("Costly metrics on the eval schedule", METRICS, key=f"{P}.train.metrics")
-    field_errors("train.metrics")
-    g1, g2, g3 = st.columns([2, 2, 1])
-    with g1:
-        st.text_input("γ values (list, or log range from .. to / per decade)", key=f"{P}.grid.gamma")
-        field_errors("grid.gamma")
-    with g2:
-        st.text_input("η values (raw; SGD step = N·η)", key=f"{P}.grid.eta")
-        field_errors("grid.eta")
-    with g3:
-        st.text_input("Seeds", key=f"{P}.grid.seeds")
-        field_errors("grid.seeds")
+    field(st.container(), "text_input", "Name", "name")
+    m = st.columns(4)
+    field(m[0], "selectbox", "Architecture", "model.arch", ARCHS)
+    field(m[1], "number_input", "Width N", "model.width", 1, 1 << 16)
+    field(m[2], "number_input", "Depth L (weight layers)", "model.depth", 2, 64)
+    field(m[3], "selectbox", "Activation", "model.activation", ACTIVATIONS)
+    field(m[3], "checkbox", "Centered (f − f₀)", "model.centered")
+    d = st.columns(2)
+    field(d[0], "selectbox", "Dataset", "data.dataset", DATASETS)
+    field(d[1], "text_input", "Path in the data folder (file-backed sets)", "data.path")
+    t = st.columns(5)
+    field(t[0], "selectbox", "Loss", "train.loss", LOSSES)
+    field(t[1], "number_input", "Batch size", "train.batch_size", 1, 1 << 20)
+    field(t[2], "number_input", "Steps", "train.steps", 1, 100_000_000)
+    field(t[3], "selectbox", "Precision", "train.dtype", DTYPES)
+    field(t[4], "number_input", "Eval points", "train.eval_points", 0, 10_000)
+    field(st.container(), "multiselect", "Costly metrics on the eval schedule", "train.metrics", METRICS)
+    g = st.columns([2, 2, 1])
+    field(g[0], "text_input", "γ values (list, or log range from .. to / per decade)", "grid.gamma")
+    field(g[1], "text_input", "η values (raw; SGD step = N·η)", "grid.eta")
+    field(g[2], "text_input", "Seeds", "grid.seeds")
     with st.expander("Advanced: adaptive η range, teacher data, ViT, divergence"):
-        a1, a2, a3 = st.columns(3)
-        with a1:
-            st.checkbox("Adaptive η range", key=f"{P}.grid.adaptive",
-                        help="Per γ, find η_max from the top of the η grid, then train only down to "
-                             "η_max / 10^k: the reference protocol, in rounds")
-        with a2:
-            st.number_input("k: decades below η_max", 0.0, 20.0, step=0.5, key=f"{P}.grid.below_max_decades")
-            field_errors("grid.below_max_decades")
-        with a3:
-            st.number_input("Divergence factor (× step-0 loss × max(1, 1/γ²))", min_value=1.0, format="%g",
-                            key=f"{P}.train.divergence_factor")
-            field_errors("train.divergence_factor")
-        b1, b2, b3, b4 = st.columns(4)
-        with b1:
-            st.number_input("Teacher input dim", 1, 1 << 20, key=f"{P}.data.input_dim")
-            field_errors("data.input_dim")
-        with b2:
-            st.number_input("Teacher image size (0 = vectors)", 0, 1024, key=f"{P}.data.image_size")
-            field_errors("data.image_size")
-        with b3:
-            st.number_input("Teacher channels", 1, 64, key=f"{P}.data.channels")
-            field_errors("data.channels")
-        with b4:
-            st.number_input("Classes / outputs", 1, 100_000, key=f"{P}.data.n_classes")
-            field_errors("data.n_classes")
-        c1, c2, c3, c4 = st.columns(4)
-        with c1:
-            st.number_input("Label noise", min_value=0.0, format="%g", key=f"{P}.data.noise")
-            field_errors("data.noise")
-        with c2:
-            st.number_input("Held-out test size", 1, 10_000_000, key=f"{P}.data.test_size")
-            field_errors("data.test_size")
-        with c3:
-            st.number_input("Data seed", 0, 2**31 - 1, key=f"{P}.data.data_seed")
-            field_errors("data.data_seed")
-        with c4:
-            st.number_input("Probe batch (alignment, sharpness)", 1, 1 << 16, key=f"{P}.train.probe_size")
-            field_errors("train.probe_size")
-        v1, v2 = st.columns(2)
-        with v1:
-            st.number_input("ViT patch", 1, 64, key=f"{P}.model.patch")
-            field_errors("model.patch")
-        with v2:
-            st.number_input("ViT heads", 1, 64, key=f"{P}.model.heads")
-            field_errors("model.heads")
+        a = st.columns(3)
+        field(a[0], "checkbox", "Adaptive η range", "grid.adaptive",
+              help="Per γ, find η_max from the top of the η grid, then train only down to η_max / 10^k: "
+                   "the reference protocol, in rounds")
+        field(a[1], "number_input", "k: decades below η_max", "grid.below_max_decades", 0.0, 20.0, step=0.5)
+        field(a[2], "number_input", "Divergence factor (× step-0 loss × max(1, 1/γ²))", "train.divergence_factor",
+              min_value=1.0, format="%g")
+        b = st.columns(4)
+        field(b[0], "number_input", "Teacher input dim", "data.input_dim", 1, 1 << 20)
+        field(b[1], "number_input", "Teacher image size (0 = vectors)", "data.image_size", 0, 1024)
+        field(b[2], "number_input", "Teacher channels", "data.channels", 1, 64)
+        field(b[3], "number_input", "Classes / outputs", "data.n_classes", 1, 100_000)
+        c = st.columns(4)
+        field(c[0], "number_input", "Label noise", "data.noise", min_value=0.0, format="%g")
+        field(c[1], "number_input", "Held-out test size", "data.test_size", 1, 10_000_000)
+        field(c[2], "number_input", "Data seed", "data.data_seed", 0, 2**31 - 1)
+        field(c[3], "number_input", "Probe batch (alignment, sharpness)", "train.probe_size", 1, 1 << 16)
+        v = st.columns(2)
+        field(v[0], "number_input", "ViT patch", "model.patch", 1, 64)
+        field(v[1], "number_input", "ViT heads", "model.heads", 1, 64)
     executor = st.radio("Run on", ["local", "celery"], horizontal=True, key=f"{P}.executor",
                         disabled=settings.embedded, help="celery needs GAMMA_LAB_BROKER_URL")
     check = st.form_submit_button("Check plan")

@@ -74,12 +74,12 @@ class Recorder:
     """Owns settings.metrics_path. Use as a thread (start/stop) or in the foreground (run_forever)."""
 
     def __init__(self, settings: Settings, *, max_events: int = 2000, poll_s: float = 0.2,
-                 consumer: SpoolConsumer | RedisConsumer | None = None):
+                 consumer: SpoolConsumer | RedisConsumer | None = None, lock_wait_s: float = 10.0):
         self.settings = settings
         settings.ensure_dirs()
         self._lock = _OwnerLock(Path(str(settings.metrics_path) + ".recorder.lock"))
         try:
-            self.store = MetricStore(settings.metrics_path)
+            self.store = self._open_store(lock_wait_s)
         except StoreLocked as exc:
             self._lock.release()
             raise RecorderBusy(f"a recorder is already running elsewhere: {exc}") from None
@@ -102,6 +102,19 @@ class Recorder:
         self.stats = {"events": 0, "points": 0, "rejected": 0, "batches": 0}
         self.last_error: str | None = None
         self._closed = False
+
+    def _open_store(self, lock_wait_s: float) -> MetricStore:
+        """Open the metrics file read-write. We hold the owner lock, so no other recorder runs: a
+        DuckDB lock conflict now is a short-lived reader (`gamma-lab status`/`export` reading the
+        file directly while nobody records). Wait for it rather than give up recording for good."""
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                return MetricStore(self.settings.metrics_path)
+            except StoreLocked:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
 
     # -- one step
 

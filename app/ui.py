@@ -6,8 +6,10 @@ Kept small on purpose: anything worth testing without a browser lives in app/log
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -26,6 +28,29 @@ class Resources:
     source: DashboardSource
     recorder: Any  # storage.recorder.Recorder, or None when another process records
     recorder_note: str
+    next_takeover: float = 0.0  # monotonic time of the next attempt to take recording over
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_over_if_free(self, every_s: float = 10.0) -> bool:
+        """When another process recorded at start-up (a `gamma-lab sweep --wait`, a standalone
+        recorder) and has since stopped, start recording here — otherwise sweeps launched from this
+        dashboard would wait for a recorder forever. Cheap (a non-blocking file lock), throttled."""
+        if self.recorder is not None:
+            return True
+        with self.lock:
+            now = time.monotonic()
+            if self.recorder is not None or now < self.next_takeover:
+                return self.recorder is not None
+            self.next_takeover = now + every_s
+            from storage.recorder import Recorder, RecorderBusy
+
+            try:
+                recorder = Recorder(self.settings, lock_wait_s=0.0)
+            except RecorderBusy:
+                return False
+            self.recorder, self.recorder_note = recorder.start(), "recording in this dashboard"
+            log.info("recorder started: the other recorder has stopped")
+            return True
 
 
 @st.cache_resource(show_spinner=False)
@@ -75,7 +100,9 @@ def resources() -> Resources:
     from storage.settings import load_settings
 
     settings = load_settings()  # cheap: environment + optional settings.toml
-    return _resources(str(settings.data_dir), settings.registry_url)
+    res = _resources(str(settings.data_dir), settings.registry_url)
+    res.take_over_if_free()
+    return res
 
 
 def url_state(schema: Mapping[str, Field], prefix: str) -> dict[str, Any]:

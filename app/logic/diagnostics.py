@@ -10,14 +10,15 @@ ALIGNMENTS = ("alignment_feature", "alignment_feature_centered", "alignment_ntk"
 
 def edge_of_stability(runs: pd.DataFrame, x_range: tuple[float, float]) -> pd.DataFrame:
     """Horizontal lines at 2/(N·η) per run: plain SGD with step N·η is stable only while the top
-    Hessian eigenvalue stays below 2/step. `runs`: run_id, eta, width. Returns x, value, label."""
+    Hessian eigenvalue stays below 2/step. `runs`: run_id, eta, width. Returns x, value, label, match."""
     rows = []
     for r in runs.itertuples():
         if r.width and r.eta:
             level = 2.0 / (float(r.width) * float(r.eta))
             label = f"2/(N·η) η={r.eta:.3g}"
-            rows += [(x_range[0], level, label), (x_range[1], level, label)]
-    return pd.DataFrame(rows, columns=["x", "value", "label"])
+            match = f"η={r.eta:.3g} "  # the runs' legend labels read "γ=… η=… s=…"
+            rows += [(x_range[0], level, label, match), (x_range[1], level, label, match)]
+    return pd.DataFrame(rows, columns=["x", "value", "label", "match"])
 
 
 def movement_metrics(depth: int) -> list[str]:

@@ -305,17 +305,29 @@ def lines_figure(
     group: str = "label", hlines: pd.DataFrame | None = None,
 ) -> go.Figure:
     """Generic multi-line figure: frame has columns x, value and `group` (one trace per group).
-    `hlines` (optional): x, value, label drawn dashed (e.g. the edge of stability 2/(N·η))."""
+    `hlines` (optional): x, value, label drawn dashed (e.g. the edge of stability 2/(N·η)); with a
+    `match` column, a line takes the colour of the first trace whose name contains that text (the
+    edge of stability of η=0.1 in the colour of the η=0.1 run)."""
+    from plotly.colors import qualitative
+
+    palette = qualitative.Plotly
     fig = go.Figure()
-    for name, part in frame.groupby(group, sort=False):
+    colours: dict[str, str] = {}
+    for i, (name, part) in enumerate(frame.groupby(group, sort=False)):
         part = part.sort_values("x")
+        colours[str(name)] = palette[i % len(palette)]
         fig.add_trace(_line_trace(part["x"].to_numpy(dtype=np.float64), part["value"].to_numpy(dtype=np.float64),
-                                  mode="lines+markers", name=str(name)))
+                                  mode="lines+markers", name=str(name), line={"color": colours[str(name)]}))
     if hlines is not None:
         for name, part in hlines.groupby("label", sort=False):
             part = part.sort_values("x")
-            fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines", name=str(name),
-                                     line={"dash": "dash"}))
+            line: dict[str, str] = {"dash": "dash"}
+            if "match" in part:
+                key = str(part["match"].iloc[0])
+                colour = next((c for trace, c in colours.items() if key in trace), None)
+                if colour is not None:
+                    line["color"] = colour
+            fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines", name=str(name), line=line))
     fig.update_layout(uirevision=UIREVISION, margin={"t": 10},
                       xaxis={"title": x_label, "type": "log" if log_x else "linear"},
                       yaxis={"title": y_label, "type": "log" if log_y else "linear"})

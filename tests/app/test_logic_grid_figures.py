@@ -197,3 +197,17 @@ def test_compare_helpers():
     diff = difference_grid(ga, gb)
     np.testing.assert_allclose(diff.value[0, 0], 1.0)
     assert diff.status.tolist() == [["ok", "diverged"]]
+
+
+def test_edge_of_stability_lines_take_their_runs_colour():
+    from app.logic.diagnostics import edge_of_stability
+    from app.logic.figures import lines_figure
+
+    runs = pd.DataFrame({"run_id": ["a", "b"], "eta": [0.1, 1.0], "width": [10, 10]})
+    eos = edge_of_stability(runs, (1.0, 100.0))
+    assert sorted(set(eos["value"])) == pytest.approx([0.2, 2.0])  # 2/(N·η)
+    sharp = pd.DataFrame({"x": [1.0, 2.0, 1.0, 2.0], "value": [0.1, 0.2, 1.0, 1.5],
+                          "label": ["γ=1 η=0.1 s=0"] * 2 + ["γ=1 η=1 s=0"] * 2})
+    fig = lines_figure(sharp, x_label="t", y_label="λ", hlines=eos).to_plotly_json()
+    colour = {t["name"]: t["line"]["color"] for t in fig["data"]}
+    assert colour["2/(N·η) η=0.1"] == colour["γ=1 η=0.1 s=0"] != colour["γ=1 η=1 s=0"] == colour["2/(N·η) η=1"]

@@ -1,28 +1,34 @@
 """Benchmark: one γ×η×seed grid trained two ways in one process, side by side (prints, never asserts).
 
-  reference  what the authors' code does: per cell one nn.Module, a frozen deep copy for centering,
-             one torch.optim.SGD, its own data stream, loss.item() every step; cells one after another.
+  reference  what the authors' code does (Pehlevan-Group/Richness_Sweep, vision_tasks.py): the data
+             made once for the grid, then per cell one nn.Module, a frozen deep copy for centering,
+             one torch.optim.SGD, each step's batch sliced from the preloaded data, loss.item() and a
+             NaN check every step; cells one after another.
   ensemble   engine.trainer.train_ensemble: the whole grid as one batched computation.
 
 Prints both wall times, their ratio, the ensemble's achieved FLOP/s and that as a fraction of this
 machine's dense-matmul peak (a large square GEMM in the same dtype, measured in the same run), and
-checks that both ways reach the same losses. The peak is measured before the reference, before the
-ensemble and after it (the machine may be shared: the load average is printed too), and the
-fraction uses the best peak measured next to the ensemble.
+checks that both ways reach the same losses. Both ways run on --device (a GPU too, where the
+reference's per-cell kernels are launch-bound). The machine may be shared, so the pair is timed
+--repeat times, the peak is measured right before and after each timed part, and the medians are
+reported with every pair's ratio; the load average is printed too.
 
     python bench/engine.py            # 36 cells, L=3 MLP, width 256, batch 128, 200 steps, MNIST-1D
     python bench/engine.py --steps 50 --cells 18 --width 128
     python bench/engine.py --quick    # 4 cells, width 64, 20 steps: a smoke run
+    python bench/engine.py --device cuda --repeat 5
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import os
 import sys
 import time
+from typing import Any
 
 # Run as a script, this file's folder comes first on sys.path and its name would shadow the engine
 # package: drop that entry before importing it.
@@ -54,46 +60,63 @@ class ReferenceMLP(nn.Module):
         return self.layers[-1](h) / (self.dims[-2] * self.gamma)
 
 
-def reference_run(cfg: RunConfig, dims: list[int]) -> tuple[list[float], float]:
-    """One cell the reference way. Returns the losses and the seconds spent making its data."""
+def reference_data(cfg: RunConfig, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid's training data made once, as the authors' script loads a data chunk once onto the
+    device for all its cells: (steps·B, D) inputs and one-hot targets, sliced per step."""
+    stream = make_stream(cfg.data, batch_size=cfg.train.batch_size, device=device)
+    batches = [stream.next_batch() for _ in range(cfg.train.steps)]
+    return torch.cat([b.x for b in batches]), torch.cat([b.target for b in batches])
+
+
+def reference_run(cfg: RunConfig, dims: list[int], data: tuple[torch.Tensor, torch.Tensor], device: str) -> list[float]:
+    """One cell the way the authors' vision_tasks.py trains it: a centered model (a live copy and a
+    frozen deep copy), torch.optim.SGD at lr N·η, the step's batch sliced from the preloaded data,
+    loss.item() and a NaN check every step. Returns the losses."""
     model = ReferenceMLP(dims, cfg.gamma)
     init = build_model(cfg.model, (dims[0],), dims[-1]).init([cfg.seed])  # the same weights as the ensemble
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
             layer.weight.copy_(init[f"w{i + 1}"][0])
             layer.bias.copy_(init[f"b{i + 1}"][0])
+    model.to(device)
     frozen = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
-    t0 = time.perf_counter()
-    stream = make_stream(cfg.data, batch_size=cfg.train.batch_size)
-    data_s = time.perf_counter() - t0
+    x_all, y_all = data
+    b = cfg.train.batch_size
     losses: list[float] = []
-    for _ in range(cfg.train.steps):
-        t0 = time.perf_counter()
-        batch = stream.next_batch()
-        data_s += time.perf_counter() - t0
-        out = model(batch.x) - frozen(batch.x)
-        loss = (out - batch.target).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
+    for t in range(cfg.train.steps):
+        x, y = x_all[b * t : b * (t + 1)], y_all[b * t : b * (t + 1)]
+        opt.zero_grad()
+        out = model(x) - frozen(x)
+        loss = (out - y).pow(2).mean()
         loss.backward()
         opt.step()
         value = loss.item()
         losses.append(value)
-        if not math.isfinite(value) or value > cfg.train.divergence_factor * losses[0]:
+        if torch.isnan(loss).item() or value > cfg.train.divergence_factor * losses[0]:
             break
-    return losses, data_s
+    return losses
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:
-    """Best-of FLOP/s of a large square GEMM: this machine's practical dense-matmul peak right now."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    out = torch.empty(size, size, dtype=dtype)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", reps: int = 5) -> float:
+    """Best-of FLOP/s of a large square GEMM: this machine's practical dense-matmul peak right now
+    (2048² on a CPU, 8192² on a GPU; TF32 stays off as in the trainer, so it is the true fp32 peak)."""
+    size = 2048 if device == "cpu" else 8192
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    out = torch.empty(size, size, dtype=dtype, device=device)
     torch.mm(a, b, out=out)
+    _sync(device)
     best = math.inf
     for _ in range(reps):
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best
 
@@ -131,87 +154,117 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def warm_up(configs: list[RunConfig], dims: list[int], device: str) -> None:
+    """A few untimed steps of both ways first, so that neither pays one-time costs (allocator,
+    kernel selection, lazy imports) inside its timing."""
+    short = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=5)) for c in configs[:4]]
+    data = reference_data(short[0], device)
+    for c in short:
+        reference_run(c, dims, data, device)
+    train_ensemble(short, device=device, flush_every=5)
+    _sync(device)
+
+
+def time_pair(configs: list[RunConfig], dims: list[int], device: str) -> dict[str, Any]:
+    """One side-by-side measurement: peak, reference, peak, ensemble, peak (the machine is shared,
+    so the peak is measured right next to each timed part)."""
+    peaks = [matmul_peak(torch.float32, device)]
+    t0 = time.perf_counter()
+    data = reference_data(configs[0], device)  # once for the grid, inside the reference's time
+    _sync(device)
+    t_ref_data = time.perf_counter() - t0
+    ref_losses = [reference_run(c, dims, data, device) for c in configs]
+    t_ref = time.perf_counter() - t0
+    peaks.append(matmul_peak(torch.float32, device))
+    t0 = time.perf_counter()
+    results = train_ensemble(configs, device=device, flush_every=configs[0].train.steps)
+    _sync(device)
+    t_ens = time.perf_counter() - t0
+    peaks.append(matmul_peak(torch.float32, device))
+    return {
+        "t_ref": t_ref, "t_ref_data": t_ref_data, "t_ens": t_ens,
+        "peak": max(peaks[1:]),  # the best GEMM around the ensemble's timing
+        "peaks": peaks, "ref_losses": ref_losses, "results": results,
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 4 cells, width 64, 20 steps")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 4 cells, width 64, 20 steps, 1 repeat")
     ap.add_argument("--cells", type=_positive_int, default=36, help="grid cells (6 γ × 3 η × seeds)")
     ap.add_argument("--width", type=_positive_int, default=256)
     ap.add_argument("--steps", type=_positive_int, default=200)
     ap.add_argument("--batch", type=_positive_int, default=128)
     ap.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "teacher"])
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both ways run there)")
+    ap.add_argument("--repeat", type=_positive_int, default=None,
+                    help="side-by-side pairs to time, medians reported (default 3; 1 with --quick)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.cells, args.width, args.steps = 4, 64, 20
+    repeat = args.repeat or (1 if args.quick else 3)
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {device}: torch {torch.__version__} sees no CUDA device here")
     configs = make_grid(args)
     in_dim = make_stream(configs[0].data, batch_size=1).input_shape[0]
     dims = [in_dim, args.width, args.width, 10]
-    cpu = args.device == "cpu"
-    load_start = os.getloadavg()
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
     print(f"grid: {len(configs)} cells, L=3 MLP {dims}, batch {args.batch}, {args.steps} steps, {args.dataset}, "
-          f"float32, device {args.device}")  # fmt: skip
-    print(f"torch {torch.__version__}: {torch.get_num_threads()} threads on {os.cpu_count()} cores, "
+          f"float32, device {device} ({where}), {repeat} side-by-side pair(s)")  # fmt: skip
+    print(f"torch {torch.__version__}: {torch.get_num_threads()} threads, "
           f"MKL {torch.backends.mkl.is_available()}, oneDNN {torch.backends.mkldnn.is_available()}")  # fmt: skip
-    print(f"load average at start (1, 5, 15 min): {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
-
-    # Peak, reference, peak, ensemble, peak: the machine is shared, so the peak is measured right
-    # next to each timed part and the ensemble is compared with the peaks on either side of it.
-    peaks = [matmul_peak(torch.float32)] if cpu else []
-    t0 = time.perf_counter()
-    ref_runs = [reference_run(c, dims) for c in configs] if cpu else []
-    t_ref = time.perf_counter() - t0
-    ref_losses = [losses for losses, _ in ref_runs]
-    t_ref_data = sum(data_s for _, data_s in ref_runs)
-    if cpu:
-        peaks.append(matmul_peak(torch.float32))
-
-    t0 = time.perf_counter()
-    results = train_ensemble(configs, device=args.device, flush_every=args.steps)
-    if not cpu:
-        torch.cuda.synchronize()
-    t_ens = time.perf_counter() - t0
-    if cpu:
-        peaks.append(matmul_peak(torch.float32))
-    load_end = os.getloadavg()
+    load = os.getloadavg()
+    print(f"load average at start (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
     # What the ensemble computes per step: forward + backward of each of the K members, and the
     # centering forward of θ0 once per distinct seed (θ0 depends only on the seed).
     forward, backward = mlp_gemm_flops(dims, args.batch)
     n_seeds = len({c.seed for c in configs})
-    flops_step = len(configs) * (forward + backward) + n_seeds * forward
-    flops = flops_step * args.steps
-    achieved = flops / t_ens
-    peak = max(peaks[1:]) if cpu else math.nan  # the best sgemm around the ensemble's timing
-    ratio = t_ref / t_ens if cpu else math.nan
-    div_ens = sum(r.status == "diverged" for r in results)
-    gap = math.nan
-    if ref_losses:
-        div_ref = sum(len(r) < args.steps for r in ref_losses)
-        diffs = [
-            abs(r.summary.get("final_train_loss", math.nan) - ref[-1]) / abs(ref[-1])
-            for r, ref in zip(results, ref_losses, strict=True)
-            if r.status == "done" and len(ref) == args.steps
-        ]
-        gap = max(diffs, default=math.nan)
-        print(f"diverged cells: reference {div_ref}, ensemble {div_ens}; "
-              f"max relative gap of final losses {gap:.1e}")  # fmt: skip
+    flops = (len(configs) * (forward + backward) + n_seeds * forward) * args.steps
+    warm_up(configs, dims, device)
+    pairs = []
+    for i in range(repeat):
+        pair = time_pair(configs, dims, device)
+        pair["ratio"] = pair["t_ref"] / pair["t_ens"]
+        pair["fraction"] = flops / pair["t_ens"] / pair["peak"]
+        pairs.append(pair)
+        print(f"pair {i + 1}: reference {pair['t_ref']:.2f} s (data {pair['t_ref_data']:.2f} s), ensemble "
+              f"{pair['t_ens']:.2f} s, ratio {pair['ratio']:.1f}x; GEMM peaks "
+              f"{' / '.join(f'{p / 1e9:.0f}' for p in pair['peaks'])} GFLOP/s; "
+              f"ensemble at {pair['fraction']:.0%} of peak")  # fmt: skip
+
+    last = pairs[-1]
+    div_ref = sum(len(r) < args.steps for r in last["ref_losses"])
+    div_ens = sum(r.status == "diverged" for r in last["results"])
+    diffs = [
+        abs(r.summary.get("final_train_loss", math.nan) - ref[-1]) / abs(ref[-1])
+        for r, ref in zip(last["results"], last["ref_losses"], strict=True)
+        if r.status == "done" and len(ref) == args.steps
+    ]
+    gap = max(diffs, default=math.nan)
+    med = {
+        key: float(np.median([p[key] for p in pairs]))
+        for key in ("t_ref", "t_ref_data", "t_ens", "ratio", "fraction", "peak")
+    }
+    ratios = sorted(p["ratio"] for p in pairs)
+    load = os.getloadavg()
+    print(f"diverged cells: reference {div_ref}, ensemble {div_ens}; max relative gap of final losses {gap:.1e}")
     print(f"FLOPs counted per step (GEMMs only): {len(configs)} members × (forward {forward / 1e6:.1f} + backward "
           f"{backward / 1e6:.1f} MFLOP) + {n_seeds} centering forwards of θ0 (one per distinct seed) "
-          f"= {flops_step / 1e9:.2f} GFLOP; the reference does a θ0 forward per cell")  # fmt: skip
-    print(f"matmul peaks (2048² sgemm, best of 5) before reference / before ensemble / after: "
-          f"{' / '.join(f'{p / 1e9:.1f}' for p in peaks)} GFLOP/s")  # fmt: skip
-    print(f"load average at end (1, 5, 15 min): {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
-    print("----------------------------------------------------------------")
-    print(f"reference, cell by cell:    {t_ref:8.2f} s   (of which making its data: {t_ref_data:.2f} s)")
-    print(f"ensemble (train_ensemble):  {t_ens:8.2f} s   (data included)")
-    print(f"speed-up:                   {ratio:8.1f}x")
-    print(f"speed-up without the reference's data time: {(t_ref - t_ref_data) / t_ens:.1f}x")
-    print(f"ensemble throughput:        {achieved / 1e9:8.1f} GFLOP/s")
-    print(f"matmul peak:                {peak / 1e9:8.1f} GFLOP/s")
-    print(f"ensemble / matmul peak:     {achieved / peak:8.1%}")
+          f"= {flops / args.steps / 1e9:.2f} GFLOP; the reference does a θ0 forward per cell")  # fmt: skip
+    print(f"load average at end (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"---------------------------------------------------------------- medians of {repeat} pair(s)")
+    data_s = med["t_ref_data"]
+    print(f"reference, cell by cell:    {med['t_ref']:8.2f} s   (of which making the grid's data once: {data_s:.2f} s)")
+    print(f"ensemble (train_ensemble):  {med['t_ens']:8.2f} s   (data included)")
+    print(f"speed-up:                   {med['ratio']:8.1f}x   (pairs: {', '.join(f'{r:.1f}' for r in ratios)})")
+    print(f"ensemble throughput:        {flops / med['t_ens'] / 1e9:8.1f} GFLOP/s")
+    print(f"matmul peak:                {med['peak'] / 1e9:8.1f} GFLOP/s")
+    print(f"ensemble / matmul peak:     {med['fraction']:8.1%}")
     return {
-        "t_ref": t_ref, "t_ens": t_ens, "ratio": ratio, "ratio_without_ref_data": (t_ref - t_ref_data) / t_ens,
-        "peak_fraction": achieved / peak, "gap": gap,
+        "t_ref": med["t_ref"], "t_ens": med["t_ens"], "ratio": med["ratio"], "ratio_min": ratios[0],
+        "ratio_max": ratios[-1], "peak_fraction": med["fraction"], "gap": gap,
     }  # fmt: skip
 
 

@@ -185,3 +185,19 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page, shots: Path) ->
             _wait_for_figure(page)
         _no_exception(page)
         _shot(page, shots, path)
+
+
+def test_launch_page_has_its_own_url(server: str, page) -> None:  # type: ignore[no-untyped-def]
+    """Typing /launch (the page's name, as /runs or /portrait) opens the Launch page itself; it used
+    to show Streamlit's "Page not found" dialog because the default page lives only at the root."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+    for path in ("launch", ""):
+        page.goto(f"{server}/{path}")
+        expect(page.get_by_role("heading", name="Launch a sweep")).to_be_visible()
+        expect(page.get_by_label("Name")).to_have_value("demo-mlp-mnist1d")
+        page.wait_for_timeout(500)  # the not-found dialog comes with the first page message
+        expect(page.get_by_text("Page not found")).to_have_count(0)
+        assert page.url.rstrip("/") == f"{server}/{path}".rstrip("/")
+        _no_exception(page)

@@ -22,20 +22,19 @@ except broken_store_errors() as exc:  # a corrupt registry/metric file: say whic
     show_broken_store(exc)
     st.stop()
 
-LAUNCH = {"page": "views/launch.py", "title": "Launch", "icon": ":material/rocket_launch:"}
 PAGES = [
     # The default page is served at the root URL only (Streamlit gives it the pathname ""), so typing
     # http://host:port/launch found no page: a hidden twin serves the same script at /launch. The
     # default keeps another internal url_path (page identities are hashes of it and must differ);
     # st.switch_page("views/launch.py") picks the first page of that file, i.e. the root.
-    st.Page(**LAUNCH, url_path="home", default=True),
+    st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="home", default=True),
     st.Page("views/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
     st.Page("views/portrait.py", title="Phase portrait", icon=":material/grid_on:", url_path="portrait"),
     st.Page("views/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
     st.Page("views/overlays.py", title="Overlays", icon=":material/stacked_line_chart:", url_path="overlays"),
     st.Page("views/diagnostics.py", title="Diagnostics", icon=":material/monitor_heart:", url_path="diagnostics"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
-    st.Page(**LAUNCH, url_path="launch", visibility="hidden"),
+    st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch", visibility="hidden"),
 ]
 st.sidebar.caption(f"data: `{res.settings.data_dir}` · {res.recorder_note}")
 page = st.navigation(PAGES)

@@ -59,9 +59,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     entry = Path(__file__).resolve().parent / "main.py"
     if not entry.exists():
         raise UserError(f"the dashboard entry {entry} is missing (install gamma-lab with its app package)")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(entry),
-           "--server.address", args.host, "--server.port", str(args.port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(entry),
+        "--server.address",
+        args.host,
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     _err(f"gamma-lab dashboard on http://{args.host}:{args.port}")
     try:
         return subprocess.call(cmd)
@@ -172,8 +184,10 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.broker_url:
-        raise UserError("worker: a Celery worker needs a broker; set GAMMA_LAB_BROKER_URL=redis://host:port/0 "
-                        "(embedded mode starts local workers by itself)")
+        raise UserError(
+            "worker: a Celery worker needs a broker; set GAMMA_LAB_BROKER_URL=redis://host:port/0 "
+            "(embedded mode starts local workers by itself)"
+        )
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     from tasks.planner import device_class
 
@@ -183,8 +197,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if len(devices) > 1:
         # One process per GPU, each seeing only its own device: CUDA is never initialized in a parent
         # that forks, and a crash on one GPU leaves the others working.
-        procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queue", queue, "--device", d,
-                                   "--concurrency", "1"]) for d in devices]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker", "--queue", queue, "--device", d, "--concurrency", "1"]
+            )
+            for d in devices
+        ]
         try:
             return max(p.wait() for p in procs)
         except KeyboardInterrupt:
@@ -206,8 +224,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     app = configure(settings.broker_url)
     pool = "solo" if concurrency == 1 else "prefork"
-    argv = ["worker", "-Q", queue, "-P", pool, "-c", str(concurrency), "--loglevel", args.loglevel,
-            "-n", f"gamma-lab-{queue}-{device.replace(':', '')}@%h", "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker",
+        "-Q",
+        queue,
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        args.loglevel,
+        "-n",
+        f"gamma-lab-{queue}-{device.replace(':', '')}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     app.worker_main(argv)
     return 0
 
@@ -258,16 +289,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{'sweep':<14}{'name':<24}{'owner':<12}{'status':<10}{'runs':>6}  counts")
             for s in rows:
                 counts = " ".join(f"{k}={v}" for k, v in s["counts"].items() if v)
-                print(f"{s['id']:<14}{s['name'][:23]:<24}{s['owner'][:11]:<12}{s['status']:<10}"
-                      f"{s['n_runs']:>6}  {counts}")
+                print(
+                    f"{s['id']:<14}{s['name'][:23]:<24}{s['owner'][:11]:<12}{s['status']:<10}{s['n_runs']:>6}  {counts}"
+                )
             return 0
         sweep = reg.get_sweep(args.sweep)
         if sweep is None:
             run = reg.get_run(args.sweep)
             if run is None:
                 raise UserError(f"status: {args.sweep!r} is neither a sweep nor a run")
-            for k in ("run_id", "gamma", "eta", "seed", "status", "attempt", "worker", "steps_done",
-                      "diverged_step", "error"):
+            for k in (
+                "run_id",
+                "gamma",
+                "eta",
+                "seed",
+                "status",
+                "attempt",
+                "worker",
+                "steps_done",
+                "diverged_step",
+                "error",
+            ):
                 print(f"{k:>14}: {run[k]}")
             for k, v in (run["summary"] or {}).items():
                 print(f"{k:>14}: {v}")
@@ -285,8 +327,10 @@ def _run_table(runs: Sequence[dict[str, Any]]) -> str:
         loss = (r.get("summary") or {}).get("final_train_loss")
         loss_s = f"{loss:.4g}" if isinstance(loss, float) else "-"
         steps = r.get("steps_done")
-        lines.append(f"{r['run_id']:<18}{r['gamma']:>10.4g}{r['eta']:>11.4g}{r['seed']:>5}  {r['status']:<10}"
-                     f"{steps if steps is not None else '-':>7}{loss_s:>12}")
+        lines.append(
+            f"{r['run_id']:<18}{r['gamma']:>10.4g}{r['eta']:>11.4g}{r['seed']:>5}  {r['status']:<10}"
+            f"{steps if steps is not None else '-':>7}{loss_s:>12}"
+        )
     return "\n".join(lines)
 
 
@@ -426,8 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="launch a sweep from a TOML spec")
     s.add_argument("spec")
-    s.add_argument("--executor", choices=("local", "celery"), default=None,
-                   help="default: celery when GAMMA_LAB_BROKER_URL is set, else local")
+    s.add_argument(
+        "--executor",
+        choices=("local", "celery"),
+        default=None,
+        help="default: celery when GAMMA_LAB_BROKER_URL is set, else local",
+    )
     s.add_argument("--device", default=None, help="cpu (default) or cuda")
     s.add_argument("--wait", action="store_true", help="show progress until every run ended")
     s.add_argument("--rerun", action="store_true", help="retrain cells that already have a stored result")
@@ -482,8 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except SpecError as exc:
-        _err(f"error: {len(exc.errors)} problem(s) in the sweep spec; nothing was queued:",
-             *(f"  {line}" for line in exc.lines()))
+        _err(
+            f"error: {len(exc.errors)} problem(s) in the sweep spec; nothing was queued:",
+            *(f"  {line}" for line in exc.lines()),
+        )
         return EXIT_USAGE
     except (UserError, ConfigError, StoreCorrupt) as exc:
         _err(f"error: {exc}")

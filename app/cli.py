@@ -32,6 +32,7 @@ from typing import Any
 
 EXIT_USAGE = 2
 EXIT_UNFINISHED = 1
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 SUMMARY_KEYS = ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
 EXPORT_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "steps_done", "diverged_step") + SUMMARY_KEYS
 DEMO_SPEC = Path(__file__).resolve().parent / "examples" / "demo.toml"
@@ -117,9 +118,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _err(f"sweep {sweep_id} ({spec.name}): {spec.grid.n_cells} cells queued on the {args.executor} executor")
     code = 0
     if args.wait:
-        code = wait_for(settings, sweep_id, recorder=recorder)
+        code = _wait_interruptible(settings, sweep_id, recorder)
     print(sweep_id, flush=True)
     return code
+
+
+def _wait_interruptible(settings: Any, sweep_id: str, recorder: Any) -> int:
+    """wait_for, but Ctrl-C stops only the waiting: the runs go on (local workers and Celery tasks
+    outlive this command), so say so and how to follow or stop them. A user who pressed Ctrl-C saw
+    the bar vanish without a word and thought the sweep was stopped (or lost its id)."""
+    try:
+        return wait_for(settings, sweep_id, recorder=recorder)
+    except KeyboardInterrupt:
+        _err(
+            f"stopped waiting; sweep {sweep_id} keeps running in the background "
+            f"(`gamma-lab status {sweep_id}` to follow it, `gamma-lab cancel {sweep_id}` to stop it)"
+        )
+        return EXIT_INTERRUPTED
 
 
 def _check_store(settings: Any) -> None:
@@ -444,7 +459,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             recorder.stop()
         raise
     _err(f"demo sweep {sweep_id}: {spec.grid.n_cells} cells of {spec.name}, data in {settings.data_dir}")
-    code = wait_for(settings, sweep_id, recorder=recorder)
+    code = _wait_interruptible(settings, sweep_id, recorder)
+    if code == EXIT_INTERRUPTED:
+        print(sweep_id, flush=True)
+        return code
     frame = runs_frame(settings, sweep_id)
     table = frame.groupby(["gamma", "eta"]).agg(
         status=("status", lambda s: "/".join(sorted(set(s)))),
@@ -542,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""What a researcher trips on using the `gamma-lab` command line every day (real console script,
+real local worker processes, a real data folder)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LONG = """
+name = "long-cli"
+[model]
+width = 16
+[data]
+dataset = "teacher"
+input_dim = 8
+n_classes = 2
+[train]
+steps = 5000000
+batch_size = 16
+eval_points = 3
+metrics = ["test"]
+[grid]
+gamma = [1.0]
+eta = [0.01]
+seeds = [0]
+"""
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Path]:
+    """A data folder whose local workers are killed at the end, even when the test failed midway."""
+    yield tmp_path
+    for folder in (tmp_path / "queue" / "workers", tmp_path / "queue" / "claimed"):
+        for f in folder.glob("*") if folder.is_dir() else []:
+            pid = f.name.split(".")[1] if "." in f.name else f.name
+            if pid.isdigit():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _env(data: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAMMA_LAB_")}
+    env.update(GAMMA_LAB_DATA=str(data), GAMMA_LAB_HEARTBEAT_S="1", GAMMA_LAB_LOST_AFTER_S="5", GAMMA_LAB_WORKERS="1")
+    return env
+
+
+def _exe() -> list[str]:
+    return [sys.executable, "-m", "app.cli"] if os.environ.get("GAMMA_LAB_CLI_MODULE") else ["gamma-lab"]
+
+
+def _cli(data: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*_exe(), *args], env=_env(data), capture_output=True, text=True, timeout=timeout)
+
+
+def _settle(data: Path, sweep_id: str) -> str:
+    """Poll `status` until nothing of the sweep is queued or running; returns its last output."""
+    for _ in range(600):
+        out = _cli(data, "status", sweep_id).stdout
+        if "queued" not in out and "running" not in out:
+            return out
+        time.sleep(0.2)
+    raise AssertionError(f"sweep {sweep_id} never settled:\n{out}")
+
+
+def test_ctrl_c_during_wait_says_the_sweep_goes_on_and_prints_its_id(lab: Path) -> None:
+    # A user pressed Ctrl-C during `sweep --wait`: the bar vanished without a word, no sweep id was
+    # printed, and the runs trained on in the background with nothing saying so.
+    spec = lab / "long.toml"
+    spec.write_text(LONG)
+    proc = subprocess.Popen(
+        [*_exe(), "sweep", str(spec), "--wait"], env=_env(lab), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while b"run/s" not in seen and b"s/run" not in seen:  # the progress bar is up: we are waiting
+        chunk = proc.stderr.read1(4096)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    err = (seen + err).decode(errors="replace")
+    assert proc.returncode == 130, err
+    sweep_id = out.decode().strip().splitlines()[-1]
+    assert len(sweep_id) == 12 and sweep_id.isalnum()
+    assert f"sweep {sweep_id} keeps running in the background" in err
+    assert f"gamma-lab cancel {sweep_id}" in err and "Traceback" not in err
+
+    status = _cli(lab, "status", sweep_id)
+    assert "queued" in status.stdout or "running" in status.stdout  # it really does go on
+    assert _cli(lab, "cancel", sweep_id).returncode == 0
+    assert "cancelled" in _settle(lab, sweep_id)

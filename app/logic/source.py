@@ -201,6 +201,25 @@ class DashboardSource:
         return self._cached(key, lambda: self._queries().trajectories(
             self.settings, list(run_ids), metric=metric, max_points=max_points, log_x=log_x))
 
+    def trajectories_many(self, run_ids: Sequence[str], metrics: Sequence[str], *, max_points: int = 500,
+                          log_x: bool = True) -> dict[str, pd.DataFrame]:
+        """metric -> the frame `trajectories(run_ids, metric=...)` gives, for several metrics of the same
+        runs in one storage query (storage.queries_multi) instead of one query per metric."""
+        columns = ["run_id", "step", "value", "kind"]
+        if not run_ids or not metrics:
+            return {m: pd.DataFrame(columns=columns) for m in metrics}
+        frozen = self._frozen_key(run_ids)
+        key = None if frozen is None else ("traj_many", frozen, tuple(metrics), max_points, log_x)
+
+        def read() -> pd.DataFrame:
+            from storage.queries_multi import trajectories_multi
+
+            return trajectories_multi(self.settings, list(run_ids), list(metrics), max_points=max_points, log_x=log_x)
+
+        frame = self._cached(key, read)
+        parts = dict(tuple(frame.groupby("metric", sort=False)))
+        return {m: (parts[m] if m in parts else frame.iloc[:0])[columns].reset_index(drop=True) for m in metrics}
+
     def overlay(self, run_ids: Sequence[str], *, metric: str = "train_loss", x: str = "t",
                 max_points: int = 500) -> pd.DataFrame:
         if not run_ids:

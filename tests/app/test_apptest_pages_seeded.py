@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -134,3 +135,49 @@ def test_overlay_rescaling_equals_storage_overlay(data_dir: Path):
         theirs = source.overlay(ids, x=key)
         assert ours["run_id"].tolist() == theirs["run_id"].tolist()
         np.testing.assert_allclose(ours["x"].to_numpy(float), theirs["x"].to_numpy(float), rtol=1e-12)
+
+
+@pytest.mark.parametrize("max_points, log_x", [(300, True), (20, False)])
+def test_trajectories_multi_equals_one_query_per_metric(data_dir: Path, max_points: int, log_x: bool):
+    """storage.queries_multi gives, metric by metric, exactly storage.queries.trajectories' rows."""
+    from storage import queries
+    from storage.queries_multi import trajectories_multi
+    from storage.registry import Registry
+    from storage.settings import load_settings
+
+    settings = load_settings(data_dir=data_dir)
+    registry = Registry(settings.registry_url)
+    sweep_id = registry.list_sweeps()[0]["id"]
+    ids = [r["run_id"] for r in registry.list_runs(sweep_id)][::-1]  # an order the store does not have
+    # the demo logs train_loss every step and test_loss/test_acc on the eval schedule only
+    metrics = ["test_loss", "train_loss", "sharpness", "test_acc", "movement_l1", "no_such"]
+    multi = trajectories_multi(settings, ids, metrics, max_points=max_points, log_x=log_x)
+    present = multi["metric"].drop_duplicates().tolist()
+    assert present == [m for m in metrics if m in present]  # metrics in the order asked
+    for metric in metrics:
+        one = queries.trajectories(settings, ids, metric=metric, max_points=max_points, log_x=log_x)
+        ours = multi[multi["metric"] == metric].drop(columns="metric").reset_index(drop=True)
+        pd.testing.assert_frame_equal(ours, one.reset_index(drop=True), check_dtype=False)
+    assert (multi["kind"] == "diverged").any()  # the demo has diverged runs: their marks come through
+
+
+def test_diagnostics_reads_every_curve_in_one_query(data_dir: Path, monkeypatch):
+    """The Diagnostics page used to ask storage once per metric (loss, alignment, sharpness and each
+    layer's movement: six queries for an L=3 net); now it asks once."""
+    import streamlit as st
+
+    from storage import queries, queries_multi
+
+    calls: list[str] = []
+    for module, name in ((queries, "trajectories"), (queries_multi, "trajectories_multi")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    monkeypatch.setenv("GAMMA_LAB_DATA", str(data_dir))
+    st.cache_resource.clear()  # a fresh DashboardSource: nothing served from an earlier test's cache
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.run()
+    at.switch_page("views/diagnostics.py").run()
+    assert not at.exception, at.exception
+    assert calls == ["trajectories_multi"]
+    figs = figures(at)
+    assert len(figs) == 3 and figs[0]["data"]  # the demo logs no alignment/sharpness/movement: loss only

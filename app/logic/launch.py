@@ -105,6 +105,33 @@ def form_to_spec(values: dict[str, Any]) -> tuple[dict[str, Any], list[ConfigErr
     return spec, errors
 
 
+# Stand-ins for grid fields the form could not read, so that every other field is still checked.
+_PLACEHOLDERS = {"grid.gamma": [1.0], "grid.eta": [0.1], "grid.seeds": [0]}
+
+
+def check_form(values: dict[str, Any]) -> tuple[Any, list[ConfigError]]:
+    """Form values -> (SweepSpec or None, every problem found). A γ/η/seeds text the form cannot read
+    no longer hides the other fields' problems (a user fixed the empty η list, pressed Launch again
+    and only then learnt that γ = -1 is refused): the unreadable fields are replaced by stand-ins for
+    the spec's own checks, whose errors on those fields are dropped. The spec is None when anything
+    is wrong; a spec built on stand-ins is never returned."""
+    from tasks.spec import SpecError, SweepSpec
+
+    spec_dict, errors = form_to_spec(values)
+    unread = {e.field for e in errors}
+    for name in unread & set(_PLACEHOLDERS):
+        spec_dict["grid"][name.split(".")[1]] = _PLACEHOLDERS[name]
+    spec = None
+    try:
+        spec = SweepSpec.from_dict(spec_dict)
+    except SpecError as exc:
+        errors += [e for e in exc.errors if not any(e.field == f or e.field.startswith(f + ".") for f in unread)]
+    except ConfigError as exc:
+        if exc.field not in unread:
+            errors.append(exc)
+    return (None if errors else spec), errors
+
+
 def errors_by_field(errors: list[ConfigError]) -> dict[str, list[str]]:
     """Group errors under the form field they belong to ('grid.eta.from' -> 'grid.eta'); errors of
     fields without a widget go under 'spec' (shown at the top of the form)."""

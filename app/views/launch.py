@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.logic.launch import errors_by_field, form_to_spec, spec_to_form
+from app.logic.launch import check_form, errors_by_field, spec_to_form
 from app.logic.presets import available_presets
 from app.ui import resources
 from engine.config import ACTIVATIONS, ARCHS, DATASETS, DTYPES, LOSSES, METRICS, ConfigError
@@ -108,15 +108,12 @@ with st.form(f"{P}.form"):
 
 def build() -> Any:
     """The SweepSpec from the form, or None after storing every error for its field."""
-    from tasks.spec import SpecError, SweepSpec, validate_spec
+    from tasks.spec import SpecError, validate_spec
 
     values = {k[len(P) + 1:]: v for k, v in st.session_state.items() if isinstance(k, str) and k.startswith(P + ".")}
-    spec_dict, form_errors = form_to_spec(values)
-    found: list[ConfigError] = list(form_errors)
-    spec = None
-    if not form_errors:
+    spec, found = check_form(values)  # every field's problems at once
+    if spec is not None:
         try:
-            spec = SweepSpec.from_dict(spec_dict)
             for warning in validate_spec(spec, settings):
                 st.warning(warning)
         except SpecError as exc:

@@ -78,3 +78,22 @@ def test_launch_submits_and_links_to_the_sweep(app: AppTest, tmp_path):
     deadline = time.monotonic() + 120  # let the worker finish inside tmp_path (not an assertion on time)
     while not api.is_settled(settings, sweep_id) and time.monotonic() < deadline:
         time.sleep(0.5)
+
+
+def test_launch_names_every_bad_field_at_once(app: AppTest, tmp_path):
+    """An η list the form cannot read used to hide the other fields' problems: only after fixing it
+    did the user learn that γ = -1 is refused. Now both show at once, and nothing is queued."""
+    from storage.registry import Registry
+    from storage.settings import load_settings
+
+    app.text_input(key="launch.grid.gamma").set_value("-1, 0.1")
+    app.text_input(key="launch.grid.eta").set_value("")
+    app.text_input(key="launch.grid.seeds").set_value("0, x")
+    next(b for b in app.button if b.label == "Launch").click().run()
+    assert not app.exception, app.exception
+    errors = [e.value for e in app.error]
+    assert any("must not be empty" in e for e in errors), errors  # grid.eta
+    assert any("must be a finite number > 0 (got -1" in e for e in errors), errors  # grid.gamma
+    assert any("cannot read '0, x'" in e for e in errors), errors  # grid.seeds
+    assert len(errors) == 3, errors  # no complaint about the stand-ins used for the unreadable fields
+    assert Registry(load_settings(data_dir=tmp_path).registry_url).list_sweeps() == []

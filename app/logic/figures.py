@@ -27,6 +27,15 @@ VALUE_SCALE = "Viridis"
 # Scattergl only above this many points: WebGL contexts are scarce in a browser tab.
 WEBGL_THRESHOLD = 4000
 MAX_COLOUR_GROUPS = 24  # legend entries (and traces) of a trajectories/overlay figure
+# Plotly labels log axes with SI suffixes by default: a diverging loss read "10B", "100T", a
+# sharpness "100μ". Researchers read powers of ten: 10⁻⁴ … 10¹⁶.
+LOG_AXIS = {"type": "log", "exponentformat": "power"}
+LINEAR_AXIS = {"type": "linear"}
+
+
+def axis(log: bool) -> dict[str, str]:
+    """Plotly axis settings for a log or linear axis."""
+    return dict(LOG_AXIS if log else LINEAR_AXIS)
 
 
 @dataclass(frozen=True)
@@ -248,8 +257,8 @@ def trajectories_figure(
         fig.add_trace(go.Scatter(x=div["x"], y=yv, mode="markers", name="diverged",
                                  marker={"symbol": "x", "size": 10, "color": DIVERGED_COLOUR}))
     fig.update_layout(
-        uirevision=UIREVISION, xaxis={"title": x_label, "type": "log" if log_x else "linear"},
-        yaxis={"title": y_label, "type": "log" if log_y else "linear"}, margin={"t": 10},
+        uirevision=UIREVISION, xaxis={"title": x_label, **axis(log_x)},
+        yaxis={"title": y_label, **axis(log_y)}, margin={"t": 10},
         legend={"title": {"text": f"colour: {symbol}"}},
     )
     return fig
@@ -291,8 +300,8 @@ def twin_axes_figure(
                                      name=f"{label} · {run_id}", line={"dash": dash, "color": colour[run_id]},
                                      marker={"size": 5}, legendgroup=str(run_id)),
                           secondary_y=secondary)
-    fig.update_xaxes(title_text="step t + 1", type="log" if log_x else "linear")
-    fig.update_yaxes(title_text=left_label, type="log" if log_left else "linear", secondary_y=False)
+    fig.update_xaxes(title_text="step t + 1", **axis(log_x))
+    fig.update_yaxes(title_text=left_label, **axis(log_left), secondary_y=False)
     fig.update_yaxes(title_text=right_label, secondary_y=True, title_standoff=8)
     # Legend below the plot: on the right it sits on the secondary axis's title and clips it.
     fig.update_layout(uirevision=UIREVISION, margin={"t": 10, "r": 60},
@@ -329,6 +338,6 @@ def lines_figure(
                     line["color"] = colour
             fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines", name=str(name), line=line))
     fig.update_layout(uirevision=UIREVISION, margin={"t": 10},
-                      xaxis={"title": x_label, "type": "log" if log_x else "linear"},
-                      yaxis={"title": y_label, "type": "log" if log_y else "linear"})
+                      xaxis={"title": x_label, **axis(log_x)},
+                      yaxis={"title": y_label, **axis(log_y)})
     return fig

@@ -322,6 +322,8 @@ def lines_figure(
     palette = qualitative.Plotly
     fig = go.Figure()
     colours: dict[str, str] = {}
+    if log_y:  # e.g. movement is exactly 0 at init: plotly drew it as a line falling off the log axis
+        frame = frame[frame["value"] > 0]
     for i, (name, part) in enumerate(frame.groupby(group, sort=False)):
         part = part.sort_values("x")
         colours[str(name)] = palette[i % len(palette)]

@@ -1,10 +1,13 @@
-"""Axes a researcher reads: powers of ten on log axes."""
+"""Axes a researcher reads: powers of ten on log axes, nothing drawn where a log axis has no value."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from app.logic.figures import lines_figure, trajectories_figure, twin_axes_figure
+
+from .plotly_json import arr
 
 
 def _series() -> pd.DataFrame:
@@ -28,3 +31,22 @@ def test_log_axes_label_powers_of_ten_not_si_suffixes():
         assert all(a.get("exponentformat") == "power" for a in log_axes), log_axes
     linear = trajectories_figure(_series(), runs, log_x=False, log_y=False).to_plotly_json()["layout"]
     assert linear["yaxis"]["type"] == "linear"
+
+
+def test_lines_on_a_log_axis_leave_out_zeros():
+    """Per-layer movement is exactly 0 at initialization: on the log axis plotly drew that point as a
+    vertical line falling off the bottom of the plot."""
+    movement = pd.DataFrame(
+        {
+            "x": [1.0, 3.0, 11.0, 1.0, 3.0, 11.0],
+            "value": [0.0, 1e-3, 1e-2, 0.0, 2e-3, 3e-2],
+            "label": ["movement_l1"] * 3 + ["movement_l2"] * 3,
+        }
+    )
+    fig = lines_figure(movement, x_label="step t + 1", y_label="relative movement").to_plotly_json()
+    for trace in fig["data"]:
+        y = arr(trace["y"])
+        assert np.all(y > 0), (trace["name"], y)
+        assert len(y) == 2
+    linear = lines_figure(movement, x_label="step", y_label="movement", log_y=False).to_plotly_json()
+    assert all(len(arr(t["y"])) == 3 for t in linear["data"])  # a linear axis keeps the zeros

@@ -105,6 +105,11 @@ def portrait_figure(
             x=gx, y=ey, z=diverged, zmin=0, zmax=1, showscale=False, name="diverged",
             colorscale=[[0, DIVERGED_COLOUR], [1, DIVERGED_COLOUR]], hoverinfo="skip",
         ))
+        # Heatmaps have no legend entry: without this one the dark red cells were unexplained.
+        fig.add_trace(go.Scatter(
+            x=[None], y=[None], mode="markers", name="diverged", legendgroup="diverged", hoverinfo="skip",
+            marker={"symbol": "square", "size": 12, "color": DIVERGED_COLOUR},
+        ))
     lg, le = np.log10(grid.gammas), np.log10(grid.etas)
     cx, cy = np.meshgrid(lg, le)  # (E, G) cell centres
     for status, symbol, colour in (("running", "circle-open", RUNNING_COLOUR), ("missing", "x-thin-open",

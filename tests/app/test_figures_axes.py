@@ -50,3 +50,30 @@ def test_lines_on_a_log_axis_leave_out_zeros():
         assert len(y) == 2
     linear = lines_figure(movement, x_label="step", y_label="movement", log_y=False).to_plotly_json()
     assert all(len(arr(t["y"])) == 3 for t in linear["data"])  # a linear axis keeps the zeros
+
+
+def test_portrait_legend_explains_diverged_cells():
+    """The dark red diverged cells are a heatmap layer, and heatmaps have no legend entry: the
+    portrait showed them unexplained. A legend-only marker of the same colour names them."""
+    from app.logic.figures import DIVERGED_COLOUR, portrait_figure
+    from app.logic.grid import heatmap_grid
+
+    frame = pd.DataFrame(
+        {
+            "gamma": [0.1, 0.1, 1.0, 1.0],
+            "eta": [0.1, 1.0, 0.1, 1.0],
+            "value": [0.05, np.nan, 0.02, 0.01],
+            "n_seeds": 1,
+            "n_done": [1, 0, 1, 1],
+            "n_diverged": [0, 1, 0, 0],
+            "n_running": 0,
+            "n_missing": 0,
+            "cell_status": ["ok", "diverged", "ok", "ok"],
+        }
+    )
+    fig = portrait_figure(heatmap_grid(frame), value_label="train_loss").to_plotly_json()
+    entries = [t for t in fig["data"] if t["type"] == "scatter" and t.get("name") == "diverged"]
+    assert len(entries) == 1 and entries[0]["marker"]["color"] == DIVERGED_COLOUR
+    assert entries[0].get("showlegend", True)
+    none = portrait_figure(heatmap_grid(frame.assign(cell_status="ok", value=0.1)), value_label="train_loss")
+    assert not [t for t in none.to_plotly_json()["data"] if t.get("name") == "diverged"]

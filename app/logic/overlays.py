@@ -51,3 +51,16 @@ def rescale_time(frame_t: pd.DataFrame, depth: pd.Series, key: str) -> pd.DataFr
         L = frame_t["run_id"].map(depth).to_numpy(dtype=float)  # noqa: N806 - the paper's symbol
         factor = eta / gamma ** (2.0 / L)
     return frame_t.assign(x=frame_t["x"].to_numpy(dtype=float) * factor)
+
+
+ALLOWED_EXPRESSION = "allowed are numbers, t, eta, gamma, L, N, + - * / ^ **, parentheses and log, exp, sqrt()"
+
+
+def expression_message(error: Exception) -> str:
+    """One line for the expression field from storage's ExpressionError: without storage's 'x: '
+    prefix (the page names the field), always saying what is allowed ('expression ends early' alone
+    left the user guessing)."""
+    text = str(error).removeprefix("x: ").strip()
+    if "allowed are" not in text:
+        text = f"{text}; {ALLOWED_EXPRESSION}"
+    return f"Expression: {text}"

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app.logic.figures import trajectories_figure
-from app.logic.overlays import TIME_VARIABLES, best_time_variable, collapse_of, rescale_time
+from app.logic.overlays import TIME_VARIABLES, best_time_variable, collapse_of, expression_message, rescale_time
 from app.logic.selection import MODES, select_runs
 from app.logic.source import points_budget
 from app.logic.view_state import Field
@@ -60,8 +60,10 @@ scores: dict[str, float | None] = {TIME_VARIABLES[key]: collapse_of(f) for key, 
 if x_choice == "custom":
     try:
         frame = source.overlay(ids, metric=metric, x=x_key, max_points=budget)
-    except ValueError as exc:  # storage's ExpressionError: show it at the field
-        st.error(f"Expression: {exc}")
+    except ValueError as exc:  # storage's ExpressionError: show it at the field, keep the named variables' scores
+        st.error(expression_message(exc))
+        st.dataframe(pd.DataFrame({"time variable": list(scores),
+                                   "collapse score (lower = tighter)": list(scores.values())}), hide_index=True)
         st.stop()
     scores[f"custom: {x_key}"] = collapse_of(frame)
 else:

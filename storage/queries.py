@@ -37,7 +37,7 @@ NAMED_X = {
 }
 log = logging.getLogger(__name__)
 HEATMAP_COLUMNS = ["gamma", "eta", "value", "n_seeds", "n_done", "n_diverged", "n_running", "n_missing",
-                   "cell_status"]
+                   "cell_status", "live_value", "live_step"]
 
 
 class QueryError(ValueError):
@@ -158,16 +158,18 @@ def _empty_cursor() -> duckdb.DuckDBPyConnection:
 
 
 def _values_sql(metric: str, stat: str, step: int | None, threshold: float | None) -> tuple[str, list[Any]]:
-    """SQL of (run_id, v) over the registered `runs_in` (current attempt): the per-seed statistic."""
+    """SQL of (run_id, v, s) over the registered `runs_in` (current attempt): the per-seed statistic v
+    and, for final/best, the last logged step s (how far a running run has got; NULL otherwise)."""
     join = "JOIN k ON {t}.run_key = k.run_key AND {t}.attempt = k.attempt"
     if stat in ("final", "best"):
         col = "last_value" if stat == "final" else ("max_value" if higher_is_better(metric) else "min_value")
-        return f"SELECT k.run_id, m.{col} AS v FROM summaries m {join.format(t='m')} WHERE m.metric = ?", [metric]
+        return (f"SELECT k.run_id, m.{col} AS v, m.last_step AS s FROM summaries m {join.format(t='m')} "
+                "WHERE m.metric = ?", [metric])
     if stat == "at_step":  # the last logged value at or before `step` (eval metrics are sparse)
-        return (f"SELECT k.run_id, arg_max(p.value, p.step) AS v FROM points p {join.format(t='p')} "
-                "WHERE p.metric = ? AND p.step <= ? GROUP BY k.run_id", [metric, int(step or 0)])
+        return (f"SELECT k.run_id, arg_max(p.value, p.step) AS v, NULL::BIGINT AS s FROM points p "
+                f"{join.format(t='p')} WHERE p.metric = ? AND p.step <= ? GROUP BY k.run_id", [metric, int(step or 0)])
     cmp = ">=" if higher_is_better(metric) else "<="
-    return (f"SELECT k.run_id, min(p.step)::DOUBLE AS v FROM points p {join.format(t='p')} "
+    return (f"SELECT k.run_id, min(p.step)::DOUBLE AS v, NULL::BIGINT AS s FROM points p {join.format(t='p')} "
             f"WHERE p.metric = ? AND p.value {cmp} ? GROUP BY k.run_id", [metric, float(threshold or 0.0)])
 
 
@@ -175,7 +177,7 @@ _HEATMAP_SQL = """
 WITH k AS (SELECT r.*, rk.run_key FROM runs_in r LEFT JOIN run_keys rk USING (run_id)),
 vals AS ({values}),
 c AS (
-    SELECT k.gamma, k.eta, k.status, vals.v AS raw,
+    SELECT k.gamma, k.eta, k.status, vals.v AS raw, vals.s AS s,
            CASE WHEN {steps_to} AND vals.v IS NULL AND k.status = 'done' THEN 'inf'::DOUBLE ELSE vals.v END AS v
     FROM k LEFT JOIN vals USING (run_id)
 ),
@@ -187,14 +189,16 @@ cls AS (
 ),
 cls2 AS (
     SELECT *, NOT valued AND (status = 'diverged' OR (status IN ('done', 'failed', 'cancelled', 'lost')
-                                                      AND raw IS NOT NULL AND isinf(raw))) AS diverged
+                                                      AND raw IS NOT NULL AND isinf(raw))) AS diverged,
+              NOT valued AND status IN ('queued', 'running') AND s IS NOT NULL AND isfinite(v) AS live
     FROM cls
 )
 SELECT gamma, eta, {agg}(v) FILTER (WHERE valued) AS value, count(*) AS n_seeds,
        count(*) FILTER (WHERE valued) AS n_valued, count(*) FILTER (WHERE status = 'done') AS n_done,
        count(*) FILTER (WHERE diverged) AS n_diverged,
        count(*) FILTER (WHERE NOT valued AND NOT diverged AND status IN ('queued', 'running')) AS n_running,
-       count(*) FILTER (WHERE NOT valued AND NOT diverged AND status NOT IN ('queued', 'running')) AS n_missing
+       count(*) FILTER (WHERE NOT valued AND NOT diverged AND status NOT IN ('queued', 'running')) AS n_missing,
+       {agg}(v) FILTER (WHERE live) AS live_value, min(s) FILTER (WHERE live) AS live_step
 FROM cls2 GROUP BY gamma, eta ORDER BY gamma, eta
 """
 _AGG_SQL = {"mean": "avg", "median": "median", "min": "min"}
@@ -211,6 +215,9 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
     diverged after step t has a value at t). Others are counted, never scored: n_diverged (diverged,
     or an infinite value), n_running (queued/running), n_missing (failed/lost/cancelled/no data).
     cell_status: ok (some value) > diverged > running > missing.
+    live_value, live_step: for final/best, the provisional statistic of the seeds still training
+    (aggregated like `value`) and the least step they have logged — so a portrait fills in while a
+    sweep runs; NaN where no running seed has logged a finite value yet.
     """
     if stat not in STATS:
         raise QueryError(f"stat: must be one of {', '.join(STATS)} (got {stat!r})")
@@ -245,6 +252,8 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
     for col in ("n_seeds", "n_done", "n_diverged", "n_running", "n_missing"):
         out[col] = out[col].astype("int64")
     out["value"] = out["value"].astype("float64")
+    out["live_value"] = out["live_value"].astype("float64")
+    out["live_step"] = out["live_step"].astype("float64")  # NaN where no seed is live
     return out[HEATMAP_COLUMNS]
 
 

@@ -84,11 +84,19 @@ def portrait_figure(
         return fig
     gx, ey = grid.gamma_edges, grid.eta_edges  # (G+1,), (E+1,) log10 units
     ok = grid.ok_values()  # (E, G)
-    z = ok
+    live = np.where(np.isfinite(grid.live), grid.live, np.nan)  # (E, G) provisional, running cells only
+    z, z_live = ok, live
     if log_value:
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(ok > 0, np.log10(ok), np.nan)
-    zmin, zmax = colour_range if colour_range else (None, None)
+            z_live = np.where(live > 0, np.log10(live), np.nan)
+    zmin: float | None
+    zmax: float | None
+    if colour_range:
+        zmin, zmax = colour_range
+    else:  # one scale for final and provisional values, so a colour means the same in both layers
+        both = np.concatenate([z[np.isfinite(z)], z_live[np.isfinite(z_live)]])
+        zmin, zmax = (float(both.min()), float(both.max())) if both.size else (None, None)
     label = f"log10 {value_label}" if log_value else value_label
     customdata = np.dstack([
         np.broadcast_to(grid.gammas[None, :], ok.shape), np.broadcast_to(grid.etas[:, None], ok.shape),
@@ -99,6 +107,13 @@ def portrait_figure(
         colorbar={"title": {"text": label}} if show_scale else None, showscale=show_scale,
         hoverinfo="skip",  # the click targets below carry the hover: a hovered heatmap is not clickable
     ))
+    if np.isfinite(z_live).any():
+        # Seeds still training: their latest value, faded, so the portrait fills in while a sweep
+        # runs (the running marker stays on top: these numbers are not final).
+        fig.add_trace(go.Heatmap(
+            x=gx, y=ey, z=z_live, zmin=zmin, zmax=zmax, colorscale=VALUE_SCALE, showscale=False, opacity=0.45,
+            name="running (latest value)", hoverinfo="skip",
+        ))
     diverged = np.where(grid.status == "diverged", 1.0, np.nan)
     if np.any(grid.status == "diverged"):
         fig.add_trace(go.Heatmap(
@@ -126,10 +141,13 @@ def portrait_figure(
     # off the 18 px centre marker and nothing happened).
     fig.add_trace(go.Scatter(
         x=cx.ravel(), y=cy.ravel(), mode="markers", name="cells", showlegend=False,
-        customdata=np.column_stack([customdata.reshape(-1, 5).astype(object), grid.status.ravel()]),  # (E·G, 6)
+        customdata=np.column_stack([
+            customdata.reshape(-1, 5).astype(object), grid.status.ravel(), _cell_notes(grid, value_label).ravel(),
+        ]),  # (E·G, 7)
         marker={"size": 18, "color": "rgba(0,0,0,0)", "symbol": "square"},
         hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>" + value_label
-        + "=%{customdata[2]:.4g}<br>%{customdata[5]}, done %{customdata[3]}/%{customdata[4]} seeds<extra></extra>",
+        + "=%{customdata[2]:.4g}<br>%{customdata[5]}, done %{customdata[3]}/%{customdata[4]} seeds"
+        + "%{customdata[6]}<extra></extra>",
     ))
     for curve in curves:
         keep = (curve.gammas > 0) & (curve.etas > 0) & np.isfinite(curve.gammas) & np.isfinite(curve.etas)
@@ -152,6 +170,15 @@ def portrait_figure(
         legend={"orientation": "h", "y": -0.18}, margin={"t": 40 if title else 10},
     )
     return fig
+
+
+def _cell_notes(grid: HeatmapGrid, value_label: str) -> np.ndarray:
+    """(E, G) hover suffix: for a running cell with a provisional value, that value and its step."""
+    notes = np.full(grid.status.shape, "", dtype=object)
+    for e, g in zip(*np.nonzero(np.isfinite(grid.live)), strict=True):
+        step = int(grid.live_step[e, g])
+        notes[e, g] = f"<br>latest {value_label}={grid.live[e, g]:.4g} at step {step} (provisional)"
+    return notes
 
 
 def _line_trace(x: np.ndarray, y: np.ndarray, **kwargs: object) -> go.Scatter | go.Scattergl:

@@ -51,6 +51,8 @@ class HeatmapGrid:
     n_seeds: np.ndarray  # (E, G) int
     n_done: np.ndarray  # (E, G) int
     n_diverged: np.ndarray  # (E, G) int
+    live: np.ndarray  # (E, G) float: provisional value of the seeds still training, NaN where none
+    live_step: np.ndarray  # (E, G) float: the least step those seeds have logged, NaN where none
 
     @property
     def gamma_edges(self) -> np.ndarray:
@@ -76,7 +78,7 @@ def heatmap_grid(frame: pd.DataFrame) -> HeatmapGrid:
     if frame.empty:
         empty = np.zeros((0, 0))
         return HeatmapGrid(np.zeros(0), np.zeros(0), empty, empty.astype(object), empty.astype(int),
-                           empty.astype(int), empty.astype(int))
+                           empty.astype(int), empty.astype(int), empty, empty)
     gammas = np.unique(frame["gamma"].to_numpy(dtype=np.float64))
     etas = np.unique(frame["eta"].to_numpy(dtype=np.float64))
     gi = np.searchsorted(gammas, frame["gamma"].to_numpy(dtype=np.float64))
@@ -92,10 +94,16 @@ def heatmap_grid(frame: pd.DataFrame) -> HeatmapGrid:
     n_seeds[ei, gi] = frame["n_seeds"].fillna(0).to_numpy(dtype=int)
     n_done[ei, gi] = frame["n_done"].fillna(0).to_numpy(dtype=int)
     n_div[ei, gi] = frame["n_diverged"].fillna(0).to_numpy(dtype=int)
+    live = np.full(shape, np.nan)
+    live_step = np.full(shape, np.nan)
+    if "live_value" in frame.columns:  # optional: frames written before storage reported it lack it
+        live[ei, gi] = frame["live_value"].to_numpy(dtype=np.float64)
+        live_step[ei, gi] = frame["live_step"].to_numpy(dtype=np.float64)
+    live[status != "running"] = np.nan  # provisional only while nothing final stands in the cell
     # An "ok" cell whose value is not finite cannot be drawn as good: show it as diverged.
     bad = (status == "ok") & ~np.isfinite(value)
     status[bad] = "diverged"
-    return HeatmapGrid(gammas, etas, value, status, n_seeds, n_done, n_div)
+    return HeatmapGrid(gammas, etas, value, status, n_seeds, n_done, n_div, live, live_step)
 
 
 def nearest_index(values: np.ndarray, target: float) -> int:
@@ -136,4 +144,5 @@ def difference_grid(a: HeatmapGrid, b: HeatmapGrid) -> HeatmapGrid:
                 status[i, j] = "diverged"
             elif "running" in (sa, sb):
                 status[i, j] = "running"
-    return HeatmapGrid(gammas, etas, value, status, zeros, zeros, zeros)
+    nothing = np.full(shape, np.nan)  # a difference has no provisional values
+    return HeatmapGrid(gammas, etas, value, status, zeros, zeros, zeros, nothing, nothing)

@@ -66,8 +66,10 @@ def draw() -> None:
     label = "steps to threshold" if stat == "steps_to" else f"{metric} ({STATS[stat]}, {st.session_state[f'{P}.agg']})"
     fig = portrait_figure(grid, value_label=label, log_value=metric != "test_acc", curves=curves)
     counts = {s: grid.count(s) for s in ("ok", "diverged", "running", "missing")}
-    st.caption(" · ".join(f"{k}: {v}" for k, v in counts.items()) + (" · " if fits else "")
-               + " · ".join(f.label() for f in fits))
+    provisional = int(np.isfinite(grid.live).sum())
+    st.caption(" · ".join(f"{k}: {v}" for k, v in counts.items())
+               + (f" (faded: the latest value of {provisional} cells still training)" if provisional else "")
+               + (" · " if fits else "") + " · ".join(f.label() for f in fits))
     event = chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
     cell = selected_cell(event)
     options = [cell_key(g, e) for g in grid.gammas for e in grid.etas]

@@ -86,6 +86,33 @@ def test_portrait_click_anywhere_in_a_cell_selects_it():
     assert by_cell[(1.0, 0.1)][2] == 0.01 and by_cell[(0.1, 0.1)][5] == "diverged"
 
 
+def test_running_cells_show_their_latest_value_faded_on_the_same_scale():
+    # A researcher watching a sweep saw only "running" circles until whole units finished; now a
+    # running cell shows its seeds' latest value, faded, with the step in the hover.
+    frame = heatmap_frame([0.1, 1.0], [0.01, 0.1], [[0.05, np.nan], [0.01, np.nan]],
+                          [["ok", "running"], ["ok", "running"]])
+    frame["live_value"] = [np.nan, np.nan, 0.5, np.nan]  # γ=1, η=0.01 has logged; γ=1, η=0.1 not yet
+    frame["live_step"] = [np.nan, np.nan, 40.0, np.nan]
+    grid = heatmap_grid(frame)
+    fig = json.loads(portrait_figure(grid, value_label="loss").to_json())
+    main = next(t for t in fig["data"] if t["type"] == "heatmap" and t["name"] == "loss")
+    live = next(t for t in fig["data"] if t["type"] == "heatmap" and t["name"] == "running (latest value)")
+    z_live = arr(live["z"])
+    np.testing.assert_allclose(z_live[0, 1], np.log10(0.5))
+    assert np.isnan(z_live[1, 1]) and np.isnan(z_live[:, 0]).all()  # no value yet; ok cells are not provisional
+    assert live["opacity"] < 1 and not live["showscale"]
+    # one colour scale for both layers, spanning final and provisional values
+    assert (main["zmin"], main["zmax"]) == (live["zmin"], live["zmax"])
+    assert main["zmin"] == pytest.approx(np.log10(0.01)) and main["zmax"] == pytest.approx(np.log10(0.5))
+    targets = next(t for t in fig["data"] if t.get("name") == "cells")
+    by_cell = {(cd[0], cd[1]): cd for cd in targets["customdata"]}
+    assert "latest loss=0.5 at step 40 (provisional)" in by_cell[(1.0, 0.01)][6]
+    assert by_cell[(0.1, 0.01)][6] == "" and "%{customdata[6]}" in targets["hovertemplate"]
+    # an ok cell's live value (a stale frame) is never drawn as provisional
+    frame.loc[0, "live_value"] = 0.3
+    assert np.isnan(heatmap_grid(frame).live[0, 0])
+
+
 def test_ridge_and_boundary():
     frame = heatmap_frame([0.1, 1.0], [0.001, 0.01, 0.1, 1.0],
                           [[0.09, 0.09], [0.02, 0.05], [0.05, 0.01], [np.nan, 0.08]],

@@ -54,6 +54,10 @@ def test_heatmap_reports_every_cell(settings: Settings, make_configs) -> None:
         assert hm.loc[(0.1, 1.0), "n_diverged"] == 1
         assert hm.loc[(1.0, 0.1), "cell_status"] == "diverged" and np.isnan(hm.loc[(1.0, 0.1), "value"])
         assert hm.loc[(1.0, 1.0), "cell_status"] == "running" and hm.loc[(1.0, 1.0), "n_running"] == 2
+        assert np.isnan(hm.loc[(1.0, 1.0), "value"])  # nothing final yet ...
+        # ... but the running seed's provisional value (the queued one has none) and how far it got
+        assert hm.loc[(1.0, 1.0), "live_value"] == 1.0 and hm.loc[(1.0, 1.0), "live_step"] == 9
+        assert hm.drop(index=(1.0, 1.0))[["live_value", "live_step"]].isna().all().all()  # finished cells
         assert (hm["n_seeds"] == 2).all()
         mins = queries.heatmap(settings, sid, agg="min").set_index(["gamma", "eta"])
         assert mins.loc[(0.1, 0.1), "value"] == pytest.approx(final)
@@ -61,6 +65,7 @@ def test_heatmap_reports_every_cell(settings: Settings, make_configs) -> None:
         at = queries.heatmap(settings, sid, stat="at_step", step=100).set_index(["gamma", "eta"])
         assert at.loc[(1.0, 0.1), "cell_status"] == "ok"
         assert at.loc[(1.0, 0.1), "value"] == pytest.approx(1.5 * np.exp(-0.5))
+        assert at["live_value"].isna().all()  # at_step counts running runs directly: nothing provisional
         to = queries.heatmap(settings, sid, stat="steps_to", threshold=0.5, agg="min").set_index(["gamma", "eta"])
         assert to.loc[(0.1, 0.1), "value"] == pytest.approx(np.ceil(200 * np.log(2)))
         with pytest.raises(queries.QueryError, match="stat"):

@@ -352,16 +352,37 @@ def _run_table(runs: Sequence[dict[str, Any]]) -> str:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from tasks import api
 
-    n = api.cancel(_settings(), args.id)
+    settings = _settings()
+    catch_up(settings)  # statuses as they are now: runs that already ended are not "cancelled"
+    n = api.cancel(settings, args.id)
     _err(f"cancel requested for {n} run(s) of {args.id}")
     return 0
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
+    from storage.registry import Registry
     from tasks import api
 
-    ids = api.rerun(_settings(), args.id, everything=args.all)
+    settings = _settings()
+    # Record waiting events first: that is also when runs of a killed worker are marked `lost`.
+    # Without it, `rerun` after a worker died said "0 run(s) queued" until some `status` caught up.
+    catch_up(settings)
+    ids = api.rerun(settings, args.id, everything=args.all)
     _err(f"{len(ids)} run(s) queued again as a new attempt")
+    if not ids:
+        with Registry(settings.registry_url) as reg:
+            rows = reg.get_runs(reg.run_ids_for(args.id))
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        line = "nothing to rerun: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        line += "; rerun trains failed, cancelled and lost runs (--all: finished ones too)"
+        if counts.get("running"):
+            line += (
+                f"; a run whose worker died stays running until it has sent no heartbeat for "
+                f"{settings.lost_after_s:g} s, then it is lost"
+            )
+        _err(line)
     return 0
 
 

@@ -98,3 +98,64 @@ def test_ctrl_c_during_wait_says_the_sweep_goes_on_and_prints_its_id(lab: Path) 
     assert "queued" in status.stdout or "running" in status.stdout  # it really does go on
     assert _cli(lab, "cancel", sweep_id).returncode == 0
     assert "cancelled" in _settle(lab, sweep_id)
+
+
+def test_cancel_after_the_runs_ended_unrecorded_flags_nothing(lab: Path) -> None:
+    # After a plain `gamma-lab sweep` (nobody recording), `cancel` said "cancel requested for 2
+    # run(s)" of a sweep whose runs had all finished: it read the unrecorded `queued` statuses.
+    spec = lab / "short.toml"
+    spec.write_text(LONG.replace("steps = 5000000", "steps = 20").replace("eta = [0.01]", "eta = [0.01, 0.1]"))
+    res = _cli(lab, "sweep", str(spec))
+    assert res.returncode == 0, res.stderr
+    sweep_id = res.stdout.strip().splitlines()[-1]
+    queue = lab / "queue"
+    for _ in range(1200):  # the worker took the unit, trained it and exited
+        if not [f for d in ("pending", "claimed", "workers") for f in (queue / d).glob("*")]:
+            break
+        time.sleep(0.05)
+    res = _cli(lab, "cancel", sweep_id)
+    assert res.returncode == 0 and "cancel requested for 0 run(s)" in res.stderr, res.stderr
+    assert "cancelled" not in _cli(lab, "status", sweep_id).stdout
+
+
+def _claimed_worker(data: Path) -> int:
+    """The pid of the local worker training the (one) unit, once it has claimed it."""
+    claimed = data / "queue" / "claimed"
+    for _ in range(600):
+        files = list(claimed.glob("*.json")) if claimed.is_dir() else []
+        if files:
+            return int(files[0].name.split(".")[1])
+        time.sleep(0.05)
+    raise AssertionError("no worker claimed the unit")
+
+
+@pytest.mark.slow
+def test_rerun_after_a_killed_worker_marks_its_runs_lost_and_queues_them(lab: Path) -> None:
+    # A worker was killed (SIGKILL, OOM) mid-sweep. After the heartbeat timeout the user ran
+    # `gamma-lab rerun SWEEP` and got "0 run(s) queued": nobody had recorded the worker's silence,
+    # so its runs still read `running` until some `gamma-lab status` caught up.
+    spec = lab / "long.toml"
+    spec.write_text(LONG)
+    res = _cli(lab, "sweep", str(spec))
+    assert res.returncode == 0, res.stderr
+    sweep_id = res.stdout.strip().splitlines()[-1]
+    pid = _claimed_worker(lab)
+    for _ in range(600):  # wait until the registry says running (status records the started event)
+        if "running" in _cli(lab, "status", sweep_id).stdout:
+            break
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    time.sleep(max(0.0, killed + 5 + 1 - time.time()))  # past GAMMA_LAB_LOST_AFTER_S=5 of silence
+
+    res = _cli(lab, "rerun", sweep_id)
+    assert res.returncode == 0, res.stderr
+    assert "1 run(s) queued again" in res.stderr, res.stderr
+    status = _cli(lab, "status", sweep_id).stdout
+    assert "lost" not in status and ("queued" in status or "running" in status), status
+
+    # nothing left to rerun while it trains: the reason is said, not just "0"
+    res = _cli(lab, "rerun", sweep_id)
+    assert "0 run(s) queued again" in res.stderr and "nothing to rerun: 1 running" in res.stderr, res.stderr
+    assert _cli(lab, "cancel", sweep_id).returncode == 0
+    assert "cancelled" in _settle(lab, sweep_id)

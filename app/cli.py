@@ -109,18 +109,48 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     recorder = _recorder_for_wait(settings) if args.wait else None
     if not args.wait:
         _check_store(settings)
+    before = stored_statuses(settings, spec)
     try:
         sweep_id = api.submit(spec, settings, executor=args.executor, rerun=args.rerun, device=args.device)
     except BaseException:
         if recorder is not None:
             recorder.stop()
         raise
-    _err(f"sweep {sweep_id} ({spec.name}): {spec.grid.n_cells} cells queued on the {args.executor} executor")
+    _err(f"sweep {sweep_id} ({spec.name}): {describe_cells(spec, before, args.rerun)} on the {args.executor} executor")
     code = 0
     if args.wait:
         code = _wait_interruptible(settings, sweep_id, recorder)
     print(sweep_id, flush=True)
     return code
+
+
+def stored_statuses(settings: Any, spec: Any) -> dict[str, str]:
+    """run_id -> status of the spec's cells the registry already holds (before submitting)."""
+    from storage.registry import Registry
+
+    url = settings.registry_url
+    if spec.grid.adaptive or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()):
+        return {}  # adaptive: cells are chosen round by round; no registry file yet: nothing stored
+    with Registry(settings.registry_url) as reg:
+        return {r["run_id"]: r["status"] for r in reg.get_runs([c.run_id for c in spec.cells()])}
+
+
+def describe_cells(spec: Any, before: dict[str, str], rerun: bool) -> str:
+    """What submitting did to the cells. A re-launched spec said "15 cells queued" when every cell
+    was reused from an earlier sweep and nothing trained; the user thought it had trained again."""
+    n = spec.grid.n_cells
+    if spec.grid.adaptive:
+        return f"adaptive, up to {n} cells queued round by round (η_max per γ first)"
+    reused = 0 if rerun else sum(s in ("done", "diverged") for s in before.values())
+    shared = sum(s in ("queued", "running") for s in before.values())
+    if not reused and not shared:
+        return f"{n} cells queued"
+    parts = [f"{n - reused - shared} queued"]
+    if reused:
+        parts.append(f"{reused} reused from earlier sweeps (--rerun trains them again)")
+    if shared:
+        parts.append(f"{shared} already being trained for another sweep")
+    return f"{n} cells: " + ", ".join(parts)
 
 
 def _wait_interruptible(settings: Any, sweep_id: str, recorder: Any) -> int:

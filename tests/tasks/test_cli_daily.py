@@ -159,3 +159,17 @@ def test_rerun_after_a_killed_worker_marks_its_runs_lost_and_queues_them(lab: Pa
     assert "0 run(s) queued again" in res.stderr and "nothing to rerun: 1 running" in res.stderr, res.stderr
     assert _cli(lab, "cancel", sweep_id).returncode == 0
     assert "cancelled" in _settle(lab, sweep_id)
+
+
+def test_relaunching_a_spec_says_its_cells_were_reused_not_queued(lab: Path) -> None:
+    # The same spec launched twice said "2 cells queued" both times, though the second time every
+    # cell was reused from the first sweep and nothing trained: the user thought it had trained again.
+    spec = lab / "short.toml"
+    spec.write_text(LONG.replace("steps = 5000000", "steps = 20").replace("eta = [0.01]", "eta = [0.01, 0.1]"))
+    first = _cli(lab, "sweep", str(spec), "--wait")
+    assert first.returncode == 0 and "2 cells queued on the local executor" in first.stderr, first.stderr
+    again = _cli(lab, "sweep", str(spec), "--wait")
+    assert again.returncode == 0, again.stderr
+    assert "2 cells: 0 queued, 2 reused from earlier sweeps (--rerun trains them again)" in again.stderr
+    rerun = _cli(lab, "sweep", str(spec), "--wait", "--rerun")
+    assert rerun.returncode == 0 and "2 cells queued on the local executor" in rerun.stderr, rerun.stderr

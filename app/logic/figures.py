@@ -98,76 +98,155 @@ def portrait_figure(
         both = np.concatenate([z[np.isfinite(z)], z_live[np.isfinite(z_live)]])
         zmin, zmax = (float(both.min()), float(both.max())) if both.size else (None, None)
     label = f"log10 {value_label}" if log_value else value_label
-    customdata = np.dstack([
-        np.broadcast_to(grid.gammas[None, :], ok.shape), np.broadcast_to(grid.etas[:, None], ok.shape),
-        grid.value, grid.n_done, grid.n_seeds,
-    ])  # (E, G, 5)
-    fig.add_trace(go.Heatmap(
-        x=gx, y=ey, z=z, zmin=zmin, zmax=zmax, colorscale=VALUE_SCALE, name=value_label,
-        colorbar={"title": {"text": label}} if show_scale else None, showscale=show_scale,
-        hoverinfo="skip",  # the click targets below carry the hover: a hovered heatmap is not clickable
-    ))
+    customdata = np.dstack(
+        [
+            np.broadcast_to(grid.gammas[None, :], ok.shape),
+            np.broadcast_to(grid.etas[:, None], ok.shape),
+            grid.value,
+            grid.n_done,
+            grid.n_seeds,
+        ]
+    )  # (E, G, 5)
+    fig.add_trace(
+        go.Heatmap(
+            x=gx,
+            y=ey,
+            z=z,
+            zmin=zmin,
+            zmax=zmax,
+            colorscale=VALUE_SCALE,
+            name=value_label,
+            colorbar={"title": {"text": label}} if show_scale else None,
+            showscale=show_scale,
+            hoverinfo="skip",  # the click targets below carry the hover: a hovered heatmap is not clickable
+        )
+    )
     if np.isfinite(z_live).any():
         # Seeds still training: their latest value, faded, so the portrait fills in while a sweep
         # runs (the running marker stays on top: these numbers are not final).
-        fig.add_trace(go.Heatmap(
-            x=gx, y=ey, z=z_live, zmin=zmin, zmax=zmax, colorscale=VALUE_SCALE, showscale=False, opacity=0.45,
-            name="running (latest value)", hoverinfo="skip",
-        ))
+        fig.add_trace(
+            go.Heatmap(
+                x=gx,
+                y=ey,
+                z=z_live,
+                zmin=zmin,
+                zmax=zmax,
+                colorscale=VALUE_SCALE,
+                showscale=False,
+                opacity=0.45,
+                name="running (latest value)",
+                hoverinfo="skip",
+            )
+        )
     diverged = np.where(grid.status == "diverged", 1.0, np.nan)
     if np.any(grid.status == "diverged"):
-        fig.add_trace(go.Heatmap(
-            x=gx, y=ey, z=diverged, zmin=0, zmax=1, showscale=False, name="diverged",
-            colorscale=[[0, DIVERGED_COLOUR], [1, DIVERGED_COLOUR]], hoverinfo="skip",
-        ))
+        fig.add_trace(
+            go.Heatmap(
+                x=gx,
+                y=ey,
+                z=diverged,
+                zmin=0,
+                zmax=1,
+                showscale=False,
+                name="diverged",
+                colorscale=[[0, DIVERGED_COLOUR], [1, DIVERGED_COLOUR]],
+                hoverinfo="skip",
+            )
+        )
         # Heatmaps have no legend entry: without this one the dark red cells were unexplained.
-        fig.add_trace(go.Scatter(
-            x=[None], y=[None], mode="markers", name="diverged", legendgroup="diverged", hoverinfo="skip",
-            marker={"symbol": "square", "size": 12, "color": DIVERGED_COLOUR},
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name="diverged",
+                legendgroup="diverged",
+                hoverinfo="skip",
+                marker={"symbol": "square", "size": 12, "color": DIVERGED_COLOUR},
+            )
+        )
     lg, le = np.log10(grid.gammas), np.log10(grid.etas)
     cx, cy = np.meshgrid(lg, le)  # (E, G) cell centres
-    for status, symbol, colour in (("running", "circle-open", RUNNING_COLOUR), ("missing", "x-thin-open",
-                                                                              MISSING_COLOUR)):
+    for status, symbol, colour in (
+        ("running", "circle-open", RUNNING_COLOUR),
+        ("missing", "x-thin-open", MISSING_COLOUR),
+    ):
         mask = grid.status == status
         if np.any(mask):
-            fig.add_trace(go.Scatter(
-                x=cx[mask], y=cy[mask], mode="markers", name=status, hoverinfo="skip",
-                marker={"symbol": symbol, "size": 11, "color": colour, "line": {"width": 2, "color": colour}},
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=cx[mask],
+                    y=cy[mask],
+                    mode="markers",
+                    name=status,
+                    hoverinfo="skip",
+                    marker={"symbol": symbol, "size": 11, "color": colour, "line": {"width": 2, "color": colour}},
+                )
+            )
     # Click targets: one transparent marker per cell, carrying the cell's γ, η. Plotly selects the
     # hovered point on click, and with hoverdistance=-1 (below) the hovered point is the nearest
     # centre, i.e. the cell under the pointer: a click anywhere in a cell selects it (users clicked
     # off the 18 px centre marker and nothing happened).
-    fig.add_trace(go.Scatter(
-        x=cx.ravel(), y=cy.ravel(), mode="markers", name="cells", showlegend=False,
-        customdata=np.column_stack([
-            customdata.reshape(-1, 5).astype(object), grid.status.ravel(), _cell_notes(grid, value_label).ravel(),
-        ]),  # (E·G, 7)
-        marker={"size": 18, "color": "rgba(0,0,0,0)", "symbol": "square"},
-        hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>" + value_label
-        + "=%{customdata[2]:.4g}<br>%{customdata[5]}, done %{customdata[3]}/%{customdata[4]} seeds"
-        + "%{customdata[6]}<extra></extra>",
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=cx.ravel(),
+            y=cy.ravel(),
+            mode="markers",
+            name="cells",
+            showlegend=False,
+            customdata=np.column_stack(
+                [
+                    customdata.reshape(-1, 5).astype(object),
+                    grid.status.ravel(),
+                    _cell_notes(grid, value_label).ravel(),
+                ]
+            ),  # (E·G, 7)
+            marker={"size": 18, "color": "rgba(0,0,0,0)", "symbol": "square"},
+            hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>"
+            + value_label
+            + "=%{customdata[2]:.4g}<br>%{customdata[5]}, done %{customdata[3]}/%{customdata[4]} seeds"
+            + "%{customdata[6]}<extra></extra>",
+        )
+    )
     for curve in curves:
         keep = (curve.gammas > 0) & (curve.etas > 0) & np.isfinite(curve.gammas) & np.isfinite(curve.etas)
-        fig.add_trace(go.Scatter(
-            x=np.log10(curve.gammas[keep]), y=np.log10(curve.etas[keep]), name=curve.name,
-            mode="lines+markers" if curve.markers else "lines",
-            line={"dash": curve.dash, "color": curve.colour, "width": 2}, marker={"size": 7},
-            hovertemplate=curve.name + ": γ=%{customdata[0]:.3g}, η=%{customdata[1]:.3g}<extra></extra>",
-            customdata=np.column_stack([curve.gammas[keep], curve.etas[keep]]),
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=np.log10(curve.gammas[keep]),
+                y=np.log10(curve.etas[keep]),
+                name=curve.name,
+                mode="lines+markers" if curve.markers else "lines",
+                line={"dash": curve.dash, "color": curve.colour, "width": 2},
+                marker={"size": 7},
+                hovertemplate=curve.name + ": γ=%{customdata[0]:.3g}, η=%{customdata[1]:.3g}<extra></extra>",
+                customdata=np.column_stack([curve.gammas[keep], curve.etas[keep]]),
+            )
+        )
     xt, xl = _decade_ticks(gx[0], gx[-1])
     yt, yl = _decade_ticks(ey[0], ey[-1])
     fig.update_layout(
-        title=title, uirevision=UIREVISION, clickmode="event+select", dragmode="zoom",
-        hovermode="closest", hoverdistance=-1,
-        xaxis={"title": "γ (feature-learning strength)", "tickvals": xt, "ticktext": xl,
-               "range": [gx[0], gx[-1]], "showgrid": False},
-        yaxis={"title": "η (raw learning rate; SGD step = N·η)", "tickvals": yt, "ticktext": yl,
-               "range": [ey[0], ey[-1]], "showgrid": False},
-        legend={"orientation": "h", "y": -0.18}, margin={"t": 40 if title else 10},
+        title=title,
+        uirevision=UIREVISION,
+        clickmode="event+select",
+        dragmode="zoom",
+        hovermode="closest",
+        hoverdistance=-1,
+        xaxis={
+            "title": "γ (feature-learning strength)",
+            "tickvals": xt,
+            "ticktext": xl,
+            "range": [gx[0], gx[-1]],
+            "showgrid": False,
+        },
+        yaxis={
+            "title": "η (raw learning rate; SGD step = N·η)",
+            "tickvals": yt,
+            "ticktext": yl,
+            "range": [ey[0], ey[-1]],
+            "showgrid": False,
+        },
+        legend={"orientation": "h", "y": -0.18},
+        margin={"t": 40 if title else 10},
     )
     return fig
 
@@ -254,8 +333,7 @@ def trajectories_figure(
     fig = go.Figure()
     meta = runs.set_index("run_id")
     # γ, η come from the runs frame (an overlay frame carries its own copy: drop it, avoid a clash)
-    data = series.drop(columns=["gamma", "eta"], errors="ignore").join(meta[["gamma", "eta"]], on="run_id",
-                                                                       how="inner")
+    data = series.drop(columns=["gamma", "eta"], errors="ignore").join(meta[["gamma", "eta"]], on="run_id", how="inner")
     if log_x:
         data = data[data["x"] > 0]
     if log_y:
@@ -263,12 +341,20 @@ def trajectories_figure(
     if bands is not None and not bands.empty:
         for label, band in bands.groupby("label", sort=False):
             x = band["x"].to_numpy(dtype=np.float64)
-            fig.add_trace(go.Scatter(
-                x=np.concatenate([x, x[::-1]]),
-                y=np.concatenate([band["hi"].to_numpy(dtype=np.float64), band["lo"].to_numpy(dtype=np.float64)[::-1]]),
-                fill="toself", line={"width": 0}, fillcolor="rgba(120,120,120,0.25)", hoverinfo="skip",
-                name=f"seed band {label}", showlegend=True,
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=np.concatenate([x, x[::-1]]),
+                    y=np.concatenate(
+                        [band["hi"].to_numpy(dtype=np.float64), band["lo"].to_numpy(dtype=np.float64)[::-1]]
+                    ),
+                    fill="toself",
+                    line={"width": 0},
+                    fillcolor="rgba(120,120,120,0.25)",
+                    hoverinfo="skip",
+                    name=f"seed band {label}",
+                    showlegend=True,
+                )
+            )
     symbol = "γ" if colour_by == "gamma" else "η"
     lines = data[data["kind"] != "diverged"].sort_values(["run_id", "x"])
     groups, names = colour_groups(lines[colour_by].to_numpy(dtype=np.float64))
@@ -276,9 +362,16 @@ def trajectories_figure(
     for centre, part in lines.groupby(groups, sort=True):
         x, y = _concat_with_gaps(part, "x", "value")
         name = names[float(centre)].replace("v", symbol)
-        fig.add_trace(_line_trace(x, y, mode="lines", name=name,
-                                  line={"color": colours[float(centre)], "width": 1.5},
-                                  hovertemplate=f"{name}<br>x=%{{x:.4g}}<br>y=%{{y:.4g}}<extra></extra>"))
+        fig.add_trace(
+            _line_trace(
+                x,
+                y,
+                mode="lines",
+                name=name,
+                line={"color": colours[float(centre)], "width": 1.5},
+                hovertemplate=f"{name}<br>x=%{{x:.4g}}<br>y=%{{y:.4g}}<extra></extra>",
+            )
+        )
     div = data[data["kind"] == "diverged"]
     if not div.empty:
         # A diverged value may be inf/NaN: pin the marker to the top of the visible data instead.
@@ -286,11 +379,20 @@ def trajectories_figure(
         top = float(finite.max()) if not finite.empty else 1.0
         yv = div["value"].to_numpy(dtype=np.float64)
         yv = np.where(np.isfinite(yv), np.minimum(yv, top), top)
-        fig.add_trace(go.Scatter(x=div["x"], y=yv, mode="markers", name="diverged",
-                                 marker={"symbol": "x", "size": 10, "color": DIVERGED_COLOUR}))
+        fig.add_trace(
+            go.Scatter(
+                x=div["x"],
+                y=yv,
+                mode="markers",
+                name="diverged",
+                marker={"symbol": "x", "size": 10, "color": DIVERGED_COLOUR},
+            )
+        )
     fig.update_layout(
-        uirevision=UIREVISION, xaxis={"title": x_label, **axis(log_x)},
-        yaxis={"title": y_label, **axis(log_y)}, margin={"t": 10},
+        uirevision=UIREVISION,
+        xaxis={"title": x_label, **axis(log_x)},
+        yaxis={"title": y_label, **axis(log_y)},
+        margin={"t": 10},
         legend={"title": {"text": f"colour: {symbol}"}},
     )
     return fig
@@ -313,8 +415,13 @@ def ema_smooth(series: pd.DataFrame, span: int, *, log_space: bool = True) -> pd
 
 
 def twin_axes_figure(
-    left: pd.DataFrame, right: pd.DataFrame, *, left_label: str, right_label: str,
-    log_x: bool = True, log_left: bool = True,
+    left: pd.DataFrame,
+    right: pd.DataFrame,
+    *,
+    left_label: str,
+    right_label: str,
+    log_x: bool = True,
+    log_left: bool = True,
 ) -> go.Figure:
     """Two metrics of the same run(s) against step on twin y axes (silent alignment: alignment
     rises before the loss drops). Frames: run_id, x, value."""
@@ -328,22 +435,37 @@ def twin_axes_figure(
     for frame, label, secondary, dash in ((left, left_label, False, "solid"), (right, right_label, True, "dot")):
         for run_id, part in frame.groupby("run_id", sort=False):
             part = part.sort_values("x")
-            fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines+markers" if secondary else "lines",
-                                     name=f"{label} · {run_id}", line={"dash": dash, "color": colour[run_id]},
-                                     marker={"size": 5}, legendgroup=str(run_id)),
-                          secondary_y=secondary)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["x"],
+                    y=part["value"],
+                    mode="lines+markers" if secondary else "lines",
+                    name=f"{label} · {run_id}",
+                    line={"dash": dash, "color": colour[run_id]},
+                    marker={"size": 5},
+                    legendgroup=str(run_id),
+                ),
+                secondary_y=secondary,
+            )
     fig.update_xaxes(title_text="step t + 1", **axis(log_x))
     fig.update_yaxes(title_text=left_label, **axis(log_left), secondary_y=False)
     fig.update_yaxes(title_text=right_label, secondary_y=True, title_standoff=8)
     # Legend below the plot: on the right it sits on the secondary axis's title and clips it.
-    fig.update_layout(uirevision=UIREVISION, margin={"t": 10, "r": 60},
-                      legend={"orientation": "h", "y": -0.2, "yanchor": "top"})
+    fig.update_layout(
+        uirevision=UIREVISION, margin={"t": 10, "r": 60}, legend={"orientation": "h", "y": -0.2, "yanchor": "top"}
+    )
     return fig
 
 
 def lines_figure(
-    frame: pd.DataFrame, *, x_label: str, y_label: str, log_x: bool = True, log_y: bool = True,
-    group: str = "label", hlines: pd.DataFrame | None = None,
+    frame: pd.DataFrame,
+    *,
+    x_label: str,
+    y_label: str,
+    log_x: bool = True,
+    log_y: bool = True,
+    group: str = "label",
+    hlines: pd.DataFrame | None = None,
 ) -> go.Figure:
     """Generic multi-line figure: frame has columns x, value and `group` (one trace per group).
     `hlines` (optional): x, value, label drawn dashed (e.g. the edge of stability 2/(N·η)); with a
@@ -359,8 +481,15 @@ def lines_figure(
     for i, (name, part) in enumerate(frame.groupby(group, sort=False)):
         part = part.sort_values("x")
         colours[str(name)] = palette[i % len(palette)]
-        fig.add_trace(_line_trace(part["x"].to_numpy(dtype=np.float64), part["value"].to_numpy(dtype=np.float64),
-                                  mode="lines+markers", name=str(name), line={"color": colours[str(name)]}))
+        fig.add_trace(
+            _line_trace(
+                part["x"].to_numpy(dtype=np.float64),
+                part["value"].to_numpy(dtype=np.float64),
+                mode="lines+markers",
+                name=str(name),
+                line={"color": colours[str(name)]},
+            )
+        )
     if hlines is not None:
         for name, part in hlines.groupby("label", sort=False):
             part = part.sort_values("x")
@@ -371,7 +500,10 @@ def lines_figure(
                 if colour is not None:
                     line["color"] = colour
             fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines", name=str(name), line=line))
-    fig.update_layout(uirevision=UIREVISION, margin={"t": 10},
-                      xaxis={"title": x_label, **axis(log_x)},
-                      yaxis={"title": y_label, **axis(log_y)})
+    fig.update_layout(
+        uirevision=UIREVISION,
+        margin={"t": 10},
+        xaxis={"title": x_label, **axis(log_x)},
+        yaxis={"title": y_label, **axis(log_y)},
+    )
     return fig

@@ -12,8 +12,12 @@ from app.logic.figures import Curve
 from app.logic.grid import HeatmapGrid
 from engine import analysis
 
-STATS = {"final": "final value", "best": "best value", "at_step": "value at step t",
-         "steps_to": "steps to reach a threshold"}
+STATS = {
+    "final": "final value",
+    "best": "best value",
+    "at_step": "value at step t",
+    "steps_to": "steps to reach a threshold",
+}
 AGGS = ("mean", "median", "min")
 
 
@@ -68,9 +72,13 @@ def _fit(name: str, x: np.ndarray, y: np.ndarray) -> FitLabel | None:
         return None
 
 
-def overlay_curves(grid: HeatmapGrid, depth: int, *, show: tuple[str, ...] = ("ridge", "boundary", "fits",
-                                                                              "theory"),
-                   lower_is_better: bool = True) -> tuple[list[Curve], list[FitLabel]]:
+def overlay_curves(
+    grid: HeatmapGrid,
+    depth: int,
+    *,
+    show: tuple[str, ...] = ("ridge", "boundary", "fits", "theory"),
+    lower_is_better: bool = True,
+) -> tuple[list[Curve], list[FitLabel]]:
     """Curves to draw and the fits to report. Theory lines are anchored at the ridge's end points:
     γ² through the smallest-γ ridge point (lazy side), γ^(2/L) through the largest (rich side)."""
     curves: list[Curve] = []
@@ -95,8 +103,9 @@ def overlay_curves(grid: HeatmapGrid, depth: int, *, show: tuple[str, ...] = ("r
         curves.append(Curve("theory η ∝ γ² (lazy)", xs, e0 * (xs / g0) ** 2, dash="longdash", colour="#80deea"))
         g1, e1 = rg[-1], re[-1]
         p = 2.0 / depth
-        curves.append(Curve(f"theory η ∝ γ^(2/L), L={depth}", xs, e1 * (xs / g1) ** p, dash="longdashdot",
-                            colour="#ffe082"))
+        curves.append(
+            Curve(f"theory η ∝ γ^(2/L), L={depth}", xs, e1 * (xs / g1) ** p, dash="longdashdot", colour="#ffe082")
+        )
     return curves, fits
 
 

@@ -16,11 +16,41 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-RUN_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "attempt", "worker", "steps_done", "diverged_step",
-               "final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc", "width", "depth",
-               "error")
-SWEEP_COLUMNS = ("sweep_id", "name", "owner", "created", "executor", "status", "n_runs", "queued", "running",
-                 "done", "diverged", "failed", "cancelled", "lost", "progress")
+RUN_COLUMNS = (
+    "run_id",
+    "gamma",
+    "eta",
+    "seed",
+    "status",
+    "attempt",
+    "worker",
+    "steps_done",
+    "diverged_step",
+    "final_train_loss",
+    "best_train_loss",
+    "final_test_loss",
+    "final_test_acc",
+    "width",
+    "depth",
+    "error",
+)
+SWEEP_COLUMNS = (
+    "sweep_id",
+    "name",
+    "owner",
+    "created",
+    "executor",
+    "status",
+    "n_runs",
+    "queued",
+    "running",
+    "done",
+    "diverged",
+    "failed",
+    "cancelled",
+    "lost",
+    "progress",
+)
 FINISHED = ("done", "diverged", "failed", "cancelled", "lost")
 # A run in one of these states gains no more points for its current attempt (a `lost` run can come
 # back to life with a heartbeat, so it is not frozen): its series may be cached.
@@ -35,14 +65,22 @@ def sweeps_frame(sweeps: Sequence[dict[str, Any]]) -> pd.DataFrame:
         counts = s.get("counts", {})
         n = int(s.get("n_runs", sum(counts.values())))
         finished = sum(int(counts.get(k, 0)) for k in FINISHED)
-        rows.append({
-            "sweep_id": s["id"], "name": s["name"], "owner": s["owner"],
-            "created": pd.to_datetime(s["created"], unit="s"), "executor": s.get("executor", ""),
-            "status": s.get("status", ""), "n_runs": n,
-            **{k: int(counts.get(k, 0)) for k in ("queued", "running", "done", "diverged", "failed",
-                                                   "cancelled", "lost")},
-            "progress": finished / n if n else 0.0,
-        })
+        rows.append(
+            {
+                "sweep_id": s["id"],
+                "name": s["name"],
+                "owner": s["owner"],
+                "created": pd.to_datetime(s["created"], unit="s"),
+                "executor": s.get("executor", ""),
+                "status": s.get("status", ""),
+                "n_runs": n,
+                **{
+                    k: int(counts.get(k, 0))
+                    for k in ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
+                },
+                "progress": finished / n if n else 0.0,
+            }
+        )
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
 
 
@@ -51,32 +89,52 @@ def runs_frame(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in runs:
         summary = r.get("summary") or {}
-        rows.append({
-            "run_id": r["run_id"], "gamma": float(r["gamma"]), "eta": float(r["eta"]), "seed": int(r["seed"]),
-            "status": r["status"], "attempt": r.get("attempt"), "worker": r.get("worker"),
-            "steps_done": r.get("steps_done"), "diverged_step": r.get("diverged_step"),
-            **{k: summary.get(k) for k in ("final_train_loss", "best_train_loss", "final_test_loss",
-                                           "final_test_acc")},
-            "width": r.get("width"), "depth": r.get("depth"), "error": r.get("error"),
-        })
+        rows.append(
+            {
+                "run_id": r["run_id"],
+                "gamma": float(r["gamma"]),
+                "eta": float(r["eta"]),
+                "seed": int(r["seed"]),
+                "status": r["status"],
+                "attempt": r.get("attempt"),
+                "worker": r.get("worker"),
+                "steps_done": r.get("steps_done"),
+                "diverged_step": r.get("diverged_step"),
+                **{
+                    k: summary.get(k)
+                    for k in ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
+                },
+                "width": r.get("width"),
+                "depth": r.get("depth"),
+                "error": r.get("error"),
+            }
+        )
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     for col in ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame
 
 
-def filter_runs(runs: pd.DataFrame, *, statuses: Sequence[str] = (), gammas: Sequence[float] = (),
-                etas: Sequence[float] = (), text: str = "") -> pd.DataFrame:
+def filter_runs(
+    runs: pd.DataFrame,
+    *,
+    statuses: Sequence[str] = (),
+    gammas: Sequence[float] = (),
+    etas: Sequence[float] = (),
+    text: str = "",
+) -> pd.DataFrame:
     """Rows matching every given filter (an empty filter keeps everything). `text` matches run ids."""
     keep = np.ones(len(runs), dtype=bool)
     if statuses:
         keep &= runs["status"].isin(list(statuses)).to_numpy()
     if gammas:
-        keep &= np.isclose(runs["gamma"].to_numpy()[:, None], np.asarray(gammas, dtype=float)[None, :],
-                           rtol=1e-9).any(axis=1)
+        keep &= np.isclose(runs["gamma"].to_numpy()[:, None], np.asarray(gammas, dtype=float)[None, :], rtol=1e-9).any(
+            axis=1
+        )
     if etas:
-        keep &= np.isclose(runs["eta"].to_numpy()[:, None], np.asarray(etas, dtype=float)[None, :],
-                           rtol=1e-9).any(axis=1)
+        keep &= np.isclose(runs["eta"].to_numpy()[:, None], np.asarray(etas, dtype=float)[None, :], rtol=1e-9).any(
+            axis=1
+        )
     if text.strip():
         keep &= runs["run_id"].str.contains(text.strip(), regex=False).to_numpy()
     return runs[keep]
@@ -169,8 +227,9 @@ class DashboardSource:
         def read() -> pd.DataFrame:
             frame = runs_table(self.registry, sweep_id)
             with self._lock:
-                self._known.update(zip(frame["run_id"], zip(frame["attempt"].astype(int), frame["status"],
-                                                            strict=True), strict=True))
+                self._known.update(
+                    zip(frame["run_id"], zip(frame["attempt"].astype(int), frame["status"], strict=True), strict=True)
+                )
             return frame
 
         return self._cached(key, read)
@@ -185,24 +244,42 @@ class DashboardSource:
 
         return queries
 
-    def heatmap(self, sweep_id: str, *, metric: str = "train_loss", stat: str = "final", agg: str = "mean",
-                step: int | None = None, threshold: float | None = None) -> pd.DataFrame:
+    def heatmap(
+        self,
+        sweep_id: str,
+        *,
+        metric: str = "train_loss",
+        stat: str = "final",
+        agg: str = "mean",
+        step: int | None = None,
+        threshold: float | None = None,
+    ) -> pd.DataFrame:
         fp = self.fingerprint(sweep_id)
         key = ("heatmap", sweep_id, fp, metric, stat, agg, step, threshold) if self.settled(fp) else None
-        return self._cached(key, lambda: self._queries().heatmap(
-            self.settings, sweep_id, metric=metric, stat=stat, agg=agg, step=step, threshold=threshold))
+        return self._cached(
+            key,
+            lambda: self._queries().heatmap(
+                self.settings, sweep_id, metric=metric, stat=stat, agg=agg, step=step, threshold=threshold
+            ),
+        )
 
-    def trajectories(self, run_ids: Sequence[str], *, metric: str = "train_loss", max_points: int = 500,
-                     log_x: bool = True) -> pd.DataFrame:
+    def trajectories(
+        self, run_ids: Sequence[str], *, metric: str = "train_loss", max_points: int = 500, log_x: bool = True
+    ) -> pd.DataFrame:
         if not run_ids:
             return pd.DataFrame(columns=["run_id", "step", "value", "kind"])
         frozen = self._frozen_key(run_ids)
         key = None if frozen is None else ("traj", frozen, metric, max_points, log_x)
-        return self._cached(key, lambda: self._queries().trajectories(
-            self.settings, list(run_ids), metric=metric, max_points=max_points, log_x=log_x))
+        return self._cached(
+            key,
+            lambda: self._queries().trajectories(
+                self.settings, list(run_ids), metric=metric, max_points=max_points, log_x=log_x
+            ),
+        )
 
-    def trajectories_many(self, run_ids: Sequence[str], metrics: Sequence[str], *, max_points: int = 500,
-                          log_x: bool = True) -> dict[str, pd.DataFrame]:
+    def trajectories_many(
+        self, run_ids: Sequence[str], metrics: Sequence[str], *, max_points: int = 500, log_x: bool = True
+    ) -> dict[str, pd.DataFrame]:
         """metric -> the frame `trajectories(run_ids, metric=...)` gives, for several metrics of the same
         runs in one storage query (storage.queries_multi) instead of one query per metric."""
         columns = ["run_id", "step", "value", "kind"]
@@ -220,14 +297,17 @@ class DashboardSource:
         parts = dict(tuple(frame.groupby("metric", sort=False)))
         return {m: (parts[m] if m in parts else frame.iloc[:0])[columns].reset_index(drop=True) for m in metrics}
 
-    def overlay(self, run_ids: Sequence[str], *, metric: str = "train_loss", x: str = "t",
-                max_points: int = 500) -> pd.DataFrame:
+    def overlay(
+        self, run_ids: Sequence[str], *, metric: str = "train_loss", x: str = "t", max_points: int = 500
+    ) -> pd.DataFrame:
         if not run_ids:
             return pd.DataFrame(columns=["run_id", "x", "value", "gamma", "eta"])
         frozen = self._frozen_key(run_ids)
         key = None if frozen is None else ("overlay", frozen, metric, x, max_points)
-        return self._cached(key, lambda: self._queries().overlay(
-            self.settings, list(run_ids), metric=metric, x=x, max_points=max_points))
+        return self._cached(
+            key,
+            lambda: self._queries().overlay(self.settings, list(run_ids), metric=metric, x=x, max_points=max_points),
+        )
 
     def seed_bands(self, sweep_id: str, gamma: float, eta: float, metric: str = "train_loss") -> pd.DataFrame:
         fp = self.fingerprint(sweep_id)

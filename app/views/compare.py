@@ -15,9 +15,11 @@ from app.ui import chart, labeler, pick_sweep, resources, sweep_labels, sync_url
 P = "compare"
 STATS = ("final", "best")
 SCHEMA = {
-    "a": Field("str", None), "b": Field("str", None),
+    "a": Field("str", None),
+    "b": Field("str", None),
     "metric": Field("str", "train_loss", choices=("train_loss", "test_loss")),
-    "stat": Field("str", "final", choices=STATS), "agg": Field("str", "mean", choices=AGGS),
+    "stat": Field("str", "final", choices=STATS),
+    "agg": Field("str", "mean", choices=AGGS),
     "view": Field("str", "side", choices=("side", "diff")),
 }
 
@@ -33,8 +35,13 @@ d1, d2, d3, d4 = st.columns(4)
 metric = d1.selectbox("Metric", ("train_loss", "test_loss"), key=f"{P}.metric")
 stat = d2.selectbox("Statistic", STATS, key=f"{P}.stat")
 agg = d3.selectbox("Over seeds", AGGS, key=f"{P}.agg")
-view = d4.radio("View", ("side", "diff"), key=f"{P}.view", horizontal=True,
-                format_func=labeler({"side": "side by side", "diff": "difference"}))
+view = d4.radio(
+    "View",
+    ("side", "diff"),
+    key=f"{P}.view",
+    horizontal=True,
+    format_func=labeler({"side": "side by side", "diff": "difference"}),
+)
 sync_url(SCHEMA, P)
 
 fa = source.heatmap(a, metric=metric, stat=stat, agg=agg)
@@ -45,14 +52,23 @@ if view == "side":
     rng = shared_log_range(ga, gb)
     left, right = st.columns(2)
     with left:
-        chart(portrait_figure(ga, value_label=metric, colour_range=rng, title=f"A: {labels[a]}"), fa,
-              key=f"{P}.a.chart", filename=f"compare-{a}.csv")
+        chart(
+            portrait_figure(ga, value_label=metric, colour_range=rng, title=f"A: {labels[a]}"),
+            fa,
+            key=f"{P}.a.chart",
+            filename=f"compare-{a}.csv",
+        )
     with right:
-        chart(portrait_figure(gb, value_label=metric, colour_range=rng, title=f"B: {labels[b]}"), fb,
-              key=f"{P}.b.chart", filename=f"compare-{b}.csv")
+        chart(
+            portrait_figure(gb, value_label=metric, colour_range=rng, title=f"B: {labels[b]}"),
+            fb,
+            key=f"{P}.b.chart",
+            filename=f"compare-{b}.csv",
+        )
 else:
     diff = difference_grid(ga, gb)
-    fig = portrait_figure(diff, value_label=f"log10 {metric} A − B", log_value=False,
-                          title="log10(A) − log10(B): negative = A better")
+    fig = portrait_figure(
+        diff, value_label=f"log10 {metric} A − B", log_value=False, title="log10(A) − log10(B): negative = A better"
+    )
     fig.update_traces(colorscale="RdBu_r", zmid=0, selector={"type": "heatmap", "name": f"log10 {metric} A − B"})
     chart(fig, data, key=f"{P}.diff", filename=f"compare-{a}-{b}.csv")

@@ -40,8 +40,7 @@ if mode == "cell":
 alignment = c4.selectbox("Alignment", ALIGNMENTS, key=f"{P}.alignment")
 sync_url(SCHEMA, P)
 
-chosen = select_runs(runs, mode, gamma=st.session_state[f"{P}.gamma"], eta=st.session_state[f"{P}.eta"],
-                     limit=MAX_RUNS)
+chosen = select_runs(runs, mode, gamma=st.session_state[f"{P}.gamma"], eta=st.session_state[f"{P}.eta"], limit=MAX_RUNS)
 ids = chosen["run_id"].tolist()
 if not ids:
     st.info("No runs to show yet.")
@@ -50,21 +49,32 @@ if not ids:
 st.subheader("Silent alignment: alignment rises before the loss drops")
 depth = int(chosen["depth"].dropna().iloc[0]) if chosen["depth"].notna().any() else 3
 # Every curve of the page in one storage query (it used to be one query per metric: 3 + L of them).
-series = source.trajectories_many(ids, ["train_loss", alignment, "sharpness", *movement_metrics(depth)],
-                                  max_points=300)
+series = source.trajectories_many(ids, ["train_loss", alignment, "sharpness", *movement_metrics(depth)], max_points=300)
 loss = label_series(series["train_loss"], chosen)
 align = label_series(series[alignment], chosen)
-fig = twin_axes_figure(loss.assign(run_id=loss["label"]), align.assign(run_id=align["label"]),
-                       left_label="train_loss", right_label=alignment)
-chart(fig, pd.concat([loss.assign(metric="train_loss"), align.assign(metric=alignment)]), key=f"{P}.align",
-      filename=f"alignment-{sweep_id}.csv")
+fig = twin_axes_figure(
+    loss.assign(run_id=loss["label"]),
+    align.assign(run_id=align["label"]),
+    left_label="train_loss",
+    right_label=alignment,
+)
+chart(
+    fig,
+    pd.concat([loss.assign(metric="train_loss"), align.assign(metric=alignment)]),
+    key=f"{P}.align",
+    filename=f"alignment-{sweep_id}.csv",
+)
 
 st.subheader("Sharpness against the edge of stability 2/(N·η)")
 sharp = label_series(series["sharpness"], chosen)
 x_range = (1.0, float(sharp["x"].max()) if not sharp.empty else 1.0)
 eos = edge_of_stability(chosen.drop_duplicates("eta"), x_range)
-chart(lines_figure(sharp, x_label="step t + 1", y_label="top Hessian eigenvalue", hlines=eos),
-      sharp, key=f"{P}.sharp", filename=f"sharpness-{sweep_id}.csv")
+chart(
+    lines_figure(sharp, x_label="step t + 1", y_label="top Hessian eigenvalue", hlines=eos),
+    sharp,
+    key=f"{P}.sharp",
+    filename=f"sharpness-{sweep_id}.csv",
+)
 
 st.subheader("Per-layer movement ‖W_l − W_l(0)‖ / ‖W_l(0)‖")
 parts = []
@@ -74,5 +84,9 @@ for name in movement_metrics(depth):
     parts.append(part.assign(label=name))
 movement = pd.concat(parts) if parts else pd.DataFrame(columns=["x", "value", "label"])
 st.caption(f"run {ids[0]}: γ={first['gamma'].iloc[0]:.3g}, η={first['eta'].iloc[0]:.3g}, seed {first['seed'].iloc[0]}")
-chart(lines_figure(movement, x_label="step t + 1", y_label="relative movement"), movement,
-      key=f"{P}.move", filename=f"movement-{sweep_id}.csv")
+chart(
+    lines_figure(movement, x_label="step t + 1", y_label="relative movement"),
+    movement,
+    key=f"{P}.move",
+    filename=f"movement-{sweep_id}.csv",
+)

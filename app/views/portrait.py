@@ -46,8 +46,7 @@ if stat == "at_step":
     st.session_state[f"{P}.step"] = min(int(st.session_state[f"{P}.step"]), max(steps - 1, 0))
     st.slider("Step t", 0, max(steps - 1, 1), key=f"{P}.step")
 if stat == "steps_to":
-    st.number_input("Threshold (first step with metric ≤ threshold)", min_value=0.0, format="%g",
-                    key=f"{P}.threshold")
+    st.number_input("Threshold (first step with metric ≤ threshold)", min_value=0.0, format="%g", key=f"{P}.threshold")
 st.multiselect("Overlays", SHOW, key=f"{P}.show")
 sync_url(SCHEMA, P)
 
@@ -55,21 +54,28 @@ sync_url(SCHEMA, P)
 def draw() -> None:
     metric = st.session_state[f"{P}.metric"]
     frame = source.heatmap(
-        sweep_id, metric=metric, stat=stat, agg=st.session_state[f"{P}.agg"],
+        sweep_id,
+        metric=metric,
+        stat=stat,
+        agg=st.session_state[f"{P}.agg"],
         step=int(st.session_state[f"{P}.step"]) if stat == "at_step" else None,
         threshold=float(st.session_state[f"{P}.threshold"]) if stat == "steps_to" else None,
     )
     grid = heatmap_grid(frame)
     higher_better = metric == "test_acc" and stat != "steps_to"
-    curves, fits = overlay_curves(grid, depth, show=tuple(st.session_state[f"{P}.show"]),
-                                  lower_is_better=not higher_better)
+    curves, fits = overlay_curves(
+        grid, depth, show=tuple(st.session_state[f"{P}.show"]), lower_is_better=not higher_better
+    )
     label = "steps to threshold" if stat == "steps_to" else f"{metric} ({STATS[stat]}, {st.session_state[f'{P}.agg']})"
     fig = portrait_figure(grid, value_label=label, log_value=metric != "test_acc", curves=curves)
     counts = {s: grid.count(s) for s in ("ok", "diverged", "running", "missing")}
     provisional = int(np.isfinite(grid.live).sum())
-    st.caption(" · ".join(f"{k}: {v}" for k, v in counts.items())
-               + (f" (faded: the latest value of {provisional} cells still training)" if provisional else "")
-               + (" · " if fits else "") + " · ".join(f.label() for f in fits))
+    st.caption(
+        " · ".join(f"{k}: {v}" for k, v in counts.items())
+        + (f" (faded: the latest value of {provisional} cells still training)" if provisional else "")
+        + (" · " if fits else "")
+        + " · ".join(f.label() for f in fits)
+    )
     event = chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
     cell = selected_cell(event)
     options = [cell_key(g, e) for g in grid.gammas for e in grid.etas]
@@ -77,16 +83,26 @@ def draw() -> None:
         st.session_state[f"{P}.cell"] = cell_key(*cell)
     if st.session_state.get(f"{P}.cell") not in options:  # a stale or hand-edited link: no cell
         st.session_state[f"{P}.cell"] = None
-    chosen = st.selectbox("Cell (or click one in the portrait)", [None, *options], key=f"{P}.cell",
-                          format_func=lambda c: "—" if c is None else "γ={:.3g}, η={:.3g}".format(*parse_cell(c)))
+    chosen = st.selectbox(
+        "Cell (or click one in the portrait)",
+        [None, *options],
+        key=f"{P}.cell",
+        format_func=lambda c: "—" if c is None else "γ={:.3g}, η={:.3g}".format(*parse_cell(c)),
+    )
     sync_url(SCHEMA, P)  # the click above happened after the page's first sync
     if chosen is not None:
         g, e = parse_cell(chosen)
         gi, ei = int(np.argmin(abs(grid.gammas - g))), int(np.argmin(abs(grid.etas - e)))
-        st.markdown(f"**Cell γ={g:.3g}, η={e:.3g}** — {grid.status[ei, gi]}, "
-                    f"{grid.n_done[ei, gi]}/{grid.n_seeds[ei, gi]} seeds done")
-        st.page_link("views/trajectories.py", label="Open this cell's trajectories", icon=":material/show_chart:",
-                     query_params={"sweep": sweep_id, "mode": "cell", "gamma": repr(g), "eta": repr(e)})
+        st.markdown(
+            f"**Cell γ={g:.3g}, η={e:.3g}** — {grid.status[ei, gi]}, "
+            f"{grid.n_done[ei, gi]}/{grid.n_seeds[ei, gi]} seeds done"
+        )
+        st.page_link(
+            "views/trajectories.py",
+            label="Open this cell's trajectories",
+            icon=":material/show_chart:",
+            query_params={"sweep": sweep_id, "mode": "cell", "gamma": repr(g), "eta": repr(e)},
+        )
 
 
 if st.session_state[f"{P}.live"] and sweep.get("status") in ("queued", "running"):

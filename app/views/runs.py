@@ -27,9 +27,13 @@ def sweeps_table() -> None:
         st.info("No sweeps yet: launch one on the Launch page.")
         return
     st.dataframe(
-        sweeps, hide_index=True, width="stretch",
-        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
-                       "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")},
+        sweeps,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
+            "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+        },
     )
 
 
@@ -81,10 +85,15 @@ def runs_table() -> None:
     shown = filter_runs(runs, statuses=st.session_state[f"{P}.status"], text=st.session_state[f"{P}.q"])
     st.caption(f"{len(shown):,} of {len(runs):,} runs")
     st.dataframe(shown, hide_index=True, width="stretch")
-    st.download_button("Download runs (CSV)", csv_bytes(shown), file_name=f"runs-{sweep_id}.csv",
-                       mime="text/csv", key=f"{P}.csv")
+    st.download_button(
+        "Download runs (CSV)", csv_bytes(shown), file_name=f"runs-{sweep_id}.csv", mime="text/csv", key=f"{P}.csv"
+    )
 
 
 runs_table()
-st.page_link("views/portrait.py", label="Phase portrait of this sweep", icon=":material/grid_on:",
-             query_params={"sweep": sweep_id})
+st.page_link(
+    "views/portrait.py",
+    label="Phase portrait of this sweep",
+    icon=":material/grid_on:",
+    query_params={"sweep": sweep_id},
+)

@@ -24,8 +24,19 @@ def heatmap_frame(gammas, etas, value, status) -> pd.DataFrame:
     rows = []
     for j, g in enumerate(gammas):
         for i, e in enumerate(etas):
-            rows.append(dict(gamma=g, eta=e, value=value[i][j], n_seeds=2, n_done=2, n_diverged=0, n_running=0,
-                             n_missing=0, cell_status=status[i][j]))
+            rows.append(
+                dict(
+                    gamma=g,
+                    eta=e,
+                    value=value[i][j],
+                    n_seeds=2,
+                    n_done=2,
+                    n_diverged=0,
+                    n_running=0,
+                    n_missing=0,
+                    cell_status=status[i][j],
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -38,8 +49,9 @@ def test_log_cell_edges_are_geometric_midpoints_for_uneven_grids():
 
 
 def test_heatmap_grid_never_shows_non_ok_cells_as_values():
-    frame = heatmap_frame([0.1, 1.0], [0.01, 0.1],
-                          [[0.05, 0.02], [np.inf, 0.01]], [["ok", "ok"], ["diverged", "running"]])
+    frame = heatmap_frame(
+        [0.1, 1.0], [0.01, 0.1], [[0.05, 0.02], [np.inf, 0.01]], [["ok", "ok"], ["diverged", "running"]]
+    )
     frame = frame[~((frame.gamma == 1.0) & (frame.eta == 0.01))]  # an absent cell becomes missing
     grid = heatmap_grid(frame)
     assert grid.status.tolist() == [["ok", "missing"], ["diverged", "running"]]
@@ -48,9 +60,12 @@ def test_heatmap_grid_never_shows_non_ok_cells_as_values():
 
 
 def test_portrait_figure_layers_and_values():
-    frame = heatmap_frame([0.1, 1.0, 10.0], [0.001, 0.01, 0.1],
-                          [[0.09, 0.08, 0.07], [0.05, 0.02, 0.06], [np.nan, 0.03, 0.01]],
-                          [["ok", "ok", "ok"], ["ok", "ok", "ok"], ["diverged", "ok", "running"]])
+    frame = heatmap_frame(
+        [0.1, 1.0, 10.0],
+        [0.001, 0.01, 0.1],
+        [[0.09, 0.08, 0.07], [0.05, 0.02, 0.06], [np.nan, 0.03, 0.01]],
+        [["ok", "ok", "ok"], ["ok", "ok", "ok"], ["diverged", "ok", "running"]],
+    )
     grid = heatmap_grid(frame)
     curves, fits = overlay_curves(grid, depth=3)
     fig = json.loads(portrait_figure(grid, value_label="loss", curves=curves).to_json())
@@ -70,8 +85,7 @@ def test_portrait_click_anywhere_in_a_cell_selects_it():
     # landed on the heatmap (not selectable). Now the heatmaps take no hover, the click targets carry
     # the value, and hoverdistance=-1 makes the nearest centre (the cell under the pointer) the hovered
     # point, which plotly selects on click.
-    frame = heatmap_frame([0.1, 1.0], [0.01, 0.1], [[0.05, 0.02], [np.inf, 0.01]],
-                          [["ok", "ok"], ["diverged", "ok"]])
+    frame = heatmap_frame([0.1, 1.0], [0.01, 0.1], [[0.05, 0.02], [np.inf, 0.01]], [["ok", "ok"], ["diverged", "ok"]])
     grid = heatmap_grid(frame)
     fig = json.loads(portrait_figure(grid, value_label="loss").to_json())
     heatmaps = [t for t in fig["data"] if t["type"] == "heatmap"]
@@ -89,8 +103,9 @@ def test_portrait_click_anywhere_in_a_cell_selects_it():
 def test_running_cells_show_their_latest_value_faded_on_the_same_scale():
     # A researcher watching a sweep saw only "running" circles until whole units finished; now a
     # running cell shows its seeds' latest value, faded, with the step in the hover.
-    frame = heatmap_frame([0.1, 1.0], [0.01, 0.1], [[0.05, np.nan], [0.01, np.nan]],
-                          [["ok", "running"], ["ok", "running"]])
+    frame = heatmap_frame(
+        [0.1, 1.0], [0.01, 0.1], [[0.05, np.nan], [0.01, np.nan]], [["ok", "running"], ["ok", "running"]]
+    )
     frame["live_value"] = [np.nan, np.nan, 0.5, np.nan]  # γ=1, η=0.01 has logged; γ=1, η=0.1 not yet
     frame["live_step"] = [np.nan, np.nan, 40.0, np.nan]
     grid = heatmap_grid(frame)
@@ -114,9 +129,12 @@ def test_running_cells_show_their_latest_value_faded_on_the_same_scale():
 
 
 def test_ridge_and_boundary():
-    frame = heatmap_frame([0.1, 1.0], [0.001, 0.01, 0.1, 1.0],
-                          [[0.09, 0.09], [0.02, 0.05], [0.05, 0.01], [np.nan, 0.08]],
-                          [["ok", "ok"], ["ok", "ok"], ["ok", "ok"], ["diverged", "ok"]])
+    frame = heatmap_frame(
+        [0.1, 1.0],
+        [0.001, 0.01, 0.1, 1.0],
+        [[0.09, 0.09], [0.02, 0.05], [0.05, 0.01], [np.nan, 0.08]],
+        [["ok", "ok"], ["ok", "ok"], ["ok", "ok"], ["diverged", "ok"]],
+    )
     grid = heatmap_grid(frame)
     g, e = ridge(grid)
     assert g.tolist() == [0.1, 1.0]
@@ -133,9 +151,13 @@ def test_selected_cell_reads_customdata():
 
 
 def test_view_state_round_trip_and_bad_values():
-    schema = {"metric": Field("str", "train_loss", choices=("train_loss", "test_loss")),
-              "step": Field("int", 0, minimum=0), "show": Field("list", ["ridge"], choices=("ridge", "fits")),
-              "live": Field("bool", True), "gamma": Field("float", None)}
+    schema = {
+        "metric": Field("str", "train_loss", choices=("train_loss", "test_loss")),
+        "step": Field("int", 0, minimum=0),
+        "show": Field("list", ["ridge"], choices=("ridge", "fits")),
+        "live": Field("bool", True),
+        "gamma": Field("float", None),
+    }
     values = {"metric": "test_loss", "step": 40, "show": ["fits"], "live": False, "gamma": 0.1}
     params = write_view(values, schema)
     assert read_view(params, schema) == values
@@ -152,8 +174,9 @@ def test_launch_form_round_trip_and_errors():
     form["grid.eta"] = "0.1, lots"
     _, errors = form_to_spec(form)
     assert [e.field for e in errors] == ["grid.eta"]
-    grouped = errors_by_field([ConfigError("grid.eta.from", "bad"), ConfigError("model.width", "too big"),
-                               ConfigError("spec", "x")])
+    grouped = errors_by_field(
+        [ConfigError("grid.eta.from", "bad"), ConfigError("model.width", "too big"), ConfigError("spec", "x")]
+    )
     assert grouped == {"grid.eta": ["bad"], "model.width": ["too big"], "spec": ["spec: x"]}
 
 
@@ -161,17 +184,47 @@ def test_launch_form_round_trips_every_spec_field():
     """Clone-and-edit goes spec -> form -> spec: nothing may be dropped or changed on the way."""
     from tasks.spec import SweepSpec
 
-    rich = SweepSpec.from_dict({
-        "name": "vit-teacher-adaptive",
-        "model": {"arch": "vit", "width": 12, "depth": 2, "patch": 2, "heads": 3, "activation": "tanh",
-                  "centered": False},
-        "data": {"dataset": "teacher", "input_dim": 5, "image_size": 6, "channels": 2, "n_classes": 4,
-                 "noise": 0.25, "test_size": 64, "data_seed": 9},
-        "train": {"loss": "xent", "batch_size": 16, "steps": 30, "dtype": "float64", "eval_points": 3,
-                  "metrics": ["test"], "divergence_factor": 50.0, "probe_size": 8},
-        "grid": {"gamma": [0.5, 2.0], "eta": {"from": 0.01, "to": 1.0, "per_decade": 2}, "seeds": [3, 4],
-                 "adaptive": True, "below_max_decades": 1.5},
-    }).to_dict()
+    rich = SweepSpec.from_dict(
+        {
+            "name": "vit-teacher-adaptive",
+            "model": {
+                "arch": "vit",
+                "width": 12,
+                "depth": 2,
+                "patch": 2,
+                "heads": 3,
+                "activation": "tanh",
+                "centered": False,
+            },
+            "data": {
+                "dataset": "teacher",
+                "input_dim": 5,
+                "image_size": 6,
+                "channels": 2,
+                "n_classes": 4,
+                "noise": 0.25,
+                "test_size": 64,
+                "data_seed": 9,
+            },
+            "train": {
+                "loss": "xent",
+                "batch_size": 16,
+                "steps": 30,
+                "dtype": "float64",
+                "eval_points": 3,
+                "metrics": ["test"],
+                "divergence_factor": 50.0,
+                "probe_size": 8,
+            },
+            "grid": {
+                "gamma": [0.5, 2.0],
+                "eta": {"from": 0.01, "to": 1.0, "per_decade": 2},
+                "seeds": [3, 4],
+                "adaptive": True,
+                "below_max_decades": 1.5,
+            },
+        }
+    ).to_dict()
     back, errors = form_to_spec(spec_to_form(rich))
     assert not errors
     assert SweepSpec.from_dict(back).to_dict() == rich
@@ -190,10 +243,16 @@ def test_demo_preset_is_a_valid_spec(tmp_path):
 
 
 def test_select_runs_and_nearest():
-    runs = pd.DataFrame({"run_id": list("abcdef"), "gamma": [0.1, 0.1, 0.1, 1.0, 1.0, 1.0],
-                         "eta": [0.01, 0.1, 1.0, 0.01, 0.1, 1.0], "seed": 0,
-                         "status": ["done", "done", "diverged", "done", "done", "done"],
-                         "final_train_loss": [0.05, 0.02, np.nan, 0.04, 0.03, 0.01]})
+    runs = pd.DataFrame(
+        {
+            "run_id": list("abcdef"),
+            "gamma": [0.1, 0.1, 0.1, 1.0, 1.0, 1.0],
+            "eta": [0.01, 0.1, 1.0, 0.01, 0.1, 1.0],
+            "seed": 0,
+            "status": ["done", "done", "diverged", "done", "done", "done"],
+            "final_train_loss": [0.05, 0.02, np.nan, 0.04, 0.03, 0.01],
+        }
+    )
     assert select_runs(runs, "row", gamma=0.1)["run_id"].tolist() == ["a", "b", "c"]
     assert select_runs(runs, "column", eta=0.1)["run_id"].tolist() == ["b", "e"]
     assert select_runs(runs, "ridge")["run_id"].tolist() == ["b", "f"]
@@ -204,9 +263,14 @@ def test_select_runs_and_nearest():
 
 def test_trajectories_figure_groups_by_colour_and_marks_divergence():
     runs = pd.DataFrame({"run_id": ["a", "b", "c"], "gamma": [0.1, 0.1, 1.0], "eta": [0.01, 0.1, 0.01], "seed": 0})
-    series = pd.DataFrame({"run_id": ["a", "a", "b", "b", "c", "c"], "x": [1, 10, 1, 10, 1, 10],
-                           "value": [0.1, 0.05, 0.1, np.inf, 0.1, 0.01],
-                           "kind": ["point", "point", "point", "diverged", "point", "point"]})
+    series = pd.DataFrame(
+        {
+            "run_id": ["a", "a", "b", "b", "c", "c"],
+            "x": [1, 10, 1, 10, 1, 10],
+            "value": [0.1, 0.05, 0.1, np.inf, 0.1, 0.01],
+            "kind": ["point", "point", "point", "diverged", "point", "point"],
+        }
+    )
     by_gamma = json.loads(trajectories_figure(series, runs, colour_by="gamma").to_json())
     names = [t["name"] for t in by_gamma["data"]]
     assert names == ["γ=0.1", "γ=1", "diverged"]
@@ -233,8 +297,9 @@ def test_edge_of_stability_lines_take_their_runs_colour():
     runs = pd.DataFrame({"run_id": ["a", "b"], "eta": [0.1, 1.0], "width": [10, 10]})
     eos = edge_of_stability(runs, (1.0, 100.0))
     assert sorted(set(eos["value"])) == pytest.approx([0.2, 2.0])  # 2/(N·η)
-    sharp = pd.DataFrame({"x": [1.0, 2.0, 1.0, 2.0], "value": [0.1, 0.2, 1.0, 1.5],
-                          "label": ["γ=1 η=0.1 s=0"] * 2 + ["γ=1 η=1 s=0"] * 2})
+    sharp = pd.DataFrame(
+        {"x": [1.0, 2.0, 1.0, 2.0], "value": [0.1, 0.2, 1.0, 1.5], "label": ["γ=1 η=0.1 s=0"] * 2 + ["γ=1 η=1 s=0"] * 2}
+    )
     fig = lines_figure(sharp, x_label="t", y_label="λ", hlines=eos).to_plotly_json()
     colour = {t["name"]: t["line"]["color"] for t in fig["data"]}
     assert colour["2/(N·η) η=0.1"] == colour["γ=1 η=0.1 s=0"] != colour["γ=1 η=1 s=0"] == colour["2/(N·η) η=1"]

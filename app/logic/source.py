@@ -115,6 +115,44 @@ def runs_frame(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+LIVE = ("running", "lost")  # runs whose steps_done the registry does not know yet (a lost run may resume)
+
+
+def with_progress(runs: pd.DataFrame, last: pd.DataFrame | None, total_steps: int | None) -> pd.DataFrame:
+    """The runs table with how far each run has got: `steps_done` of running and lost runs filled in
+    from `last` (run_id, last_step: storage.progress.last_steps; train_loss is logged every step, so
+    last_step + 1 steps are done), and a `progress` column (steps_done / total_steps, in [0, 1]; NaN
+    where unknown) right after it. The registry fills steps_done only when a run ends."""
+    out = runs.copy()
+    steps = pd.to_numeric(out["steps_done"], errors="coerce").astype("float64")
+    if last is not None and not last.empty:
+        done_now = pd.Series(last["last_step"].to_numpy(dtype=np.float64) + 1.0, index=last["run_id"].to_numpy())
+        live = out["status"].isin(LIVE).to_numpy() & out["run_id"].isin(done_now.index).to_numpy()
+        steps[live] = done_now.reindex(out.loc[live, "run_id"]).to_numpy()
+    out["steps_done"] = steps.astype("Int64")
+    fraction = (steps / float(total_steps)).clip(0.0, 1.0) if total_steps and total_steps > 0 else np.nan
+    out.insert(out.columns.get_loc("steps_done") + 1, "progress", fraction)
+    out["progress"] = out["progress"].astype("float64")
+    return out
+
+
+def progress_line(runs: pd.DataFrame, total_steps: int | None) -> str:
+    """One line of live counts for a runs table (after with_progress): runs per status, and how far
+    the running ones have got together, e.g. "queued: 4 · running: 2 (1,500 of 6,000 steps) · done: 6"."""
+    counts = runs["status"].value_counts()
+    parts = []
+    for status in ("queued", "running", "done", "diverged", "failed", "cancelled", "lost"):
+        n = int(counts.get(status, 0))
+        if not n:
+            continue
+        text = f"{status}: {n:,}"
+        if status == "running" and total_steps:
+            done = runs.loc[runs["status"] == "running", "steps_done"].fillna(0).astype("int64").sum()
+            text += f" ({int(done):,} of {n * int(total_steps):,} steps)"
+        parts.append(text)
+    return " · ".join(parts) if parts else "no runs"
+
+
 def filter_runs(
     runs: pd.DataFrame,
     *,
@@ -233,6 +271,20 @@ class DashboardSource:
             return frame
 
         return self._cached(key, read)
+
+    def last_steps(self, run_ids: Sequence[str]) -> pd.DataFrame | None:
+        """run_id, last_step of the given runs (storage.progress.last_steps: one query, never cached —
+        it moves with every points batch). None when another process holds the metric store (the
+        Runs page then shows what the registry knows instead of failing)."""
+        from storage.metric_store import StoreLocked
+        from storage.progress import last_steps
+
+        if not run_ids:
+            return pd.DataFrame({"run_id": pd.Series(dtype=str), "last_step": pd.Series(dtype="int64")})
+        try:
+            return last_steps(self.settings, list(run_ids))
+        except StoreLocked:
+            return None
 
     def run_configs(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {r["run_id"]: r["config"] for r in self.registry.get_runs(list(run_ids))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.logic.source import filter_runs
+from app.logic.source import LIVE, filter_runs, progress_line, with_progress
 from app.logic.view_state import Field
 from app.ui import csv_bytes, labeler, resources, sync_url, url_state
 
@@ -79,12 +79,36 @@ if a5.button("Clone and edit", key=f"{P}.clone"):
     st.switch_page("views/launch.py")
 
 
+total_steps = int((source.sweep(sweep_id) or {}).get("spec", {}).get("train", {}).get("steps", 0)) or None
+
+
 @st.fragment(run_every=3.0)
 def runs_table() -> None:
     runs = source.runs(sweep_id)
+    # The registry learns steps_done when a run ends; until then the metric store knows how far it
+    # got (one query for all running runs, none when nothing runs).
+    live = runs.loc[runs["status"].isin(LIVE), "run_id"].tolist()
+    last = source.last_steps(live) if live else None
+    runs = with_progress(runs, last, total_steps)
     shown = filter_runs(runs, statuses=st.session_state[f"{P}.status"], text=st.session_state[f"{P}.q"])
     st.caption(f"{len(shown):,} of {len(runs):,} runs")
-    st.dataframe(shown, hide_index=True, width="stretch")
+    st.caption(progress_line(runs, total_steps))
+    if live and last is None:
+        st.caption("Progress of running runs is unavailable: another process holds the metric store.")
+    st.dataframe(
+        shown,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "progress": st.column_config.ProgressColumn(
+                "progress",
+                min_value=0.0,
+                max_value=1.0,
+                format="percent",
+                help=f"steps done of {total_steps:,}" if total_steps else None,
+            )
+        },
+    )
     st.download_button(
         "Download runs (CSV)", csv_bytes(shown), file_name=f"runs-{sweep_id}.csv", mime="text/csv", key=f"{P}.csv"
     )

@@ -183,6 +183,7 @@ def portrait_figure(
                     marker={"symbol": symbol, "size": 11, "color": colour, "line": {"width": 2, "color": colour}},
                 )
             )
+    # Hover numbers use d3's trimmed format (~): plain ".3g" keeps trailing zeros ("γ=1.00").
     # Click targets: one transparent marker per cell, carrying the cell's γ, η. Plotly selects the
     # hovered point on click, and with hoverdistance=-1 (below) the hovered point is the nearest
     # centre, i.e. the cell under the pointer: a click anywhere in a cell selects it (users clicked
@@ -202,9 +203,9 @@ def portrait_figure(
                 ]
             ),  # (E·G, 7)
             marker={"size": 18, "color": "rgba(0,0,0,0)", "symbol": "square"},
-            hovertemplate="γ=%{customdata[0]:.3g}<br>η=%{customdata[1]:.3g}<br>"
+            hovertemplate="γ=%{customdata[0]:~.3g}<br>η=%{customdata[1]:~.3g}<br>"
             + value_label
-            + "=%{customdata[2]:.4g}<br>%{customdata[5]}, done %{customdata[3]}/%{customdata[4]} seeds"
+            + "=%{customdata[2]:~.4g}<br>%{customdata[5]}, done %{customdata[3]}/%{customdata[4]} seeds"
             + "%{customdata[6]}<extra></extra>",
         )
     )
@@ -218,7 +219,7 @@ def portrait_figure(
                 mode="lines+markers" if curve.markers else "lines",
                 line={"dash": curve.dash, "color": curve.colour, "width": 2},
                 marker={"size": 7},
-                hovertemplate=curve.name + ": γ=%{customdata[0]:.3g}, η=%{customdata[1]:.3g}<extra></extra>",
+                hovertemplate=curve.name + ": γ=%{customdata[0]:~.3g}, η=%{customdata[1]:~.3g}<extra></extra>",
                 customdata=np.column_stack([curve.gammas[keep], curve.etas[keep]]),
             )
         )
@@ -369,7 +370,7 @@ def trajectories_figure(
                 mode="lines",
                 name=name,
                 line={"color": colours[float(centre)], "width": 1.5},
-                hovertemplate=f"{name}<br>x=%{{x:.4g}}<br>y=%{{y:.4g}}<extra></extra>",
+                hovertemplate=f"{name}<br>x=%{{x:~.4g}}<br>y=%{{y:~.4g}}<extra></extra>",
             )
         )
     div = data[data["kind"] == "diverged"]

@@ -423,9 +423,11 @@ def twin_axes_figure(
     right_label: str,
     log_x: bool = True,
     log_left: bool = True,
+    right_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> go.Figure:
     """Two metrics of the same run(s) against step on twin y axes (silent alignment: alignment
-    rises before the loss drops). Frames: run_id, x, value."""
+    rises before the loss drops). Frames: run_id, x, value. The right axis is linear; with
+    `right_range` (the default: alignment lies in [0, 1]) it spans that range with round ticks."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     # One colour per run on both axes (loss solid, alignment dotted with markers): the eye pairs them.
     from plotly.colors import qualitative
@@ -450,7 +452,15 @@ def twin_axes_figure(
             )
     fig.update_xaxes(title_text="step t + 1", **axis(log_x))
     fig.update_yaxes(title_text=left_label, **axis(log_left), secondary_y=False)
-    fig.update_yaxes(title_text=right_label, secondary_y=True, title_standoff=8)
+    # Plotly's default for an overlaying axis is tickmode "sync": ticks placed at the left (log)
+    # axis's gridlines, which on a linear alignment axis read 0.4064, 0.4381, ... Own ticks instead,
+    # and no second set of gridlines across the plot.
+    right: dict[str, object] = {"type": "linear", "showgrid": False, "tickmode": "auto"}
+    if right_range is not None:
+        lo, hi = right_range
+        pad = 0.02 * (hi - lo)  # a value exactly at an end keeps its whole marker
+        right.update(range=[lo - pad, hi + pad], tickmode="linear", tick0=lo, dtick=(hi - lo) / 5)
+    fig.update_yaxes(title_text=right_label, secondary_y=True, title_standoff=8, **right)
     # Legend below the plot: on the right it sits on the secondary axis's title and clips it.
     fig.update_layout(
         uirevision=UIREVISION, margin={"t": 10, "r": 60}, legend={"orientation": "h", "y": -0.2, "yanchor": "top"}

@@ -48,3 +48,21 @@ def test_hovers_trim_trailing_zeros_of_gamma_and_eta():
         assert re.search(r"η=%\{customdata\[1\]:~\.3g\}", template), template
     formats = [f for t in templates for f in _d3_formats(t)]
     assert formats and all(f.startswith("~") for f in formats), formats
+
+
+def test_alignment_axis_has_round_ticks_over_zero_to_one():
+    """The right (alignment) axis of the twin-axes figure read 0.4064, 0.4381, ...: plotly's default
+    for an overlaying axis syncs its ticks to the left log axis's gridlines."""
+    from app.logic.figures import twin_axes_figure
+
+    loss = pd.DataFrame({"run_id": ["a"] * 3, "x": [1.0, 10.0, 100.0], "value": [0.1, 0.05, 0.01]})
+    align = pd.DataFrame({"run_id": ["a"] * 3, "x": [1.0, 10.0, 100.0], "value": [0.41, 0.45, 0.52]})
+    layout = twin_axes_figure(loss, align, left_label="train_loss", right_label="alignment").to_plotly_json()["layout"]
+    right = layout["yaxis2"]
+    assert right["overlaying"] == "y" and right["type"] == "linear"
+    assert right["tickmode"] == "linear" and right["tick0"] == 0.0 and right["dtick"] == 0.2
+    lo, hi = right["range"]
+    assert -0.05 < lo < 0.0 and 1.0 < hi < 1.05  # [0, 1] with room for a marker at either end
+    assert layout["yaxis"]["type"] == "log"  # the loss keeps its log axis
+    free = twin_axes_figure(loss, align, left_label="l", right_label="r", right_range=None).to_plotly_json()
+    assert free["layout"]["yaxis2"]["tickmode"] == "auto"  # never plotly's implicit "sync"

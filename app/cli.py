@@ -1,7 +1,7 @@
 """The `gamma-lab` command line.
 
     gamma-lab serve [--host 127.0.0.1] [--port 8501]     the dashboard (recorder + local workers inside)
-    gamma-lab sweep SPEC.toml [--executor local|celery] [--wait] [--rerun] [--device cpu|cuda]
+    gamma-lab sweep SPEC.toml [SPEC.toml...] [--executor local|celery] [--wait] [--rerun] [--device cpu|cuda]
     gamma-lab worker [--queue cpu|gpu] [--device cpu|cuda:0[,cuda:1...]] [--concurrency N]
     gamma-lab recorder                                   the single owner of the DuckDB metric file
     gamma-lab status [SWEEP]
@@ -102,25 +102,53 @@ def _read_spec(path: str) -> Any:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tasks import api
+    from tasks.spec import SpecError, validate_spec
 
     settings = _settings()
-    spec = _read_spec(args.spec)
+    # Every spec is read and checked before any is queued: `gamma-lab sweep specs/*.toml` with one bad
+    # file queues nothing (it used to stop with "unrecognized arguments" for a second file).
+    specs = []
+    for path in args.spec:
+        try:
+            spec = _read_spec(path)
+            if len(args.spec) > 1:
+                validate_spec(spec, settings)  # data files, cell limit; submit repeats it and logs warnings
+        except SpecError as exc:
+            if len(args.spec) == 1:
+                raise
+            _err(
+                f"error: {path}: {len(exc.errors)} problem(s) in the sweep spec; nothing was queued:",
+                *(f"  {line}" for line in exc.lines()),
+            )
+            return EXIT_USAGE
+        except UserError as exc:
+            if len(args.spec) == 1:
+                raise
+            raise UserError(f"{exc}; nothing was queued") from None
+        specs.append(spec)
     # --wait records here: open the metric store before queueing, so a broken store stops us first
     recorder = _recorder_for_wait(settings) if args.wait else None
     if not args.wait:
         _check_store(settings)
-    before = stored_statuses(settings, spec)
+    sweep_ids = []
     try:
-        sweep_id = api.submit(spec, settings, executor=args.executor, rerun=args.rerun, device=args.device)
+        for spec in specs:
+            before = stored_statuses(settings, spec)
+            sweep_id = api.submit(spec, settings, executor=args.executor, rerun=args.rerun, device=args.device)
+            sweep_ids.append(sweep_id)
+            cells = describe_cells(spec, before, args.rerun)
+            _err(f"sweep {sweep_id} ({spec.name}): {cells} on the {args.executor} executor")
     except BaseException:
         if recorder is not None:
             recorder.stop()
+        if sweep_ids:  # a later one failed (broker down, say): the ones queued go on; say which
+            print("\n".join(sweep_ids), flush=True)
+            _err(f"queued before the error: {' '.join(sweep_ids)}")
         raise
-    _err(f"sweep {sweep_id} ({spec.name}): {describe_cells(spec, before, args.rerun)} on the {args.executor} executor")
     code = 0
     if args.wait:
-        code = _wait_interruptible(settings, sweep_id, recorder)
-    print(sweep_id, flush=True)
+        code = _wait_interruptible(settings, sweep_ids, recorder)
+    print("\n".join(sweep_ids), flush=True)
     return code
 
 
@@ -153,18 +181,23 @@ def describe_cells(spec: Any, before: dict[str, str], rerun: bool) -> str:
     return f"{n} cells: " + ", ".join(parts)
 
 
-def _wait_interruptible(settings: Any, sweep_id: str, recorder: Any) -> int:
-    """wait_for, but Ctrl-C stops only the waiting: the runs go on (local workers and Celery tasks
-    outlive this command), so say so and how to follow or stop them. A user who pressed Ctrl-C saw
-    the bar vanish without a word and thought the sweep was stopped (or lost its id)."""
+def _wait_interruptible(settings: Any, sweep_ids: Sequence[str], recorder: Any) -> int:
+    """wait_for each sweep (the worst exit code), but Ctrl-C stops only the waiting: the runs go on
+    (local workers and Celery tasks outlive this command), so say so and how to follow or stop them.
+    A user who pressed Ctrl-C saw the bar vanish without a word and thought the sweep was stopped."""
+    code = 0
     try:
-        return wait_for(settings, sweep_id, recorder=recorder)
+        for sweep_id in sweep_ids:
+            code = max(code, wait_for(settings, sweep_id, recorder=recorder))
+            recorder = None  # wait_for stopped it; the next wait_for records again if it can
     except KeyboardInterrupt:
-        _err(
-            f"stopped waiting; sweep {sweep_id} keeps running in the background "
-            f"(`gamma-lab status {sweep_id}` to follow it, `gamma-lab cancel {sweep_id}` to stop it)"
-        )
+        for sweep_id in sweep_ids:
+            _err(
+                f"stopped waiting; sweep {sweep_id} keeps running in the background "
+                f"(`gamma-lab status {sweep_id}` to follow it, `gamma-lab cancel {sweep_id}` to stop it)"
+            )
         return EXIT_INTERRUPTED
+    return code
 
 
 def _check_store(settings: Any) -> None:
@@ -510,7 +543,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             recorder.stop()
         raise
     _err(f"demo sweep {sweep_id}: {spec.grid.n_cells} cells of {spec.name}, data in {settings.data_dir}")
-    code = _wait_interruptible(settings, sweep_id, recorder)
+    code = _wait_interruptible(settings, [sweep_id], recorder)
     if code == EXIT_INTERRUPTED:
         print(sweep_id, flush=True)
         return code
@@ -538,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("sweep", help="launch a sweep from a TOML spec")
-    s.add_argument("spec")
+    s.add_argument("spec", nargs="+", help="one or more sweep .toml files (all checked before any is queued)")
     s.add_argument(
         "--executor",
         choices=("local", "celery"),

@@ -173,3 +173,23 @@ def test_relaunching_a_spec_says_its_cells_were_reused_not_queued(lab: Path) -> 
     assert "2 cells: 0 queued, 2 reused from earlier sweeps (--rerun trains them again)" in again.stderr
     rerun = _cli(lab, "sweep", str(spec), "--wait", "--rerun")
     assert rerun.returncode == 0 and "2 cells queued on the local executor" in rerun.stderr, rerun.stderr
+
+
+def test_several_specs_at_once_all_checked_before_any_is_queued(lab: Path) -> None:
+    # `gamma-lab sweep specs/*.toml --wait` stopped with "unrecognized arguments" at the second file.
+    short = LONG.replace("steps = 5000000", "steps = 20")
+    (lab / "a.toml").write_text(short)
+    (lab / "b.toml").write_text(short.replace('name = "long-cli"', 'name = "b"').replace("[0.01]", "[0.1]"))
+    (lab / "c_bad.toml").write_text(short.replace("gamma = [1.0]", "gamma = [-1.0]"))
+
+    bad = _cli(lab, "sweep", str(lab / "a.toml"), str(lab / "c_bad.toml"), "--wait")
+    assert bad.returncode == 2 and not bad.stdout, bad.stderr
+    assert f"error: {lab / 'c_bad.toml'}: 1 problem(s)" in bad.stderr and "grid.gamma" in bad.stderr
+    assert len(_cli(lab, "status").stdout.strip().splitlines()) == 1  # the header alone: not even a.toml
+
+    good = _cli(lab, "sweep", str(lab / "a.toml"), str(lab / "b.toml"), "--wait")
+    assert good.returncode == 0, good.stderr
+    ids = good.stdout.split()
+    assert len(ids) == 2 and ids[0] != ids[1]
+    for sweep_id in ids:
+        assert "done" in _cli(lab, "status", sweep_id).stdout.splitlines()[0]

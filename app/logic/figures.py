@@ -455,12 +455,12 @@ def twin_axes_figure(
     # Plotly's default for an overlaying axis is tickmode "sync": ticks placed at the left (log)
     # axis's gridlines, which on a linear alignment axis read 0.4064, 0.4381, ... Own ticks instead,
     # and no second set of gridlines across the plot.
-    right: dict[str, object] = {"type": "linear", "showgrid": False, "tickmode": "auto"}
+    right_axis: dict[str, object] = {"type": "linear", "showgrid": False, "tickmode": "auto"}
     if right_range is not None:
         lo, hi = right_range
         pad = 0.02 * (hi - lo)  # a value exactly at an end keeps its whole marker
-        right.update(range=[lo - pad, hi + pad], tickmode="linear", tick0=lo, dtick=(hi - lo) / 5)
-    fig.update_yaxes(title_text=right_label, secondary_y=True, title_standoff=8, **right)
+        right_axis.update(range=[lo - pad, hi + pad], tickmode="linear", tick0=lo, dtick=(hi - lo) / 5)
+    fig.update_yaxes(title_text=right_label, secondary_y=True, title_standoff=8, **right_axis)
     # Legend below the plot: on the right it sits on the secondary axis's title and clips it.
     fig.update_layout(
         uirevision=UIREVISION, margin={"t": 10, "r": 60}, legend={"orientation": "h", "y": -0.2, "yanchor": "top"}

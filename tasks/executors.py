@@ -47,12 +47,17 @@ class CeleryExecutor:
         from tasks.celery_app import VISIBILITY_TIMEOUT_S, configure, queue_for, run_unit_task
 
         if max_unit_seconds > VISIBILITY_TIMEOUT_S / 2:
-            log.warning("a unit is estimated at %.0f s, near the broker's visibility timeout (%d s): it could be "
-                        "redelivered while still running", max_unit_seconds, VISIBILITY_TIMEOUT_S)
+            log.warning(
+                "a unit is estimated at %.0f s, near the broker's visibility timeout (%d s): it could be "
+                "redelivered while still running",
+                max_unit_seconds,
+                VISIBILITY_TIMEOUT_S,
+            )
         app = configure(self.settings.broker_url)
         # an explicit connection to *this* broker: the app's cached pool may point at an older URL
         with app.connection_for_write(self.settings.broker_url) as conn:
             for unit in units:
                 # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
-                run_unit_task.apply_async(args=[unit.to_json()], queue=queue_for(unit.device), task_id=unit.unit_id,
-                                          connection=conn)
+                run_unit_task.apply_async(
+                    args=[unit.to_json()], queue=queue_for(unit.device), task_id=unit.unit_id, connection=conn
+                )

@@ -74,10 +74,12 @@ def portrait_figure(
     colour_range: tuple[float, float] | None = None,
     title: str | None = None,
     show_scale: bool = True,
+    selected: tuple[float, float] | None = None,
 ) -> go.Figure:
     """The γ–η heatmap. Only `ok` cells carry values on the colour scale; diverged cells are a
     separate single-colour layer; running and missing cells get markers on top. A transparent
-    marker at each cell centre makes cells clickable (plotly selection events need points)."""
+    marker at each cell centre makes cells clickable (plotly selection events need points).
+    `selected` (γ, η): that cell of the grid is outlined (nothing when it is not a cell of it)."""
     fig = go.Figure()
     if grid.gammas.size == 0:
         fig.update_layout(title=title or "no cells yet", uirevision=UIREVISION)
@@ -223,6 +225,13 @@ def portrait_figure(
                 customdata=np.column_stack([curve.gammas[keep], curve.etas[keep]]),
             )
         )
+    outline = _cell_outline(grid, selected)
+    if outline is not None:
+        # black under white: reads on every Viridis colour, the dark red of diverged cells included
+        for colour, width in (("black", 5), ("white", 2.5)):
+            fig.add_shape(
+                type="rect", **outline, line={"color": colour, "width": width}, layer="above", name="selected cell"
+            )
     xt, xl = _decade_ticks(gx[0], gx[-1])
     yt, yl = _decade_ticks(ey[0], ey[-1])
     fig.update_layout(
@@ -250,6 +259,20 @@ def portrait_figure(
         margin={"t": 40 if title else 10},
     )
     return fig
+
+
+def _cell_outline(grid: HeatmapGrid, cell: tuple[float, float] | None) -> dict[str, float] | None:
+    """x0, x1, y0, y1 (log10 units: the cell's edges) of the grid cell (γ, η), or None."""
+    if cell is None:
+        return None
+    gamma, eta = cell
+    gi = np.flatnonzero(np.isclose(grid.gammas, gamma, rtol=1e-9, atol=0.0))
+    ei = np.flatnonzero(np.isclose(grid.etas, eta, rtol=1e-9, atol=0.0))
+    if gi.size != 1 or ei.size != 1:
+        return None
+    g, e = int(gi[0]), int(ei[0])
+    gx, ey = grid.gamma_edges, grid.eta_edges
+    return {"x0": float(gx[g]), "x1": float(gx[g + 1]), "y0": float(ey[e]), "y1": float(ey[e + 1])}
 
 
 def _cell_notes(grid: HeatmapGrid, value_label: str) -> np.ndarray:

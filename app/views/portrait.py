@@ -62,12 +62,31 @@ def draw() -> None:
         threshold=float(st.session_state[f"{P}.threshold"]) if stat == "steps_to" else None,
     )
     grid = heatmap_grid(frame)
+    options = [cell_key(g, e) for g in grid.gammas for e in grid.etas]
+    # A click in the portrait arrives as the chart's selection state, before the figure is drawn
+    # again, so the outline below follows it at once. Only a new click picks the cell: the old one
+    # stays in the chart's state and must not undo a cell chosen later in the box below.
+    clicked = selected_cell(st.session_state.get(f"{P}.chart"))
+    clicked_key = None if clicked is None else cell_key(*clicked)
+    if clicked_key != st.session_state.get(f"{P}.clicked"):
+        st.session_state[f"{P}.clicked"] = clicked_key
+        if clicked_key is not None:
+            st.session_state[f"{P}.cell"] = clicked_key
+    if st.session_state.get(f"{P}.cell") not in options:  # a stale or hand-edited link: no cell
+        st.session_state[f"{P}.cell"] = None
+    current = st.session_state[f"{P}.cell"]
     higher_better = metric == "test_acc" and stat != "steps_to"
     curves, fits = overlay_curves(
         grid, depth, show=tuple(st.session_state[f"{P}.show"]), lower_is_better=not higher_better
     )
     label = "steps to threshold" if stat == "steps_to" else f"{metric} ({STATS[stat]}, {st.session_state[f'{P}.agg']})"
-    fig = portrait_figure(grid, value_label=label, log_value=metric != "test_acc", curves=curves)
+    fig = portrait_figure(
+        grid,
+        value_label=label,
+        log_value=metric != "test_acc",
+        curves=curves,
+        selected=None if current is None else parse_cell(current),
+    )
     counts = {s: grid.count(s) for s in ("ok", "diverged", "running", "missing")}
     provisional = int(np.isfinite(grid.live).sum())
     st.caption(
@@ -76,18 +95,14 @@ def draw() -> None:
         + (" · " if fits else "")
         + " · ".join(f.label() for f in fits)
     )
-    event = chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
-    cell = selected_cell(event)
-    options = [cell_key(g, e) for g in grid.gammas for e in grid.etas]
-    if cell is not None:
-        st.session_state[f"{P}.cell"] = cell_key(*cell)
-    if st.session_state.get(f"{P}.cell") not in options:  # a stale or hand-edited link: no cell
-        st.session_state[f"{P}.cell"] = None
+    chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
     chosen = st.selectbox(
         "Cell (or click one in the portrait)",
         [None, *options],
         key=f"{P}.cell",
         format_func=lambda c: "—" if c is None else "γ={:.3g}, η={:.3g}".format(*parse_cell(c)),
+        # Streamlit shows the placeholder, not format_func(None), when the value is None
+        placeholder="—",
     )
     sync_url(SCHEMA, P)  # the click above happened after the page's first sync
     if chosen is not None:

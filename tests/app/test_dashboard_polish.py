@@ -3,13 +3,23 @@ alignment ticks, the selected portrait cell outlined, the pickers' labels."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
 
 from app.logic.figures import Curve, portrait_figure, trajectories_figure
-from app.logic.grid import heatmap_grid
+from app.logic.grid import heatmap_grid, log_cell_edges
+from app.logic.portrait import cell_key
+from engine.config import ModelConfig, RunConfig
+from storage.bus import open_publisher
+from storage.recorder import Recorder
+from storage.registry import Registry
+from storage.settings import load_settings
 
 
 def _frame() -> pd.DataFrame:
@@ -66,3 +76,69 @@ def test_alignment_axis_has_round_ticks_over_zero_to_one():
     assert layout["yaxis"]["type"] == "log"  # the loss keeps its log axis
     free = twin_axes_figure(loss, align, left_label="l", right_label="r", right_range=None).to_plotly_json()
     assert free["layout"]["yaxis2"]["tickmode"] == "auto"  # never plotly's implicit "sync"
+
+
+# ----------------------------------------------------------------------------- pages (AppTest)
+
+MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+GAMMAS, ETAS = (0.1, 1.0, 10.0), (0.01, 0.1)
+
+
+@pytest.fixture()
+def finished_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A finished 3 γ × 2 η sweep, one seed, written through the bus and the recorder (no training)."""
+    settings = load_settings(data_dir=tmp_path / "data")
+    settings.ensure_dirs()
+    configs = [RunConfig(model=ModelConfig(width=8, depth=3), gamma=g, eta=e, seed=0) for g in GAMMAS for e in ETAS]
+    reg = Registry(settings.registry_url)
+    sweep_id = reg.create_sweep("polish", "t", {"train": {"steps": 100}, "model": {"depth": 3}})
+    reg.add_runs(sweep_id, configs)
+    pub = open_publisher(settings)
+    steps = np.arange(100)
+    for i, c in enumerate(configs):
+        pub.started(c.run_id, 0, "w")
+        pub.points(c.run_id, 0, steps, ["train_loss"] * 100, np.exp(-steps / (20.0 + i)))
+        pub.finished(c.run_id, 0, "done", steps_done=100)
+    with Recorder(settings) as rec:
+        rec.drain()
+    pub.close()
+    monkeypatch.setenv("GAMMA_LAB_DATA", str(settings.data_dir))
+    return sweep_id
+
+
+def _figure(at: AppTest, index: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def _outlines(fig: dict) -> list[dict]:
+    return [s for s in fig["layout"].get("shapes", []) if s.get("name") == "selected cell"]
+
+
+def test_portrait_outlines_the_selected_cell_and_shows_a_dash_when_none(finished_sweep: str):
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.switch_page("views/portrait.py").run()
+    assert not at.exception, at.exception
+    box = at.selectbox(key="portrait.cell")
+    assert box.value is None and box.proto.placeholder == "—"  # Streamlit showed "Choose an option"
+    assert not _outlines(_figure(at))
+
+    box.set_value(cell_key(10.0, 0.01)).run()  # the picker and a click in the portrait set this state
+    assert not at.exception, at.exception
+    shapes = _outlines(_figure(at))
+    assert len(shapes) == 2 and {s["line"]["color"] for s in shapes} == {"black", "white"}
+    gamma_edges = log_cell_edges(np.array(GAMMAS))
+    eta_edges = log_cell_edges(np.array(ETAS))
+    for shape in shapes:  # exactly the cell's edges (log10 coordinates of the figure)
+        assert shape["type"] == "rect"
+        np.testing.assert_allclose([shape["x0"], shape["x1"]], gamma_edges[2:4])
+        np.testing.assert_allclose([shape["y0"], shape["y1"]], eta_edges[0:2])
+
+    # a copied link with the cell opens with it outlined
+    shared = AppTest.from_file(MAIN, default_timeout=60)
+    shared.query_params.update({"sweep": finished_sweep, "cell": cell_key(0.1, 0.1)})
+    shared.switch_page("views/portrait.py").run()
+    assert not shared.exception, shared.exception
+    shape = _outlines(_figure(shared))[0]
+    np.testing.assert_allclose(
+        [shape["x0"], shape["x1"], shape["y0"], shape["y1"]], [*gamma_edges[0:2], *eta_edges[1:3]]
+    )

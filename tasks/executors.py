@@ -12,6 +12,7 @@ id is the unit id. See tasks.celery_app for every setting and its reason.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from tasks import local_queue
 from tasks.planner import WorkUnit
 
 log = logging.getLogger("gamma_lab.executors")
+INSPECT_TIMEOUT_S = 1.0  # how long submit waits for workers to say which queues they consume
 
 
 class LocalExecutor:
@@ -60,4 +62,32 @@ class CeleryExecutor:
                 # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
                 run_unit_task.apply_async(
                     args=[unit.to_json()], queue=queue_for(unit.device), task_id=unit.unit_id, connection=conn
+                )
+            per_queue: dict[str, int] = {}
+            for unit in units:
+                per_queue[queue_for(unit.device)] = per_queue.get(queue_for(unit.device), 0) + 1
+            if per_queue:
+                self._warn_if_unserved(app, conn, per_queue)
+
+    @staticmethod
+    def _warn_if_unserved(app: Any, conn: Any, per_queue: dict[str, int]) -> None:
+        """Say so when no worker consumes a queue we just filled: a user launched a sweep before
+        starting a worker (or with --device cuda and only CPU workers) and watched it sit `queued`."""
+        try:
+            with warnings.catch_warnings():  # older workers sharing one node name: Celery warns, we do not care
+                warnings.simplefilter("ignore")
+                replies = app.control.inspect(timeout=INSPECT_TIMEOUT_S, connection=conn).active_queues() or {}
+        except Exception as exc:  # noqa: BLE001 - a best-effort hint; the units are queued regardless
+            log.debug("could not ask the workers for their queues: %s", exc)
+            return
+        served = {q.get("name") for qs in replies.values() for q in (qs or [])}
+        for queue, n_units in sorted(per_queue.items()):
+            if queue not in served:
+                start = "gamma-lab worker" + (" --queue gpu --device cuda:0" if queue == "gpu" else "")
+                log.warning(
+                    "no Celery worker consumes the %r queue now: the %d unit(s) wait in Redis until one "
+                    "starts (`%s` on a machine with GAMMA_LAB_BROKER_URL set)",
+                    queue,
+                    n_units,
+                    start,
                 )

@@ -9,6 +9,7 @@ import streamlit as st
 from app.logic.figures import portrait_figure
 from app.logic.grid import difference_grid, heatmap_grid, shared_log_range
 from app.logic.portrait import AGGS
+from app.logic.portrait import STATS as STAT_LABELS
 from app.logic.view_state import Field
 from app.ui import chart, labeler, pick_sweep, resources, sweep_labels, sync_url, url_state
 
@@ -33,7 +34,7 @@ b = pick_sweep(source, f"{P}.b", "Sweep B", 1, c2)
 labels = sweep_labels(source.sweeps())
 d1, d2, d3, d4 = st.columns(4)
 metric = d1.selectbox("Metric", ("train_loss", "test_loss"), key=f"{P}.metric")
-stat = d2.selectbox("Statistic", STATS, key=f"{P}.stat")
+stat = d2.selectbox("Statistic", STATS, key=f"{P}.stat", format_func=labeler(STAT_LABELS))  # as the portrait
 agg = d3.selectbox("Over seeds", AGGS, key=f"{P}.agg")
 view = d4.radio(
     "View",

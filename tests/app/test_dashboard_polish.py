@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.logic.figures import Curve, portrait_figure, trajectories_figure
 from app.logic.grid import heatmap_grid, log_cell_edges
-from app.logic.portrait import cell_key
+from app.logic.portrait import STATS, cell_key
 from engine.config import ModelConfig, RunConfig
 from storage.bus import open_publisher
 from storage.recorder import Recorder
@@ -142,3 +142,14 @@ def test_portrait_outlines_the_selected_cell_and_shows_a_dash_when_none(finished
     np.testing.assert_allclose(
         [shape["x0"], shape["x1"], shape["y0"], shape["y1"]], [*gamma_edges[0:2], *eta_edges[1:3]]
     )
+
+
+def test_compare_statistic_picker_shows_the_portraits_labels(finished_sweep: str):
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.switch_page("views/compare.py").run()
+    assert not at.exception, at.exception
+    stat = at.selectbox(key="compare.stat")
+    assert stat.options == [STATS["final"], STATS["best"]]  # was the raw names "final", "best"
+    stat.set_value("best").run()
+    assert not at.exception, at.exception
+    assert at.query_params["stat"] == "best"  # the URL keeps the name, not the label

@@ -313,7 +313,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--loglevel",
         args.loglevel,
         "-n",
-        f"gamma-lab-{queue}-{device.replace(':', '')}@%h",
+        # unique per process: two workers on one machine with one name confuse Celery's remote control
+        f"gamma-lab-{queue}-{device.replace(':', '')}-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
     ]

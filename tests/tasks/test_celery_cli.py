@@ -100,3 +100,20 @@ def test_sweep_without_a_worker_says_so_then_runs_once_one_starts(shell, tmp_pat
     # with a worker on the queue, a second sweep queues without the warning
     res = _cli(env, "sweep", str(spec), "--rerun", "--wait")
     assert res.returncode == 0 and "no Celery worker" not in res.stderr, res.stderr
+
+
+def test_two_workers_on_one_machine_have_their_own_node_names(shell, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Two `gamma-lab worker` on one machine were both `gamma-lab-cpu-cpu@host`: Celery's remote
+    # control (inspect, ping) merged their replies and warned of a duplicate node name.
+    env, workers = shell
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    for log in logs:
+        _start_worker(env, workers, log)
+    _wait_ready(logs)
+    from tasks.celery_app import configure
+
+    app = configure(env["GAMMA_LAB_BROKER_URL"])
+    with app.connection_for_write(env["GAMMA_LAB_BROKER_URL"]) as conn:
+        replies = app.control.ping(timeout=10.0, limit=2, connection=conn)
+    names = [name for reply in replies for name in reply]
+    assert len(names) == 2 and len(set(names)) == 2, names

@@ -50,8 +50,15 @@ def _default_device(executor: str) -> str:
     return os.environ.get("GAMMA_LAB_DEVICE", "cpu")
 
 
-def dispatch(settings: Any, configs: Sequence[RunConfig], attempts: dict[str, int], *, executor: str,
-             sweep_id: str | None, device: str | None = None) -> Plan:
+def dispatch(
+    settings: Any,
+    configs: Sequence[RunConfig],
+    attempts: dict[str, int],
+    *,
+    executor: str,
+    sweep_id: str | None,
+    device: str | None = None,
+) -> Plan:
     """Pack `configs` into units and hand them to the executor. Cancel flags of these runs are lowered."""
     device = device or _default_device(executor)
     device_class(device)
@@ -67,8 +74,14 @@ def dispatch(settings: Any, configs: Sequence[RunConfig], attempts: dict[str, in
     return plan
 
 
-def submit(spec: SweepSpec, settings: Any, executor: str = "local", owner: str | None = None,
-           rerun: bool = False, device: str | None = None) -> str:
+def submit(
+    spec: SweepSpec,
+    settings: Any,
+    executor: str = "local",
+    owner: str | None = None,
+    rerun: bool = False,
+    device: str | None = None,
+) -> str:
     """Validate, record and queue a sweep. Returns the sweep id. Raises SpecError/ConfigError before
     anything is stored when the spec or the executor is wrong."""
     _check_executor(executor, settings)
@@ -85,16 +98,24 @@ def submit(spec: SweepSpec, settings: Any, executor: str = "local", owner: str |
     return sweep_id
 
 
-def queue_cells(settings: Any, sweep_id: str, cells: Sequence[RunConfig], *, executor: str,
-                rerun: bool = False, device: str | None = None) -> list[str]:
+def queue_cells(
+    settings: Any,
+    sweep_id: str,
+    cells: Sequence[RunConfig],
+    *,
+    executor: str,
+    rerun: bool = False,
+    device: str | None = None,
+) -> list[str]:
     """Link `cells` to the sweep and queue those that need training. Returns their run ids."""
     with Registry(settings.registry_url) as reg:
         added = reg.add_runs(sweep_id, cells)
         attempts = {rid: 0 for rid in added.new}
         if added.existing:
             rows = reg.get_runs(added.existing)
-            again = [r["run_id"] for r in rows
-                     if r["status"] in RETRY_STATUSES or (rerun and r["status"] in RESULT_STATUSES)]
+            again = [
+                r["run_id"] for r in rows if r["status"] in RETRY_STATUSES or (rerun and r["status"] in RESULT_STATUSES)
+            ]
             attempts.update(reg.reset_for_rerun(again) if again else {})
     to_run = [c for c in cells if c.run_id in attempts]
     dispatch(settings, to_run, attempts, executor=executor, sweep_id=sweep_id, device=device)
@@ -188,8 +209,9 @@ def start_adaptive(settings: Any, sweep_id: str, *, executor: str, rerun: bool, 
         args += ["--device", device]
     env = dict(os.environ, GAMMA_LAB_DATA=str(settings.data_dir))
     with open(path.with_suffix(".log"), "ab") as logfile:
-        proc = subprocess.Popen(args, env=env, stdout=logfile, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            args, env=env, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     path.write_text(str(proc.pid))  # the driver removes it when done
     return proc.pid
 

@@ -50,7 +50,15 @@ def _err(*lines: str) -> None:
 def _settings() -> Any:
     from storage.settings import load_settings
 
-    return load_settings()
+    settings = load_settings()
+    try:  # every command records or reads there: an unusable folder is one line, not a traceback
+        settings.ensure_dirs()
+    except OSError as exc:
+        raise UserError(
+            f"data folder: cannot use {str(settings.data_dir)!r} ({exc.strerror or exc}); "
+            "set GAMMA_LAB_DATA to a folder you can write"
+        ) from None
+    return settings
 
 
 # ----------------------------------------------------------------------------- serve
@@ -345,6 +353,9 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
     """Ingest the events waiting on the bus unless another process records (the dashboard, a
     `sweep --wait`). Without this, `status` and `export` after a plain `gamma-lab sweep` showed runs
     `queued` long after their workers had finished: nobody had recorded their events yet."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     from storage.metric_store import StoreCorrupt
     from storage.recorder import Recorder, RecorderBusy
 
@@ -355,6 +366,13 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
         pass
     except StoreCorrupt as exc:  # the registry may still be fine: say so and show what it holds
         _err(f"warning: {exc}", "warning: waiting events were not recorded; run statuses may be out of date")
+    except (RedisConnectionError, RedisTimeoutError) as exc:  # the broker is down: the registry still answers
+        from tasks.api import redact_url
+
+        _err(
+            f"warning: broker: cannot reach {redact_url(settings.broker_url or '')} ({exc})",
+            "warning: waiting events were not recorded; run statuses may be out of date",
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -626,6 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "executor", "x") is None:
         args.executor = "celery" if os.environ.get("GAMMA_LAB_BROKER_URL") else "local"
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     from engine.config import ConfigError
     from storage.metric_store import StoreCorrupt
     from tasks.spec import SpecError
@@ -643,6 +664,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ValueError as exc:  # SettingsError, RegistryError (RegistryUnreadable too): named by field/file
         _err(f"error: {exc}")
+        return EXIT_USAGE
+    except (RedisConnectionError, RedisTimeoutError) as exc:  # the broker is down or the URL is wrong
+        from tasks.api import redact_url
+
+        url = redact_url(os.environ.get("GAMMA_LAB_BROKER_URL", "the broker"))
+        _err(
+            f"error: broker: cannot reach {url} ({exc}); start redis-server there or fix GAMMA_LAB_BROKER_URL "
+            "(unset it for embedded mode)"
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

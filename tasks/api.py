@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -43,6 +44,26 @@ def _check_executor(executor: str, settings: Any) -> None:
         raise ConfigError("executor", f"must be one of {', '.join(EXECUTORS)} (got {executor!r})")
     if executor == "celery" and not settings.broker_url:
         raise ConfigError("executor", "celery needs a broker: set GAMMA_LAB_BROKER_URL=redis://host:port/0")
+    if executor == "celery":
+        _check_broker(settings.broker_url)
+
+
+def _check_broker(url: str) -> None:
+    """Refuse before anything is stored when the broker cannot be reached: the sweep and its runs
+    were recorded `queued`, then sending the units failed, and those runs stayed queued for ever."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5).ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise ConfigError(
+            "executor", f"cannot reach the broker {redact_url(url)} ({exc}); nothing was queued"
+        ) from None
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden (redis://:secret@host -> redis://:**@host), for messages."""
+    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:**@", url)
 
 
 def _default_device(executor: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from engine.config import ConfigError
 
 LONG = """
 name = "long-cli"
@@ -193,3 +196,47 @@ def test_several_specs_at_once_all_checked_before_any_is_queued(lab: Path) -> No
     assert len(ids) == 2 and ids[0] != ids[1]
     for sweep_id in ids:
         assert "done" in _cli(lab, "status", sweep_id).stdout.splitlines()[0]
+
+
+def _dead_broker() -> str:
+    """A redis:// URL on a port where nothing listens (connection refused at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"redis://:secret@127.0.0.1:{port}/0"
+
+
+def test_broker_down_is_one_line_nothing_stored_and_status_still_answers(lab: Path) -> None:
+    # With redis-server down (or a typo in GAMMA_LAB_BROKER_URL) every command printed a redis
+    # traceback, and a sweep launched from the dashboard was recorded `queued` for ever.
+    spec = lab / "short.toml"
+    spec.write_text(LONG.replace("steps = 5000000", "steps = 20"))
+    assert _cli(lab, "sweep", str(spec), "--wait").returncode == 0  # one sweep stored, embedded mode
+    env = {**_env(lab), "GAMMA_LAB_BROKER_URL": _dead_broker()}
+    for args in (["sweep", str(spec)], ["sweep", str(spec), "--wait"], ["rerun", "x"], ["export", "x"]):
+        res = subprocess.run([*_exe(), *args], env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (args, res.stderr)
+        assert "broker: cannot reach redis://:**@127.0.0.1:" in res.stderr, (args, res.stderr)
+        assert "secret" not in res.stderr
+    res = subprocess.run([*_exe(), "status"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "warning: broker: cannot reach" in res.stderr, res.stderr
+    assert len(res.stdout.strip().splitlines()) == 2  # the header and the one sweep: nothing more was stored
+
+    from storage.registry import Registry
+    from storage.settings import load_settings
+    from tasks import api
+    from tasks.spec import SweepSpec
+
+    settings = load_settings(data_dir=str(lab), broker_url=env["GAMMA_LAB_BROKER_URL"])
+    with pytest.raises(ConfigError, match="cannot reach the broker"):
+        api.submit(SweepSpec.from_toml(LONG), settings, executor="celery")
+    with Registry(settings.registry_url) as reg:
+        assert len(reg.list_sweeps()) == 1
+
+
+def test_unusable_data_folder_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = _cli(blocker / "data", "status")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith(f"error: data folder: cannot use '{blocker / 'data'}'"), res.stderr

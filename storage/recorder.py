@@ -73,8 +73,15 @@ class _OwnerLock:
 class Recorder:
     """Owns settings.metrics_path. Use as a thread (start/stop) or in the foreground (run_forever)."""
 
-    def __init__(self, settings: Settings, *, max_events: int = 2000, poll_s: float = 0.2,
-                 consumer: SpoolConsumer | RedisConsumer | None = None, lock_wait_s: float = 10.0):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_events: int = 2000,
+        poll_s: float = 0.2,
+        consumer: SpoolConsumer | RedisConsumer | None = None,
+        lock_wait_s: float = 10.0,
+    ):
         self.settings = settings
         settings.ensure_dirs()
         self._lock = _OwnerLock(Path(str(settings.metrics_path) + ".recorder.lock"))
@@ -179,9 +186,17 @@ class Recorder:
             elif kind == "heartbeat":
                 beats.append(HeartbeatEvent(ev["run_ids"], ev["attempt"], ev["worker"], float(ev["time"])))
             elif kind == "finished":
-                finished.append(FinishedEvent(
-                    ev["run_id"], ev["attempt"], ev["status"], steps_done=ev.get("steps_done"),
-                    diverged_step=ev.get("diverged_step"), summary=ev.get("summary"), error=ev.get("error")))
+                finished.append(
+                    FinishedEvent(
+                        ev["run_id"],
+                        ev["attempt"],
+                        ev["status"],
+                        steps_done=ev.get("steps_done"),
+                        diverged_step=ev.get("diverged_step"),
+                        summary=ev.get("summary"),
+                        error=ev.get("error"),
+                    )
+                )
         if started or beats or finished:
             self.registry.apply_events(started=started, heartbeats=beats, finished=finished)
         if finished:

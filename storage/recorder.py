@@ -99,7 +99,13 @@ class Recorder:
             self.store.close()
             self._lock.release()
             raise
-        self.consumer = consumer or open_consumer(settings)
+        try:
+            self.consumer = consumer or open_consumer(settings)
+        except BaseException:  # e.g. Redis down: the same, or this process locks itself out for good
+            self.registry.close()
+            self.store.close()
+            self._lock.release()
+            raise
         self.max_events = max_events
         self.poll_s = poll_s
         self._known_runs: set[str] = set()

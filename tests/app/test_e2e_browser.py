@@ -26,8 +26,14 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 VIEWPORT = {"width": 1400, "height": 1300}  # Streamlit scrolls inside: the viewport is the picture
 SWEEP_TIMEOUT_MS = 240_000  # the demo takes ~25 s alone; leave room for a busy shared machine
 PAGE_TIMEOUT_MS = 60_000
@@ -60,8 +66,14 @@ def server(tmp_path: Path) -> Iterator[str]:
     env = {**os.environ, "GAMMA_LAB_DATA": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "serve.log").open("wb")
     # Own process group: streamlit and the local workers it starts all go down in teardown.
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
@@ -121,7 +133,8 @@ def _wait_for_figure(page) -> None:  # type: ignore[no-untyped-def]
     """A drawn plotly figure with at least one trace in it."""
     page.locator(".js-plotly-plot .main-svg").first.wait_for(state="visible")
     page.locator(".js-plotly-plot .scatterlayer .trace, .js-plotly-plot .heatmaplayer .hm").first.wait_for(
-        state="attached")
+        state="attached"
+    )
 
 
 def test_launch_demo_watch_portrait_open_cell(server: str, page, shots: Path) -> None:  # type: ignore[no-untyped-def]
@@ -146,7 +159,8 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page, shots: Path) ->
     expect(page.get_by_role("heading", name="Phase portrait")).to_be_visible()
     # The portrait's caption counts cells by status; every cell finished = none running/missing.
     expect(page.get_by_text(re.compile(r"ok: \d+ · diverged: \d+ · running: 0 · missing: 0"))).to_be_visible(
-        timeout=SWEEP_TIMEOUT_MS)
+        timeout=SWEEP_TIMEOUT_MS
+    )
     caption = page.get_by_text(re.compile(r"ok: \d+ · diverged")).inner_text()
     assert int(re.search(r"ok: (\d+)", caption).group(1)) > 0  # type: ignore[union-attr]
     _wait_for_figure(page)
@@ -154,8 +168,11 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page, shots: Path) ->
     _shot(page, shots, "portrait")
 
     # Click a cell: the transparent click-target markers carry each cell's (γ, η).
-    targets = page.locator(".js-plotly-plot .scatterlayer .trace").filter(
-        has=page.locator("path.point")).first.locator("path.point")
+    targets = (
+        page.locator(".js-plotly-plot .scatterlayer .trace")
+        .filter(has=page.locator("path.point"))
+        .first.locator("path.point")
+    )
     expect(targets.first).to_be_attached()
     assert targets.count() == 12  # the demo's 3 γ × 4 η cells, row-major over (η, γ)
     box = targets.nth(5).bounding_box()  # η index 1, γ index 2: γ=10, η=0.1
@@ -174,8 +191,12 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page, shots: Path) ->
     _no_exception(page)
     _shot(page, shots, "trajectories")
 
-    for path, heading in (("runs", "Runs"), ("overlays", "Overlays"), ("diagnostics", "Diagnostics"),
-                          ("compare", "Compare two sweeps")):
+    for path, heading in (
+        ("runs", "Runs"),
+        ("overlays", "Overlays"),
+        ("diagnostics", "Diagnostics"),
+        ("compare", "Compare two sweeps"),
+    ):
         page.goto(f"{server}/{path}?sweep={sweep_id}")
         expect(page.get_by_role("heading", name=heading)).to_be_visible()
         if path == "runs":

@@ -22,22 +22,35 @@ except broken_store_errors() as exc:  # a corrupt registry/metric file: say whic
     show_broken_store(exc)
     st.stop()
 
+# The default page is served at the root URL only (Streamlit gives it the pathname ""), so typing
+# http://host:port/launch found no page: a hidden twin serves the same script at /launch. The
+# default keeps another internal url_path (page identities are hashes of it and must differ);
+# st.switch_page("views/launch.py") picks the first page of that file, i.e. the root.
+LAUNCH = st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="home", default=True)
+LAUNCH_AT_URL = st.Page(
+    "views/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch", visibility="hidden"
+)
 PAGES = [
-    # The default page is served at the root URL only (Streamlit gives it the pathname ""), so typing
-    # http://host:port/launch found no page: a hidden twin serves the same script at /launch. The
-    # default keeps another internal url_path (page identities are hashes of it and must differ);
-    # st.switch_page("views/launch.py") picks the first page of that file, i.e. the root.
-    st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="home", default=True),
+    LAUNCH,
     st.Page("views/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
     st.Page("views/portrait.py", title="Phase portrait", icon=":material/grid_on:", url_path="portrait"),
     st.Page("views/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
     st.Page("views/overlays.py", title="Overlays", icon=":material/stacked_line_chart:", url_path="overlays"),
     st.Page("views/diagnostics.py", title="Diagnostics", icon=":material/monitor_heart:", url_path="diagnostics"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
-    st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch", visibility="hidden"),
+    LAUNCH_AT_URL,
 ]
+page = st.navigation(PAGES, position="hidden")
+# The menu is drawn here, not by st.navigation: Streamlit's menu highlights the page being run, and
+# at /launch that is the hidden twin, so no entry was highlighted. A page link is highlighted when
+# its page is the one running, so the Launch entry links to whichever of the two runs now.
+at_launch_url = page.url_path == LAUNCH_AT_URL.url_path
+with st.sidebar:
+    for entry in PAGES:
+        if entry.visibility == "visible":
+            target = LAUNCH_AT_URL if entry is LAUNCH and at_launch_url else entry
+            st.page_link(target, label=entry.title, icon=entry.icon)
 st.sidebar.caption(f"data: `{res.settings.data_dir}` · {res.recorder_note}")
-page = st.navigation(PAGES)
 try:
     page.run()
 except broken_store_errors() as exc:  # e.g. the file broke while the dashboard was running

@@ -222,3 +222,27 @@ def test_launch_page_has_its_own_url(server: str, page) -> None:  # type: ignore
         expect(page.get_by_text("Page not found")).to_have_count(0)
         assert page.url.rstrip("/") == f"{server}/{path}".rstrip("/")
         _no_exception(page)
+
+
+def test_sidebar_highlights_the_page_shown(server: str, page) -> None:  # type: ignore[no-untyped-def]
+    """At /launch the sidebar highlighted no entry (the page running there is a hidden twin of the
+    default Launch page); every URL highlights exactly its own entry."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+    for path, heading, entry in (
+        ("launch", "Launch a sweep", "Launch"),
+        ("", "Launch a sweep", "Launch"),
+        ("runs", "Runs", "Runs"),
+    ):
+        page.goto(f"{server}/{path}")
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        links = page.locator('[data-testid="stSidebar"] a')  # the menu's entries, however drawn
+        expect(links).to_have_count(7)
+        page.mouse.move(700, 5)  # away from the sidebar: a hovered link is shaded too
+        shaded = links.evaluate_all(
+            "els => els.filter(e => getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)')"
+            ".map(e => e.innerText.trim().split('\\n').pop().trim())"
+        )
+        assert shaded == [entry], (path, shaded)
+        _no_exception(page)

@@ -66,6 +66,26 @@ def redact_url(url: str) -> str:
     return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:**@", url)
 
 
+def _check_device(executor: str, device: str | None) -> None:
+    """A CUDA device for local workers must exist here: `--device cuda` on a laptop queued every
+    run, and every run failed at once with a torch error."""
+    device = device or _default_device(executor)
+    if device_class(device) != "cuda" or executor != "local":
+        return  # Celery: the GPU workers are on other machines
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if n == 0:
+        raise ConfigError(
+            "device",
+            f"{device}: no CUDA GPU is visible on this machine, where local workers train; "
+            "use --device cpu, or --executor celery for the lab's GPU workers",
+        )
+    if index >= n:
+        raise ConfigError("device", f"{device}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
+
+
 def _default_device(executor: str) -> str:
     # Local workers run where the submitter is; a Celery sweep goes to the GPU queue when asked.
     return os.environ.get("GAMMA_LAB_DEVICE", "cpu")
@@ -106,6 +126,7 @@ def submit(
     """Validate, record and queue a sweep. Returns the sweep id. Raises SpecError/ConfigError before
     anything is stored when the spec or the executor is wrong."""
     _check_executor(executor, settings)
+    _check_device(executor, device)
     for warning in validate_spec(spec, settings):
         log.warning("%s", warning)
     owner = owner or _whoami()
@@ -170,10 +191,11 @@ def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, devi
         sweeps = reg.sweeps_of_run(again[0]["run_id"]) if again else []
         sweep_id = sweep_or_run_id if not single else (sweeps[0] if sweeps else None)
         sweep = reg.get_sweep(sweep_id) if sweep_id else None
+        executor = (sweep or {}).get("executor", "local")
+        if executor == "celery" and not settings.broker_url:
+            executor = "local"
+        _check_device(executor, device)  # before any run is reset
         attempts = reg.reset_for_rerun([r["run_id"] for r in again]) if again else {}
-    executor = (sweep or {}).get("executor", "local")
-    if executor == "celery" and not settings.broker_url:
-        executor = "local"
     configs = [RunConfig.from_dict(r["config"]) for r in again]
     dispatch(settings, configs, attempts, executor=executor, sweep_id=sweep_id, device=device)
     return [c.run_id for c in configs]
@@ -189,6 +211,7 @@ def add_seeds(settings: Any, sweep_id: str, seeds: Iterable[int], device: str | 
         if sweep is None:
             raise ConfigError("sweep", f"no sweep {sweep_id!r}")
         rows = reg.list_runs(sweep_id)
+    _check_device(sweep["executor"], device)
     spec = SweepSpec.from_dict(sweep["spec"])
     pairs = sorted({(r["gamma"], r["eta"]) for r in rows}) or [(g, e) for g in spec.grid.gammas for e in spec.grid.etas]
     cells = [spec.cell(g, e, s) for g, e in pairs for s in seeds]

@@ -48,7 +48,7 @@ DTYPE_BYTES = {"float32": 4, "float64": 8}
 def device_class(device: str) -> str:
     if device == "cpu":
         return "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         return "cuda"
     raise ConfigError("device", f"must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
 

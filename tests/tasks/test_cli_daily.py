@@ -240,3 +240,28 @@ def test_unusable_data_folder_is_one_line(tmp_path: Path) -> None:
     res = _cli(blocker / "data", "status")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith(f"error: data folder: cannot use '{blocker / 'data'}'"), res.stderr
+
+
+def test_a_gpu_this_machine_lacks_is_refused_before_anything_is_stored(lab: Path) -> None:
+    # `gamma-lab sweep spec.toml --device cuda` on a laptop queued every run to local workers, and
+    # every run failed at once with a torch error. (cuda:99 is absent on any machine we run on.)
+    spec = lab / "short.toml"
+    spec.write_text(LONG.replace("steps = 5000000", "steps = 20"))
+    for device, says in (("cuda:99", "device: cuda:99: "), ("cuda:x", "device: must be 'cpu', 'cuda' or 'cuda:N'")):
+        res = _cli(lab, "sweep", str(spec), "--device", device)
+        assert res.returncode == 2 and res.stderr.startswith(f"error: {says}"), res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert len(_cli(lab, "status").stdout.strip().splitlines()) == 1  # the header alone: nothing stored
+
+    from storage.registry import Registry
+    from storage.settings import load_settings
+    from tasks import api
+
+    done = _cli(lab, "sweep", str(spec), "--wait")
+    assert done.returncode == 0, done.stderr
+    sweep_id = done.stdout.split()[-1]
+    settings = load_settings(data_dir=str(lab))
+    with pytest.raises(ConfigError, match="cuda:99"):
+        api.rerun(settings, sweep_id, everything=True, device="cuda:99")
+    with Registry(settings.registry_url) as reg:  # nothing was reset for a new attempt
+        assert [(r["status"], r["attempt"]) for r in reg.list_runs(sweep_id)] == [("done", 0)]

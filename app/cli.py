@@ -6,7 +6,7 @@
     gamma-lab recorder                                   the single owner of the DuckDB metric file
     gamma-lab status [SWEEP]
     gamma-lab cancel SWEEP|RUN
-    gamma-lab rerun SWEEP|RUN
+    gamma-lab rerun SWEEP|RUN [--all] [--device cpu|cuda]
     gamma-lab export SWEEP --format csv|parquet [--out FILE] [--series]
     gamma-lab demo                                       a tiny local sweep, then a summary table
 
@@ -449,7 +449,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     # Record waiting events first: that is also when runs of a killed worker are marked `lost`.
     # Without it, `rerun` after a worker died said "0 run(s) queued" until some `status` caught up.
     catch_up(settings)
-    ids = api.rerun(settings, args.id, everything=args.all)
+    ids = api.rerun(settings, args.id, everything=args.all, device=args.device)
     _err(f"{len(ids)} run(s) queued again as a new attempt")
     if not ids:
         with Registry(settings.registry_url) as reg:
@@ -624,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rerun", help="train again the failed/cancelled/lost runs of a sweep, or one run")
     s.add_argument("id")
     s.add_argument("--all", action="store_true", help="also runs that have a result")
+    # the sweep's launch device is not stored: a GPU sweep's rerun must say cuda again, or it goes to the cpu queue
+    s.add_argument("--device", default=None, help="cpu (default) or cuda: the Celery queue (gpu/cpu) of the rerun")
     s.set_defaults(fn=cmd_rerun)
 
     s = sub.add_parser("export", help="one row per run (or every point with --series)")

@@ -265,3 +265,14 @@ def test_a_gpu_this_machine_lacks_is_refused_before_anything_is_stored(lab: Path
         api.rerun(settings, sweep_id, everything=True, device="cuda:99")
     with Registry(settings.registry_url) as reg:  # nothing was reset for a new attempt
         assert [(r["status"], r["attempt"]) for r in reg.list_runs(sweep_id)] == [("done", 0)]
+
+
+def test_rerun_takes_the_device(lab: Path) -> None:
+    # A sweep launched with --device cuda (the gpu queue) could only be rerun to the cpu queue: the
+    # launch device is not stored and `rerun` had no --device.
+    spec = lab / "short.toml"
+    spec.write_text(LONG.replace("steps = 5000000", "steps = 20"))
+    done = _cli(lab, "sweep", str(spec), "--wait")
+    assert done.returncode == 0, done.stderr
+    res = _cli(lab, "rerun", done.stdout.split()[-1], "--all", "--device", "cuda:99")
+    assert res.returncode == 2 and res.stderr.startswith("error: device: cuda:99: "), res.stderr

@@ -535,6 +535,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             frame.to_csv(out, index=False)
         else:
             frame.to_csv(sys.stdout, index=False)
+    except BrokenPipeError:  # `gamma-lab export S | head`: the reader has what it wanted (see main)
+        raise
     except OSError as exc:  # an unwritable or missing folder: say which, no traceback
         raise UserError(f"export: cannot write {out!r}: {exc.strerror or exc}") from None
     if out:
@@ -676,6 +678,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(unset it for embedded mode)"
         )
         return EXIT_USAGE
+    except BrokenPipeError:
+        # the output went to `head` or `less`, which closed it: normal for a shell tool, not an error.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

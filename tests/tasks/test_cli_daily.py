@@ -276,3 +276,24 @@ def test_rerun_takes_the_device(lab: Path) -> None:
     assert done.returncode == 0, done.stderr
     res = _cli(lab, "rerun", done.stdout.split()[-1], "--all", "--device", "cuda:99")
     assert res.returncode == 2 and res.stderr.startswith("error: device: cuda:99: "), res.stderr
+
+
+def test_export_piped_into_head_is_not_an_error(lab: Path) -> None:
+    # `gamma-lab export S --series | head` printed "error: export: cannot write None: Broken pipe"
+    # and exited 2; `status | head` on a long list gave a BrokenPipeError traceback.
+    spec = lab / "short.toml"
+    spec.write_text(LONG.replace("steps = 5000000", "steps = 5000").replace("eta = [0.01]", "eta = [0.01, 0.02]"))
+    done = _cli(lab, "sweep", str(spec), "--wait")
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(
+        [*_exe(), "export", done.stdout.split()[-1], "--series"],
+        env=_env(lab),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().decode().strip() == "run_id,step,metric,value"
+    proc.stdout.close()  # what `head -1` does: 10,000 rows (~400 kB) cannot all fit in the pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "error" not in err and "Traceback" not in err, err

@@ -28,8 +28,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage"]  # as tests/app/test_e2e_browser.py
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]  # as tests/app/test_e2e_browser.py
 VIEWPORT = {"width": 1400, "height": 1300}
 SPEC = """\
 name = "mlp-L3-mnist1d-landscape"
@@ -73,8 +79,13 @@ def train(data_dir: Path, steps: int) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(SPEC.format(steps=steps), encoding="utf-8")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "app.cli", "sweep", str(spec_path), "--wait"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "sweep", str(spec_path), "--wait"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"gamma-lab sweep failed ({done.returncode}): {done.stderr[-2000:]}")
     sweep_id = done.stdout.strip().splitlines()[-1]
@@ -84,8 +95,14 @@ def train(data_dir: Path, steps: int) -> str:
 
 def serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GAMMA_LAB_DATA": str(data_dir), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:

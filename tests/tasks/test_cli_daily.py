@@ -74,6 +74,7 @@ def _settle(data: Path, sweep_id: str) -> str:
     raise AssertionError(f"sweep {sweep_id} never settled:\n{out}")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_wait_says_the_sweep_goes_on_and_prints_its_id(lab: Path) -> None:
     # A user pressed Ctrl-C during `sweep --wait`: the bar vanished without a word, no sweep id was
     # printed, and the runs trained on in the background with nothing saying so.
@@ -164,6 +165,7 @@ def test_rerun_after_a_killed_worker_marks_its_runs_lost_and_queues_them(lab: Pa
     assert "cancelled" in _settle(lab, sweep_id)
 
 
+@pytest.mark.slow
 def test_relaunching_a_spec_says_its_cells_were_reused_not_queued(lab: Path) -> None:
     # The same spec launched twice said "2 cells queued" both times, though the second time every
     # cell was reused from the first sweep and nothing trained: the user thought it had trained again.
@@ -178,6 +180,7 @@ def test_relaunching_a_spec_says_its_cells_were_reused_not_queued(lab: Path) -> 
     assert rerun.returncode == 0 and "2 cells queued on the local executor" in rerun.stderr, rerun.stderr
 
 
+@pytest.mark.slow
 def test_several_specs_at_once_all_checked_before_any_is_queued(lab: Path) -> None:
     # `gamma-lab sweep specs/*.toml --wait` stopped with "unrecognized arguments" at the second file.
     short = LONG.replace("steps = 5000000", "steps = 20")
@@ -206,6 +209,7 @@ def _dead_broker() -> str:
     return f"redis://:secret@127.0.0.1:{port}/0"
 
 
+@pytest.mark.slow
 def test_broker_down_is_one_line_nothing_stored_and_status_still_answers(lab: Path) -> None:
     # With redis-server down (or a typo in GAMMA_LAB_BROKER_URL) every command printed a redis
     # traceback, and a sweep launched from the dashboard was recorded `queued` for ever.
@@ -242,6 +246,7 @@ def test_unusable_data_folder_is_one_line(tmp_path: Path) -> None:
     assert res.stderr.startswith(f"error: data folder: cannot use '{blocker / 'data'}'"), res.stderr
 
 
+@pytest.mark.slow
 def test_a_gpu_this_machine_lacks_is_refused_before_anything_is_stored(lab: Path) -> None:
     # `gamma-lab sweep spec.toml --device cuda` on a laptop queued every run to local workers, and
     # every run failed at once with a torch error. (cuda:99 is absent on any machine we run on.)
@@ -267,6 +272,7 @@ def test_a_gpu_this_machine_lacks_is_refused_before_anything_is_stored(lab: Path
         assert [(r["status"], r["attempt"]) for r in reg.list_runs(sweep_id)] == [("done", 0)]
 
 
+@pytest.mark.slow
 def test_rerun_takes_the_device(lab: Path) -> None:
     # A sweep launched with --device cuda (the gpu queue) could only be rerun to the cpu queue: the
     # launch device is not stored and `rerun` had no --device.
@@ -278,6 +284,7 @@ def test_rerun_takes_the_device(lab: Path) -> None:
     assert res.returncode == 2 and res.stderr.startswith("error: device: cuda:99: "), res.stderr
 
 
+@pytest.mark.slow
 def test_export_piped_into_head_is_not_an_error(lab: Path) -> None:
     # `gamma-lab export S --series | head` printed "error: export: cannot write None: Broken pipe"
     # and exited 2; `status | head` on a long list gave a BrokenPipeError traceback.

@@ -9,7 +9,16 @@ from scipy.ndimage import gaussian_filter
 
 from engine.config import DataConfig
 from engine.data import make_stream
-from engine.mnist1d import Mnist1dArgs, gaussian_smooth, normalization, sample_raw, templates, transform_batch
+from engine.mnist1d import (
+    DEFAULT_NORMALIZATION,
+    Mnist1dArgs,
+    gaussian_smooth,
+    measure_normalization,
+    normalization,
+    sample_raw,
+    templates,
+    transform_batch,
+)
 
 
 def package_samples(labels: np.ndarray, seed0: int, args=None) -> np.ndarray:
@@ -111,6 +120,14 @@ def test_stream_is_standardized_deterministic_and_one_hot():
     assert abs(many.mean().item()) < 0.02 and abs(many.std().item() - 1) < 0.02
     assert s.test_set().x.shape == (200, 40)
     assert not torch.isin(s.test_set().x[:, 0], many[:, 0]).any()
+
+
+def test_kept_default_normalization_is_the_measured_one():
+    # a stale constant would silently shift every MNIST-1D input: it must equal the measurement
+    assert DEFAULT_NORMALIZATION == pytest.approx(measure_normalization(), rel=1e-12, abs=0)
+    assert normalization() == DEFAULT_NORMALIZATION
+    other = Mnist1dArgs(scale_coeff=0.8)
+    assert normalization(other) == measure_normalization(other) != DEFAULT_NORMALIZATION
 
 
 def test_normalization_is_that_of_the_package_dataset():

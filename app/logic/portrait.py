@@ -135,6 +135,22 @@ def selected_cell(event: object) -> tuple[float, float] | None:
     return None
 
 
+def snap_to_cell(grid: HeatmapGrid, gamma: float, eta: float) -> tuple[float, float] | None:
+    """The grid cell (γ, η) whose area holds the point (γ, η), or None outside the grid. A click
+    selects the point under the pointer, which may be a curve's marker (an η* ridge point sits
+    inside its cell, its η between grid values): that click selects the cell it lies in."""
+    if grid.gammas.size == 0 or not (gamma > 0 and eta > 0):
+        return None
+    lg, le = math.log10(gamma), math.log10(eta)
+    gx, ey = grid.gamma_edges, grid.eta_edges  # (G+1,), (E+1,) log10 units
+    if not (gx[0] <= lg <= gx[-1] and ey[0] <= le <= ey[-1]):
+        return None
+    # edges are the log-midpoints of the centres: the cell holding a point is the nearest in log10
+    gi = int(np.argmin(np.abs(np.log10(grid.gammas) - lg)))
+    ei = int(np.argmin(np.abs(np.log10(grid.etas) - le)))
+    return float(grid.gammas[gi]), float(grid.etas[ei])
+
+
 def cell_key(gamma: float, eta: float) -> str:
     """A grid cell as URL/session text: "γ,η" with every digit (floats read back exactly)."""
     return f"{float(gamma)!r},{float(eta)!r}"

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.logic.figures import portrait_figure
 from app.logic.grid import heatmap_grid
-from app.logic.portrait import AGGS, STATS, cell_key, overlay_curves, parse_cell, selected_cell
+from app.logic.portrait import AGGS, STATS, cell_key, overlay_curves, parse_cell, selected_cell, snap_to_cell
 from app.logic.view_state import Field
 from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
@@ -67,7 +67,8 @@ def draw() -> None:
     # again, so the outline below follows it at once. Only a new click picks the cell: the old one
     # stays in the chart's state and must not undo a cell chosen later in the box below.
     clicked = selected_cell(st.session_state.get(f"{P}.chart"))
-    clicked_key = None if clicked is None else cell_key(*clicked)
+    cell = None if clicked is None else snap_to_cell(grid, *clicked)
+    clicked_key = None if cell is None else cell_key(*cell)
     if clicked_key != st.session_state.get(f"{P}.clicked"):
         st.session_state[f"{P}.clicked"] = clicked_key
         if clicked_key is not None:

@@ -153,3 +153,16 @@ def test_compare_statistic_picker_shows_the_portraits_labels(finished_sweep: str
     stat.set_value("best").run()
     assert not at.exception, at.exception
     assert at.query_params["stat"] == "best"  # the URL keeps the name, not the label
+
+
+def test_a_click_on_a_curve_marker_selects_the_cell_it_lies_in():
+    """Clicking the middle of a cell on the η* ridge hit the ridge's marker (its η lies between grid
+    values) and selected nothing; it selects the cell the marker lies in, and nothing off the grid."""
+    from app.logic.portrait import selected_cell, snap_to_cell
+
+    grid = heatmap_grid(_frame())  # γ 0.1, 1; η 0.1, 1
+    ridge_point = {"selection": {"points": [{"curve_number": 5, "customdata": [1.0, 0.25]}]}}
+    assert snap_to_cell(grid, *selected_cell(ridge_point)) == (1.0, 0.1)  # log-nearer to 0.1 than to 1
+    assert snap_to_cell(grid, 1.0, 0.5) == (1.0, 1.0)
+    assert snap_to_cell(grid, 0.1, 0.1) == (0.1, 0.1)  # a cell's own target
+    assert snap_to_cell(grid, 100.0, 0.1) is None and snap_to_cell(grid, 1.0, 1e-4) is None  # off the grid

@@ -48,9 +48,7 @@ class RegistryUnreadable(RegistryError):
 
 metadata = sa.MetaData()
 
-schema_version = sa.Table(
-    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
-)
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 sweeps = sa.Table(
     "sweeps",
@@ -342,8 +340,14 @@ class Registry:
     # -- sweeps
 
     def create_sweep(
-        self, name: str, owner: str, spec: Mapping[str, Any], *, executor: str = "local",
-        sweep_id: str | None = None, now: float | None = None,
+        self,
+        name: str,
+        owner: str,
+        spec: Mapping[str, Any],
+        *,
+        executor: str = "local",
+        sweep_id: str | None = None,
+        now: float | None = None,
     ) -> str:
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise RegistryError(f"name: must be 1-200 characters (got {name!r})")
@@ -351,10 +355,17 @@ class Registry:
             raise RegistryError(f"owner: must be 1-200 characters (got {owner!r})")
         sweep_id = sweep_id or uuid.uuid4().hex[:12]
         with self.engine.begin() as conn:
-            conn.execute(sweeps.insert().values(
-                id=sweep_id, name=name, owner=owner, created=now or time.time(), spec=_json(dict(spec)),
-                status="empty", executor=executor,
-            ))
+            conn.execute(
+                sweeps.insert().values(
+                    id=sweep_id,
+                    name=name,
+                    owner=owner,
+                    created=now or time.time(),
+                    spec=_json(dict(spec)),
+                    status="empty",
+                    executor=executor,
+                )
+            )
         return sweep_id
 
     def add_runs(self, sweep_id: str, configs: Iterable[Any], *, now: float | None = None) -> AddResult:
@@ -371,8 +382,9 @@ class Registry:
             stored = set()
             for chunk in _chunks(ids, 500):
                 stored |= set(conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id.in_(chunk))).scalars())
-            linked = set(conn.execute(
-                sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_id)).scalars())
+            linked = set(
+                conn.execute(sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_id)).scalars()
+            )
             rows, links, seen = [], [], set()
             for it in items:
                 if it.run_id in seen:
@@ -382,11 +394,22 @@ class Registry:
                     existing.append(it.run_id)
                 else:
                     depth, width = _depth_width(it.config)
-                    rows.append(dict(
-                        run_id=it.run_id, gamma=it.gamma, eta=it.eta, seed=it.seed, config=_json(it.config),
-                        shape_key=it.shape_key, status="queued", attempt=0, created=now,
-                        cancel_requested=False, depth=depth, width=width,
-                    ))
+                    rows.append(
+                        dict(
+                            run_id=it.run_id,
+                            gamma=it.gamma,
+                            eta=it.eta,
+                            seed=it.seed,
+                            config=_json(it.config),
+                            shape_key=it.shape_key,
+                            status="queued",
+                            attempt=0,
+                            created=now,
+                            cancel_requested=False,
+                            depth=depth,
+                            width=width,
+                        )
+                    )
                     new.append(it.run_id)
                 if it.run_id not in linked:
                     links.append(dict(sweep_id=sweep_id, run_id=it.run_id, added=now))
@@ -398,9 +421,11 @@ class Registry:
         return AddResult(new=new, existing=existing)
 
     def _counts(self, conn: Connection, sweep_ids: Sequence[str] | None) -> dict[str, dict[str, int]]:
-        q = (sa.select(sweep_runs.c.sweep_id, runs.c.status, sa.func.count())
-             .join(runs, runs.c.run_id == sweep_runs.c.run_id)
-             .group_by(sweep_runs.c.sweep_id, runs.c.status))
+        q = (
+            sa.select(sweep_runs.c.sweep_id, runs.c.status, sa.func.count())
+            .join(runs, runs.c.run_id == sweep_runs.c.run_id)
+            .group_by(sweep_runs.c.sweep_id, runs.c.status)
+        )
         if sweep_ids is not None:
             q = q.where(sweep_runs.c.sweep_id.in_(list(sweep_ids)))
         out: dict[str, dict[str, int]] = {}
@@ -411,14 +436,12 @@ class Registry:
     def _refresh_sweeps(self, conn: Connection, sweep_ids: Sequence[str]) -> None:
         counts = self._counts(conn, sweep_ids)
         for sid in sweep_ids:
-            conn.execute(sweeps.update().where(sweeps.c.id == sid)
-                         .values(status=sweep_rollup(counts.get(sid, {}))))
+            conn.execute(sweeps.update().where(sweeps.c.id == sid).values(status=sweep_rollup(counts.get(sid, {}))))
 
     def _refresh_for_runs(self, conn: Connection, run_ids: Sequence[str]) -> None:
         sids: set[str] = set()
         for chunk in _chunks(list(run_ids), 500):
-            sids |= set(conn.execute(
-                sa.select(sweep_runs.c.sweep_id).where(sweep_runs.c.run_id.in_(chunk))).scalars())
+            sids |= set(conn.execute(sa.select(sweep_runs.c.sweep_id).where(sweep_runs.c.run_id.in_(chunk))).scalars())
         if sids:
             self._refresh_sweeps(conn, sorted(sids))
 
@@ -459,8 +482,7 @@ class Registry:
 
     def sweeps_of_run(self, run_id: str) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.execute(
-                sa.select(sweep_runs.c.sweep_id).where(sweep_runs.c.run_id == run_id)).scalars())
+            return list(conn.execute(sa.select(sweep_runs.c.sweep_id).where(sweep_runs.c.run_id == run_id)).scalars())
 
     # -- runs (read)
 
@@ -473,13 +495,21 @@ class Registry:
         return d
 
     def list_runs(
-        self, sweep_id: str, *, status: str | Sequence[str] | None = None, gamma: float | None = None,
-        eta: float | None = None, seed: int | None = None,
+        self,
+        sweep_id: str,
+        *,
+        status: str | Sequence[str] | None = None,
+        gamma: float | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
     ) -> list[dict[str, Any]]:
         """Runs of a sweep ordered by (γ, η, seed), optionally filtered."""
-        q = (sa.select(runs).join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
-             .where(sweep_runs.c.sweep_id == sweep_id)
-             .order_by(runs.c.gamma, runs.c.eta, runs.c.seed))
+        q = (
+            sa.select(runs)
+            .join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
+            .where(sweep_runs.c.sweep_id == sweep_id)
+            .order_by(runs.c.gamma, runs.c.eta, runs.c.seed)
+        )
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             bad = sorted(set(statuses) - set(RUN_STATUSES))
@@ -530,13 +560,19 @@ class Registry:
         return len(res.heartbeats)
 
     def finish(
-        self, run_id: str, attempt: int, status: str, *, steps_done: int | None = None,
-        diverged_step: int | None = None, summary: Mapping[str, Any] | None = None,
-        error: str | None = None, now: float | None = None,
+        self,
+        run_id: str,
+        attempt: int,
+        status: str,
+        *,
+        steps_done: int | None = None,
+        diverged_step: int | None = None,
+        summary: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        now: float | None = None,
     ) -> bool:
         """Record the outcome of `attempt`. Ignored (False) if a newer attempt has been queued since."""
-        res = self.finish_many([FinishedEvent(run_id, attempt, status, steps_done, diverged_step, summary, error,
-                                              now)])
+        res = self.finish_many([FinishedEvent(run_id, attempt, status, steps_done, diverged_step, summary, error, now)])
         return run_id in res
 
     def mark_running_many(self, events: Sequence[StartedEvent]) -> list[str]:
@@ -553,7 +589,10 @@ class Registry:
         return self.apply_events(finished=events).finished
 
     def apply_events(
-        self, *, started: Sequence[StartedEvent] = (), heartbeats: Sequence[HeartbeatEvent] = (),
+        self,
+        *,
+        started: Sequence[StartedEvent] = (),
+        heartbeats: Sequence[HeartbeatEvent] = (),
         finished: Sequence[FinishedEvent] = (),
     ) -> AppliedEvents:
         """The recorder's status transitions for one ingested batch, in ONE transaction.
@@ -577,7 +616,8 @@ class Registry:
             current: dict[str, tuple[int, str]] = {}  # run_id -> (attempt, status) inside this transaction
             for chunk in _chunks(ids, 500):
                 for rid, att, status in conn.execute(
-                        sa.select(runs.c.run_id, runs.c.attempt, runs.c.status).where(runs.c.run_id.in_(chunk))):
+                    sa.select(runs.c.run_id, runs.c.attempt, runs.c.status).where(runs.c.run_id.in_(chunk))
+                ):
                     current[rid] = (int(att), status)
             touched: set[str] = set()  # runs whose status changed: their sweeps need a recount
 
@@ -590,9 +630,12 @@ class Registry:
                         touched.add(st.run_id)
                     current[st.run_id] = (att, "running")
             if rows:
-                conn.execute(runs.update().where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
-                             .values(status="running", worker=b("v_worker"), started=b("v_t"), heartbeat=b("v_t"),
-                                     ended=None), list(rows.values()))
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
+                    .values(status="running", worker=b("v_worker"), started=b("v_t"), heartbeat=b("v_t"), ended=None),
+                    list(rows.values()),
+                )
             out.started.extend(rows)
 
             rows = {}
@@ -604,8 +647,12 @@ class Registry:
                     rows[rid] = dict(k_run=rid, k_att=hb.attempt, v_worker=hb.worker, v_t=float(hb.time))
                     current[rid] = (att, "running")
             if rows:
-                conn.execute(runs.update().where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
-                             .values(status="running", heartbeat=b("v_t"), worker=b("v_worker")), list(rows.values()))
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
+                    .values(status="running", heartbeat=b("v_t"), worker=b("v_worker")),
+                    list(rows.values()),
+                )
             out.heartbeats.extend(rows)
 
             rows = {}
@@ -614,16 +661,30 @@ class Registry:
                 att, status = current.get(ev.run_id, (-1, ""))
                 if att == ev.attempt:
                     rows[ev.run_id] = dict(
-                        k_run=ev.run_id, k_att=ev.attempt, v_status=ev.status, v_ended=ev.time or now,
-                        v_steps_done=ev.steps_done, v_diverged_step=ev.diverged_step,
+                        k_run=ev.run_id,
+                        k_att=ev.attempt,
+                        v_status=ev.status,
+                        v_ended=ev.time or now,
+                        v_steps_done=ev.steps_done,
+                        v_diverged_step=ev.diverged_step,
                         v_summary=_json(_clean_summary(ev.summary)),
-                        v_error=(ev.error[:20_000] if ev.error else None))
+                        v_error=(ev.error[:20_000] if ev.error else None),
+                    )
                     touched.add(ev.run_id)
             if rows:
-                conn.execute(runs.update().where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
-                             .values(status=b("v_status"), ended=b("v_ended"), steps_done=b("v_steps_done"),
-                                     diverged_step=b("v_diverged_step"), summary=b("v_summary"), error=b("v_error")),
-                             list(rows.values()))
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
+                    .values(
+                        status=b("v_status"),
+                        ended=b("v_ended"),
+                        steps_done=b("v_steps_done"),
+                        diverged_step=b("v_diverged_step"),
+                        summary=b("v_summary"),
+                        error=b("v_error"),
+                    ),
+                    list(rows.values()),
+                )
             out.finished.extend(rows)
             if touched:
                 self._refresh_for_runs(conn, sorted(touched))
@@ -631,8 +692,9 @@ class Registry:
 
     def _resolve_ids(self, conn: Connection, sweep_or_run_id: str) -> list[str]:
         if conn.execute(sa.select(sweeps.c.id).where(sweeps.c.id == sweep_or_run_id)).first() is not None:
-            return list(conn.execute(
-                sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_or_run_id)).scalars())
+            return list(
+                conn.execute(sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_or_run_id)).scalars()
+            )
         if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == sweep_or_run_id)).first() is not None:
             return [sweep_or_run_id]
         raise RegistryError(f"id: {sweep_or_run_id!r} is neither a sweep nor a run")
@@ -650,10 +712,14 @@ class Registry:
             n = 0
             for chunk in _chunks(ids, 500):
                 active = runs.c.status.in_(("queued", "running"))
-                n += conn.execute(runs.update().where(runs.c.run_id.in_(chunk), active)
-                                  .values(cancel_requested=True)).rowcount
-                conn.execute(runs.update().where(runs.c.run_id.in_(chunk), runs.c.status == "queued")
-                             .values(status="cancelled", ended=now or time.time()))
+                n += conn.execute(
+                    runs.update().where(runs.c.run_id.in_(chunk), active).values(cancel_requested=True)
+                ).rowcount
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id.in_(chunk), runs.c.status == "queued")
+                    .values(status="cancelled", ended=now or time.time())
+                )
             self._refresh_for_runs(conn, ids)
         return n
 
@@ -662,8 +728,11 @@ class Registry:
         out: set[str] = set()
         with self.engine.connect() as conn:
             for chunk in _chunks(list(run_ids), 500):
-                out |= set(conn.execute(sa.select(runs.c.run_id).where(
-                    runs.c.run_id.in_(chunk), runs.c.cancel_requested.is_(True))).scalars())
+                out |= set(
+                    conn.execute(
+                        sa.select(runs.c.run_id).where(runs.c.run_id.in_(chunk), runs.c.cancel_requested.is_(True))
+                    ).scalars()
+                )
         return out
 
     def mark_lost(self, older_than: float, *, now: float | None = None) -> list[str]:
@@ -674,9 +743,14 @@ class Registry:
             ids = list(conn.execute(sa.select(runs.c.run_id).where(runs.c.status == "running", stale)).scalars())
             if ids:
                 for chunk in _chunks(ids, 500):
-                    conn.execute(runs.update().where(runs.c.run_id.in_(chunk), runs.c.status == "running")
-                                 .values(status="lost", error="no heartbeat for more than "
-                                         f"{older_than:g} s (worker died or was disconnected)"))
+                    conn.execute(
+                        runs.update()
+                        .where(runs.c.run_id.in_(chunk), runs.c.status == "running")
+                        .values(
+                            status="lost",
+                            error=f"no heartbeat for more than {older_than:g} s (worker died or was disconnected)",
+                        )
+                    )
                 self._refresh_for_runs(conn, ids)
         return ids
 
@@ -688,12 +762,24 @@ class Registry:
         out: dict[str, int] = {}
         with self.engine.begin() as conn:
             for chunk in _chunks(list(run_ids), 500):
-                conn.execute(runs.update().where(runs.c.run_id.in_(chunk)).values(
-                    attempt=runs.c.attempt + 1, status="queued", worker=None, started=None, ended=None,
-                    heartbeat=None, error=None, diverged_step=None, steps_done=None, summary=None,
-                    cancel_requested=False))
-                for rid, att in conn.execute(sa.select(runs.c.run_id, runs.c.attempt)
-                                             .where(runs.c.run_id.in_(chunk))):
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id.in_(chunk))
+                    .values(
+                        attempt=runs.c.attempt + 1,
+                        status="queued",
+                        worker=None,
+                        started=None,
+                        ended=None,
+                        heartbeat=None,
+                        error=None,
+                        diverged_step=None,
+                        steps_done=None,
+                        summary=None,
+                        cancel_requested=False,
+                    )
+                )
+                for rid, att in conn.execute(sa.select(runs.c.run_id, runs.c.attempt).where(runs.c.run_id.in_(chunk))):
                     out[rid] = int(att)
             self._refresh_for_runs(conn, list(out))
         return out
@@ -701,7 +787,7 @@ class Registry:
 
 def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 def _unreadable(url: str, exc: Exception) -> RegistryUnreadable:
@@ -739,8 +825,13 @@ def _sqlite_pragmas(engine: Engine) -> None:
 RUN_COLUMNS = ("run_id", "gamma", "eta", "seed", "depth", "width", "status", "attempt", "diverged_step")
 
 
-def runs_columns(registry: Registry, *, sweep_id: str | None = None, run_ids: Sequence[str] | None = None,
-                 fields: Sequence[str] = RUN_COLUMNS) -> dict[str, list[Any]]:
+def runs_columns(
+    registry: Registry,
+    *,
+    sweep_id: str | None = None,
+    run_ids: Sequence[str] | None = None,
+    fields: Sequence[str] = RUN_COLUMNS,
+) -> dict[str, list[Any]]:
     """Lean column lists of runs (no JSON parsing, no Row objects): by default run_id, gamma, eta, seed,
     depth, width, status, attempt, diverged_step (`fields` picks a subset). For the query side, where
     10,000 runs must load in milliseconds: the SELECT runs on a raw DB-API cursor, without SQLAlchemy's
@@ -751,11 +842,16 @@ def runs_columns(registry: Registry, *, sweep_id: str | None = None, run_ids: Se
         raise RegistryError(f"fields: {bad[0]!r} is not one of {', '.join(RUN_COLUMNS)}")
     cols = [runs.c[name] for name in fields]
     if sweep_id is not None:
-        queries = [sa.select(*cols).join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
-                   .where(sweep_runs.c.sweep_id == sweep_id)]
+        queries = [
+            sa.select(*cols)
+            .join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
+            .where(sweep_runs.c.sweep_id == sweep_id)
+        ]
     else:
-        queries = [sa.select(*cols).where(runs.c.run_id.in_(chunk))
-                   for chunk in _chunks(list(dict.fromkeys(run_ids or [])), 500)]
+        queries = [
+            sa.select(*cols).where(runs.c.run_id.in_(chunk))
+            for chunk in _chunks(list(dict.fromkeys(run_ids or [])), 500)
+        ]
     rows: list[Any] = []
     dialect = registry.engine.dialect
     raw = registry.engine.raw_connection()  # pooled; returned (and rolled back) on close

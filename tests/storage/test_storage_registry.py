@@ -102,7 +102,8 @@ def test_v1_data_folder_migrates_without_losing_rows(tmp_path: Path, make_config
             conn.execute(
                 "INSERT INTO runs (run_id, gamma, eta, seed, config, shape_key, status, attempt, created, "
                 "summary, cancel_requested) VALUES (?, ?, ?, ?, ?, ?, 'done', 0, 1.0, ?, 0)",
-                (c.run_id, c.gamma, c.eta, c.seed, c.to_json(), c.shape_key, json.dumps({"final_train_loss": i})))
+                (c.run_id, c.gamma, c.eta, c.seed, c.to_json(), c.shape_key, json.dumps({"final_train_loss": i})),
+            )
             conn.execute("INSERT INTO sweep_runs VALUES ('s1', ?, 1.0)", (c.run_id,))
     reg = Registry(f"sqlite:///{path}")
     assert reg.version == SCHEMA_VERSION

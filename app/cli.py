@@ -626,8 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rerun", help="train again the failed/cancelled/lost runs of a sweep, or one run")
     s.add_argument("id")
     s.add_argument("--all", action="store_true", help="also runs that have a result")
-    # the sweep's launch device is not stored: a GPU sweep's rerun must say cuda again, or it goes to the cpu queue
-    s.add_argument("--device", default=None, help="cpu (default) or cuda: the Celery queue (gpu/cpu) of the rerun")
+    s.add_argument(
+        "--device",
+        default=None,
+        help="cpu or cuda[:N] (default: the device the sweep was launched on, hence its queue)",
+    )
     s.set_defaults(fn=cmd_rerun)
 
     s = sub.add_parser("export", help="one row per run (or every point with --series)")

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 RUN_STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
 TERMINAL_STATUSES = ("done", "diverged", "failed", "cancelled", "lost")
 FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class RegistryError(ValueError):
@@ -60,6 +60,9 @@ sweeps = sa.Table(
     sa.Column("spec", sa.Text, nullable=False),  # JSON
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("executor", sa.String(20), nullable=False),
+    # v3: the device the sweep was launched on ('cpu', 'cuda', 'cuda:N'): reruns and added seeds go
+    # back to the same Celery queue (gpu/cpu) unless told otherwise
+    sa.Column("device", sa.String(20), nullable=False, server_default="cpu"),
 )
 
 runs = sa.Table(
@@ -137,7 +140,12 @@ def _v1_to_v2(conn: Connection) -> None:
         conn.execute(runs.update().where(runs.c.run_id == run_id).values(depth=depth, width=width))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v0_to_v1, _v1_to_v2]
+def _v2_to_v3(conn: Connection) -> None:
+    """Add the sweep's launch device. Sweeps launched before it was stored ran on the default, 'cpu'."""
+    conn.exec_driver_sql("ALTER TABLE sweeps ADD COLUMN device VARCHAR(20) NOT NULL DEFAULT 'cpu'")
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -346,6 +354,7 @@ class Registry:
         spec: Mapping[str, Any],
         *,
         executor: str = "local",
+        device: str = "cpu",
         sweep_id: str | None = None,
         now: float | None = None,
     ) -> str:
@@ -353,6 +362,8 @@ class Registry:
             raise RegistryError(f"name: must be 1-200 characters (got {name!r})")
         if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
             raise RegistryError(f"owner: must be 1-200 characters (got {owner!r})")
+        if not isinstance(device, str) or not device.strip() or len(device) > 20:
+            raise RegistryError(f"device: must be 1-20 characters, e.g. 'cpu' or 'cuda:0' (got {device!r})")
         sweep_id = sweep_id or uuid.uuid4().hex[:12]
         with self.engine.begin() as conn:
             conn.execute(
@@ -364,6 +375,7 @@ class Registry:
                     spec=_json(dict(spec)),
                     status="empty",
                     executor=executor,
+                    device=device,
                 )
             )
         return sweep_id
@@ -481,8 +493,16 @@ class Registry:
         return str(sweep["status"])
 
     def sweeps_of_run(self, run_id: str) -> list[str]:
+        """The sweeps a run belongs to, the one it joined last first (a rerun of the run alone goes where
+        that sweep's work goes)."""
         with self.engine.connect() as conn:
-            return list(conn.execute(sa.select(sweep_runs.c.sweep_id).where(sweep_runs.c.run_id == run_id)).scalars())
+            return list(
+                conn.execute(
+                    sa.select(sweep_runs.c.sweep_id)
+                    .where(sweep_runs.c.run_id == run_id)
+                    .order_by(sweep_runs.c.added.desc(), sweep_runs.c.sweep_id)
+                ).scalars()
+            )
 
     # -- runs (read)
 

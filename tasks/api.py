@@ -66,9 +66,10 @@ def redact_url(url: str) -> str:
     return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:**@", url)
 
 
-def _check_device(executor: str, device: str | None) -> None:
+def _check_device(executor: str, device: str | None, *, launched_on: str | None = None) -> None:
     """A CUDA device for local workers must exist here: `--device cuda` on a laptop queued every
-    run, and every run failed at once with a torch error."""
+    run, and every run failed at once with a torch error. `launched_on`: the sweep whose stored
+    launch device this is (a rerun or added seeds without --device), named in the message."""
     device = device or _default_device(executor)
     if device_class(device) != "cuda" or executor != "local":
         return  # Celery: the GPU workers are on other machines
@@ -76,14 +77,18 @@ def _check_device(executor: str, device: str | None) -> None:
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(device.split(":", 1)[1]) if ":" in device else 0
+    name = f"{device} (sweep {launched_on} was launched on it)" if launched_on else device
+    hint = (
+        "pass --device cpu to train here"
+        if launched_on
+        else "use --device cpu, or --executor celery for the lab's GPU workers"
+    )
     if n == 0:
         raise ConfigError(
-            "device",
-            f"{device}: no CUDA GPU is visible on this machine, where local workers train; "
-            "use --device cpu, or --executor celery for the lab's GPU workers",
+            "device", f"{name}: no CUDA GPU is visible on this machine, where local workers train; {hint}"
         )
     if index >= n:
-        raise ConfigError("device", f"{device}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
+        raise ConfigError("device", f"{name}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
 
 
 def _default_device(executor: str) -> str:
@@ -127,12 +132,13 @@ def submit(
     anything is stored when the spec or the executor is wrong."""
     _check_executor(executor, settings)
     _check_device(executor, device)
+    device = device or _default_device(executor)  # stored: reruns and added seeds go back to it
     for warning in validate_spec(spec, settings):
         log.warning("%s", warning)
     owner = owner or _whoami()
     settings.ensure_dirs()
     with Registry(settings.registry_url) as reg:
-        sweep_id = reg.create_sweep(spec.name, owner, spec.to_dict(), executor=executor)
+        sweep_id = reg.create_sweep(spec.name, owner, spec.to_dict(), executor=executor, device=device)
     if spec.grid.adaptive:
         start_adaptive(settings, sweep_id, executor=executor, rerun=rerun, device=device)
     else:
@@ -178,9 +184,25 @@ def cancel(settings: Any, sweep_or_run_id: str) -> int:
     return n
 
 
+def relaunch_target(settings: Any, sweep: dict[str, Any] | None, device: str | None) -> tuple[str, str]:
+    """Executor and device for more work on a stored sweep (a rerun, added seeds): the sweep's own
+    executor (local when it was Celery and this process has no broker) and, unless `device` is given,
+    the device it was launched on — a GPU sweep's rerun went to the cpu queue, where a GPU-only lab
+    has no worker, and sat queued for ever. Raises ConfigError for a CUDA device local workers lack."""
+    executor = (sweep or {}).get("executor", "local")
+    if executor == "celery" and not settings.broker_url:
+        executor = "local"
+    if device is None and sweep is not None:
+        _check_device(executor, sweep["device"], launched_on=sweep["id"])
+        return executor, str(sweep["device"])
+    _check_device(executor, device)
+    return executor, device or _default_device(executor)
+
+
 def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, device: str | None = None) -> list[str]:
     """Train again, as a new attempt, the runs without a result (failed, cancelled, lost) of a sweep,
     or the one run named (whatever its result), or with `everything` every finished run.
+    `device=None`: the sweep's launch device (for a run, that of the sweep it joined last).
     Returns the run ids queued."""
     with Registry(settings.registry_url) as reg:
         ids = reg.run_ids_for(sweep_or_run_id)
@@ -191,10 +213,7 @@ def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, devi
         sweeps = reg.sweeps_of_run(again[0]["run_id"]) if again else []
         sweep_id = sweep_or_run_id if not single else (sweeps[0] if sweeps else None)
         sweep = reg.get_sweep(sweep_id) if sweep_id else None
-        executor = (sweep or {}).get("executor", "local")
-        if executor == "celery" and not settings.broker_url:
-            executor = "local"
-        _check_device(executor, device)  # before any run is reset
+        executor, device = relaunch_target(settings, sweep, device)  # before any run is reset
         attempts = reg.reset_for_rerun([r["run_id"] for r in again]) if again else {}
     configs = [RunConfig.from_dict(r["config"]) for r in again]
     dispatch(settings, configs, attempts, executor=executor, sweep_id=sweep_id, device=device)
@@ -202,7 +221,8 @@ def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, devi
 
 
 def add_seeds(settings: Any, sweep_id: str, seeds: Iterable[int], device: str | None = None) -> list[str]:
-    """Add seeds to every (γ, η) of a sweep (the cells it already has). Returns the run ids queued."""
+    """Add seeds to every (γ, η) of a sweep (the cells it already has), on the sweep's launch device
+    unless `device` is given. Returns the run ids queued."""
     seeds = sorted(set(seeds))
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds):
         raise ConfigError("grid.seeds", "must be integers in [0, 2^31-1]")
@@ -211,13 +231,13 @@ def add_seeds(settings: Any, sweep_id: str, seeds: Iterable[int], device: str | 
         if sweep is None:
             raise ConfigError("sweep", f"no sweep {sweep_id!r}")
         rows = reg.list_runs(sweep_id)
-    _check_device(sweep["executor"], device)
+    executor, device = relaunch_target(settings, sweep, device)
     spec = SweepSpec.from_dict(sweep["spec"])
     pairs = sorted({(r["gamma"], r["eta"]) for r in rows}) or [(g, e) for g in spec.grid.gammas for e in spec.grid.etas]
     cells = [spec.cell(g, e, s) for g, e in pairs for s in seeds]
     if spec.grid.n_cells and len(rows) + len(cells) > settings.max_cells:
         raise ConfigError("grid.seeds", f"would make {len(rows) + len(cells)} cells; max_cells={settings.max_cells}")
-    return queue_cells(settings, sweep_id, cells, executor=sweep["executor"], device=device)
+    return queue_cells(settings, sweep_id, cells, executor=executor, device=device)
 
 
 def sweep_progress(settings: Any, sweep_id: str) -> dict[str, int]:

@@ -57,10 +57,15 @@ if a1.button("Cancel sweep", key=f"{P}.cancel"):
     cancel(settings, sweep_id)
     st.toast(f"Cancel requested for {sweep_id}")
 if a2.button("Rerun unfinished", key=f"{P}.rerun", help="Runs that failed, were cancelled or lost"):
+    from engine.config import ConfigError
     from tasks.api import rerun
 
-    rerun(settings, sweep_id)
-    st.toast(f"Rerun queued for {sweep_id}")
+    # no device: tasks.api reruns on the sweep's launch device (a GPU sweep goes back to the gpu queue)
+    try:
+        rerun(settings, sweep_id)
+        st.toast(f"Rerun queued for {sweep_id}")
+    except ConfigError as exc:  # e.g. a GPU sweep and no GPU for local workers: refused, nothing reset
+        st.error(str(exc))
 extra = a3.text_input("Seeds to add", key=f"{P}.seeds", placeholder="e.g. 2, 3", label_visibility="collapsed")
 if a4.button("Add seeds", key=f"{P}.addseeds"):
     try:
@@ -69,10 +74,14 @@ if a4.button("Add seeds", key=f"{P}.addseeds"):
         st.error(f"Seeds to add: whole numbers separated by commas (got {extra!r})")
         seeds = []
     if seeds:
+        from engine.config import ConfigError
         from tasks.api import add_seeds
 
-        add_seeds(settings, sweep_id, seeds)
-        st.toast(f"Added seeds {seeds}")
+        try:  # on the sweep's launch device, as a rerun
+            add_seeds(settings, sweep_id, seeds)
+            st.toast(f"Added seeds {seeds}")
+        except ConfigError as exc:  # a bad seed, too many cells, a GPU local workers lack: nothing stored
+            st.error(str(exc))
 if a5.button("Clone and edit", key=f"{P}.clone"):
     sweep = source.sweep(sweep_id) or {}
     st.session_state["launch.clone"] = dict(sweep.get("spec", {}))

@@ -9,6 +9,11 @@ from storage.registry import SCHEMA_VERSION, Registry, RegistryError
 
 def _exercise(reg: Registry, configs: list) -> None:
     sid = reg.create_sweep("grid", "alice", {"grid": [1, 2]}, executor="local")
+    assert reg.get_sweep(sid)["device"] == "cpu"
+    gpu = reg.create_sweep("gpu", "alice", {}, executor="celery", device="cuda")
+    assert reg.get_sweep(gpu)["device"] == "cuda"
+    with pytest.raises(RegistryError, match="device"):
+        reg.create_sweep("bad", "alice", {}, device="")
     first = reg.add_runs(sid, configs)
     assert sorted(first.new) == sorted(c.run_id for c in configs) and first.existing == []
     # a second sweep re-launching some cells reuses their rows
@@ -51,7 +56,7 @@ def _exercise(reg: Registry, configs: list) -> None:
     assert {r["status"] for r in reg.list_runs(sid, status="running")} == {"running"}
     assert len(reg.list_runs(sid, gamma=0.1, eta=0.1)) == 2
     listed = reg.list_sweeps()
-    assert {s["id"] for s in listed} == {sid, sid2}
+    assert {s["id"] for s in listed} == {sid, sid2, gpu}
     with pytest.raises(RegistryError, match="status"):
         reg.list_runs(sid, status="exploded")
     with pytest.raises(RegistryError, match="status"):
@@ -112,6 +117,51 @@ def test_v1_data_folder_migrates_without_losing_rows(tmp_path: Path, make_config
     assert all(r["depth"] == 3 and r["width"] == 8 for r in runs)  # backfilled from config JSON
     assert sorted(r["summary"]["final_train_loss"] for r in runs) == list(range(len(configs)))
     assert reg.get_sweep("s1")["counts"]["done"] == len(configs)
+    assert reg.get_sweep("s1")["device"] == "cpu"  # v3: sweeps from before the device was stored ran on cpu
+    reg.close()
+    assert Registry(f"sqlite:///{path}").version == SCHEMA_VERSION  # reopening is a no-op
+
+
+# A frozen copy of the v2 schema as released (v1 + the depth/width columns): do not edit.
+V2_DDL = [
+    *(ddl.replace("VALUES (1)", "VALUES (2)") for ddl in V1_DDL),
+    "ALTER TABLE runs ADD COLUMN depth INTEGER",
+    "ALTER TABLE runs ADD COLUMN width INTEGER",
+]
+
+
+def test_v2_data_folder_gets_the_device_column_without_losing_rows(tmp_path: Path, make_configs) -> None:
+    # v3 stores each sweep's launch device; a data folder written by the previous release keeps every
+    # sweep, run and link, and its sweeps read as launched on 'cpu' (the only default there was).
+    path = tmp_path / "registry.sqlite"
+    configs = make_configs()
+    with sqlite3.connect(path) as conn:
+        for ddl in V2_DDL:
+            conn.execute(ddl)
+        for sid, executor in (("s1", "local"), ("s2", "celery")):
+            conn.execute("INSERT INTO sweeps VALUES (?, 'old', 'carol', 1.0, '{}', 'done', ?)", (sid, executor))
+        for i, c in enumerate(configs):
+            conn.execute(
+                "INSERT INTO runs (run_id, gamma, eta, seed, config, shape_key, status, attempt, created, "
+                "summary, cancel_requested, depth, width) VALUES (?, ?, ?, ?, ?, ?, 'done', 0, 1.0, ?, 0, 3, 8)",
+                (c.run_id, c.gamma, c.eta, c.seed, c.to_json(), c.shape_key, json.dumps({"final_train_loss": i})),
+            )
+            conn.execute("INSERT INTO sweep_runs VALUES ('s1', ?, 1.0)", (c.run_id,))
+        conn.execute("INSERT INTO sweep_runs VALUES ('s2', ?, 2.0)", (configs[0].run_id,))
+    reg = Registry(f"sqlite:///{path}")
+    assert reg.version == SCHEMA_VERSION == 3
+    sweeps = {s["id"]: s for s in reg.list_sweeps()}
+    assert {(k, s["executor"], s["device"]) for k, s in sweeps.items()} == {
+        ("s1", "local", "cpu"),
+        ("s2", "celery", "cpu"),
+    }
+    runs = reg.list_runs("s1")
+    assert len(runs) == len(configs) and all(r["depth"] == 3 and r["width"] == 8 for r in runs)
+    assert sorted(r["summary"]["final_train_loss"] for r in runs) == list(range(len(configs)))
+    assert reg.sweeps_of_run(configs[0].run_id) == ["s2", "s1"]  # the sweep it joined last first
+    # new sweeps store theirs next to the old ones
+    sid = reg.create_sweep("new", "dave", {}, executor="celery", device="cuda:1")
+    assert reg.get_sweep(sid)["device"] == "cuda:1" and reg.get_sweep("s2")["device"] == "cpu"
     reg.close()
     assert Registry(f"sqlite:///{path}").version == SCHEMA_VERSION  # reopening is a no-op
 

@@ -188,10 +188,13 @@ def relaunch_target(settings: Any, sweep: dict[str, Any] | None, device: str | N
     """Executor and device for more work on a stored sweep (a rerun, added seeds): the sweep's own
     executor (local when it was Celery and this process has no broker) and, unless `device` is given,
     the device it was launched on — a GPU sweep's rerun went to the cpu queue, where a GPU-only lab
-    has no worker, and sat queued for ever. Raises ConfigError for a CUDA device local workers lack."""
+    has no worker, and sat queued for ever. Raises ConfigError for a CUDA device local workers lack
+    or a broker that does not answer."""
     executor = (sweep or {}).get("executor", "local")
     if executor == "celery" and not settings.broker_url:
         executor = "local"
+    if executor == "celery":  # else the runs were reset or stored, then sending them failed: queued for ever
+        _check_broker(settings.broker_url)
     if device is None and sweep is not None:
         _check_device(executor, sweep["device"], launched_on=sweep["id"])
         return executor, str(sweep["device"])

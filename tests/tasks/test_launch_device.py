@@ -229,3 +229,22 @@ def test_added_seeds_of_a_celery_sweep_without_a_broker_go_to_local_workers(
     units = [WorkUnit.from_json(p.read_text()) for p in local_queue.pending_units(settings)]
     assert sorted(c.run_id for u in units for c in u.configs) == sorted(new) and len(new) == 2
     assert {u.device for u in units} == {"cpu"}
+
+
+def test_rerun_and_added_seeds_with_the_broker_down_change_nothing(tmp_path: Path) -> None:
+    # `gamma-lab rerun` of a Celery sweep while Redis was down reset every run to a new `queued` attempt,
+    # then failed with a raw redis ConnectionError: the runs stayed queued for ever. Now refused first.
+    from tests.conftest import free_port
+
+    settings = load_settings(data_dir=tmp_path / "data", broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    settings.ensure_dirs()
+    with Registry(settings.registry_url) as reg:
+        sweep_id = reg.create_sweep("down", "t", _spec().to_dict(), executor="celery", device="cuda")
+        reg.add_runs(sweep_id, _spec().cells())
+    _fail_all(settings, sweep_id)
+    with pytest.raises(ConfigError, match=r"^executor: cannot reach the broker redis://127\.0\.0\.1:\d+/0 "):
+        api.rerun(settings, sweep_id)
+    with pytest.raises(ConfigError, match="cannot reach the broker"):
+        api.add_seeds(settings, sweep_id, [3])
+    with Registry(settings.registry_url) as reg:
+        assert [(r["status"], r["attempt"]) for r in reg.list_runs(sweep_id)] == [("failed", 0)] * 2

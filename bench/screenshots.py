@@ -116,6 +116,27 @@ def serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     raise TimeoutError("the dashboard did not answer within 120 s")
 
 
+def _select_cell(page: Any, gamma_index: int, eta_index: int, n_gammas: int) -> None:
+    """Click one portrait cell (its transparent click target; targets run row-major over (η, γ)),
+    so the picture shows the selected cell outlined and its link to the trajectories."""
+    targets = (
+        page.locator(".js-plotly-plot .scatterlayer .trace")
+        .filter(has=page.locator("path.point"))
+        .first.locator("path.point")
+    )
+    box = targets.nth(eta_index * n_gammas + gamma_index).bounding_box()
+    if box is None:
+        raise RuntimeError("portrait: the cell to select is not drawn")
+    # the mouse, as a user clicks (plotly selects the hovered point); then off the figure (its mode
+    # bar) and the sidebar (its collapse button)
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.wait_for_timeout(300)  # plotly finds the hovered point on its next frame
+    page.mouse.click(x, y)
+    page.get_by_role("link", name="Open this cell's trajectories").wait_for(state="visible")
+    page.mouse.move(VIEWPORT["width"] - 10, VIEWPORT["height"] - 10)  # over nothing that reacts to it
+
+
 def _settle(page: Any, name: str, out: Path) -> None:
     """Wait for every figure on the page, then screenshot the whole page."""
     page.get_by_role("heading").first.wait_for(state="visible")
@@ -125,6 +146,9 @@ def _settle(page: Any, name: str, out: Path) -> None:
     plots = page.locator(".js-plotly-plot .main-svg")
     if name not in ("launch", "runs"):  # the pages with figures
         plots.first.wait_for(state="visible")
+    if name == "portrait":  # γ = 10, η = 100 (of SPEC's 9 γ × 17 η): a cell near the η* ridge
+        page.wait_for_timeout(1500)
+        _select_cell(page, gamma_index=6, eta_index=12, n_gammas=9)
     # Not "networkidle": Streamlit's websocket and live fragments never let the network go idle.
     page.wait_for_timeout(2500)  # the page's last queries, plotly transitions, stale-element fade
     page.screenshot(path=str(out / f"{name}.png"), full_page=True)

@@ -13,15 +13,33 @@ TIME_VARIABLES = {"t": "t", "eta_t": "η·t", "eta_t_over_gamma": "η·t/γ",
 def collapse_of(frame: pd.DataFrame) -> float | None:
     """engine.analysis.collapse_score of an overlay frame (run_id, x, value); None when fewer than two
     curves share a usable range (the score is undefined there, not zero)."""
+    return collapse_with_reason(frame)[0]
+
+
+def collapse_with_reason(frame: pd.DataFrame) -> tuple[float | None, str]:
+    """(score, "") or (None, why there is no score) — the table says why instead of showing "None"."""
     curves = [(part["x"].to_numpy(dtype=float), part["value"].to_numpy(dtype=float))
               for _, part in frame.sort_values("x").groupby("run_id", sort=False)]
     curves = [(x, y) for x, y in curves if ((x > 0) & (y > 0)).sum() >= 2]
     if len(curves) < 2:
-        return None
+        return None, "fewer than 2 curves with positive values"
     try:
-        return analysis.collapse_score(curves).score
-    except ValueError:
-        return None
+        return analysis.collapse_score(curves).score, ""
+    except ValueError as exc:
+        if "do not overlap" in str(exc):
+            return None, "no common range: the curves do not overlap on this time axis"
+        return None, str(exc)
+
+
+def score_table(scored: dict[str, tuple[float | None, str]], best: str | None) -> pd.DataFrame:
+    """The Overlays page's table: one row per time variable with its score, whether it is the best,
+    and why a score is missing."""
+    return pd.DataFrame({
+        "time variable": list(scored),
+        "collapse score (lower = tighter)": [score for score, _ in scored.values()],
+        "best": [name == best for name in scored],
+        "note": [why for _, why in scored.values()],
+    })
 
 
 def best_time_variable(scores: dict[str, float | None]) -> str | None:

@@ -3,11 +3,17 @@ with the collapse score of each time variable so the user sees which one collaps
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from app.logic.figures import trajectories_figure
-from app.logic.overlays import TIME_VARIABLES, best_time_variable, collapse_of, expression_message, rescale_time
+from app.logic.overlays import (
+    TIME_VARIABLES,
+    best_time_variable,
+    collapse_with_reason,
+    expression_message,
+    rescale_time,
+    score_table,
+)
 from app.logic.selection import MODES, select_runs
 from app.logic.source import points_budget
 from app.logic.view_state import Field
@@ -56,21 +62,19 @@ budget = points_budget(len(ids), total=8000)
 frame_t = source.overlay(ids, metric=metric, x="t", max_points=budget)
 depth = chosen.set_index("run_id")["depth"].fillna(3)
 frames = {key: rescale_time(frame_t, depth, key) for key in TIME_VARIABLES}
-scores: dict[str, float | None] = {TIME_VARIABLES[key]: collapse_of(f) for key, f in frames.items()}
+scored = {TIME_VARIABLES[key]: collapse_with_reason(f) for key, f in frames.items()}
 if x_choice == "custom":
     try:
         frame = source.overlay(ids, metric=metric, x=x_key, max_points=budget)
     except ValueError as exc:  # storage's ExpressionError: show it at the field, keep the named variables' scores
         st.error(expression_message(exc))
-        st.dataframe(pd.DataFrame({"time variable": list(scores),
-                                   "collapse score (lower = tighter)": list(scores.values())}), hide_index=True)
+        st.dataframe(score_table(scored, None), hide_index=True)
         st.stop()
-    scores[f"custom: {x_key}"] = collapse_of(frame)
+    scored[f"custom: {x_key}"] = collapse_with_reason(frame)
 else:
     frame = frames[x_choice]
-best = best_time_variable(scores)
-st.dataframe(pd.DataFrame({"time variable": list(scores), "collapse score (lower = tighter)": list(scores.values()),
-                           "best": [k == best for k in scores]}), hide_index=True)
+best = best_time_variable({k: score for k, (score, _) in scored.items()})
+st.dataframe(score_table(scored, best), hide_index=True)
 series = frame.assign(kind="point")
 fig = trajectories_figure(series, chosen, colour_by="gamma", log_x=True, log_y=True, y_label=metric,
                           x_label=TIME_VARIABLES.get(x_choice, x_key))

@@ -47,7 +47,8 @@ if mode == "pick":
     keep = set(runs["run_id"])
     st.session_state[f"{P}.runs"] = [r for r in st.session_state[f"{P}.runs"] if r in keep]
     labels = {r.run_id: f"γ={r.gamma:.3g} η={r.eta:.3g} seed={r.seed}" for r in runs.itertuples()}
-    st.multiselect("Runs", runs["run_id"].tolist(), key=f"{P}.runs", format_func=lambda r: labels.get(r, r))
+    st.multiselect("Runs", runs["run_id"].tolist(), key=f"{P}.runs", format_func=lambda r: labels.get(r, r),
+                   placeholder="pick runs")
 sync_url(SCHEMA, P)
 
 chosen = select_runs(runs, mode, picked=st.session_state[f"{P}.runs"]) if not runs.empty else runs

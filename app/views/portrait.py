@@ -47,7 +47,7 @@ if stat == "at_step":
     st.slider("Step t", 0, max(steps - 1, 1), key=f"{P}.step")
 if stat == "steps_to":
     st.number_input("Threshold (first step with metric ≤ threshold)", min_value=0.0, format="%g", key=f"{P}.threshold")
-st.multiselect("Overlays", SHOW, key=f"{P}.show")
+st.multiselect("Overlays", SHOW, key=f"{P}.show", placeholder="none")
 sync_url(SCHEMA, P)
 
 

@@ -46,7 +46,7 @@ if st.session_state.get(f"{P}.sweep") not in labels:
     st.session_state[f"{P}.sweep"] = sweeps["sweep_id"].iloc[0]
 sweep_id = st.selectbox("Sweep", list(labels), key=f"{P}.sweep", format_func=labeler(labels))
 f1, f2 = st.columns([2, 1])
-f1.multiselect("Status", STATUSES, key=f"{P}.status")
+f1.multiselect("Status", STATUSES, key=f"{P}.status", placeholder="all statuses")
 f2.text_input("Run id contains", key=f"{P}.q")
 sync_url(SCHEMA, P)
 

@@ -49,7 +49,8 @@ if mode in ("column", "cell"):
 if mode == "pick":
     st.session_state[f"{P}.runs"] = [r for r in st.session_state[f"{P}.runs"] if r in set(runs["run_id"])]
     labels = {r.run_id: f"γ={r.gamma:.3g} η={r.eta:.3g} seed={r.seed} ({r.status})" for r in runs.itertuples()}
-    st.multiselect("Runs", runs["run_id"].tolist(), key=f"{P}.runs", format_func=lambda r: labels.get(r, r))
+    st.multiselect("Runs", runs["run_id"].tolist(), key=f"{P}.runs", format_func=lambda r: labels.get(r, r),
+                   placeholder="pick runs")
 d1, d2, d3, d4, d5 = st.columns(5)
 metric = d1.selectbox("Metric", METRICS, key=f"{P}.metric")
 colour = d2.radio("Colour by", ("gamma", "eta"), key=f"{P}.colour", horizontal=True,

@@ -166,3 +166,14 @@ def test_a_click_on_a_curve_marker_selects_the_cell_it_lies_in():
     assert snap_to_cell(grid, 1.0, 0.5) == (1.0, 1.0)
     assert snap_to_cell(grid, 0.1, 0.1) == (0.1, 0.1)  # a cell's own target
     assert snap_to_cell(grid, 100.0, 0.1) is None and snap_to_cell(grid, 1.0, 1e-4) is None  # off the grid
+
+
+def test_empty_multiselects_say_what_empty_means(finished_sweep: str):
+    # Streamlit's "Choose options" read as if something had to be chosen; an empty filter means all
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.switch_page("views/runs.py").run()
+    assert not at.exception, at.exception
+    status = at.multiselect(key="runs.status")
+    assert status.value == [] and status.proto.placeholder == "all statuses"
+    at.switch_page("views/portrait.py").run()
+    assert at.multiselect(key="portrait.show").proto.placeholder == "none"

@@ -40,6 +40,7 @@ SWEEP_COLUMNS = (
     "owner",
     "created",
     "executor",
+    "device",
     "status",
     "n_runs",
     "queued",
@@ -72,6 +73,7 @@ def sweeps_frame(sweeps: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "owner": s["owner"],
                 "created": pd.to_datetime(s["created"], unit="s"),
                 "executor": s.get("executor", ""),
+                "device": s.get("device", ""),
                 "status": s.get("status", ""),
                 "n_runs": n,
                 **{

@@ -23,15 +23,23 @@ AGGS = ("mean", "median", "min")
 
 @dataclass(frozen=True)
 class FitLabel:
-    """A fitted power law η = prefactor · γ^slope (engine.analysis.fit_power_law) and its name."""
+    """A fitted power law η = prefactor · γ^slope (engine.analysis.fit_power_law), its name and the
+    slope theory predicts on its side of γ = 1 (None when the fit spans both)."""
 
     name: str
     fit: analysis.PowerLawFit
+    theory: float | None = None
 
     def label(self) -> str:
         err = self.fit.slope_stderr
         err_text = "n/a" if not math.isfinite(err) else f"{err:.2f}"
-        return f"{self.name}: slope {self.fit.slope:.2f} ± {err_text} (n={self.fit.n})"
+        theory = "" if self.theory is None else f"; theory {self.theory:.3g}"
+        return f"{self.name}: slope {self.fit.slope:.2f} ± {err_text} (n={self.fit.n}{theory})"
+
+
+# The two regimes of design.md §2 meet near γ = 1: lazy nets have η*, η_max ∝ γ², rich ones
+# η* ∝ γ^(2/L). One straight line through both sides fits neither, so each side gets its own fit.
+CROSSOVER_GAMMA = 1.0
 
 
 def ridge(grid: HeatmapGrid, *, lower_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -65,11 +73,25 @@ def boundary(grid: HeatmapGrid) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(gs), np.asarray(es)
 
 
-def _fit(name: str, x: np.ndarray, y: np.ndarray) -> FitLabel | None:
+def _fit(name: str, x: np.ndarray, y: np.ndarray, theory: float | None = None) -> FitLabel | None:
     try:
-        return FitLabel(name, analysis.fit_power_law(x, y))
+        return FitLabel(name, analysis.fit_power_law(x, y), theory)
     except ValueError:  # fewer than two usable points: nothing to fit yet
         return None
+
+
+def regime_fits(name: str, gammas: np.ndarray, etas: np.ndarray, depth: int) -> list[FitLabel]:
+    """Power-law fits of η(γ) on each side of the crossover that has at least two points: the lazy
+    side (γ < 1, theory slope 2) and the rich side (γ > 1, theory 2/L). γ = 1 itself joins neither."""
+    out = []
+    for side, keep, theory in (
+        ("lazy, γ<1", gammas < CROSSOVER_GAMMA, 2.0),
+        ("rich, γ>1", gammas > CROSSOVER_GAMMA, 2.0 / depth),
+    ):
+        fit = _fit(f"{name} ({side})", gammas[keep], etas[keep], theory)
+        if fit is not None:
+            out.append(fit)
+    return out
 
 
 def overlay_curves(
@@ -92,10 +114,10 @@ def overlay_curves(
         curves.append(Curve("η_max boundary", bg, be, colour="#ff6f61", markers=True, dash="dot"))
     if "fits" in show:
         for name, g, e, colour in (("fit η*", rg, re, "#ce93d8"), ("fit η_max", bg, be, "#ffb3a7")):
-            fit = _fit(name, g, e)
-            if fit is not None:
+            for fit in regime_fits(name, g, e, depth):
                 fits.append(fit)
-                xs = np.geomspace(g.min(), g.max(), 20)
+                side = (g < CROSSOVER_GAMMA) if "lazy" in fit.name else (g > CROSSOVER_GAMMA)
+                xs = np.geomspace(g[side].min(), g[side].max(), 20)  # drawn over the points it fits
                 curves.append(Curve(fit.label(), xs, fit.fit.predict(xs), dash="dash", colour=colour))
     if "theory" in show and rg.size and grid.gammas.size:
         xs = np.geomspace(grid.gammas.min(), grid.gammas.max(), 30)

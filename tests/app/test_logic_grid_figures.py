@@ -303,3 +303,29 @@ def test_edge_of_stability_lines_take_their_runs_colour():
     fig = lines_figure(sharp, x_label="t", y_label="λ", hlines=eos).to_plotly_json()
     colour = {t["name"]: t["line"]["color"] for t in fig["data"]}
     assert colour["2/(N·η) η=0.1"] == colour["γ=1 η=0.1 s=0"] != colour["γ=1 η=1 s=0"] == colour["2/(N·η) η=1"]
+
+
+def test_eta_star_is_fitted_on_each_side_of_the_crossover_against_its_theory():
+    # One line through both regimes (the old single fit) gave a slope of neither; each side now has
+    # its own fit, labelled with the slope theory predicts there: 2 lazy, 2/L rich.
+    depth = 3
+    gammas = 10.0 ** np.arange(-2.0, 2.01, 0.5)
+    etas = 10.0 ** np.arange(-7.0, 2.01, 0.25)
+    star = np.where(gammas < 1, 0.1 * gammas**2, 0.1 * gammas ** (2 / depth))  # (G,)
+    rows = [
+        dict(gamma=g, eta=e, value=0.01 * np.exp((np.log10(e) - np.log10(s)) ** 2), n_seeds=1, n_done=1,
+             n_diverged=0, n_running=0, n_missing=0, cell_status="ok")
+        for g, s in zip(gammas, star, strict=True)
+        for e in etas
+    ]
+    grid = heatmap_grid(pd.DataFrame(rows))
+    _, fits = overlay_curves(grid, depth=depth, show=("fits",))
+    by_name = {f.name: f for f in fits}
+    assert set(by_name) == {"fit η* (lazy, γ<1)", "fit η* (rich, γ>1)"}  # no boundary: nothing diverged
+    lazy, rich = by_name["fit η* (lazy, γ<1)"], by_name["fit η* (rich, γ>1)"]
+    assert lazy.fit.slope == pytest.approx(2.0, abs=1e-6) and lazy.fit.n == 4  # γ = 1 joins neither side
+    assert rich.fit.slope == pytest.approx(2 / 3, abs=1e-6) and rich.fit.n == 4
+    assert lazy.label().endswith("(n=4; theory 2)") and rich.label().endswith("(n=4; theory 0.667)")
+    # a sweep on one side only: one fit
+    one_side = heatmap_grid(pd.DataFrame([r for r in rows if r["gamma"] < 1]))
+    assert [f.name for f in overlay_curves(one_side, depth=depth, show=("fits",))[1]] == ["fit η* (lazy, γ<1)"]

@@ -335,7 +335,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 
     settings = _settings()
     try:
-        recorder = Recorder(settings)
+        recorder = Recorder(settings, role="recorder")
     except RecorderBusy as exc:
         raise UserError(str(exc)) from None
     _err(f"recording {settings.metrics_path} (Ctrl-C to stop)")
@@ -436,8 +436,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     settings = _settings()
     catch_up(settings)  # statuses as they are now: runs that already ended are not "cancelled"
+    shared = api.shared_active_runs(settings, args.id)  # before: afterwards they are no longer active
     n = api.cancel(settings, args.id)
     _err(f"cancel requested for {n} run(s) of {args.id}")
+    if shared:  # a run belongs to every sweep that launched its cell: it stops for all of them
+        others = ", ".join(f"{k} run(s) of sweep {sid}" for sid, k in sorted(shared.items()))
+        _err(f"note: these runs are shared, so this also stops {others}")
     return 0
 
 

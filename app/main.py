@@ -13,7 +13,8 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from app.ui import broken_store_errors, resources, show_broken_store  # noqa: E402
+from app.ui import broken_store_errors, resources, show_broken_store, show_store_held  # noqa: E402
+from storage.metric_store import StoreLocked  # noqa: E402
 
 st.set_page_config(page_title="gamma-lab", page_icon="γ", layout="wide")
 try:
@@ -55,3 +56,5 @@ try:
     page.run()
 except broken_store_errors() as exc:  # e.g. the file broke while the dashboard was running
     show_broken_store(exc)
+except StoreLocked:  # another process records: say which; the page retries by itself
+    show_store_held(res)

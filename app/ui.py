@@ -45,7 +45,7 @@ class Resources:
             from storage.recorder import Recorder, RecorderBusy
 
             try:
-                recorder = Recorder(self.settings, lock_wait_s=0.0)
+                recorder = Recorder(self.settings, lock_wait_s=0.0, role="dashboard")
             except RecorderBusy:
                 return False
             self.recorder, self.recorder_note = recorder.start(), "recording in this dashboard"
@@ -71,7 +71,7 @@ def _resources(data_dir: str, registry_url: str) -> Resources:
     try:
         from storage.recorder import Recorder
 
-        recorder = Recorder(settings)
+        recorder = Recorder(settings, role="dashboard")
         recorder.start()
     except (StoreCorrupt, RegistryUnreadable):
         # Not "another process records": the file itself is broken. Raised (so not cached) for
@@ -94,6 +94,36 @@ def broken_store_errors() -> tuple[type[Exception], ...]:
 def show_broken_store(exc: Exception) -> None:
     st.error(f"**The lab's data cannot be read.** {exc}", icon=":material/error:")
     st.caption("Nothing was changed or reset. Fix or move the file named above, then reload this page.")
+
+
+RETRY_S = 3.0  # how often a page that found the metric store held looks again
+
+
+def show_store_held(res: Resources) -> None:
+    """A page could not read the metric store because another process records (StoreLocked): say
+    which, and look again every few seconds (a fragment timer, no busy loop); the whole page reruns
+    as soon as this dashboard records itself."""
+    from storage.recorder import read_owner
+
+    owner = read_owner(res.settings)
+    if owner.role == "dashboard":
+        detail = (
+            "Two dashboards on one data folder: this one shows results when the other one stops "
+            "(open the other one instead)."
+        )
+    else:
+        detail = "This page shows the results as soon as it can read them; it looks again every few seconds."
+    st.info(
+        f"**Another process records the lab's results:** {owner.describe()}. {detail}", icon=":material/hourglass_top:"
+    )
+    _retry_when_free()
+
+
+@st.fragment(run_every=RETRY_S)
+def _retry_when_free() -> None:
+    res = resources()  # tries to take recording over (throttled)
+    if res.recorder is not None:
+        st.rerun()
 
 
 def resources() -> Resources:
@@ -127,13 +157,22 @@ def sync_url(schema: Mapping[str, Field], prefix: str, extra: Mapping[str, Any] 
 
 def chart(fig: go.Figure, data: pd.DataFrame, *, key: str, filename: str, select: bool = False) -> Any:
     """A plotly chart plus a CSV download of the data behind it. Returns the selection event."""
-    event = st.plotly_chart(fig, key=key, on_select="rerun" if select else "ignore",
-                            selection_mode=("points",) if select else ("points", "box", "lasso"),
-                            width="stretch")
+    event = st.plotly_chart(
+        fig,
+        key=key,
+        on_select="rerun" if select else "ignore",
+        selection_mode=("points",) if select else ("points", "box", "lasso"),
+        width="stretch",
+    )
     # Deferred: the CSV is built when the user clicks, not on every rerun (a 10,000-cell heatmap's CSV
     # costs more than its query). The frame is captured now, so the file matches the figure shown.
-    st.download_button(f"Download data (CSV, {len(data):,} rows)", csv_bytes(data), file_name=filename,
-                       mime="text/csv", key=f"{key}.csv")
+    st.download_button(
+        f"Download data (CSV, {len(data):,} rows)",
+        csv_bytes(data),
+        file_name=filename,
+        mime="text/csv",
+        key=f"{key}.csv",
+    )
     return event
 
 
@@ -152,8 +191,7 @@ def sweep_labels(sweeps: pd.DataFrame) -> dict[str, str]:
     return {row.sweep_id: f"{row.name} · {row.owner} · {row.sweep_id}" for row in sweeps.itertuples()}
 
 
-def pick_sweep(source: DashboardSource, key: str, label: str = "Sweep", default_index: int = 0,
-               where: Any = st) -> str:
+def pick_sweep(source: DashboardSource, key: str, label: str = "Sweep", default_index: int = 0, where: Any = st) -> str:
     """Sweep selectbox (newest first) in `where` (the page or a column); the chosen id is in
     session_state[key], the `default_index`-th newest when nothing valid is chosen. Stops the page
     when there is no sweep yet, so callers always get an id."""

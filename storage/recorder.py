@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,46 @@ class RecorderBusy(RuntimeError):
     """Another recorder holds the metrics file."""
 
 
-class _OwnerLock:
-    """Advisory exclusive flock with the owner's pid written inside (for the loser's message)."""
+ROLES = ("dashboard", "cli", "recorder")
+_ROLE_WORDS = {
+    "dashboard": "another dashboard",
+    "cli": "a `gamma-lab` command recording while it waits (`sweep --wait`, `demo`, `status`, `export`)",
+    "recorder": "the standalone `gamma-lab recorder`",
+}
 
-    def __init__(self, path: Path):
+
+def lock_path(settings: Settings) -> Path:
+    """The owner lock of the metric store: flocked by the recorder, "<pid> <role>" inside."""
+    return Path(str(settings.metrics_path) + ".recorder.lock")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What the owner lock file says about the process that records (it may have stopped since)."""
+
+    pid: int | None
+    role: str | None
+
+    def describe(self) -> str:
+        what = _ROLE_WORDS.get(self.role or "", "another process")
+        return f"{what} (pid {self.pid if self.pid is not None else 'unknown'})"
+
+
+def read_owner(settings: Settings) -> Owner:
+    """Parse the owner lock file ("<pid> <role>"; older files hold the pid alone)."""
+    try:
+        words = lock_path(settings).read_text().split()
+    except OSError:
+        words = []
+    pid = int(words[0]) if words and words[0].isdigit() else None
+    role = words[1] if len(words) > 1 and words[1] in ROLES else None
+    return Owner(pid, role)
+
+
+class _OwnerLock:
+    """Advisory exclusive flock with the owner's pid and role written inside (for the loser's message)."""
+
+    def __init__(self, path: Path, role: str = "cli"):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -53,15 +90,15 @@ class _OwnerLock:
         except BlockingIOError:
             os.close(self.fd)
             try:
-                pid = path.read_text().strip() or "unknown"
-            except OSError:
+                pid = path.read_text().split()[0]
+            except (OSError, IndexError):
                 pid = "unknown"
             raise RecorderBusy(
                 f"a recorder is already running (pid {pid}) and owns {str(path).removesuffix('.recorder.lock')}; "
                 "this process will only publish events"
             ) from None
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        os.write(self.fd, f"{os.getpid()} {role}\n".encode())
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -81,10 +118,14 @@ class Recorder:
         poll_s: float = 0.2,
         consumer: SpoolConsumer | RedisConsumer | None = None,
         lock_wait_s: float = 10.0,
+        role: str = "cli",
     ):
+        if role not in ROLES:
+            raise ValueError(f"role: must be one of {', '.join(ROLES)} (got {role!r})")
         self.settings = settings
+        self.role = role
         settings.ensure_dirs()
-        self._lock = _OwnerLock(Path(str(settings.metrics_path) + ".recorder.lock"))
+        self._lock = _OwnerLock(lock_path(settings), role)
         try:
             self.store = self._open_store(lock_wait_s)
         except StoreLocked as exc:
@@ -290,11 +331,11 @@ class Recorder:
         self.stop()
 
 
-def start_if_free(settings: Settings) -> Recorder | None:
+def start_if_free(settings: Settings, role: str = "cli") -> Recorder | None:
     """Record in this process unless another recorder holds the DuckDB file (then None: the events
     this process causes are ingested by that one)."""
     try:
-        recorder = Recorder(settings)
+        recorder = Recorder(settings, role=role)
     except RecorderBusy:
         return None
     return recorder.start()
@@ -312,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
     settings = load_settings(**overrides)
     try:
-        recorder = Recorder(settings, max_events=args.max_events)
+        recorder = Recorder(settings, max_events=args.max_events, role="recorder")
     except RecorderBusy as exc:
         log.error("%s", exc)
         return 2

@@ -504,6 +504,24 @@ class Registry:
                 ).scalars()
             )
 
+    def sweeps_sharing(self, run_ids: Iterable[str], *, besides: str | None = None) -> dict[str, int]:
+        """sweep_id -> how many of `run_ids` it holds, other than `besides` (one query, chunked for
+        the database's parameter limit): whom a cancel of shared runs also affects."""
+        ids = list(dict.fromkeys(run_ids))
+        out: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                q = (
+                    sa.select(sweep_runs.c.sweep_id, sa.func.count())
+                    .where(sweep_runs.c.run_id.in_(ids[i : i + 500]))
+                    .group_by(sweep_runs.c.sweep_id)
+                )
+                if besides is not None:
+                    q = q.where(sweep_runs.c.sweep_id != besides)
+                for sweep_id, n in conn.execute(q):
+                    out[sweep_id] = out.get(sweep_id, 0) + int(n)
+        return out
+
     # -- runs (read)
 
     @staticmethod

@@ -170,9 +170,21 @@ def queue_cells(
     return [c.run_id for c in to_run]
 
 
+def shared_active_runs(settings: Any, sweep_or_run_id: str) -> dict[str, int]:
+    """Other sweeps holding queued/running runs of this sweep (or this run): sweep_id -> count. A run
+    belongs to every sweep that launched its cell, so cancelling it stops it for all of them — say so
+    before (the dashboard) or when (the CLI) cancelling."""
+    with Registry(settings.registry_url) as reg:
+        ids = reg.run_ids_for(sweep_or_run_id)
+        active = [r["run_id"] for r in reg.get_runs(ids) if r["status"] in ACTIVE_STATUSES]
+        besides = sweep_or_run_id if reg.get_sweep(sweep_or_run_id) is not None else None
+        return reg.sweeps_sharing(active, besides=besides) if active else {}
+
+
 def cancel(settings: Any, sweep_or_run_id: str) -> int:
     """Cooperative cancel: queued runs become cancelled at once, running ones stop at their next flush.
-    Returns how many runs were asked to stop."""
+    Returns how many runs were asked to stop (shared runs stop for every sweep holding them:
+    shared_active_runs tells which)."""
     with Registry(settings.registry_url) as reg:
         ids = reg.run_ids_for(sweep_or_run_id)
         active = [r["run_id"] for r in reg.get_runs(ids) if r["status"] in ACTIVE_STATUSES]

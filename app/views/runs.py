@@ -52,10 +52,14 @@ sync_url(SCHEMA, P)
 
 a1, a2, a3, a4, a5 = st.columns(5)
 if a1.button("Cancel sweep", key=f"{P}.cancel"):
-    from tasks.api import cancel
+    from tasks.api import cancel, shared_active_runs
 
+    shared = shared_active_runs(settings, sweep_id)  # before: afterwards they are no longer active
     cancel(settings, sweep_id)
     st.toast(f"Cancel requested for {sweep_id}")
+    if shared:  # a run belongs to every sweep that launched its cell: it stops for all of them
+        others = ", ".join(f"{k} run(s) of sweep {sid}" for sid, k in sorted(shared.items()))
+        st.warning(f"These runs are shared with other sweeps, so this also stopped {others}.")
 if a2.button("Rerun unfinished", key=f"{P}.rerun", help="Runs that failed, were cancelled or lost"):
     from engine.config import ConfigError
     from tasks.api import rerun

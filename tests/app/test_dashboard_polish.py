@@ -177,3 +177,25 @@ def test_empty_multiselects_say_what_empty_means(finished_sweep: str):
     assert status.value == [] and status.proto.placeholder == "all statuses"
     at.switch_page("views/portrait.py").run()
     assert at.multiselect(key="portrait.show").proto.placeholder == "none"
+
+
+def test_cancelling_a_sweep_warns_which_other_sweeps_lose_shared_runs(tmp_path: Path, monkeypatch) -> None:
+    settings = load_settings(data_dir=tmp_path / "data")
+    settings.ensure_dirs()
+    configs = [RunConfig(model=ModelConfig(width=8, depth=3), gamma=g, eta=0.1, seed=0) for g in GAMMAS]
+    reg = Registry(settings.registry_url)
+    first = reg.create_sweep("first", "t", {})
+    reg.add_runs(first, configs)  # queued, nobody trains them
+    again = reg.create_sweep("again", "t", {})
+    reg.add_runs(again, configs[:2])  # the re-launch shares two of the runs
+    reg.close()
+    monkeypatch.setenv("GAMMA_LAB_DATA", str(settings.data_dir))
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.query_params["sweep"] = again
+    at.switch_page("views/runs.py").run()
+    assert not at.exception, at.exception
+    at.button(key="runs.cancel").click().run()
+    assert not at.exception, at.exception
+    assert [w.value for w in at.warning] == [
+        f"These runs are shared with other sweeps, so this also stopped 2 run(s) of sweep {first}."
+    ]

@@ -122,6 +122,28 @@ def test_cancel_after_the_runs_ended_unrecorded_flags_nothing(lab: Path) -> None
     assert "cancelled" not in _cli(lab, "status", sweep_id).stdout
 
 
+@pytest.mark.slow
+def test_cancelling_a_sweep_says_which_other_sweeps_lose_shared_runs(lab: Path) -> None:
+    # A re-launched spec shares its cells' runs with the first sweep: cancelling either stops them for
+    # both, which happened without a word. The cancel now names the other sweep and how many it loses.
+    spec = lab / "long.toml"
+    spec.write_text(LONG.replace("eta = [0.01]", "eta = [0.01, 0.02]"))
+    first = _cli(lab, "sweep", str(spec))
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.strip().splitlines()[-1]
+    again = _cli(lab, "sweep", str(spec))
+    assert again.returncode == 0, again.stderr
+    again_id = again.stdout.strip().splitlines()[-1]
+    res = _cli(lab, "cancel", again_id)
+    assert res.returncode == 0, res.stderr
+    assert "cancel requested for 2 run(s)" in res.stderr
+    assert f"this also stops 2 run(s) of sweep {first_id}" in res.stderr
+    assert "cancelled" in _settle(lab, first_id)  # they really stopped there too
+    # nothing active is left to share: a second cancel says nothing about other sweeps
+    res = _cli(lab, "cancel", first_id)
+    assert res.returncode == 0 and "shared" not in res.stderr, res.stderr
+
+
 def _claimed_worker(data: Path) -> int:
     """The pid of the local worker training the (one) unit, once it has claimed it."""
     claimed = data / "queue" / "claimed"

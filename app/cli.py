@@ -235,6 +235,7 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
     from storage.recorder import start_if_free
     from tasks import api
 
+    logging.getLogger("storage.recorder").setLevel(logging.INFO)  # "handed recording over to pid N"
     if recorder is None:
         recorder = start_if_free(settings)
     counts = api.sweep_progress(settings, sweep_id)
@@ -249,6 +250,8 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
             bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
             if api.is_settled(settings, sweep_id) and total:
                 break
+            if recorder is not None and recorder.handed_over_to is not None:
+                recorder = None  # it yielded to a dashboard, whose recorder now updates the statuses
             if recorder is None:  # the recorder elsewhere may have stopped: take over if we can
                 recorder = start_if_free(settings)
             time.sleep(poll_s)
@@ -331,18 +334,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_recorder(args: argparse.Namespace) -> int:
-    from storage.recorder import Recorder, RecorderBusy
+    import signal
+    import threading
 
+    from storage.recorder import Recorder, RecorderBusy, record_until_stopped
+
+    logging.getLogger("storage.recorder").setLevel(logging.INFO)  # hand-over and standby lines
     settings = _settings()
     try:
         recorder = Recorder(settings, role="recorder")
     except RecorderBusy as exc:
         raise UserError(str(exc)) from None
     _err(f"recording {settings.metrics_path} (Ctrl-C to stop)")
-    try:
-        recorder.run_forever()
-    except KeyboardInterrupt:
-        pass
+    # A dashboard that asks gets recording handed over; this process then stands by and records
+    # again once that dashboard stops. SIGTERM/SIGINT end it (between steps: nothing half-stored).
+    stop = threading.Event()
+
+    def _on_signal(_sig: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    record_until_stopped(settings, recorder, stop, role="recorder")
     return 0
 
 

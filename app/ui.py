@@ -30,11 +30,14 @@ class Resources:
     recorder_note: str
     next_takeover: float = 0.0  # monotonic time of the next attempt to take recording over
     lock: threading.Lock = field(default_factory=threading.Lock)
+    handover: threading.Thread | None = None  # waits for a recorder asked to hand over
 
     def take_over_if_free(self, every_s: float = 10.0) -> bool:
-        """When another process recorded at start-up (a `gamma-lab sweep --wait`, a standalone
-        recorder) and has since stopped, start recording here — otherwise sweeps launched from this
-        dashboard would wait for a recorder forever. Cheap (a non-blocking file lock), throttled."""
+        """Record here when no other process does any more — otherwise sweeps launched from this
+        dashboard would wait for a recorder forever. A `gamma-lab sweep --wait` or a standalone
+        recorder that records now is asked to hand over (storage.recorder.request_handover), and a
+        short thread takes over as soon as it has; another dashboard is never asked (the two would
+        ping-pong). Cheap (a non-blocking file lock), throttled."""
         if self.recorder is not None:
             return True
         with self.lock:
@@ -42,15 +45,45 @@ class Resources:
             if self.recorder is not None or now < self.next_takeover:
                 return self.recorder is not None
             self.next_takeover = now + every_s
-            from storage.recorder import Recorder, RecorderBusy
+            if self._try_take_over():
+                return True
+            from storage.recorder import pid_alive, read_owner, request_handover
 
-            try:
-                recorder = Recorder(self.settings, lock_wait_s=0.0, role="dashboard")
-            except RecorderBusy:
-                return False
-            self.recorder, self.recorder_note = recorder.start(), "recording in this dashboard"
-            log.info("recorder started: the other recorder has stopped")
-            return True
+            owner = read_owner(self.settings)
+            asking = self.handover is not None and self.handover.is_alive()
+            if owner.role in ("cli", "recorder") and owner.pid is not None and pid_alive(owner.pid) and not asking:
+                request_handover(self.settings)
+                log.info("asked %s to hand recording over", owner.describe())
+                self.handover = threading.Thread(target=self._await_handover, name="gamma-lab-handover", daemon=True)
+                self.handover.start()
+            return False
+
+    def _try_take_over(self) -> bool:
+        """One non-blocking attempt; the caller holds self.lock."""
+        from storage.recorder import Recorder, RecorderBusy
+
+        try:
+            recorder = Recorder(self.settings, lock_wait_s=0.0, role="dashboard")
+        except RecorderBusy:
+            return False
+        self.recorder, self.recorder_note = recorder.start(), "recording in this dashboard"
+        log.info("recorder started: the other recorder has stopped or handed over")
+        return True
+
+    def _await_handover(self, poll_s: float = 0.2) -> None:
+        """Take over as soon as the asked recorder has yielded (it finishes its step first)."""
+        from storage.recorder import HANDOVER_FRESH_S
+
+        deadline = time.monotonic() + HANDOVER_FRESH_S
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            with self.lock:
+                try:
+                    if self.recorder is not None or self._try_take_over():
+                        return
+                except Exception as exc:  # noqa: BLE001 - e.g. the broker went down: the pages say so
+                    log.warning("cannot take recording over: %s", exc)
+                    return
 
 
 @st.cache_resource(show_spinner=False)

@@ -78,6 +78,46 @@ def read_owner(settings: Settings) -> Owner:
     return Owner(pid, role)
 
 
+HANDOVER_FRESH_S = 30.0  # a hand-over request older than this is ignored (its dashboard did not follow up)
+
+
+def request_path(settings: Settings) -> Path:
+    """A dashboard's request that a yielding recorder hand recording over: "<pid> <unix time>"."""
+    return Path(str(settings.metrics_path) + ".recorder.handover")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def request_handover(settings: Settings) -> None:
+    """Ask the recorder of another role than "dashboard" to yield (atomic: written aside, renamed)."""
+    path = request_path(settings)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{os.getpid()} {time.time():.3f}\n")
+    os.replace(tmp, path)
+
+
+def pending_request(settings: Settings, now: float | None = None) -> int | None:
+    """The pid of a fresh hand-over request from another live process, else None. Cheap when there
+    is none (one failed open)."""
+    try:
+        words = request_path(settings).read_text().split()
+        pid, at = int(words[0]), float(words[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    now = time.time() if now is None else now
+    if pid == os.getpid() or not (-5.0 <= now - at <= HANDOVER_FRESH_S) or not pid_alive(pid):
+        return None
+    return pid
+
+
 class _OwnerLock:
     """Advisory exclusive flock with the owner's pid and role written inside (for the loser's message)."""
 
@@ -125,7 +165,12 @@ class Recorder:
         self.settings = settings
         self.role = role
         settings.ensure_dirs()
+        if role != "dashboard" and (asker := pending_request(settings)) is not None:
+            # recording is being handed to that dashboard: taking the free lock now would ping-pong
+            raise RecorderBusy(f"recording is being handed over to the dashboard (pid {asker})")
         self._lock = _OwnerLock(lock_path(settings), role)
+        if role == "dashboard":  # a request addressed to the previous owner is answered now
+            request_path(settings).unlink(missing_ok=True)
         try:
             self.store = self._open_store(lock_wait_s)
         except StoreLocked as exc:
@@ -155,7 +200,9 @@ class Recorder:
         self._last_lost_check = 0.0
         self.stats = {"events": 0, "points": 0, "rejected": 0, "batches": 0}
         self.last_error: str | None = None
+        self.handed_over_to: int | None = None  # the dashboard's pid once this recorder yielded
         self._closed = False
+        self._close_lock = threading.Lock()
 
     def _open_store(self, lock_wait_s: float) -> MetricStore:
         """Open the metrics file read-write. We hold the owner lock, so no other recorder runs: a
@@ -287,8 +334,17 @@ class Recorder:
 
     def run_forever(self) -> None:
         """Foreground loop until stop() (or SIGTERM/SIGINT in the main thread). Errors are logged and
-        retried: nothing is acknowledged before it is stored, so a retry loses nothing."""
+        retried: nothing is acknowledged before it is stored, so a retry loses nothing.
+
+        A recorder whose role is not "dashboard" yields to a dashboard that asks (request_handover):
+        between two steps (each ends acknowledged, so nothing is lost or replayed twice) it closes
+        the store, releases the lock and returns with handed_over_to set."""
         while not self._stop.is_set():
+            if self.role != "dashboard" and (asker := pending_request(self.settings)) is not None:
+                self.handed_over_to = asker
+                self.close()
+                log.info("handed recording over to pid %d", asker)
+                return
             try:
                 self.step()
                 self.last_error = None
@@ -316,13 +372,14 @@ class Recorder:
         self.close()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.consumer.close()
-        self.store.close()
-        self.registry.close()
-        self._lock.release()
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.consumer.close()
+            self.store.close()
+            self.registry.close()
+            self._lock.release()
 
     def __enter__(self) -> Recorder:
         return self
@@ -339,6 +396,36 @@ def start_if_free(settings: Settings, role: str = "cli") -> Recorder | None:
     except RecorderBusy:
         return None
     return recorder.start()
+
+
+def record_until_stopped(
+    settings: Settings, recorder: Recorder, stop: threading.Event, standby_s: float = 2.0, **kwargs: Any
+) -> None:
+    """The standalone recorder's loop: record; after handing over to a dashboard, stand by and take
+    recording back (polled every `standby_s`) once the lock is free again; return when `stop` is set.
+    `recorder` is the first one (opened by the caller, so a busy store is the caller's error)."""
+    current: Recorder | None = recorder
+    while True:
+        if current is not None:
+            current._stop = stop
+            try:
+                current.run_forever()
+            finally:
+                current.close()
+            if stop.is_set() or current.handed_over_to is None:
+                return
+            log.info("standing by: recording again when pid %d stops", current.handed_over_to)
+            current = None
+        if stop.wait(standby_s):
+            return
+        try:
+            current = Recorder(settings, lock_wait_s=0.0, **kwargs)
+        except RecorderBusy:
+            continue
+        except Exception as exc:  # noqa: BLE001 - e.g. the broker is down: stay in standby, retry
+            log.warning("cannot record again yet: %s", exc)
+            continue
+        log.info("recording %s again", settings.metrics_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -362,16 +449,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         recorder.close()
         return 0
 
+    stop = threading.Event()
+
     def _on_signal(_sig: int, _frame: Any) -> None:
-        recorder._stop.set()
+        stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     log.info("recording %s from %s", settings.metrics_path, settings.broker_url or settings.spool_dir)
-    try:
-        recorder.run_forever()
-    finally:
-        recorder.close()
+    record_until_stopped(settings, recorder, stop, max_events=args.max_events, role="recorder")
     return 0
 
 

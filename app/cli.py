@@ -396,11 +396,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Registry(settings.registry_url) as reg:
         if args.sweep is None:
             rows = reg.list_sweeps(limit=args.limit)
-            print(f"{'sweep':<14}{'name':<24}{'owner':<12}{'status':<10}{'runs':>6}  counts")
+            print(f"{'sweep':<14}{'name':<24}{'owner':<12}{'where':<14}{'status':<10}{'runs':>6}  counts")
             for s in rows:
                 counts = " ".join(f"{k}={v}" for k, v in s["counts"].items() if v)
+                where = f"{s['executor']}/{s['device']}"  # reruns go back there
                 print(
-                    f"{s['id']:<14}{s['name'][:23]:<24}{s['owner'][:11]:<12}{s['status']:<10}{s['n_runs']:>6}  {counts}"
+                    f"{s['id']:<14}{s['name'][:23]:<24}{s['owner'][:11]:<12}{where[:13]:<14}{s['status']:<10}"
+                    f"{s['n_runs']:>6}  {counts}"
                 )
             return 0
         sweep = reg.get_sweep(args.sweep)
@@ -426,7 +428,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 0
         runs = reg.list_runs(args.sweep)
     counts = " ".join(f"{k}={v}" for k, v in sweep["counts"].items() if v)
-    print(f"sweep {sweep['id']} ({sweep['name']}, {sweep['owner']}): {sweep['status']}  {counts}")
+    print(
+        f"sweep {sweep['id']} ({sweep['name']}, {sweep['owner']}, {sweep['executor']} on {sweep['device']}): "
+        f"{sweep['status']}  {counts}"
+    )
     print(_run_table(runs))
     return 0
 

@@ -139,6 +139,11 @@ def test_cancelling_a_sweep_says_which_other_sweeps_lose_shared_runs(lab: Path) 
     assert "cancel requested for 2 run(s)" in res.stderr
     assert f"this also stops 2 run(s) of sweep {first_id}" in res.stderr
     assert "cancelled" in _settle(lab, first_id)  # they really stopped there too
+    # where each sweep trains (its reruns go back there) shows in both status views
+    listing = _cli(lab, "status").stdout
+    assert "where" in listing.splitlines()[0] and listing.count("local/cpu") == 2
+    assert f"sweep {first_id} (long-cli, " in _cli(lab, "status", first_id).stdout
+    assert ", local on cpu): " in _cli(lab, "status", first_id).stdout
     # nothing active is left to share: a second cancel says nothing about other sweeps
     res = _cli(lab, "cancel", first_id)
     assert res.returncode == 0 and "shared" not in res.stderr, res.stderr

@@ -31,6 +31,7 @@ class Resources:
     next_takeover: float = 0.0  # monotonic time of the next attempt to take recording over
     lock: threading.Lock = field(default_factory=threading.Lock)
     handover: threading.Thread | None = None  # waits for a recorder asked to hand over
+    closed: bool = False  # shut down: never start recording again
 
     def take_over_if_free(self, every_s: float = 10.0) -> bool:
         """Record here when no other process does any more — otherwise sweeps launched from this
@@ -62,6 +63,8 @@ class Resources:
         """One non-blocking attempt; the caller holds self.lock."""
         from storage.recorder import Recorder, RecorderBusy
 
+        if self.closed:
+            return False
         try:
             recorder = Recorder(self.settings, lock_wait_s=0.0, role="dashboard")
         except RecorderBusy:
@@ -79,11 +82,27 @@ class Resources:
             time.sleep(poll_s)
             with self.lock:
                 try:
-                    if self.recorder is not None or self._try_take_over():
+                    if self.closed or self.recorder is not None or self._try_take_over():
                         return
                 except Exception as exc:  # noqa: BLE001 - e.g. the broker went down: the pages say so
                     log.warning("cannot take recording over: %s", exc)
                     return
+
+
+_LIVE: list[Resources] = []  # every Resources this process made (shutdown stops their recorders)
+
+
+def shutdown() -> None:
+    """Stop the recorder threads of this process's dashboards and forget the cached resources (the
+    test suite calls it after each test: a recorder left running outlived the Redis it read from)."""
+    while _LIVE:
+        res = _LIVE.pop()
+        with res.lock:
+            res.closed = True  # a hand-over thread still waiting must not start one afterwards
+            if res.recorder is not None:
+                res.recorder.stop()
+                res.recorder = None
+    _resources.clear()
 
 
 @st.cache_resource(show_spinner=False)
@@ -113,7 +132,9 @@ def _resources(data_dir: str, registry_url: str) -> Resources:
     except Exception as exc:  # noqa: BLE001 - any lock/ownership problem means: publish only
         recorder, note = None, f"another process records ({exc}); this dashboard only reads"
         log.warning("recorder not started: %s", exc)
-    return Resources(settings=settings, source=DashboardSource(settings), recorder=recorder, recorder_note=note)
+    res = Resources(settings=settings, source=DashboardSource(settings), recorder=recorder, recorder_note=note)
+    _LIVE.append(res)
+    return res
 
 
 def broken_store_errors() -> tuple[type[Exception], ...]:

@@ -29,6 +29,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Gener
         report.longrepr = f"skipped, but GAMMA_LAB_REQUIRE_ALL=1 forbids skips here: {reason}"
 
 
+@pytest.fixture(autouse=True)
+def _stop_dashboard_recorders() -> Iterator[None]:
+    """A dashboard's resources (and its recorder thread) are cached per process: after a test that
+    rendered pages, stop them, or the thread outlives the test's data folder and Redis server."""
+    yield
+    import sys
+
+    ui = sys.modules.get("app.ui")
+    if ui is not None:
+        ui.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

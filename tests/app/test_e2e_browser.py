@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,12 +61,30 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 12
     raise TimeoutError(f"{url}/_stcore/health did not answer within {timeout_s:.0f} s")
 
 
-@pytest.fixture()
-def server(tmp_path: Path) -> Iterator[str]:
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (streamlit and the workers it started), SIGKILL if slow."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+    try:  # a child that outlived its parent still belongs to the group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def _serve(data: Path, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`gamma-lab serve` on a free port over `data`, in its own process group (all of it goes down
+    on exit, even on failure); yields its URL and process."""
     port = _free_port()
-    env = {**os.environ, "GAMMA_LAB_DATA": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
-    log = (tmp_path / "serve.log").open("wb")
-    # Own process group: streamlit and the local workers it starts all go down in teardown.
+    env = {**os.environ, "GAMMA_LAB_DATA": str(data), "PYTHONUNBUFFERED": "1"}
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         cwd=ROOT,
@@ -77,19 +96,17 @@ def server(tmp_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
-        yield url
+        yield url, proc
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
+        _stop_group(proc)
         log.close()
-        print((tmp_path / "serve.log").read_text(errors="replace")[-3000:])
+        print(f"--- {log_path.name}\n" + log_path.read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    with _serve(tmp_path / "data", tmp_path / "serve.log") as (url, _proc):
+        yield url
 
 
 @pytest.fixture()
@@ -246,3 +263,71 @@ def test_sidebar_highlights_the_page_shown(server: str, page) -> None:  # type: 
         )
         assert shaded == [entry], (path, shaded)
         _no_exception(page)
+
+
+def _wait_owner(settings, role: str, group: int, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Until the owner lock names a live process of `group` with `role` (the deadline only stops a
+    hung test)."""
+    from storage.recorder import pid_alive, read_owner
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        owner = read_owner(settings)
+        if owner.role == role and owner.pid is not None and pid_alive(owner.pid):
+            try:
+                if os.getpgid(owner.pid) == group:
+                    return
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {role} of process group {group} records (owner: {owner})")
+        time.sleep(0.1)
+
+
+def test_second_dashboard_records_once_the_first_stops(tmp_path: Path, page, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two dashboards on one data folder: the second one's portrait names the first (no traceback)
+    and, once the first stops, draws the heatmap by itself (the fragment's timed retry takes
+    recording over and reruns the page; AppTest never fires run_every, so only a browser tests it)."""
+    from playwright.sync_api import expect
+
+    from storage.recorder import read_owner
+    from storage.settings import load_settings
+
+    from .test_ui_store_held import seed_sweep
+
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+    data = tmp_path / "data"
+    monkeypatch.setenv("GAMMA_LAB_DATA", str(data))
+    settings = load_settings()
+    run_ids = seed_sweep(settings)  # a finished 2 γ × 2 η sweep; nobody records afterwards
+    assert len(run_ids) == 4
+
+    serve_a, serve_b = _serve(data, tmp_path / "serve-a.log"), _serve(data, tmp_path / "serve-b.log")
+    with serve_a as (url_a, proc_a), serve_b as (url_b, proc_b):
+        page.goto(f"{url_a}/portrait")  # A's first page starts its resources: A records
+        expect(page.get_by_role("heading", name="Phase portrait")).to_be_visible()
+        _wait_for_figure(page)
+        _no_exception(page)
+        _wait_owner(settings, "dashboard", proc_a.pid)
+
+        page.goto(f"{url_b}/portrait")  # B only reads, and the metric store is A's
+        held = page.locator('[data-testid="stAlert"]', has_text="Another process records the lab's results")
+        expect(held).to_be_visible()
+        message = held.locator('[data-testid="stMarkdownContainer"]').inner_text().strip()  # not the icon
+        a_pid = read_owner(settings).pid
+        assert f"another dashboard (pid {a_pid})" in message and "Two dashboards on one data folder" in message
+        assert len(message.splitlines()) == 1, message
+        expect(page.get_by_text("StoreLocked")).to_have_count(0)
+        _no_exception(page)
+        expect(page.locator(".js-plotly-plot .heatmaplayer .hm")).to_have_count(0)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        expect(sidebar.get_by_text("this dashboard only reads")).to_be_visible()
+
+        _stop_group(proc_a)  # A goes: its lock is free, B's timed retry takes over (no reload)
+        # ~12-14 s here: a take-over attempt every 10 s (Resources.take_over_if_free's throttle) on a
+        # RETRY_S fragment tick, then the page's rerun; PAGE_TIMEOUT_MS only stops a hung test
+        _wait_for_figure(page)
+        expect(held).to_have_count(0)
+        expect(sidebar.get_by_text("recording in this dashboard")).to_be_visible()
+        _no_exception(page)
+        _wait_owner(settings, "dashboard", proc_b.pid)

@@ -29,6 +29,7 @@ st.title("Diagnostics")
 sweep_id = pick_sweep(source, f"{P}.sweep")
 runs = source.runs(sweep_id)
 if runs.empty:
+    st.info("This sweep has no runs.")  # as Trajectories says; the page stopped blank
     st.stop()
 for name in ("gamma", "eta"):
     st.session_state[f"{P}.{name}"] = nearest(runs[name].tolist(), st.session_state.get(f"{P}.{name}"))

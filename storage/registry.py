@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -266,25 +267,35 @@ def sweep_rollup(counts: Mapping[str, int]) -> str:
 class Registry:
     """Sweeps and runs. `url` is an SQLAlchemy URL; `schema` (PostgreSQL only) isolates a lab or a test."""
 
-    def __init__(self, url: str, *, schema: str | None = None, echo: bool = False):
+    def __init__(self, url: str, *, schema: str | None = None, echo: bool = False, read_only: bool | None = None):
+        """`read_only`: open without writing anything (no migration, no BEGIN IMMEDIATE, writes refused
+        with RegistryReadOnly); None (the default) = read-only exactly when this process cannot write an
+        SQLite registry's file or folder (a read-only data folder), so readers work there unchanged."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.read_only = sqlite_read_only(url) if read_only is None else bool(read_only)
+        self._ro_copy: Path | None = None  # a private copy read instead of the file (see _sqlite_ro_connect)
         if schema is not None and self.is_sqlite:
             raise RegistryError("schema: only PostgreSQL registries take a schema name")
         if schema is not None and not schema.replace("_", "").isalnum():
             raise RegistryError(f"schema: letters, digits and _ only (got {schema!r})")
         self.schema = schema
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
-        if self.is_sqlite:
+        if self.is_sqlite and self.read_only:
+            kwargs["creator"], self._ro_copy = _sqlite_ro_connect(url)
+        elif self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True
         engine = sa.create_engine(url, **kwargs)
         if self.is_sqlite:
-            _sqlite_pragmas(engine)
+            _sqlite_pragmas(engine, read_only=self.read_only)
+        if self.read_only:
+            _refuse_writes(engine, url, postgres=not self.is_sqlite)
         if schema is not None:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            if not self.read_only:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 
             # search_path (not schema_translate_map) so the raw DDL of the migrations lands there too
             @event.listens_for(engine, "connect")
@@ -297,15 +308,21 @@ class Registry:
             engine.dispose()  # the connection used above predates the hook
         self.engine: Engine = engine
         try:
-            self._migrate()
+            self._check_version() if self.read_only else self._migrate()
         except sa.exc.DatabaseError as exc:  # OperationalError included
-            engine.dispose()
+            self.close()
             raise _unreadable(url, exc) from None
+        except RegistryError:
+            self.close()
+            raise
 
     # -- lifecycle
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._ro_copy is not None:
+            shutil.rmtree(self._ro_copy, ignore_errors=True)
+            self._ro_copy = None
 
     def __enter__(self) -> Registry:
         return self
@@ -339,6 +356,28 @@ class Registry:
                 MIGRATIONS[version](conn)
                 version += 1
                 conn.execute(schema_version.update().values(version=version))
+
+    def _check_version(self) -> None:
+        """Read-only: nothing may be written, so no migration; a schema older than this code reads is
+        refused in one line saying what to do (a writable open upgrades it)."""
+        with self.engine.connect() as conn:
+            insp = sa.inspect(conn)
+            if not insp.has_table("schema_version", schema=self.schema):
+                raise RegistryUnreadable(
+                    f"registry: {_where(self.url)} holds no gamma-lab registry (no schema_version table); it is "
+                    "opened read-only, so nothing was created"
+                )
+            version = int(conn.execute(sa.select(schema_version.c.version)).scalar() or 0)
+        if version > SCHEMA_VERSION:
+            raise RegistryError(
+                f"registry schema version {version} is newer than this gamma-lab ({SCHEMA_VERSION}); upgrade"
+            )
+        if version < SCHEMA_VERSION:
+            raise RegistryUnreadable(
+                f"registry: {_where(self.url)} has schema version {version} and this gamma-lab reads version "
+                f"{SCHEMA_VERSION}; it is read-only here, so it cannot be upgraded: open it writable once to "
+                "upgrade (any gamma-lab command on a writable copy of the data folder), then read it again"
+            )
 
     @property
     def version(self) -> int:
@@ -843,21 +882,22 @@ def _unreadable(url: str, exc: Exception) -> RegistryUnreadable:
     return RegistryUnreadable(f"registry: cannot open {parsed.render_as_string(hide_password=True)} ({reason})")
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, *, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" hook emit BEGIN itself (pysqlite's own BEGIN is deferred).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, and vice versa
+        if not read_only:  # a reader changes nothing, not even the journal mode
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, and vice versa
+            cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a commit is not an fsync
         cur.execute("PRAGMA busy_timeout=30000")  # several processes write: wait, don't fail
-        cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a commit is not an fsync
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")  # a reader takes no write lock
 
 
 RUN_COLUMNS = ("run_id", "gamma", "eta", "seed", "depth", "width", "status", "attempt", "diverged_step")
@@ -917,3 +957,92 @@ def runs_frame(registry: Registry, *, sweep_id: str | None = None, run_ids: Sequ
     for name in ("gamma", "eta"):
         frame[name] = frame[name].astype("float64")
     return frame
+
+
+# ----------------------------------------------------------------------------- read-only opens
+
+
+class RegistryReadOnly(RegistryError):
+    """A write to a registry opened read-only (a read-only data folder): one line, never a traceback."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an SQLite URL; None for an in-memory database or another backend."""
+    parsed = sa.engine.make_url(url)
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db).resolve()
+
+
+def sqlite_read_only(url: str) -> bool:
+    """True when this process can write neither the SQLite file of `url` nor, beside it, the -wal and
+    -shm files a writer needs (a read-only mount, no write permission): such a registry is read only."""
+    from storage.settings import write_problem
+
+    path = sqlite_path(url)
+    return path is not None and (write_problem(path) is not None or write_problem(path.parent) is not None)
+
+
+def _sqlite_ro_connect(url: str) -> tuple[Callable[[], Any], Path | None]:
+    """A DB-API connect function opening the SQLite file read-only, and the folder of a private copy
+    when one is read instead (removed by Registry.close).
+
+    `mode=ro` reads a WAL-mode database, its WAL included, when the -shm index exists or can be created
+    beside it. In a read-only folder without a -wal (a cleanly closed registry) `immutable=1` reads the
+    file alone, which then holds everything. A -wal without its -shm can be neither read in place nor
+    ignored (it holds committed transactions), so a private copy of both is read."""
+    import sqlite3
+    import tempfile
+    import urllib.parse
+
+    from storage.settings import write_problem
+
+    path = sqlite_path(url)
+    if path is None:
+        raise RegistryError(f"registry: a read-only open needs an SQLite file or PostgreSQL (got {_where(url)})")
+    if not path.is_file():
+        raise RegistryUnreadable(
+            f"registry: there is no registry at {path} and its folder is read-only, so none can be created: "
+            "nothing to read (launch sweeps on a writable data folder first)"
+        )
+    target, query, copy_dir = path, "mode=ro", None
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if write_problem(path.parent) is not None:  # nothing can be created beside it
+        if not (wal.is_file() and wal.stat().st_size > 0):
+            query = "immutable=1"
+        elif not shm.is_file():
+            copy_dir = Path(tempfile.mkdtemp(prefix="gamma-lab-registry-"))
+            target = copy_dir / path.name
+            shutil.copyfile(path, target)
+            shutil.copyfile(wal, copy_dir / wal.name)
+    uri = f"file:{urllib.parse.quote(str(target))}?{query}"
+    return (lambda: sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)), copy_dir
+
+
+def _refuse_writes(engine: Engine, url: str, *, postgres: bool) -> None:
+    """A write through a read-only registry raises RegistryReadOnly naming it (PostgreSQL sessions are
+    made read-only too, so nothing is written there either)."""
+    if postgres:
+
+        @event.listens_for(engine, "connect")
+        def _read_only_session(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cur.close()
+            dbapi_conn.commit()
+
+    @event.listens_for(engine, "handle_error")
+    def _named(ctx: Any) -> None:
+        text = str(ctx.original_exception).lower()
+        if "readonly database" in text or "read-only transaction" in text:
+            raise RegistryReadOnly(
+                f"registry: {_where(url)} is opened read-only (a read-only data folder); nothing can be changed "
+                "there: launching, cancelling and rerunning need a writable data folder"
+            )
+
+
+def _where(url: str) -> str:
+    """The file of an SQLite URL, else the URL with its password hidden (for messages)."""
+    path = sqlite_path(url)
+    return str(path) if path is not None else sa.engine.make_url(url).render_as_string(hide_password=True)

@@ -30,6 +30,29 @@ class SettingsError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class DataFolderReadOnly(SettingsError):
+    """A command that writes was asked to run on a data folder this process cannot write (a read-only
+    mount, a folder or file without write permission for this user). Reading still works."""
+
+
+def write_problem(path: Path) -> str | None:
+    """Why this process cannot write `path` (or, when it does not exist yet, create it), else None.
+
+    os.access asks the kernel about this user: root passes permission bits but not a read-only mount,
+    so nothing assumes who runs it."""
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:  # a missing file or folder is made in its parent
+        probe = probe.parent
+    if os.access(probe, os.W_OK):
+        return None
+    try:
+        if os.statvfs(probe).f_flag & os.ST_RDONLY:
+            return f"{probe}: a read-only file system"
+    except OSError:
+        pass
+    return f"{probe}: no write permission for this user"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things live and how the pieces talk.
@@ -116,6 +139,30 @@ class Settings:
                 "data.path", f"{text!r} resolves to {resolved}, outside the data folder {root} (symlink?)"
             )
         return resolved
+
+    def read_only_reason(self) -> str | None:
+        """Why this process cannot write the data folder, its spool, the metric file or an SQLite
+        registry file (a read-only mount, missing write permission), else None. Cheap (a few stat and
+        access calls): the dashboard asks on every page."""
+        paths = [self.data_dir, self.spool_dir, self.metrics_path]
+        if self.registry_url.startswith("sqlite:///") and self.registry_url != "sqlite:///:memory:":
+            paths.append(Path(self.registry_url.removeprefix("sqlite:///").split("?", 1)[0]))
+        for path in paths:
+            if (problem := write_problem(path)) is not None:
+                return problem.removeprefix(f"{self.data_dir}: ")  # the folder itself goes without saying
+        return None
+
+    def require_writable(self, what: str) -> None:
+        """Raise DataFolderReadOnly (one line naming the folder and why) when `what` (a command, an
+        action) cannot write here."""
+        reason = self.read_only_reason()
+        if reason is not None:
+            raise DataFolderReadOnly(
+                "data folder",
+                f"{self.data_dir} is read-only ({reason}): {what} needs to write there; status, export "
+                "and the dashboard's pages still read it. Remount it read-write or set GAMMA_LAB_DATA to a "
+                "writable folder",
+            )
 
     def ensure_dirs(self) -> None:
         """Create the data and spool folders (idempotent)."""

@@ -47,10 +47,17 @@ def _err(*lines: str) -> None:
         print(line, file=sys.stderr)
 
 
-def _settings() -> Any:
+def _settings(writes: str | None = None) -> Any:
+    """The settings, the data folder made ready. `writes`: the command, when it writes there; on a
+    read-only data folder it is refused in one line (DataFolderReadOnly, exit 2) and readers go on
+    without creating anything."""
     from storage.settings import load_settings
 
     settings = load_settings()
+    if writes is not None:
+        settings.require_writable(writes)
+    elif settings.read_only_reason() is not None:
+        return settings  # a reader on a read-only folder: nothing to create (and nothing can be)
     try:  # every command records or reads there: an unusable folder is one line, not a traceback
         settings.ensure_dirs()
     except OSError as exc:
@@ -112,7 +119,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tasks import api
     from tasks.spec import SpecError, validate_spec
 
-    settings = _settings()
+    settings = _settings(writes="`gamma-lab sweep`")
     # Every spec is read and checked before any is queued: `gamma-lab sweep specs/*.toml` with one bad
     # file queues nothing (it used to stop with "unrecognized arguments" for a second file).
     specs = []
@@ -271,7 +278,13 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from storage.registry import sqlite_path
+
     settings = _settings()
+    if not settings.broker_url or sqlite_path(settings.registry_url) is not None:
+        # it writes the registry (a redelivered unit's new attempt) and, embedded, the spool; a Celery
+        # worker with a PostgreSQL registry may read its datasets from a read-only share
+        settings.require_writable("`gamma-lab worker`" + ("" if settings.broker_url else " in embedded mode"))
     if not settings.broker_url:
         raise UserError(
             "worker: a Celery worker needs a broker; set GAMMA_LAB_BROKER_URL=redis://host:port/0 "
@@ -340,7 +353,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     from storage.recorder import Recorder, RecorderBusy, record_until_stopped
 
     logging.getLogger("storage.recorder").setLevel(logging.INFO)  # hand-over and standby lines
-    settings = _settings()
+    settings = _settings(writes="`gamma-lab recorder`")
     try:
         recorder = Recorder(settings, role="recorder")
     except RecorderBusy as exc:
@@ -366,6 +379,12 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
     """Ingest the events waiting on the bus unless another process records (the dashboard, a
     `sweep --wait`). Without this, `status` and `export` after a plain `gamma-lab sweep` showed runs
     `queued` long after their workers had finished: nobody had recorded their events yet."""
+    if (reason := settings.read_only_reason()) is not None:  # nothing can be recorded: show what is stored
+        _err(
+            f"note: the data folder {settings.data_dir} is read-only ({reason}): showing what it holds; "
+            "events still waiting in it are not recorded"
+        )
+        return
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -452,7 +471,7 @@ def _run_table(runs: Sequence[dict[str, Any]]) -> str:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from tasks import api
 
-    settings = _settings()
+    settings = _settings(writes="`gamma-lab cancel`")
     catch_up(settings)  # statuses as they are now: runs that already ended are not "cancelled"
     shared = api.shared_active_runs(settings, args.id)  # before: afterwards they are no longer active
     n = api.cancel(settings, args.id)
@@ -467,7 +486,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from storage.registry import Registry
     from tasks import api
 
-    settings = _settings()
+    settings = _settings(writes="`gamma-lab rerun`")
     # Record waiting events first: that is also when runs of a killed worker are marked `lost`.
     # Without it, `rerun` after a worker died said "0 run(s) queued" until some `status` caught up.
     catch_up(settings)
@@ -572,7 +591,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tasks import api
 
-    settings = _settings()
+    settings = _settings(writes="`gamma-lab demo`")
     spec = _read_spec(str(DEMO_SPEC))
     if args.steps:
         from dataclasses import replace
@@ -711,6 +730,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a file made read-only behind our back (the folder checks catch the rest first)
+        import errno
+
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        _err(
+            f"error: cannot write {exc.filename or 'a file of the data folder'}: {exc.strerror}; make it writable "
+            "for this user or set GAMMA_LAB_DATA to a writable folder (status and export only read)"
+        )
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

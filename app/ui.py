@@ -33,6 +33,7 @@ class Resources:
     lock: threading.Lock = field(default_factory=threading.Lock)
     handover: threading.Thread | None = None  # waits for a recorder asked to hand over
     closed: bool = False  # shut down: never start recording again
+    read_only: str | None = None  # why the data folder cannot be written (Settings.read_only_reason), else None
 
     def take_over_if_free(self, every_s: float = 10.0) -> bool:
         """Record here when no other process does any more — otherwise sweeps launched from this
@@ -42,6 +43,8 @@ class Resources:
         ping-pong). Cheap (a non-blocking file lock), throttled."""
         if self.recorder is not None:
             return True
+        if self.read_only is not None:  # nothing can be recorded here, nor asked of anyone
+            return False
         with self.lock:
             now = time.monotonic()
             # each caller throttles on its own period: the store-held fragment (every few seconds)
@@ -118,6 +121,17 @@ def _resources(data_dir: str, registry_url: str) -> Resources:
     from storage.settings import load_settings
 
     settings = load_settings()
+    reason = settings.read_only_reason()
+    if reason is not None:  # browse only: no recorder, nothing created; the pages read the files as they are
+        res = Resources(
+            settings=settings,
+            source=DashboardSource(settings),
+            recorder=None,
+            recorder_note="read-only data folder: this dashboard only reads",
+            read_only=reason,
+        )
+        _LIVE.append(res)
+        return res
     settings.ensure_dirs()
     recorder, note = None, "recording in this dashboard"
     from storage.metric_store import StoreCorrupt
@@ -138,6 +152,25 @@ def _resources(data_dir: str, registry_url: str) -> Resources:
     res = Resources(settings=settings, source=DashboardSource(settings), recorder=recorder, recorder_note=note)
     _LIVE.append(res)
     return res
+
+
+def read_only_notice(res: Resources, what: str) -> bool:
+    """On a read-only data folder, say so once on the page, naming the folder, why, and that `what`
+    (e.g. "launching") is off; True then (the caller disables its controls with `read_only_help`)."""
+    if res.read_only is None:
+        return False
+    st.warning(
+        f"**Read-only data folder.** {res.settings.data_dir} cannot be written ({res.read_only}), so {what} is off; "
+        "every page still shows what it holds. To change anything, make it writable (or set GAMMA_LAB_DATA to a "
+        "writable folder) and restart the dashboard.",
+        icon=":material/lock:",
+    )
+    return True
+
+
+def read_only_help(res: Resources) -> str | None:
+    """The tooltip of a control disabled because the data folder is read-only (None when it is not)."""
+    return None if res.read_only is None else f"Off: the data folder {res.settings.data_dir} is read-only"
 
 
 def broken_store_errors() -> tuple[type[Exception], ...]:

@@ -9,13 +9,14 @@ import streamlit as st
 
 from app.logic.launch import check_form, errors_by_field, spec_to_form
 from app.logic.presets import available_presets
-from app.ui import resources
+from app.ui import read_only_help, read_only_notice, resources
 from engine.config import ACTIVATIONS, ARCHS, DATASETS, DTYPES, LOSSES, METRICS, ConfigError
 
 P = "launch"
 res = resources()
 settings = res.settings
 st.title("Launch a sweep")
+read_only = read_only_notice(res, "launching")  # the form still checks a plan; the Launch button is off
 
 presets = available_presets(settings.data_dir)
 # Clone-and-edit from the Runs page leaves a spec dict in session state.
@@ -103,7 +104,7 @@ with st.form(f"{P}.form"):
     executor = st.radio("Run on", ["local", "celery"], horizontal=True, key=f"{P}.executor",
                         disabled=settings.embedded, help="celery needs GAMMA_LAB_BROKER_URL")
     check = st.form_submit_button("Check plan")
-    launch = st.form_submit_button("Launch", type="primary")
+    launch = st.form_submit_button("Launch", type="primary", disabled=read_only, help=read_only_help(res))
 
 
 def build() -> Any:
@@ -134,7 +135,7 @@ if check or launch:
 
     p = plan(spec, settings, device="cpu")
     st.session_state[f"{P}.plan"] = (p.n_cells, p.n_units, p.wall_seconds)
-    if launch:
+    if launch and not read_only:
         from tasks.api import submit
 
         sweep_id = submit(spec, settings, executor=st.session_state.get(f"{P}.executor", "local"),

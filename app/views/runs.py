@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.logic.source import LIVE, filter_runs, progress_line, with_progress
 from app.logic.view_state import Field
-from app.ui import csv_bytes, labeler, resources, sync_url, url_state
+from app.ui import csv_bytes, labeler, read_only_help, read_only_notice, resources, sync_url, url_state
 
 P = "runs"
 STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
@@ -50,8 +50,10 @@ f1.multiselect("Status", STATUSES, key=f"{P}.status", placeholder="all statuses"
 f2.text_input("Run id contains", key=f"{P}.q")
 sync_url(SCHEMA, P)
 
+read_only = read_only_notice(res, "cancelling, rerunning and adding seeds")
+off = read_only_help(res)  # the reason, as the disabled buttons' tooltip
 a1, a2, a3, a4, a5 = st.columns(5)
-if a1.button("Cancel sweep", key=f"{P}.cancel"):
+if a1.button("Cancel sweep", key=f"{P}.cancel", disabled=read_only, help=off):
     from tasks.api import cancel, shared_active_runs
 
     shared = shared_active_runs(settings, sweep_id)  # before: afterwards they are no longer active
@@ -60,7 +62,9 @@ if a1.button("Cancel sweep", key=f"{P}.cancel"):
     if shared:  # a run belongs to every sweep that launched its cell: it stops for all of them
         others = ", ".join(f"{k} run(s) of sweep {sid}" for sid, k in sorted(shared.items()))
         st.warning(f"These runs are shared with other sweeps, so this also stopped {others}.")
-if a2.button("Rerun unfinished", key=f"{P}.rerun", help="Runs that failed, were cancelled or lost"):
+if a2.button(
+    "Rerun unfinished", key=f"{P}.rerun", disabled=read_only, help=off or "Runs that failed, were cancelled or lost"
+):
     from engine.config import ConfigError
     from tasks.api import rerun
 
@@ -70,8 +74,10 @@ if a2.button("Rerun unfinished", key=f"{P}.rerun", help="Runs that failed, were 
         st.toast(f"Rerun queued for {sweep_id}")
     except ConfigError as exc:  # e.g. a GPU sweep and no GPU for local workers: refused, nothing reset
         st.error(str(exc))
-extra = a3.text_input("Seeds to add", key=f"{P}.seeds", placeholder="e.g. 2, 3", label_visibility="collapsed")
-if a4.button("Add seeds", key=f"{P}.addseeds"):
+extra = a3.text_input(
+    "Seeds to add", key=f"{P}.seeds", placeholder="e.g. 2, 3", label_visibility="collapsed", disabled=read_only
+)
+if a4.button("Add seeds", key=f"{P}.addseeds", disabled=read_only, help=off):
     try:
         seeds = [int(s) for s in extra.replace(",", " ").split()]
     except ValueError:

@@ -126,8 +126,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for path in args.spec:
         try:
             spec = _read_spec(path)
-            if len(args.spec) > 1:
-                validate_spec(spec, settings)  # data files, cell limit; submit repeats it and logs warnings
+            # data files, cell limit (counted from the axes' sizes); submit repeats it and logs warnings.
+            # Always, before stored_statuses lists the cells: a 10^7-cell grid hung here at 1.8 GB.
+            validate_spec(spec, settings)
         except SpecError as exc:
             if len(args.spec) == 1:
                 raise

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,23 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- validation helpers
 
 
+def check_text(field: str, value: Any) -> None:
+    """A string field holds no control character (Unicode category Cc: NUL, newline, ESC, DEL, ...).
+    A NUL in a sweep name was stored and broke every table that printed it; an escape sequence in a
+    message would drive the user's terminal. Raises ConfigError naming the field and the position."""
+    if not isinstance(value, str):
+        return
+    for i, ch in enumerate(value):
+        if unicodedata.category(ch) == "Cc":
+            raise ConfigError(field, f"must not contain control characters (got {ch!r} at position {i})")
+
+
+def printable(text: Any) -> str:
+    """`text` with its control characters escaped (\\x00, \\n): safe to put in a one-line message."""
+    s = str(text)
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in s)
+
+
 def _int(field: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(field, f"must be an integer (got {value!r})")
@@ -59,6 +77,7 @@ def _positive(field: str, value: Any) -> None:
 
 
 def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    check_text(field, value)
     if value not in allowed:
         raise ConfigError(field, f"must be one of {', '.join(allowed)} (got {value!r})")
 
@@ -71,7 +90,7 @@ def _from_mapping(cls: type, section: str, data: Any) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"{section}.{unknown[0]}", f"unknown field; allowed fields are {', '.join(sorted(names))}"
+            f"{section}.{printable(unknown[0])}", f"unknown field; allowed fields are {', '.join(sorted(names))}"
         )
     kwargs = dict(data)
     for f in dataclasses.fields(cls):
@@ -138,6 +157,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _choice("data.dataset", self.dataset, DATASETS)
+        check_text("data.path", self.path)
         if self.dataset in FILE_DATASETS:
             if not isinstance(self.path, str) or not self.path.strip():
                 raise ConfigError(
@@ -248,7 +268,7 @@ class RunConfig:
         allowed = {"model", "data", "train", "gamma", "eta", "seed"}
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ConfigError(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(allowed))}")
+            raise ConfigError(printable(unknown[0]), f"unknown field; allowed fields are {', '.join(sorted(allowed))}")
         return cls(
             model=_from_mapping(ModelConfig, "model", data.get("model", {})),
             data=_from_mapping(DataConfig, "data", data.get("data", {})),

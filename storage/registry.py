@@ -401,6 +401,12 @@ class Registry:
             raise RegistryError(f"name: must be 1-200 characters (got {name!r})")
         if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
             raise RegistryError(f"owner: must be 1-200 characters (got {owner!r})")
+        for label, text in (("name", name), ("owner", owner)):  # the last line of defence (tasks.spec checks first)
+            bad = next((i for i, ch in enumerate(text) if ord(ch) < 32 or 127 <= ord(ch) < 160), None)
+            if bad is not None:
+                raise RegistryError(
+                    f"{label}: must not contain control characters (got {text[bad]!r} at position {bad})"
+                )
         if not isinstance(device, str) or not device.strip() or len(device) > 20:
             raise RegistryError(f"device: must be 1-20 characters, e.g. 'cpu' or 'cuda:0' (got {device!r})")
         sweep_id = sweep_id or uuid.uuid4().hex[:12]

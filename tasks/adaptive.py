@@ -53,7 +53,7 @@ def run(sweep_id: str, settings: Any, *, executor: str = "local", rerun: bool = 
     """Drive an adaptive sweep to the end. Returns η_max per γ."""
     from storage.registry import Registry
     from tasks.api import _driver_file, queue_cells
-    from tasks.spec import SweepSpec
+    from tasks.spec import SweepSpec, grid_size_error
 
     with Registry(settings.registry_url) as reg:
         sweep = reg.get_sweep(sweep_id)
@@ -61,6 +61,9 @@ def run(sweep_id: str, settings: Any, *, executor: str = "local", rerun: bool = 
         raise SystemExit(f"no sweep {sweep_id!r}")
     spec = SweepSpec.from_dict(sweep["spec"])
     grid = spec.grid
+    too_big = grid_size_error(len(grid.gammas), len(grid.etas), len(grid.seeds), settings.max_cells)
+    if too_big is not None:  # submit refuses these; a sweep stored by an older version is not expanded
+        raise SystemExit(f"sweep {sweep_id}: {too_big}")
     tried: dict[float, dict[float, bool]] = {g: {} for g in grid.gammas}
     result: dict[float, float | None] = {}
     stop_file = _driver_file(settings, sweep_id).with_suffix(".stop")

@@ -19,7 +19,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,8 @@ def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, devi
 def add_seeds(settings: Any, sweep_id: str, seeds: Iterable[int], device: str | None = None) -> list[str]:
     """Add seeds to every (γ, η) of a sweep (the cells it already has), on the sweep's launch device
     unless `device` is given. Returns the run ids queued."""
+    if isinstance(seeds, Sized) and len(seeds) > settings.max_cells:  # before a set of 10^7 seeds is built
+        raise ConfigError("grid", f"{len(seeds):,} seeds to add; at most max_cells={settings.max_cells} cells")
     seeds = sorted(set(seeds))
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds):
         raise ConfigError("grid.seeds", "must be integers in [0, 2^31-1]")
@@ -249,9 +251,16 @@ def add_seeds(settings: Any, sweep_id: str, seeds: Iterable[int], device: str | 
     executor, device = relaunch_target(settings, sweep, device)
     spec = SweepSpec.from_dict(sweep["spec"])
     pairs = sorted({(r["gamma"], r["eta"]) for r in rows}) or [(g, e) for g in spec.grid.gammas for e in spec.grid.etas]
+    have = {r["seed"] for r in rows}
+    # counted from the sizes before any cell is built (a 10^7-cell request took minutes and gigabytes)
+    n_seeds = len(have | set(seeds))
+    if len(pairs) * n_seeds > settings.max_cells:
+        raise ConfigError(
+            "grid",
+            f"{len(pairs):,} (γ, η) pairs × {n_seeds:,} seeds = {len(pairs) * n_seeds:,} cells; at most "
+            f"max_cells={settings.max_cells} allowed",
+        )
     cells = [spec.cell(g, e, s) for g, e in pairs for s in seeds]
-    if spec.grid.n_cells and len(rows) + len(cells) > settings.max_cells:
-        raise ConfigError("grid.seeds", f"would make {len(rows) + len(cells)} cells; max_cells={settings.max_cells}")
     return queue_cells(settings, sweep_id, cells, executor=executor, device=device)
 
 

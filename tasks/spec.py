@@ -30,12 +30,15 @@ from engine.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    check_text,
+    printable,
 )
 
 # A log range with per_decade = 1e9 must not allocate a billion floats before the cell limit says no.
 MAX_AXIS_VALUES = 10_000
 TOP_LEVEL_KEYS = ("name", "model", "data", "train", "grid")
 GRID_KEYS = ("gamma", "eta", "seeds", "adaptive", "below_max_decades")
+GRID_ALLOWED = ", ".join(GRID_KEYS)
 RANGE_KEYS = ("from", "to", "per_decade")
 MAX_NAME_LENGTH = 200
 
@@ -156,11 +159,17 @@ def _parse(data: Any) -> SweepSpec:
     if not isinstance(data, dict):
         raise SpecError([ConfigError("spec", f"must be a table/object (got {type(data).__name__})")])
     for key in sorted(set(map(str, data)) - set(TOP_LEVEL_KEYS)):
-        errors.append(ConfigError(key, f"unknown field; allowed top-level fields are {', '.join(TOP_LEVEL_KEYS)}"))
+        allowed = ", ".join(TOP_LEVEL_KEYS)
+        errors.append(ConfigError(printable(key), f"unknown field; allowed top-level fields are {allowed}"))
 
     name = data.get("name", "sweep")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
         errors.append(ConfigError("name", f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters"))
+        name = "sweep"
+    try:
+        check_text("name", name)
+    except ConfigError as exc:
+        errors.append(exc)
         name = "sweep"
 
     model = _section(ModelConfig, "model", data.get("model", {}), ("arch",), errors)
@@ -202,7 +211,8 @@ def _section(cls: type, section: str, raw: Any, context: tuple[str, ...], errors
     names = [f.name for f in dataclasses.fields(cls)]
     found: list[ConfigError] = []
     for key in sorted(set(map(str, raw)) - set(names)):
-        found.append(ConfigError(f"{section}.{key}", f"unknown field; allowed fields are {', '.join(sorted(names))}"))
+        allowed = ", ".join(sorted(names))
+        found.append(ConfigError(f"{section}.{printable(key)}", f"unknown field; allowed fields are {allowed}"))
     known = {k: _tupled(v) for k, v in raw.items() if k in names}
     try:
         obj = cls(**known)
@@ -259,7 +269,7 @@ def _axis(field_name: str, raw: Any, errors: list[ConfigError]) -> tuple[float, 
         unknown = sorted(set(map(str, raw)) - set(RANGE_KEYS))
         if unknown:
             message = f"unknown field; a log range has {', '.join(RANGE_KEYS)}"
-            errors.append(ConfigError(f"{field_name}.{unknown[0]}", message))
+            errors.append(ConfigError(f"{field_name}.{printable(unknown[0])}", message))
             return None
         ok = True
         for key in ("from", "to"):
@@ -277,11 +287,21 @@ def _axis(field_name: str, raw: Any, errors: list[ConfigError]) -> tuple[float, 
         if hi < lo:
             errors.append(ConfigError(field_name, f"log range needs from <= to (got from={lo}, to={hi})"))
             return None
-        decades = math.log10(hi / lo)
-        n = int(math.floor(decades * per + 1e-9)) + 1
-        if n > MAX_AXIS_VALUES:
-            errors.append(ConfigError(field_name, f"log range gives {n} values; at most {MAX_AXIS_VALUES} allowed"))
+        # counted as a float before anything is built: per_decade = 1e300 must not overflow int() or
+        # allocate (the size is checked from the bounds alone)
+        span = math.log10(hi / lo) * per + 1e-9  # inf for absurd bounds: compared, never int()-ed
+        count = math.floor(span) + 1.0 if math.isfinite(span) else math.inf
+        if not count <= MAX_AXIS_VALUES:
+            shown = f"{count:,.0f}" if math.isfinite(count) else "too many"
+            errors.append(
+                ConfigError(
+                    field_name,
+                    f"log range gives {shown} values; at most {MAX_AXIS_VALUES:,} values per grid axis "
+                    "(lower per_decade or narrow from/to)",
+                )
+            )
             return None
+        n = int(count)
         values = [lo * 10 ** (i / per) for i in range(n)]
         return tuple(float(f"{v:.12g}") for v in values)
     if isinstance(raw, list):
@@ -321,7 +341,7 @@ def _grid(raw: Any, errors: list[ConfigError]) -> GridSpec | None:
         return None
     n_before = len(errors)
     for key in sorted(set(map(str, raw)) - set(GRID_KEYS)):
-        errors.append(ConfigError(f"grid.{key}", f"unknown field; allowed fields are {', '.join(GRID_KEYS)}"))
+        errors.append(ConfigError(f"grid.{printable(key)}", f"unknown field; allowed fields are {GRID_ALLOWED}"))
     gammas = _axis("grid.gamma", raw.get("gamma", [1.0]), errors)
     etas = _axis("grid.eta", raw.get("eta", [0.1]), errors)
     seeds = _seeds(raw.get("seeds", [0]), errors)
@@ -352,6 +372,19 @@ def _toml_value(v: Any) -> str:
 # ----------------------------------------------------------------------------- needs the data folder
 
 
+def grid_size_error(n_gammas: int, n_etas: int, n_seeds: int, max_cells: int) -> ConfigError | None:
+    """The cell limit, counted from the axes' sizes: a 10^7-cell grid is refused before any cell is
+    built (every caller checks this first: listing the cells took minutes and gigabytes)."""
+    n = n_gammas * n_etas * n_seeds
+    if n <= max_cells:
+        return None
+    return ConfigError(
+        "grid",
+        f"{n_gammas:,} γ × {n_etas:,} η × {n_seeds:,} seeds = {n:,} cells; at most max_cells={max_cells} "
+        "allowed (raise it in settings.toml if you mean it)",
+    )
+
+
 def validate_spec(spec: SweepSpec, settings: Any) -> list[str]:
     """Checks that need the settings and the data folder. Returns warnings; raises SpecError.
 
@@ -361,15 +394,9 @@ def validate_spec(spec: SweepSpec, settings: Any) -> list[str]:
     """
     errors: list[ConfigError] = []
     warnings: list[str] = []
-    n = spec.grid.n_cells
-    if n > settings.max_cells:
-        errors.append(
-            ConfigError(
-                "grid",
-                f"{len(spec.grid.gammas)} γ × {len(spec.grid.etas)} η × {len(spec.grid.seeds)} seeds = {n} cells; "
-                f"at most max_cells={settings.max_cells} allowed (raise it in settings.toml if you mean it)",
-            )
-        )
+    too_big = grid_size_error(len(spec.grid.gammas), len(spec.grid.etas), len(spec.grid.seeds), settings.max_cells)
+    if too_big is not None:
+        errors.append(too_big)
     data_ok = True
     if spec.data.path is not None:
         try:

@@ -109,13 +109,14 @@ def form_to_spec(values: dict[str, Any]) -> tuple[dict[str, Any], list[ConfigErr
 _PLACEHOLDERS = {"grid.gamma": [1.0], "grid.eta": [0.1], "grid.seeds": [0]}
 
 
-def check_form(values: dict[str, Any]) -> tuple[Any, list[ConfigError]]:
+def check_form(values: dict[str, Any], max_cells: int | None = None) -> tuple[Any, list[ConfigError]]:
     """Form values -> (SweepSpec or None, every problem found). A γ/η/seeds text the form cannot read
     no longer hides the other fields' problems (a user fixed the empty η list, pressed Launch again
     and only then learnt that γ = -1 is refused): the unreadable fields are replaced by stand-ins for
     the spec's own checks, whose errors on those fields are dropped. The spec is None when anything
-    is wrong; a spec built on stand-ins is never returned."""
-    from tasks.spec import SpecError, SweepSpec
+    is wrong; a spec built on stand-ins is never returned. `max_cells` (settings.max_cells): a grid
+    larger than this is refused at `grid`, counted from the axes' sizes before any cell is listed."""
+    from tasks.spec import SpecError, SweepSpec, grid_size_error
 
     spec_dict, errors = form_to_spec(values)
     unread = {e.field for e in errors}
@@ -129,6 +130,10 @@ def check_form(values: dict[str, Any]) -> tuple[Any, list[ConfigError]]:
     except ConfigError as exc:
         if exc.field not in unread:
             errors.append(exc)
+    if spec is not None and max_cells is not None:
+        g = spec.grid
+        too_big = grid_size_error(len(g.gammas), len(g.etas), len(g.seeds), max_cells)
+        errors += [too_big] if too_big is not None else []
     return (None if errors else spec), errors
 
 

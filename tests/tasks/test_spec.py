@@ -47,8 +47,58 @@ def test_toml_and_dict_round_trip() -> None:
     spec = SweepSpec.from_toml(GOOD)
     assert SweepSpec.from_toml(spec.to_toml()) == spec
     assert SweepSpec.from_dict(spec.to_dict()) == spec
-    weird = SweepSpec.from_dict({**spec.to_dict(), "name": 'quote " back\\slash \x7f ünï'})
+    weird = SweepSpec.from_dict({**spec.to_dict(), "name": 'quote " back\\slash ünï \u2028 ✓'})
     assert SweepSpec.from_toml(weird.to_toml()).name == weird.name
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\t", "\n", "\x1b", "\x7f", "\x9b"])
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        (("name",), "name"),
+        (("model", "arch"), "model.arch"),
+        (("model", "activation"), "model.activation"),
+        (("data", "dataset"), "data.dataset"),
+        (("train", "loss"), "train.loss"),
+        (("train", "dtype"), "train.dtype"),
+    ],
+)
+def test_control_characters_are_refused_at_their_field(char: str, path: tuple[str, ...], field: str) -> None:
+    d = SweepSpec.from_toml(GOOD).to_dict()
+    target = d
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = "abc" + char + "def"
+    with pytest.raises(SpecError) as info:
+        SweepSpec.from_dict(d)
+    assert info.value.lines() == [f"{field}: must not contain control characters (got {char!r} at position 3)"]
+
+
+def test_control_characters_in_a_data_path_metric_or_unknown_key() -> None:
+    base = SweepSpec.from_toml(GOOD).to_dict()
+    with pytest.raises(SpecError) as info:
+        SweepSpec.from_dict({**base, "data": {"dataset": "npz", "path": "sets/a\x00.npz"}})
+    assert info.value.lines() == ["data.path: must not contain control characters (got '\\x00' at position 6)"]
+    with pytest.raises(SpecError) as info:
+        SweepSpec.from_dict({**base, "train": {**base["train"], "metrics": ["test", "te\x00st"]}})
+    assert any(e.field == "train.metrics" and "control characters" in e.message for e in info.value.errors)
+    with pytest.raises(SpecError) as info:
+        SweepSpec.from_dict({**base, "na\x1bme": 1})
+    assert info.value.lines()[0].startswith("na\\x1bme: unknown field")  # escaped: never sent to a terminal raw
+
+
+def test_grid_sizes_are_counted_before_any_cell_is_built(tmp_path: Path) -> None:
+    s = load_settings(data_dir=tmp_path)
+    spec = SweepSpec.from_dict({"grid": {"gamma": [float(i + 1) for i in range(10_000)],
+                                         "eta": {"from": 1e-4, "to": 1.0, "per_decade": 249.75}, "seeds": 1}})
+    assert spec.grid.n_cells == 10_000 * 1_000
+    with pytest.raises(SpecError) as info:
+        validate_spec(spec, s)
+    assert info.value.errors[0].field == "grid" and "max_cells=10000" in info.value.errors[0].message
+    for eta in ({"from": 1e-300, "to": 1e300, "per_decade": 1e308}, {"from": 1e-3, "to": 1.0, "per_decade": 1e9}):
+        with pytest.raises(SpecError) as info:
+            SweepSpec.from_dict({"grid": {"eta": eta}})
+        assert info.value.lines()[0].startswith("grid.eta: log range gives")
 
 
 def test_seed_count_and_single_number() -> None:

@@ -176,7 +176,7 @@ def stored_statuses(settings: Any, spec: Any) -> dict[str, str]:
     if spec.grid.adaptive or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()):
         return {}  # adaptive: cells are chosen round by round; no registry file yet: nothing stored
     with Registry(settings.registry_url) as reg:
-        return {r["run_id"]: r["status"] for r in reg.get_runs([c.run_id for c in spec.cells()])}
+        return {r["run_id"]: r["effective_status"] for r in reg.get_runs([c.run_id for c in spec.cells()])}
 
 
 def describe_cells(spec: Any, before: dict[str, str], rerun: bool) -> str:
@@ -409,7 +409,7 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from storage.registry import Registry
+    from storage.registry import Registry, newer_line, newer_note
 
     settings = _settings()
     catch_up(settings)
@@ -419,6 +419,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{'sweep':<14}{'name':<24}{'owner':<12}{'where':<14}{'status':<10}{'runs':>6}  counts")
             for s in rows:
                 counts = " ".join(f"{k}={v}" for k, v in s["counts"].items() if v)
+                if s.get("newer"):  # runs showing a finished attempt while a newer one is not shown
+                    counts += " (newer attempts: " + " ".join(f"{k}={v}" for k, v in s["newer"].items()) + ")"
                 where = f"{s['executor']}/{s['device']}"  # reruns go back there
                 print(
                     f"{s['id']:<14}{s['name'][:23]:<24}{s['owner'][:11]:<12}{where[:13]:<14}{s['status']:<10}"
@@ -435,15 +437,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "gamma",
                 "eta",
                 "seed",
-                "status",
+                "effective_status",
                 "attempt",
                 "worker",
-                "steps_done",
-                "diverged_step",
+                "shown_steps_done",
+                "shown_diverged_step",
                 "error",
             ):
-                print(f"{k:>14}: {run[k]}")
-            for k, v in (run["summary"] or {}).items():
+                print(f"{k.removeprefix('effective_').removeprefix('shown_'):>14}: {run[k]}")
+            if run["newer_status"]:  # steps and results below are the finished attempt's
+                print(f"{'note':>14}: {newer_note(run, run['attempt'])}")
+            for k, v in (run["shown_summary"] or {}).items():
                 print(f"{k:>14}: {v}")
             return 0
         runs = reg.list_runs(args.sweep)
@@ -452,19 +456,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"sweep {sweep['id']} ({sweep['name']}, {sweep['owner']}, {sweep['executor']} on {sweep['device']}): "
         f"{sweep['status']}  {counts}"
     )
+    if sweep.get("newer"):
+        print(newer_line(sweep["newer"]))
     print(_run_table(runs))
     return 0
 
 
 def _run_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Each run as the views show it: effective status, the shown attempt's steps and loss, and a note
+    when a newer attempt is not the one shown (storage.registry.VIEW_COLUMNS)."""
+    from storage.registry import newer_note
+
     lines = [f"{'run_id':<18}{'gamma':>10}{'eta':>11}{'seed':>5}  {'status':<10}{'steps':>7}{'final_loss':>12}"]
     for r in runs:
-        loss = (r.get("summary") or {}).get("final_train_loss")
+        loss = (r.get("shown_summary") or {}).get("final_train_loss")
         loss_s = f"{loss:.4g}" if isinstance(loss, float) else "-"
-        steps = r.get("steps_done")
+        steps = r.get("shown_steps_done")
+        note = newer_note(r, r["attempt"])
         lines.append(
-            f"{r['run_id']:<18}{r['gamma']:>10.4g}{r['eta']:>11.4g}{r['seed']:>5}  {r['status']:<10}"
-            f"{steps if steps is not None else '-':>7}{loss_s:>12}"
+            f"{r['run_id']:<18}{r['gamma']:>10.4g}{r['eta']:>11.4g}{r['seed']:>5}  {r['effective_status']:<10}"
+            f"{steps if steps is not None else '-':>7}{loss_s:>12}" + (f"  {note}" if note else "")
         )
     return "\n".join(lines)
 
@@ -495,10 +506,11 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     _err(f"{len(ids)} run(s) queued again as a new attempt")
     if not ids:
         with Registry(settings.registry_url) as reg:
-            rows = reg.get_runs(reg.run_ids_for(args.id))
+            sweep = reg.get_sweep(args.id)
+            rows = reg.list_runs(args.id) if sweep is not None else reg.get_runs(reg.run_ids_for(args.id))
         counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        for r in rows:  # as `status` shows them (a finished result with a cancelled rerun reads done)
+            counts[r["effective_status"]] = counts.get(r["effective_status"], 0) + 1
         line = "nothing to rerun: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         line += "; rerun trains failed, cancelled and lost runs (--all: finished ones too)"
         if counts.get("running"):
@@ -514,7 +526,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def runs_frame(settings: Any, sweep_id: str) -> Any:
-    """One row per run: EXPORT_COLUMNS."""
+    """One row per run: EXPORT_COLUMNS, of its shown attempt (its newest finished one while a newer
+    attempt is not finished done or diverged: storage.registry.VIEW_COLUMNS)."""
     import pandas as pd
 
     from storage.registry import Registry
@@ -525,8 +538,8 @@ def runs_frame(settings: Any, sweep_id: str) -> Any:
         runs = reg.list_runs(sweep_id)
     rows = []
     for r in runs:
-        row = {k: r.get(k) for k in EXPORT_COLUMNS[:7]}
-        summary = r.get("summary") or {}
+        row = {k: r.get(f"shown_{k}", r.get(k)) for k in EXPORT_COLUMNS[:7]}
+        summary = r.get("shown_summary") or {}
         row.update({k: summary.get(k) for k in SUMMARY_KEYS})
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))

@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from storage.registry import Registry, runs, sweep_runs
+from storage.registry import SWEEP_STATUS, VIEW_COLUMNS, Registry, newer_note, runs, sweep_runs
 
-RUN_TABLE_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "attempt", "worker", "steps_done", "diverged_step",
-                     "final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc", "width", "depth",
-                     "error")
+RUN_TABLE_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "newer", "attempt", "shown_attempt", "worker",
+                     "steps_done", "diverged_step", "final_train_loss", "best_train_loss", "final_test_loss",
+                     "final_test_acc", "width", "depth", "error")
 SUMMARY_KEYS = ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
 
 
@@ -56,15 +56,24 @@ def sweep_fingerprint(registry: Registry, sweep_id: str) -> tuple[tuple[Any, ...
 
 def runs_table(registry: Registry, sweep_id: str) -> pd.DataFrame:
     """The runs of a sweep ordered by (γ, η, seed), columns RUN_TABLE_COLUMNS (summary flattened to its
-    four numbers; no config JSON parsed)."""
-    cols = [runs.c.run_id, runs.c.gamma, runs.c.eta, runs.c.seed, runs.c.status, runs.c.attempt, runs.c.worker,
-            runs.c.steps_done, runs.c.diverged_step, runs.c.summary, runs.c.width, runs.c.depth, runs.c.error]
+    four numbers; no config JSON parsed). Each run as the views show it (storage.registry.VIEW_COLUMNS):
+    `status` is its status as the sweep reads it (SWEEP_STATUS); steps_done, diverged_step and the
+    summary numbers are those of its shown attempt (`shown_attempt`; `attempt` is the current one);
+    `newer` says when a newer attempt is queued, running, or was cancelled, failed or lost while an
+    earlier finished one is shown ("attempt 1 cancelled; showing attempt 0 (done)"; "" otherwise)."""
+    v = VIEW_COLUMNS
+    cols = [runs.c.run_id, runs.c.gamma, runs.c.eta, runs.c.seed, SWEEP_STATUS, runs.c.attempt,
+            runs.c.worker, v["shown_steps_done"], v["shown_diverged_step"], v["shown_summary"], runs.c.width,
+            runs.c.depth, runs.c.error, v["shown_attempt"], v["shown_status"], v["newer_status"]]
     q = (sa.select(*cols).join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
          .where(sweep_runs.c.sweep_id == sweep_id).order_by(runs.c.gamma, runs.c.eta, runs.c.seed))
     rows = _raw_rows(registry, q)
     names = ["run_id", "gamma", "eta", "seed", "status", "attempt", "worker", "steps_done", "diverged_step",
-             "summary", "width", "depth", "error"]
+             "summary", "width", "depth", "error", "shown_attempt", "shown_status", "newer_status"]
     frame = pd.DataFrame.from_records(rows, columns=names)
+    frame["newer"] = [newer_note({"newer_status": n, "shown_attempt": a, "shown_status": s}, att)
+                      for n, a, s, att in zip(frame["newer_status"], frame["shown_attempt"], frame["shown_status"],
+                                              frame["attempt"], strict=True)]
     summaries = [json.loads(s) if isinstance(s, str) and s else {} for s in frame["summary"]]  # (R,) dicts
     for key in SUMMARY_KEYS:
         frame[key] = pd.to_numeric(pd.Series([d.get(key) for d in summaries], index=frame.index, dtype=object),

@@ -8,8 +8,10 @@ otherwise asks the owner: it publishes an `export` event on the bus
 folder) and the recorder answers by writing the Parquet file under a temporary name and renaming it
 into place (atomic: a reader never sees half a file), or `<path>.error` with the reason.
 
-The file holds the current attempt of each run: columns run_id, step, metric, value, ordered by
-run_id, metric, step (the same rows `gamma-lab export --series` wrote before).
+The file holds the shown attempt of each run (its newest attempt that finished done or diverged,
+else its current one: storage.registry.VIEW_COLUMNS; a cancelled rerun never hides a result):
+columns run_id, step, metric, value, ordered by run_id, metric, step (the same rows `gamma-lab export
+--series` wrote before).
 """
 
 from __future__ import annotations
@@ -52,20 +54,20 @@ class ExportResult:
 
 def resolve_runs(registry: Registry, *, run_ids: Sequence[str] | None = None,
                  sweep_id: str | None = None) -> pa.Table:
-    """(run_id, attempt) of the named runs or of a sweep's runs, current attempts (ExportError if unknown)."""
+    """(run_id, attempt) of the named runs or of a sweep's runs, shown attempts (ExportError if unknown)."""
     if (run_ids is None) == (sweep_id is None):
         raise ExportError("export: give exactly one of run_ids or sweep_id")
     if sweep_id is not None:
         if registry.get_sweep(sweep_id) is None:
             raise ExportError(f"sweep_id: no sweep {sweep_id!r}")
-        cols = runs_columns(registry, sweep_id=sweep_id, fields=("run_id", "attempt"))
+        cols = runs_columns(registry, sweep_id=sweep_id, fields=("run_id", "shown_attempt"))
     else:
-        cols = runs_columns(registry, run_ids=list(run_ids or []), fields=("run_id", "attempt"))
+        cols = runs_columns(registry, run_ids=list(run_ids or []), fields=("run_id", "shown_attempt"))
         unknown = sorted(set(run_ids or []) - set(cols["run_id"]))
         if unknown:
             raise ExportError(f"run_ids: no run {unknown[0]!r} in the registry")
     return pa.table({"run_id": pa.array(cols["run_id"], pa.string()),
-                     "attempt": pa.array(cols["attempt"], pa.int32())})
+                     "attempt": pa.array(cols["shown_attempt"], pa.int32())})
 
 
 def write_points(store: MetricStore | None, wanted: pa.Table, dest: Path) -> int:
@@ -116,7 +118,7 @@ def answer_request(settings: Settings, store: MetricStore, registry: Registry, e
 def export_points(settings: Settings, run_ids: Sequence[str] | None, out_path: str | Path,
                   timeout_s: float = 120.0, *, sweep_id: str | None = None) -> ExportResult:
     """Write the points of `run_ids` (or of the sweep `sweep_id`; pass run_ids=None) to `out_path`
-    (Parquet; current attempts; columns run_id, step, metric, value).
+    (Parquet; shown attempts; columns run_id, step, metric, value).
 
     Reads the DuckDB file directly when this process can (it runs the recorder, or nobody does);
     when another process's recorder holds it, asks that recorder over the bus and waits up to

@@ -5,7 +5,11 @@ process's metric store, or a short-lived read-only one) or a QuerySource(store, 
 the calling thread's own DuckDB cursor, never a second read-write connect (DuckDB allows one
 read-write process per file; inside it, threads need their own cursor).
 
-Only the current attempt of each run is read; older attempts' points stay stored but are not shown.
+Each run is read at its *shown* attempt (storage.registry.VIEW_COLUMNS): its newest attempt that
+finished done or diverged, until a newer one finishes done or diverged too; with no such result, its
+current attempt (live while it trains). A rerun that is running, or was cancelled, failed or lost, thus
+never hides a finished result; the heatmap counts those cells' seeds in `n_newer`. Points of every
+attempt stay stored.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ NAMED_X = {
 }
 log = logging.getLogger(__name__)
 HEATMAP_COLUMNS = ["gamma", "eta", "value", "n_seeds", "n_done", "n_diverged", "n_running", "n_missing",
-                   "cell_status", "live_value", "live_step"]
+                   "cell_status", "live_value", "live_step", "n_newer"]
 
 
 class QueryError(ValueError):
@@ -111,8 +115,23 @@ def _registered(cur: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> I
             log.debug("unregister %s skipped (%s); the cursor is closed after the query", name, exc)
 
 
+SHOWN_FIELDS = ("run_id", "shown_attempt", "shown_diverged_step")
+
+
+def _want(cols: dict[str, list[Any]], run_ids: Sequence[str]) -> pa.Table:
+    """(run_id, o, attempt, diverged_step) of runs_columns(..., fields=SHOWN_FIELDS): the shown attempt
+    of each run and its divergence step, `o` the position asked."""
+    order = {rid: i for i, rid in enumerate(run_ids)}
+    return pa.table({
+        "run_id": pa.array(cols["run_id"], pa.string()),
+        "o": pa.array([order[r] for r in cols["run_id"]], pa.int32()),
+        "attempt": pa.array(cols["shown_attempt"], pa.int32()),
+        "diverged_step": pa.array(cols["shown_diverged_step"], pa.int64()),
+    })
+
+
 def _selection(cur: duckdb.DuckDBPyConnection, runs: pd.DataFrame) -> pa.Table:
-    """Arrow table (run_key, attempt, run_id) of the given runs (current attempt) that have points."""
+    """Arrow table (run_key, attempt, run_id) of the given runs (the `attempt` column's) that have points."""
     ids = pa.table({"run_id": pa.array(runs["run_id"].astype(str).tolist(), pa.string()),
                     "attempt": pa.array(runs["attempt"].astype("int64").tolist(), pa.int32())})
     try:
@@ -177,7 +196,7 @@ _HEATMAP_SQL = """
 WITH k AS (SELECT r.*, rk.run_key FROM runs_in r LEFT JOIN run_keys rk USING (run_id)),
 vals AS ({values}),
 c AS (
-    SELECT k.gamma, k.eta, k.status, vals.v AS raw, vals.s AS s,
+    SELECT k.gamma, k.eta, k.status, k.newer, vals.v AS raw, vals.s AS s,
            CASE WHEN {steps_to} AND vals.v IS NULL AND k.status = 'done' THEN 'inf'::DOUBLE ELSE vals.v END AS v
     FROM k LEFT JOIN vals USING (run_id)
 ),
@@ -198,7 +217,8 @@ SELECT gamma, eta, {agg}(v) FILTER (WHERE valued) AS value, count(*) AS n_seeds,
        count(*) FILTER (WHERE diverged) AS n_diverged,
        count(*) FILTER (WHERE NOT valued AND NOT diverged AND status IN ('queued', 'running')) AS n_running,
        count(*) FILTER (WHERE NOT valued AND NOT diverged AND status NOT IN ('queued', 'running')) AS n_missing,
-       {agg}(v) FILTER (WHERE live) AS live_value, min(s) FILTER (WHERE live) AS live_step
+       {agg}(v) FILTER (WHERE live) AS live_value, min(s) FILTER (WHERE live) AS live_step,
+       count(*) FILTER (WHERE newer IN ('queued', 'running')) AS n_newer
 FROM cls2 GROUP BY gamma, eta ORDER BY gamma, eta
 """
 _AGG_SQL = {"mean": "avg", "median": "median", "min": "min"}
@@ -218,6 +238,8 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
     live_value, live_step: for final/best, the provisional statistic of the seeds still training
     (aggregated like `value`) and the least step they have logged — so a portrait fills in while a
     sweep runs; NaN where no running seed has logged a finite value yet.
+    Each run counts at its shown attempt (module docstring); n_newer: seeds shown at an earlier
+    finished attempt while a newer attempt of theirs is queued or running (a rerun in progress).
     """
     if stat not in STATS:
         raise QueryError(f"stat: must be one of {', '.join(STATS)} (got {stat!r})")
@@ -229,13 +251,15 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
     if stat == "steps_to" and (threshold is None or not np.isfinite(threshold)):
         raise QueryError(f"threshold: stat='steps_to' needs a finite threshold (got {threshold!r})")
     with _open(source) as (cur, registry):
-        cols = runs_columns(registry, sweep_id=sweep_id, fields=("run_id", "gamma", "eta", "status", "attempt"))
+        cols = runs_columns(registry, sweep_id=sweep_id,
+                            fields=("run_id", "gamma", "eta", "shown_status", "shown_attempt", "newer_status"))
         if not cols["run_id"]:
             return pd.DataFrame(columns=HEATMAP_COLUMNS)
         runs_in = pa.table({
             "run_id": pa.array(cols["run_id"], pa.string()), "gamma": pa.array(cols["gamma"], pa.float64()),
-            "eta": pa.array(cols["eta"], pa.float64()), "status": pa.array(cols["status"], pa.string()),
-            "attempt": pa.array(cols["attempt"], pa.int32()),
+            "eta": pa.array(cols["eta"], pa.float64()), "status": pa.array(cols["shown_status"], pa.string()),
+            "attempt": pa.array(cols["shown_attempt"], pa.int32()),
+            "newer": pa.array(cols["newer_status"], pa.string()),
         })
         values_sql, params = _values_sql(metric, stat, step, threshold)
         sql = _HEATMAP_SQL.format(values=values_sql, agg=_AGG_SQL[agg],
@@ -249,7 +273,7 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
                 reader.close()
     out["cell_status"] = np.select([out["n_valued"] > 0, out["n_diverged"] > 0, out["n_running"] > 0],
                                    ["ok", "diverged", "running"], default="missing")
-    for col in ("n_seeds", "n_done", "n_diverged", "n_running", "n_missing"):
+    for col in ("n_seeds", "n_done", "n_diverged", "n_running", "n_missing", "n_newer"):
         out[col] = out[col].astype("int64")
     out["value"] = out["value"].astype("float64")
     out["live_value"] = out["live_value"].astype("float64")
@@ -311,17 +335,11 @@ def trajectories(source: Settings | QuerySource, run_ids: Sequence[str], metric:
     run_ids = list(dict.fromkeys(run_ids))
     columns = ["run_id", "step", "value", "kind"]
     with _open(source) as (cur, registry):
-        cols = runs_columns(registry, run_ids=run_ids)
+        cols = runs_columns(registry, run_ids=run_ids, fields=SHOWN_FIELDS)
         if cur is None or not cols["run_id"]:
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
                 columns, (str, "int64", "float64", str), strict=True)})
-        order = {rid: i for i, rid in enumerate(run_ids)}
-        want = pa.table({
-            "run_id": pa.array(cols["run_id"], pa.string()),
-            "o": pa.array([order[r] for r in cols["run_id"]], pa.int32()),
-            "attempt": pa.array(cols["attempt"], pa.int32()),
-            "diverged_step": pa.array(cols["diverged_step"], pa.int64()),
-        })
+        want = _want(cols, run_ids)
         buckets = max(1, max_points // 4)
         xf = "ln(1 + step)" if log_x else "step::DOUBLE"
         with _registered(cur, "want", want):
@@ -363,7 +381,9 @@ def seed_bands(source: Settings | QuerySource, sweep_id: str, gamma: float, eta:
     """Across the seeds of one (γ, η) cell, per step: mean, std (sample), min, max and n (finite values
     at that step). Steps are thinned to at most max_points, log-spaced, so long runs stay light."""
     with _open(source) as (cur, registry):
-        runs = runs_frame(registry, sweep_id=sweep_id)
+        runs = pd.DataFrame(runs_columns(registry, sweep_id=sweep_id, fields=("run_id", "gamma", "eta",
+                                                                              "shown_attempt")))
+        runs = runs.rename(columns={"shown_attempt": "attempt"})  # the attempt shown (module docstring)
         cell = runs[np.isclose(runs["gamma"].astype(float), float(gamma), rtol=1e-9, atol=0)
                     & np.isclose(runs["eta"].astype(float), float(eta), rtol=1e-9, atol=0)]
         cols = ["step", "mean", "std", "min", "max", "n"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pandas as pd
 import pyarrow as pa
 
-from storage.queries import QueryError, QuerySource, _frame, _open, _registered
+from storage.queries import SHOWN_FIELDS, QueryError, QuerySource, _frame, _open, _registered, _want
 from storage.registry import runs_columns
 from storage.settings import Settings
 
@@ -84,18 +84,10 @@ def trajectories_multi(
     if not metrics:
         return empty
     with _open(source) as (cur, registry):
-        cols = runs_columns(registry, run_ids=run_ids)
+        cols = runs_columns(registry, run_ids=run_ids, fields=SHOWN_FIELDS)  # each run's shown attempt
         if cur is None or not cols["run_id"]:
             return empty
-        order = {rid: i for i, rid in enumerate(run_ids)}
-        want = pa.table(
-            {
-                "run_id": pa.array(cols["run_id"], pa.string()),
-                "o": pa.array([order[r] for r in cols["run_id"]], pa.int32()),
-                "attempt": pa.array(cols["attempt"], pa.int32()),
-                "diverged_step": pa.array(cols["diverged_step"], pa.int64()),
-            }
-        )
+        want = _want(cols, run_ids)
         mets = pa.table({"metric": pa.array(metrics, pa.string()), "mo": pa.array(range(len(metrics)), pa.int32())})
         buckets = max(1, max_points // 4)
         xf = "ln(1 + step)" if log_x else "step::DOUBLE"

@@ -33,7 +33,11 @@ from sqlalchemy.engine import Connection, Engine
 RUN_STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
 TERMINAL_STATUSES = ("done", "diverged", "failed", "cancelled", "lost")
 FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
-SCHEMA_VERSION = 3
+# An attempt that ended in one of these is a result: it stays the one shown until a newer attempt
+# ends in one of these too (a cancelled, failed or lost rerun never hides it).
+RESULT_STATUSES = ("done", "diverged")
+ACTIVE_STATUSES = ("queued", "running")
+SCHEMA_VERSION = 4
 
 
 class RegistryError(ValueError):
@@ -90,6 +94,14 @@ runs = sa.Table(
     # v2: depth L and width N as columns, so the overlays' x transforms need no JSON parsing
     sa.Column("depth", sa.Integer),
     sa.Column("width", sa.Integer),
+    # v4: the newest attempt that finished done or diverged (NULL: none yet), kept when a rerun resets
+    # the current attempt above, so a cancelled, failed or lost rerun never hides a finished result
+    sa.Column("result_attempt", sa.Integer),
+    sa.Column("result_status", sa.String(20)),
+    sa.Column("result_steps_done", sa.BigInteger),
+    sa.Column("result_diverged_step", sa.BigInteger),
+    sa.Column("result_summary", sa.Text),  # JSON dict[str, float]
+    sa.Column("result_ended", sa.Float),
 )
 
 sweep_runs = sa.Table(
@@ -98,6 +110,11 @@ sweep_runs = sa.Table(
     sa.Column("sweep_id", sa.String(64), sa.ForeignKey("sweeps.id"), primary_key=True),
     sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.run_id"), primary_key=True),
     sa.Column("added", sa.Float, nullable=False),
+    # v4: the attempt of the run this sweep launched or found when it linked the run; a rerun queued
+    # for this sweep moves it on. A sweep whose link is the run's current attempt reads that attempt's
+    # status (a cancelled rerun reads cancelled for the sweep that launched it); other sweeps read the
+    # run's effective status (VIEW_COLUMNS): the earlier finished result they showed stays theirs.
+    sa.Column("attempt", sa.Integer),
 )
 sa.Index("ix_sweep_runs_run", sweep_runs.c.run_id)
 sa.Index("ix_runs_status", runs.c.status)
@@ -146,7 +163,30 @@ def _v2_to_v3(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE sweeps ADD COLUMN device VARCHAR(20) NOT NULL DEFAULT 'cpu'")
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
+def _v3_to_v4(conn: Connection) -> None:
+    """Keep each run's newest finished (done/diverged) attempt beside its current one; runs that are
+    done or diverged now are their own result."""
+    for ddl in (
+        "result_attempt INTEGER",
+        "result_status VARCHAR(20)",
+        "result_steps_done BIGINT",
+        "result_diverged_step BIGINT",
+        "result_summary TEXT",
+        "result_ended FLOAT",
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {ddl}")
+    conn.exec_driver_sql(
+        "UPDATE runs SET result_attempt = attempt, result_status = status, result_steps_done = steps_done, "
+        "result_diverged_step = diverged_step, result_summary = summary, result_ended = ended "
+        "WHERE status IN ('done', 'diverged')"
+    )
+    conn.exec_driver_sql("ALTER TABLE sweep_runs ADD COLUMN attempt INTEGER")
+    conn.exec_driver_sql(
+        "UPDATE sweep_runs SET attempt = (SELECT r.attempt FROM runs r WHERE r.run_id = sweep_runs.run_id)"
+    )
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -259,6 +299,83 @@ def sweep_rollup(counts: Mapping[str, int]) -> str:
     if counts.get("cancelled", 0):
         return "cancelled"
     return "done"
+
+
+# ----------------------------------------------------------------------------- the shown attempt
+# A run keeps two outcomes: its current attempt (status, attempt, steps_done, ... : what workers and
+# the recorder act on) and `result_*`, its newest attempt that finished done or diverged. Every view
+# reads the *shown* attempt: the current one when it finished with a result or when there is no
+# earlier result (a first attempt, live or cancelled, is all there is); otherwise the earlier result,
+# while the newer attempt is queued or running and after it was cancelled, failed or was lost
+# (`newer_status` then names the newer attempt's state; it is NULL when the current one is shown).
+# The *effective* status (sweep rollups, `status`, the Runs page) is the current attempt's while it
+# is queued or running or when it is shown, else the result's: a rerun's runs read running while
+# they train again, and cancelling that rerun gives back exactly the status the result had.
+
+_CURRENT_SHOWN = sa.or_(runs.c.status.in_(RESULT_STATUSES), runs.c.result_attempt.is_(None))
+
+
+def _shown(current: Any, result: Any) -> Any:
+    return sa.case((_CURRENT_SHOWN, current), else_=result)
+
+
+VIEW_COLUMNS: dict[str, Any] = {
+    "shown_attempt": _shown(runs.c.attempt, runs.c.result_attempt),
+    "shown_status": _shown(runs.c.status, runs.c.result_status),
+    "shown_steps_done": _shown(runs.c.steps_done, runs.c.result_steps_done),
+    "shown_diverged_step": _shown(runs.c.diverged_step, runs.c.result_diverged_step),
+    "shown_summary": _shown(runs.c.summary, runs.c.result_summary),
+    "effective_status": sa.case(
+        (sa.or_(_CURRENT_SHOWN, runs.c.status.in_(ACTIVE_STATUSES)), runs.c.status), else_=runs.c.result_status
+    ),
+    "newer_status": sa.case((_CURRENT_SHOWN, sa.null()), else_=runs.c.status),
+}
+
+
+# The status a sweep reads for one of its runs: the current attempt's when the sweep launched (or
+# found) that attempt, else the run's effective status. Needs sweep_runs joined.
+SWEEP_STATUS = sa.case((sweep_runs.c.attempt == runs.c.attempt, runs.c.status), else_=VIEW_COLUMNS["effective_status"])
+
+
+def run_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """VIEW_COLUMNS computed in Python from a runs row (its current and result_* columns), summaries
+    as dicts. The same rules as the SQL expressions (tests hold them equal)."""
+    current_shown = row["status"] in RESULT_STATUSES or row.get("result_attempt") is None
+
+    def pick(name: str) -> Any:
+        return row[name] if current_shown else row.get(f"result_{name}")
+
+    summary = pick("summary")
+    active = row["status"] in ACTIVE_STATUSES
+    return {
+        "shown_attempt": pick("attempt"),
+        "shown_status": pick("status"),
+        "shown_steps_done": pick("steps_done"),
+        "shown_diverged_step": pick("diverged_step"),
+        "shown_summary": json.loads(summary) if isinstance(summary, str) and summary else {},
+        # in a sweep's listing (link_attempt: storage.registry.SWEEP_STATUS) a sweep's own attempt reads as is
+        "effective_status": row["status"]
+        if current_shown or active or row.get("link_attempt") == row["attempt"]
+        else row.get("result_status"),
+        "newer_status": None if current_shown else row["status"],
+    }
+
+
+def newer_note(view: Mapping[str, Any], attempt: int) -> str:
+    """One line for a run whose shown attempt is not its current one, e.g. 'attempt 1 cancelled;
+    showing attempt 0 (done)'; '' when the current attempt is shown."""
+    if not view.get("newer_status"):
+        return ""
+    return f"attempt {attempt} {view['newer_status']}; showing attempt {view['shown_attempt']} ({view['shown_status']})"
+
+
+def newer_line(newer: Mapping[str, int]) -> str:
+    """One line for a sweep's `newer` counts, e.g. '12 run(s) show their newest finished attempt;
+    newer attempts: 12 cancelled'; '' when every run shows its current attempt."""
+    if not newer:
+        return ""
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(newer.items()))
+    return f"{sum(newer.values())} run(s) show their newest finished attempt; newer attempts: {parts}"
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -427,7 +544,8 @@ class Registry:
 
     def add_runs(self, sweep_id: str, configs: Iterable[Any], *, now: float | None = None) -> AddResult:
         """Insert new runs as queued and link all of them to the sweep. Existing runs keep their
-        status and stored result (a re-launched cell is found, not retrained)."""
+        status and stored result (a re-launched cell is found, not retrained); the link records the
+        attempt the sweep found (the shown one: a finished result, or the attempt under way)."""
         items = [NewRun.from_config(c) for c in configs]
         now = now or time.time()
         new: list[str] = []
@@ -436,9 +554,13 @@ class Registry:
             if conn.execute(sa.select(sweeps.c.id).where(sweeps.c.id == sweep_id)).first() is None:
                 raise RegistryError(f"sweep_id: no sweep {sweep_id!r}")
             ids = [it.run_id for it in items]
-            stored = set()
+            stored: dict[str, int] = {}  # run_id -> shown attempt: what a sweep linking the run finds
+            shown = VIEW_COLUMNS["shown_attempt"]
             for chunk in _chunks(ids, 500):
-                stored |= set(conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id.in_(chunk))).scalars())
+                stored.update(
+                    (rid, int(att))
+                    for rid, att in conn.execute(sa.select(runs.c.run_id, shown).where(runs.c.run_id.in_(chunk)))
+                )
             linked = set(
                 conn.execute(sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_id)).scalars()
             )
@@ -469,7 +591,7 @@ class Registry:
                     )
                     new.append(it.run_id)
                 if it.run_id not in linked:
-                    links.append(dict(sweep_id=sweep_id, run_id=it.run_id, added=now))
+                    links.append(dict(sweep_id=sweep_id, run_id=it.run_id, added=now, attempt=stored.get(it.run_id, 0)))
             if rows:
                 conn.execute(runs.insert(), rows)
             if links:
@@ -477,18 +599,30 @@ class Registry:
             self._refresh_sweeps(conn, [sweep_id])
         return AddResult(new=new, existing=existing)
 
-    def _counts(self, conn: Connection, sweep_ids: Sequence[str] | None) -> dict[str, dict[str, int]]:
+    def _tally(
+        self, conn: Connection, sweep_ids: Sequence[str] | None
+    ) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+        """sweep_id -> (runs per status as the sweep reads it (SWEEP_STATUS), runs per newer-attempt
+        status): one grouped query."""
+        eff, newer = SWEEP_STATUS, VIEW_COLUMNS["newer_status"]
         q = (
-            sa.select(sweep_runs.c.sweep_id, runs.c.status, sa.func.count())
+            sa.select(sweep_runs.c.sweep_id, eff, newer, sa.func.count())
             .join(runs, runs.c.run_id == sweep_runs.c.run_id)
-            .group_by(sweep_runs.c.sweep_id, runs.c.status)
+            .group_by(sweep_runs.c.sweep_id, eff, newer)
         )
         if sweep_ids is not None:
             q = q.where(sweep_runs.c.sweep_id.in_(list(sweep_ids)))
-        out: dict[str, dict[str, int]] = {}
-        for sid, status, n in conn.execute(q):
-            out.setdefault(sid, {})[status] = int(n)
+        out: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+        for sid, status, newer_status, n in conn.execute(q):
+            counts, newer_counts = out.setdefault(sid, ({}, {}))
+            counts[status] = counts.get(status, 0) + int(n)
+            if newer_status:
+                newer_counts[newer_status] = newer_counts.get(newer_status, 0) + int(n)
         return out
+
+    def _counts(self, conn: Connection, sweep_ids: Sequence[str] | None) -> dict[str, dict[str, int]]:
+        """sweep_id -> runs per status as the sweep reads it (SWEEP_STATUS)."""
+        return {sid: counts for sid, (counts, _newer) in self._tally(conn, sweep_ids).items()}
 
     def _refresh_sweeps(self, conn: Connection, sweep_ids: Sequence[str]) -> None:
         counts = self._counts(conn, sweep_ids)
@@ -503,16 +637,19 @@ class Registry:
             self._refresh_sweeps(conn, sorted(sids))
 
     @staticmethod
-    def _sweep_dict(row: Any, counts: dict[str, int]) -> dict[str, Any]:
+    def _sweep_dict(row: Any, tally: tuple[dict[str, int], dict[str, int]]) -> dict[str, Any]:
+        counts, newer = tally
         d = dict(row._mapping)
         d["spec"] = json.loads(d["spec"])
         d["counts"] = {s: counts.get(s, 0) for s in RUN_STATUSES}
+        d["newer"] = dict(sorted(newer.items()))  # runs showing an earlier result, by their newer attempt's status
         d["n_runs"] = sum(counts.values())
         d["status"] = sweep_rollup(counts)  # always fresh, whatever the stored column says
         return d
 
     def list_sweeps(self, *, owner: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Newest first, each with `counts` per run status, `n_runs` and the rolled-up `status`."""
+        """Newest first, each with `counts` per effective run status, `newer` (runs that show an earlier
+        finished attempt, per status of their newer attempt), `n_runs` and the rolled-up `status`."""
         q = sa.select(sweeps).order_by(sweeps.c.created.desc())
         if owner is not None:
             q = q.where(sweeps.c.owner == owner)
@@ -520,16 +657,16 @@ class Registry:
             q = q.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
-            counts = self._counts(conn, [r.id for r in rows]) if rows else {}
-        return [self._sweep_dict(r, counts.get(r.id, {})) for r in rows]
+            tally = self._tally(conn, [r.id for r in rows]) if rows else {}
+        return [self._sweep_dict(r, tally.get(r.id, ({}, {}))) for r in rows]
 
     def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(sweeps).where(sweeps.c.id == sweep_id)).first()
             if row is None:
                 return None
-            counts = self._counts(conn, [sweep_id]).get(sweep_id, {})
-        return self._sweep_dict(row, counts)
+            tally = self._tally(conn, [sweep_id]).get(sweep_id, ({}, {}))
+        return self._sweep_dict(row, tally)
 
     def sweep_status(self, sweep_id: str) -> str:
         sweep = self.get_sweep(sweep_id)
@@ -572,8 +709,10 @@ class Registry:
     @staticmethod
     def _run_dict(row: Any) -> dict[str, Any]:
         d = dict(row._mapping)
+        d.update(run_view(d))  # shown_* / effective_status / newer_status (see VIEW_COLUMNS)
         d["config"] = json.loads(d["config"])
         d["summary"] = json.loads(d["summary"]) if d["summary"] else {}
+        d["result_summary"] = json.loads(d["result_summary"]) if d["result_summary"] else {}
         d["cancel_requested"] = bool(d["cancel_requested"])
         return d
 
@@ -586,9 +725,11 @@ class Registry:
         eta: float | None = None,
         seed: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Runs of a sweep ordered by (γ, η, seed), optionally filtered."""
+        """Runs of a sweep ordered by (γ, η, seed), optionally filtered (by current status). Each with
+        `link_attempt` (the attempt the sweep launched or found) and effective_status as the sweep reads
+        it (SWEEP_STATUS)."""
         q = (
-            sa.select(runs)
+            sa.select(runs, sweep_runs.c.attempt.label("link_attempt"))
             .join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
             .where(sweep_runs.c.sweep_id == sweep_id)
             .order_by(runs.c.gamma, runs.c.eta, runs.c.seed)
@@ -768,6 +909,21 @@ class Registry:
                     ),
                     list(rows.values()),
                 )
+                results = [r for r in rows.values() if r["v_status"] in RESULT_STATUSES]
+                if results:  # the newest finished attempt: kept when a rerun resets the current one
+                    conn.execute(
+                        runs.update()
+                        .where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
+                        .values(
+                            result_attempt=b("k_att"),
+                            result_status=b("v_status"),
+                            result_ended=b("v_ended"),
+                            result_steps_done=b("v_steps_done"),
+                            result_diverged_step=b("v_diverged_step"),
+                            result_summary=b("v_summary"),
+                        ),
+                        results,
+                    )
             out.finished.extend(rows)
             if touched:
                 self._refresh_for_runs(conn, sorted(touched))
@@ -837,14 +993,25 @@ class Registry:
                 self._refresh_for_runs(conn, ids)
         return ids
 
-    def reset_for_rerun(self, run_ids: Sequence[str]) -> dict[str, int]:
+    def reset_for_rerun(self, run_ids: Sequence[str], *, sweep_id: str | None = None) -> dict[str, int]:
         """Queue runs again as a new attempt (attempt += 1). Returns run_id -> new attempt.
 
+        The new attempt is launched for `sweep_id` (its links to these runs move to it: that sweep
+        reads the new attempt's status, SWEEP_STATUS); without one, for the sweeps that launched the
+        attempt being replaced (a redelivered unit).
+
         Points of older attempts stay in the metric store keyed by their attempt; events of an
-        older attempt that arrive late are ignored by mark_running/heartbeat/finish."""
+        older attempt that arrive late are ignored by mark_running/heartbeat/finish. The result_*
+        columns (the newest finished attempt) are left as they are: views show that attempt until
+        the new one finishes done or diverged."""
         out: dict[str, int] = {}
         with self.engine.begin() as conn:
             for chunk in _chunks(list(run_ids), 500):
+                current = sa.select(runs.c.attempt).where(runs.c.run_id == sweep_runs.c.run_id).scalar_subquery()
+                owners = sweep_runs.c.sweep_id == sweep_id if sweep_id is not None else sweep_runs.c.attempt == current
+                conn.execute(
+                    sweep_runs.update().where(sweep_runs.c.run_id.in_(chunk), owners).values(attempt=current + 1)
+                )
                 conn.execute(
                     runs.update()
                     .where(runs.c.run_id.in_(chunk))
@@ -920,11 +1087,13 @@ def runs_columns(
     depth, width, status, attempt, diverged_step (`fields` picks a subset). For the query side, where
     10,000 runs must load in milliseconds: the SELECT runs on a raw DB-API cursor, without SQLAlchemy's
     Row objects (half the time at 10k rows) and, on SQLite, without the BEGIN IMMEDIATE the registry's
-    transactions take -- a read-only autocommit SELECT in WAL mode never waits for a writer."""
-    bad = sorted(set(fields) - set(RUN_COLUMNS))
+    transactions take -- a read-only autocommit SELECT in WAL mode never waits for a writer.
+    `fields` may also name the VIEW_COLUMNS (shown_attempt, shown_status, shown_diverged_step,
+    effective_status, newer_status, ...): what the read side shows of each run."""
+    bad = sorted(set(fields) - set(RUN_COLUMNS) - set(VIEW_COLUMNS))
     if bad:
-        raise RegistryError(f"fields: {bad[0]!r} is not one of {', '.join(RUN_COLUMNS)}")
-    cols = [runs.c[name] for name in fields]
+        raise RegistryError(f"fields: {bad[0]!r} is not one of {', '.join([*RUN_COLUMNS, *VIEW_COLUMNS])}")
+    cols = [VIEW_COLUMNS[name].label(name) if name in VIEW_COLUMNS else runs.c[name] for name in fields]
     if sweep_id is not None:
         queries = [
             sa.select(*cols)

@@ -161,10 +161,13 @@ def queue_cells(
         attempts = {rid: 0 for rid in added.new}
         if added.existing:
             rows = reg.get_runs(added.existing)
+            # effective status: a cell whose rerun was cancelled still has its finished result (reused)
             again = [
-                r["run_id"] for r in rows if r["status"] in RETRY_STATUSES or (rerun and r["status"] in RESULT_STATUSES)
+                r["run_id"]
+                for r in rows
+                if r["effective_status"] in RETRY_STATUSES or (rerun and r["effective_status"] in RESULT_STATUSES)
             ]
-            attempts.update(reg.reset_for_rerun(again) if again else {})
+            attempts.update(reg.reset_for_rerun(again, sweep_id=sweep_id) if again else {})
     to_run = [c for c in cells if c.run_id in attempts]
     dispatch(settings, to_run, attempts, executor=executor, sweep_id=sweep_id, device=device)
     return [c.run_id for c in to_run]
@@ -221,15 +224,17 @@ def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, devi
     Returns the run ids queued."""
     with Registry(settings.registry_url) as reg:
         ids = reg.run_ids_for(sweep_or_run_id)
-        rows = reg.get_runs(ids)
+        # a sweep's runs with their status as that sweep reads it: another sweep's cancelled rerun of a
+        # finished run is not this sweep's to retry (storage.registry.SWEEP_STATUS)
+        rows = reg.list_runs(sweep_or_run_id) if reg.get_sweep(sweep_or_run_id) is not None else reg.get_runs(ids)
         single = len(rows) == 1 and rows[0]["run_id"] == sweep_or_run_id
         allowed = RETRY_STATUSES + (RESULT_STATUSES if (single or everything) else ())
-        again = [r for r in rows if r["status"] in allowed]
+        again = [r for r in rows if r["effective_status"] in allowed]
         sweeps = reg.sweeps_of_run(again[0]["run_id"]) if again else []
         sweep_id = sweep_or_run_id if not single else (sweeps[0] if sweeps else None)
         sweep = reg.get_sweep(sweep_id) if sweep_id else None
         executor, device = relaunch_target(settings, sweep, device)  # before any run is reset
-        attempts = reg.reset_for_rerun([r["run_id"] for r in again]) if again else {}
+        attempts = reg.reset_for_rerun([r["run_id"] for r in again], sweep_id=sweep_id) if again else {}
     configs = [RunConfig.from_dict(r["config"]) for r in again]
     dispatch(settings, configs, attempts, executor=executor, sweep_id=sweep_id, device=device)
     return [c.run_id for c in configs]

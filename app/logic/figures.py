@@ -185,6 +185,19 @@ def portrait_figure(
                     marker={"symbol": symbol, "size": 11, "color": colour, "line": {"width": 2, "color": colour}},
                 )
             )
+    if grid.n_newer is not None and np.any(grid.n_newer > 0):
+        # A rerun is training these cells: they keep the finished attempt's values until it finishes.
+        mask = grid.n_newer > 0
+        fig.add_trace(
+            go.Scatter(
+                x=cx[mask],
+                y=cy[mask],
+                mode="markers",
+                name="newer attempt running",
+                hoverinfo="skip",
+                marker={"symbol": "circle-open-dot", "size": 11, "color": RUNNING_COLOUR, "line": {"width": 2}},
+            )
+        )
     # Hover numbers use d3's trimmed format (~): plain ".3g" keeps trailing zeros ("γ=1.00").
     # Click targets: one transparent marker per cell, carrying the cell's γ, η. Plotly selects the
     # hovered point on click, and with hoverdistance=-1 (below) the hovered point is the nearest
@@ -276,11 +289,18 @@ def _cell_outline(grid: HeatmapGrid, cell: tuple[float, float] | None) -> dict[s
 
 
 def _cell_notes(grid: HeatmapGrid, value_label: str) -> np.ndarray:
-    """(E, G) hover suffix: for a running cell with a provisional value, that value and its step."""
+    """(E, G) hover suffix: for a running cell with a provisional value, that value and its step; for a
+    cell whose seeds are being trained again, that the finished attempt is shown until the new one ends."""
     notes = np.full(grid.status.shape, "", dtype=object)
     for e, g in zip(*np.nonzero(np.isfinite(grid.live)), strict=True):
         step = int(grid.live_step[e, g])
         notes[e, g] = f"<br>latest {value_label}={grid.live[e, g]:.4g} at step {step} (provisional)"
+    if grid.n_newer is not None:
+        for e, g in zip(*np.nonzero(grid.n_newer > 0), strict=True):
+            notes[e, g] += (
+                f"<br>newer attempt running for {int(grid.n_newer[e, g])} seed(s): "
+                "showing the finished one until it ends"
+            )
     return notes
 
 

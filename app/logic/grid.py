@@ -53,6 +53,9 @@ class HeatmapGrid:
     n_diverged: np.ndarray  # (E, G) int
     live: np.ndarray  # (E, G) float: provisional value of the seeds still training, NaN where none
     live_step: np.ndarray  # (E, G) float: the least step those seeds have logged, NaN where none
+    # (E, G) int: seeds shown at an earlier finished attempt while a newer one is queued or running
+    # (storage.queries.heatmap's n_newer); None for grids without it (a difference of two sweeps)
+    n_newer: np.ndarray | None = None
 
     @property
     def gamma_edges(self) -> np.ndarray:
@@ -99,11 +102,14 @@ def heatmap_grid(frame: pd.DataFrame) -> HeatmapGrid:
     if "live_value" in frame.columns:  # optional: frames written before storage reported it lack it
         live[ei, gi] = frame["live_value"].to_numpy(dtype=np.float64)
         live_step[ei, gi] = frame["live_step"].to_numpy(dtype=np.float64)
+    n_newer = np.zeros(shape, dtype=int)
+    if "n_newer" in frame.columns:  # optional, as live_value
+        n_newer[ei, gi] = frame["n_newer"].fillna(0).to_numpy(dtype=int)
     live[status != "running"] = np.nan  # provisional only while nothing final stands in the cell
     # An "ok" cell whose value is not finite cannot be drawn as good: show it as diverged.
     bad = (status == "ok") & ~np.isfinite(value)
     status[bad] = "diverged"
-    return HeatmapGrid(gammas, etas, value, status, n_seeds, n_done, n_div, live, live_step)
+    return HeatmapGrid(gammas, etas, value, status, n_seeds, n_done, n_div, live, live_step, n_newer)
 
 
 def nearest_index(values: np.ndarray, target: float) -> int:

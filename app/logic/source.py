@@ -22,7 +22,9 @@ RUN_COLUMNS = (
     "eta",
     "seed",
     "status",
+    "newer",
     "attempt",
+    "shown_attempt",
     "worker",
     "steps_done",
     "diverged_step",
@@ -42,6 +44,7 @@ SWEEP_COLUMNS = (
     "executor",
     "device",
     "status",
+    "newer",
     "n_runs",
     "queued",
     "running",
@@ -59,8 +62,16 @@ FROZEN = ("done", "diverged", "failed", "cancelled")
 CACHE_ENTRIES = 64  # results kept per DashboardSource (a 100-run trajectories frame is ~2 MB)
 
 
+def newer_line(newer: dict[str, int]) -> str:
+    """A sweep's `newer` counts in one line ('' when none): storage.registry.newer_line."""
+    from storage.registry import newer_line as line
+
+    return line(newer)
+
+
 def sweeps_frame(sweeps: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Registry sweep dicts -> one row per sweep with a count column per run status."""
+    """Registry sweep dicts -> one row per sweep with a count column per run status (effective statuses)
+    and `newer`: runs that show an earlier finished attempt, by their newer attempt's status."""
     rows = []
     for s in sweeps:
         counts = s.get("counts", {})
@@ -75,6 +86,7 @@ def sweeps_frame(sweeps: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "executor": s.get("executor", ""),
                 "device": s.get("device", ""),
                 "status": s.get("status", ""),
+                "newer": " ".join(f"{k}={v}" for k, v in sorted((s.get("newer") or {}).items())),
                 "n_runs": n,
                 **{
                     k: int(counts.get(k, 0))
@@ -87,21 +99,27 @@ def sweeps_frame(sweeps: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 
 def runs_frame(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Registry run dicts -> one row per run; summary metrics flattened to columns."""
+    """Registry run dicts -> one row per run as the views show it (storage.registry.VIEW_COLUMNS: the
+    effective status, the shown attempt's steps and summary, `newer` naming a newer attempt that is not
+    shown); summary metrics flattened to columns."""
+    from storage.registry import newer_note
+
     rows = []
     for r in runs:
-        summary = r.get("summary") or {}
+        summary = r.get("shown_summary", r.get("summary")) or {}
         rows.append(
             {
                 "run_id": r["run_id"],
                 "gamma": float(r["gamma"]),
                 "eta": float(r["eta"]),
                 "seed": int(r["seed"]),
-                "status": r["status"],
+                "status": r.get("effective_status") or r["status"],
+                "newer": newer_note(r, r.get("attempt")),
                 "attempt": r.get("attempt"),
+                "shown_attempt": r.get("shown_attempt", r.get("attempt")),
                 "worker": r.get("worker"),
-                "steps_done": r.get("steps_done"),
-                "diverged_step": r.get("diverged_step"),
+                "steps_done": r.get("shown_steps_done", r.get("steps_done")),
+                "diverged_step": r.get("shown_diverged_step", r.get("diverged_step")),
                 **{
                     k: summary.get(k)
                     for k in ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
@@ -198,7 +216,8 @@ class DashboardSource:
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
         self._cache_entries = cache_entries
         self._lock = threading.Lock()
-        # run_id -> (attempt, status) as of the latest runs table read: tells which series are frozen
+        # run_id -> (shown attempt, effective status) as of the latest runs table read: tells which series
+        # are frozen (the series pages read each run's shown attempt)
         self._known: dict[str, tuple[int, str]] = {}
         self.hits = 0
         self.misses = 0
@@ -243,7 +262,7 @@ class DashboardSource:
         return not any(row[0] in ("queued", "running") for row in fingerprint)
 
     def _frozen_key(self, run_ids: Sequence[str]) -> tuple[tuple[str, int], ...] | None:
-        """(run_id, attempt) of every run if all their current attempts are finished, else None."""
+        """(run_id, shown attempt) of every run if none of them is queued or running (or lost), else None."""
         with self._lock:
             known = [self._known.get(r) for r in run_ids]
         if any(k is None or k[1] not in FROZEN for k in known):
@@ -268,7 +287,11 @@ class DashboardSource:
             frame = runs_table(self.registry, sweep_id)
             with self._lock:
                 self._known.update(
-                    zip(frame["run_id"], zip(frame["attempt"].astype(int), frame["status"], strict=True), strict=True)
+                    zip(
+                        frame["run_id"],
+                        zip(frame["shown_attempt"].astype(int), frame["status"], strict=True),
+                        strict=True,
+                    )
                 )
             return frame
 

@@ -8,6 +8,7 @@ import streamlit as st
 from app.logic.figures import portrait_figure
 from app.logic.grid import heatmap_grid
 from app.logic.portrait import AGGS, STATS, cell_key, overlay_curves, parse_cell, selected_cell, snap_to_cell
+from app.logic.source import newer_line
 from app.logic.view_state import Field
 from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
@@ -96,6 +97,11 @@ def draw() -> None:
         + (" · " if fits else "")
         + " · ".join(f.label() for f in fits)
     )
+    rerun = int(grid.n_newer.sum()) if grid.n_newer is not None else 0
+    if rerun:  # a finished attempt stays drawn while a newer one trains (circled dots)
+        st.caption(f"◉ {rerun} seed(s) are training again: their cells show the finished attempt until it ends")
+    elif newer_line(sweep.get("newer") or {}):
+        st.caption(newer_line(sweep["newer"]))
     chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
     chosen = st.selectbox(
         "Cell (or click one in the portrait)",

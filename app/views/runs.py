@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.logic.source import LIVE, filter_runs, progress_line, with_progress
+from app.logic.source import LIVE, filter_runs, newer_line, progress_line, with_progress
 from app.logic.view_state import Field
 from app.ui import csv_bytes, labeler, read_only_help, read_only_notice, resources, sync_url, url_state
 
@@ -112,6 +112,8 @@ def runs_table() -> None:
     shown = filter_runs(runs, statuses=st.session_state[f"{P}.status"], text=st.session_state[f"{P}.q"])
     st.caption(f"{len(shown):,} of {len(runs):,} runs")
     st.caption(progress_line(runs, total_steps))
+    if runs["newer"].astype(bool).any():  # the table shows a finished attempt; `newer` says which is newer
+        st.caption(newer_line((source.sweep(sweep_id) or {}).get("newer") or {}))
     if live and last is None:
         st.caption("Progress of running runs is unavailable: another process holds the metric store.")
     st.dataframe(

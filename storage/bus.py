@@ -4,9 +4,11 @@ Events are JSON dicts (docs/contracts.md):
   {"type": "started",   "run_id", "attempt", "worker", "time"}
   {"type": "points",    "run_id", "attempt", "seq", "step": [...], "metric": [...], "value": [...]}
   {"type": "heartbeat", "run_ids": [...], "attempt", "worker", "time"}
-  {"type": "finished",  "run_id", "attempt", "status", "steps_done", "diverged_step", "summary", "error"}
+  {"type": "finished",  "run_id", "attempt", "status", "steps_done", "diverged_step", "summary", "error",
+   "batches"}
 A points event is one columnar batch (one message per flush, not per point); (run_id, attempt, seq)
-identifies it, so a replayed message is stored once.
+identifies it, so a replayed message is stored once. `batches` (optional) is how many points events
+the attempt published: the recorder never records `done` for a run whose batches did not all arrive.
 
 Backends
 - spool directory (embedded mode): each event is one file, written to spool/tmp/ then os.replace()d
@@ -46,6 +48,10 @@ GROUP = "recorder"
 EVENT_TYPES = ("started", "points", "heartbeat", "finished", "export")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
+# Celery's queues on the same Redis (tasks.celery_app.QUEUES) and where kombu keeps delivered,
+# unacknowledged messages: read after a broker restart without persistence (RedisConsumer.queued_task_texts)
+CELERY_QUEUES = ("cpu", "gpu")
+KOMBU_UNACKED = "unacked"
 
 
 class BadEvent(ValueError):
@@ -122,6 +128,7 @@ def validate_event(ev: Any) -> dict[str, Any]:
             raise BadEvent(f"status: must be one of {', '.join(FINISH_STATUSES)} (got {ev.get('status')!r})")
         _need_int(ev, "steps_done", optional=True)
         _need_int(ev, "diverged_step", optional=True)
+        _need_int(ev, "batches", optional=True)  # points events this attempt published (gap check)
         summary = ev.get("summary")
         if summary is not None and not (
             isinstance(summary, dict)
@@ -210,12 +217,16 @@ class Publisher:
     def finished(
         self, run_id: str, attempt: int, status: str, *, steps_done: int | None = None,
         diverged_step: int | None = None, summary: Mapping[str, float] | None = None, error: str | None = None,
+        batches: int | None = None,
     ) -> None:
-        self.publish(validate_event({
+        ev = {
             "type": "finished", "run_id": run_id, "attempt": attempt, "status": status,
             "steps_done": steps_done, "diverged_step": diverged_step,
             "summary": {k: float(v) for k, v in (summary or {}).items()}, "error": error,
-        }))
+        }
+        if batches is not None:
+            ev["batches"] = batches
+        self.publish(validate_event(ev))
 
 
 class _MonotonicNames:
@@ -256,21 +267,70 @@ class SpoolPublisher(Publisher):
             os.replace(tmp, self.spool_dir / name)
 
 
-class RedisPublisher(Publisher):
-    """Broker mode: XADD to the events stream (no MAXLEN: trimming is the recorder's job, by MINID)."""
+class BrokerUnavailable(ConnectionError):
+    """The broker stayed unreachable for longer than a publisher's retry bound."""
 
-    def __init__(self, url: str, stream: str = STREAM):
+
+class RedisPublisher(Publisher):
+    """Broker mode: XADD to the events stream (no MAXLEN: trimming is the recorder's job, by MINID).
+
+    Rides out a short broker outage (a restart): a publish that cannot reach Redis is retried with
+    backoff for up to `retry_s` seconds (one log line when the broker becomes unreachable, one when it
+    answers again), then raises BrokerUnavailable. After that give-up, publishes try once and fail fast
+    until the broker answers again (a failing unit's last reports must not wait out the bound again).
+    A retried XADD may land twice; the recorder stores a (run, attempt, seq) once and the other events
+    are idempotent."""
+
+    def __init__(self, url: str, stream: str = STREAM, *, retry_s: float = 20.0):
         super().__init__()
         import redis
 
         self.client = redis.Redis.from_url(url)
         self.stream = stream
+        self.retry_s = retry_s
+        self._down_since: float | None = None  # shared by the unit's thread and its heartbeat thread
+        self._gave_up = False
+        self._state = threading.Lock()
 
     def publish_many(self, events: Sequence[Mapping[str, Any]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for ev in events:
-            pipe.xadd(self.stream, {"data": encode(ev)})
-        pipe.execute()
+        import redis
+
+        payload = [{"data": encode(ev)} for ev in events]
+        deadline = time.monotonic() + (0.0 if self._gave_up else self.retry_s)
+        delay = 0.1
+        while True:
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for fields in payload:
+                    pipe.xadd(self.stream, fields)
+                pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._note_down(exc)
+                if time.monotonic() >= deadline:
+                    self._gave_up = True
+                    raise BrokerUnavailable(
+                        f"broker unreachable for more than {self.retry_s:g} s ({exc}); giving up"
+                    ) from None
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, 2.0)
+                continue
+            self._note_up()
+            return
+
+    def _note_down(self, exc: Exception) -> None:
+        with self._state:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        log.warning("broker unreachable (%s): holding events and retrying for up to %g s", exc, self.retry_s)
+
+    def _note_up(self) -> None:
+        if self._down_since is None:
+            return
+        with self._state:
+            since, self._down_since, self._gave_up = self._down_since, None, False
+        if since is not None:
+            log.warning("broker reachable again after %.1f s: events flow again", time.monotonic() - since)
 
     def close(self) -> None:
         self.client.close()
@@ -279,7 +339,8 @@ class RedisPublisher(Publisher):
 def open_publisher(settings: Settings) -> Publisher:
     """Redis Streams when a broker is configured, else the spool directory in the data folder."""
     if settings.broker_url:
-        return RedisPublisher(settings.broker_url)
+        # ride out a broker restart for as long as the recorder waits before calling a run lost
+        return RedisPublisher(settings.broker_url, retry_s=settings.lost_after_s)
     return SpoolPublisher(settings.spool_dir)
 
 
@@ -379,15 +440,49 @@ class RedisConsumer:
         # A stable name per host: a restarted recorder finds the entries it read but never acked.
         self.consumer = consumer or f"recorder@{socket.gethostname()}"
         self.claim_idle_ms = int(claim_idle_s * 1000)
-        try:
-            self.client.xgroup_create(stream, group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        existed = bool(self.client.exists(stream))
+        created = self._create_group()
         self._backlog = True  # start with our own pending entries
         # XAUTOCLAIM again every half idle period, not only at start: a consumer that dies while we
         # run leaves entries that become claimable only after claim_idle_s.
         self._next_claim = 0.0
+        # times the broker lost the stream under us (restarted without persistence, FLUSHALL), 1 from the
+        # start when no stream existed at all (a first start, or a broker that lost everything while no
+        # recorder ran): the recorder then settles what such a loss orphaned (storage.broker_loss)
+        self.stream_resets = int(created and not existed)
+
+    def _create_group(self) -> bool:
+        """Create the group (and the stream) unless it exists; True when it was created."""
+        import redis
+
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+            return False
+        return True
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a group command; when the broker lost the stream or the group (NOGROUP: a Redis
+        restarted without persistence, or flushed), create them again, say so once, and retry."""
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                raise
+        if self._create_group():
+            self.stream_resets += 1
+            log.warning(
+                "the broker lost the event stream %s (restarted without persistence, or flushed): created it "
+                "again and recording goes on; events published before that and not yet recorded are gone "
+                "(runs missing points end failed: `gamma-lab rerun SWEEP`)",
+                self.stream,
+            )
+        self._backlog = True
+        return fn(*args, **kwargs)
 
     def _entries(self, reply: Any) -> list[Delivery]:
         out = []
@@ -401,27 +496,29 @@ class RedisConsumer:
 
     def read(self, max_events: int = 1000, block_s: float = 0.5) -> list[Delivery]:
         if self._backlog:
-            got = self._entries(self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"},
-                                                       count=max_events))
+            got = self._entries(self._call(self.client.xreadgroup, self.group, self.consumer, {self.stream: "0"},
+                                           count=max_events))
             if got:
                 return got
             self._backlog = False
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.claim_idle_ms / 2000.0
             # entries a dead consumer (another name) left pending for longer than claim_idle
-            _next, claimed, *_ = self.client.xautoclaim(
-                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=max_events)
+            _next, claimed, *_ = self._call(
+                self.client.xautoclaim, self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0",
+                count=max_events)
             got = [_decoded(eid, f.get(b"data", b"")) for eid, f in claimed if f is not None]
             if got:
                 self._backlog = True  # claimed entries are now our pending ones; keep draining
                 return got
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=max_events,
-                                       block=max(1, int(block_s * 1000)))
+        reply = self._call(self.client.xreadgroup, self.group, self.consumer, {self.stream: ">"}, count=max_events,
+                           block=max(1, int(block_s * 1000)))
         return self._entries(reply)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
+        # XACK of entries the broker lost meanwhile answers 0, no error: nothing is left to acknowledge
         self.client.xack(self.stream, self.group, *[d.token for d in deliveries])
         self.trim()
 
@@ -429,11 +526,11 @@ class RedisConsumer:
         """XTRIM MINID to the oldest entry still pending in the group (or the last delivered one).
 
         Never MAXLEN: on Redis 7.0 it drops entries nobody has acknowledged yet."""
-        summary = self.client.xpending(self.stream, self.group)
+        summary = self._call(self.client.xpending, self.stream, self.group)
         if summary and summary.get("pending"):
             minid = summary["min"]
         else:
-            groups = self.client.xinfo_groups(self.stream)
+            groups = self._call(self.client.xinfo_groups, self.stream)
             info = next((g for g in groups if _s(g["name"]) == self.group), None)
             if info is None:
                 return
@@ -451,11 +548,36 @@ class RedisConsumer:
         self._backlog = True
 
     def pending_count(self) -> int:
-        summary = self.client.xpending(self.stream, self.group)
+        summary = self._call(self.client.xpending, self.stream, self.group)
         return int(summary.get("pending", 0)) if summary else 0
 
     def close(self) -> None:
         self.client.close()
+
+    def queued_task_texts(self, queues: Sequence[str] = CELERY_QUEUES) -> list[str]:
+        """The bodies (decoded text) of the Celery messages this broker still holds: waiting in the
+        queues' lists or delivered and not yet acknowledged (kombu's `unacked` hash). The recorder
+        reads them after the broker lost its stream, to tell which queued runs lost their unit."""
+        raws: list[bytes] = []
+        for q in queues:  # kombu keeps priorities 3, 6, 9 in lists of their own beside the queue's
+            for key in (q, *(f"{q}\x06\x16{p}" for p in (3, 6, 9))):
+                raws += self.client.lrange(key, 0, -1)
+        raws += self.client.hvals(KOMBU_UNACKED)
+        return [_task_text(r) for r in raws]
+
+
+def _task_text(raw: bytes) -> str:
+    """A kombu Redis message's body as text (base64 unwrapped); the raw text when it is not one."""
+    import base64
+
+    try:
+        msg = json.loads(raw)
+        body = msg.get("body", "")
+        if (msg.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode("utf-8", "replace")
+        return json.dumps(msg.get("headers")) + str(body)  # the task id (unit id) is in the headers
+    except (ValueError, TypeError, AttributeError):
+        return raw.decode("utf-8", "replace")
 
 
 def _s(x: Any) -> str:

@@ -25,10 +25,11 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from storage.broker_loss import ingested_batches, settle_lost_queue
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
 from storage.export import answer_request
 from storage.metric_store import MetricStore, PointsBatch, StoreLocked
@@ -198,6 +199,9 @@ class Recorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_lost_check = 0.0
+        self._sent_batches: dict[tuple[str, int], int] = {}  # (run, attempt) -> batches its finished event names
+        # a consumer that had to create the event stream (the broker lost it) counts it; settle_lost_queue
+        self._stream_resets = 0
         self.stats = {"events": 0, "points": 0, "rejected": 0, "batches": 0}
         self.last_error: str | None = None
         self.handed_over_to: int | None = None  # the dashboard's pid once this recorder yielded
@@ -291,6 +295,9 @@ class Recorder:
                         error=ev.get("error"),
                     )
                 )
+                if ev.get("batches") is not None:
+                    self._sent_batches[(ev["run_id"], ev["attempt"])] = ev["batches"]
+        finished = self._no_gaps(finished)
         if started or beats or finished:
             self.registry.apply_events(started=started, heartbeats=beats, finished=finished)
         if finished:
@@ -308,17 +315,51 @@ class Recorder:
         self.stats["batches"] += 1
         return stored
 
+    def _no_gaps(self, finished: list[FinishedEvent]) -> list[FinishedEvent]:
+        """A run is never recorded `done` (or `diverged`) with a gap: when its finished event says how
+        many points batches the attempt sent and the store holds fewer for (run, attempt) -- the bus
+        lost some, e.g. a Redis restarted without persistence -- it is recorded `failed`, naming the gap."""
+        out = []
+        for fin in finished:
+            sent = self._sent_batches.pop((fin.run_id, fin.attempt), None)
+            if sent is None or fin.status not in ("done", "diverged"):
+                out.append(fin)
+                continue
+            got = ingested_batches(self.store, fin.run_id, fin.attempt)
+            if got >= sent:
+                out.append(fin)
+                continue
+            sweeps = self.registry.sweeps_of_run(fin.run_id)
+            error = (
+                f"{sent - got} of {sent} points batches of attempt {fin.attempt} never reached the recorder (the "
+                f"event broker lost them: restarted without persistence?), so its curves have gaps; run "
+                f"`gamma-lab rerun {sweeps[0] if sweeps else fin.run_id}` to train it again"
+            )
+            log.warning("run %s: %s", fin.run_id, error)
+            out.append(replace(fin, status="failed", error=error))
+        return out
+
+    def _check_lost(self) -> None:
+        """Runs without a heartbeat for lost_after_s become lost (at most once per heartbeat period)."""
+        now = time.time()
+        if now - self._last_lost_check < self.settings.heartbeat_s:
+            return
+        self._last_lost_check = now
+        lost = self.registry.mark_lost(self.settings.lost_after_s, now=now)
+        if lost:
+            log.warning("marked %d run(s) lost (no heartbeat for %.0f s)", len(lost), self.settings.lost_after_s)
+
     def step(self, block_s: float | None = None) -> int:
         """Read one batch of events and record it; check for lost runs when caught up."""
         deliveries = self.consumer.read(self.max_events, self.poll_s if block_s is None else block_s)
+        resets = getattr(self.consumer, "stream_resets", 0)
+        if resets != self._stream_resets:  # the broker lost its data: settle the units it lost with it
+            self._stream_resets = resets
+            settle_lost_queue(self.registry, self.consumer)
         stored = self.process(deliveries) if deliveries else 0
-        now = time.time()
         # only when caught up: a backlog of old heartbeats must not make live runs look dead
-        if len(deliveries) < self.max_events and now - self._last_lost_check >= self.settings.heartbeat_s:
-            self._last_lost_check = now
-            lost = self.registry.mark_lost(self.settings.lost_after_s, now=now)
-            if lost:
-                log.warning("marked %d run(s) lost (no heartbeat for %.0f s)", len(lost), self.settings.lost_after_s)
+        if len(deliveries) < self.max_events:
+            self._check_lost()
         return stored
 
     def drain(self, timeout_s: float = 30.0) -> None:
@@ -347,11 +388,20 @@ class Recorder:
                 return
             try:
                 self.step()
+                if self.last_error is not None:
+                    log.warning("recording again (the last error was %s)", self.last_error)
                 self.last_error = None
             except Exception as exc:  # noqa: BLE001 - the loop must survive a hiccup (DB busy, Redis down)
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("recorder step failed; retrying")
+                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                if error != self.last_error:  # one line per distinct error, not a traceback a second
+                    log.warning("recorder step failed (%s); retrying every second", error)
+                    log.debug("recorder step failed", exc_info=True)
+                self.last_error = error
                 self.consumer.rewind()  # what was read but not acked must be read again
+                try:  # the registry may answer while the bus does not: runs whose workers went silent end lost
+                    self._check_lost()
+                except Exception as lost_exc:  # noqa: BLE001
+                    log.debug("lost-run check failed: %s", lost_exc)
                 self._stop.wait(1.0)
 
     def start(self) -> Recorder:

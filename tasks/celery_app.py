@@ -64,8 +64,6 @@ def configure(broker_url: str | None = None) -> Celery:
     return app
 
 
-
-
 def _broker_from_settings() -> str | None:
     try:
         from storage.settings import load_settings
@@ -96,6 +94,126 @@ def run_unit_task(self: Any, unit_json: str) -> dict[str, Any]:
     with open_publisher(settings) as publisher:
         finished = run_unit(unit_json, settings, publisher, device=device, redelivered=redelivered)
     return {"statuses": {e["run_id"]: e["status"] for e in finished}}
+
+
+# ----------------------------------------------------------------------------- live workers
+# Each worker registers itself in Redis under WORKER_KEY_PREFIX + its node name: a JSON value with its
+# queues, host, device, pid and times, set with a short TTL and refreshed every WORKER_REFRESH_S. A
+# submit reads these keys (`live_workers`) to say whether anyone consumes its queue: instant, no
+# broadcast to answer within a timeout on a busy machine. A worker that dies drops out after the TTL;
+# one whose broker restarted without persistence registers again at its next refresh.
+WORKER_KEY_PREFIX = "gamma-lab:worker:"
+WORKER_REFRESH_S = 5.0
+WORKER_TTL_S = 20
+
+
+def worker_record(node: str, queues: list[str]) -> dict[str, Any]:
+    import socket
+    import time
+
+    return {
+        "node": node,
+        "queues": sorted(queues),
+        "host": socket.gethostname(),
+        "device": os.environ.get("GAMMA_LAB_WORKER_DEVICE") or "cpu",
+        "pid": os.getpid(),
+        "seen": time.time(),
+    }
+
+
+def live_workers(broker_url: str) -> list[dict[str, Any]]:
+    """The workers registered in the broker now (their TTL not expired), one dict each (see
+    worker_record). Raises redis.ConnectionError when the broker does not answer."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=WORKER_KEY_PREFIX + "*", count=1000))
+        out = []
+        for raw in client.mget(keys) if keys else []:
+            if raw is None:  # expired between SCAN and MGET
+                continue
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                continue
+        return out
+    finally:
+        client.close()
+
+
+class _Registration:
+    """The worker's key, refreshed by a daemon thread until the worker stops."""
+
+    def __init__(self, broker_url: str, node: str, queues: list[str]):
+        import threading
+
+        import redis
+
+        self.client = redis.Redis.from_url(broker_url, socket_timeout=5)
+        self.key = WORKER_KEY_PREFIX + node
+        self.node, self.queues = node, queues
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="gamma-lab-registration", daemon=True)
+        self.failing = False
+
+    def refresh(self) -> None:
+        import json
+
+        self.client.set(self.key, json.dumps(worker_record(self.node, self.queues)), ex=WORKER_TTL_S)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.refresh()
+                self.failing = False
+            except Exception as exc:  # noqa: BLE001 - the broker is down: Celery says so; retry quietly
+                if not self.failing:
+                    log.debug("cannot register this worker in the broker: %s", exc)
+                self.failing = True
+            if self.stop_event.wait(WORKER_REFRESH_S):
+                return
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        try:
+            self.client.delete(self.key)
+        except Exception:  # noqa: BLE001 - the key expires by itself
+            pass
+        self.client.close()
+
+
+_registration: _Registration | None = None
+
+
+def _consumed_queues(sender: Any) -> list[str]:
+    """The queues this worker consumes (-Q), from its consumer; the app's selection as a fallback."""
+    try:
+        return sorted({q.name for q in sender.task_consumer.queues})
+    except AttributeError:
+        return sorted(app.amqp.queues.consume_from or app.amqp.queues)
+
+
+@signals.worker_ready.connect
+def _register_worker(sender: Any = None, **_: Any) -> None:
+    global _registration
+    url = app.conf.broker_url
+    if not url or not str(url).startswith(("redis://", "rediss://", "unix://")):
+        return
+    node = getattr(sender, "hostname", None) or f"{os.getpid()}"
+    _registration = _Registration(str(url), node, _consumed_queues(sender))
+    _registration.start()
+
+
+@signals.worker_shutting_down.connect
+def _unregister_worker(**_: Any) -> None:
+    if _registration is not None:
+        _registration.stop()
 
 
 @signals.worker_process_init.connect

@@ -12,7 +12,6 @@ id is the unit id. See tasks.celery_app for every setting and its reason.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from tasks import local_queue
 from tasks.planner import WorkUnit
 
 log = logging.getLogger("gamma_lab.executors")
-INSPECT_TIMEOUT_S = 1.0  # how long submit waits for workers to say which queues they consume
+RUNS_HEADER = "gamma_lab_runs"  # a Celery task's header: its unit's run ids, comma-separated
 
 
 class LocalExecutor:
@@ -60,27 +59,35 @@ class CeleryExecutor:
         with app.connection_for_write(self.settings.broker_url) as conn:
             for unit in units:
                 # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
+                # the run ids ride in a header: after a broker restart without persistence the recorder
+                # tells which queued runs lost their message (storage.broker_loss)
                 run_unit_task.apply_async(
-                    args=[unit.to_json()], queue=queue_for(unit.device), task_id=unit.unit_id, connection=conn
+                    args=[unit.to_json()],
+                    queue=queue_for(unit.device),
+                    task_id=unit.unit_id,
+                    connection=conn,
+                    headers={RUNS_HEADER: ",".join(unit.run_ids)},
                 )
-            per_queue: dict[str, int] = {}
-            for unit in units:
-                per_queue[queue_for(unit.device)] = per_queue.get(queue_for(unit.device), 0) + 1
-            if per_queue:
-                self._warn_if_unserved(app, conn, per_queue)
+        per_queue: dict[str, int] = {}
+        for unit in units:
+            per_queue[queue_for(unit.device)] = per_queue.get(queue_for(unit.device), 0) + 1
+        if per_queue:
+            self._warn_if_unserved(self.settings.broker_url, per_queue)
 
     @staticmethod
-    def _warn_if_unserved(app: Any, conn: Any, per_queue: dict[str, int]) -> None:
+    def _warn_if_unserved(broker_url: str, per_queue: dict[str, int]) -> None:
         """Say so when no worker consumes a queue we just filled: a user launched a sweep before
-        starting a worker (or with --device cuda and only CPU workers) and watched it sit `queued`."""
+        starting a worker (or with --device cuda and only CPU workers) and watched it sit `queued`.
+        Reads the workers' registrations in the broker (tasks.celery_app.live_workers): a broadcast
+        asking them, answered within a second, missed busy workers and warned falsely."""
+        from tasks.celery_app import live_workers
+
         try:
-            with warnings.catch_warnings():  # older workers sharing one node name: Celery warns, we do not care
-                warnings.simplefilter("ignore")
-                replies = app.control.inspect(timeout=INSPECT_TIMEOUT_S, connection=conn).active_queues() or {}
+            workers = live_workers(broker_url)
         except Exception as exc:  # noqa: BLE001 - a best-effort hint; the units are queued regardless
-            log.debug("could not ask the workers for their queues: %s", exc)
+            log.debug("could not read the workers' registrations: %s", exc)
             return
-        served = {q.get("name") for qs in replies.values() for q in (qs or [])}
+        served = {q for w in workers for q in (w.get("queues") or [])}
         for queue, n_units in sorted(per_queue.items()):
             if queue not in served:
                 start = "gamma-lab worker" + (" --queue gpu --device cuda:0" if queue == "gpu" else "")

@@ -21,7 +21,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from engine.config import RunConfig
+from storage.bus import BrokerUnavailable
 from tasks.cancel import CancelChecker
 from tasks.planner import WorkUnit
 
@@ -67,6 +71,8 @@ class _Heartbeat(threading.Thread):
             try:
                 self.publish({"type": "heartbeat", "run_ids": rids, "attempt": att, "worker": self.worker,
                               "time": time.time()})
+            except BrokerUnavailable:  # the publisher said so in one line; the next beat tries again
+                pass
             except Exception:  # a bus hiccup must not kill training; the next beat retries
                 log.exception("heartbeat publish failed")
 
@@ -100,6 +106,17 @@ def _redelivered_attempts(settings: Any, unit: WorkUnit) -> dict[str, int]:
         return reg.reset_for_rerun(again) if again else {}
 
 
+def _report_failed(finish: Callable[..., None], configs: list[RunConfig], finished: dict[str, Any], error: str) -> None:
+    """Publish `failed` for the unit's unfinished runs; when the bus cannot take it either, one line
+    (no traceback): the recorder marks those runs lost once their heartbeats stop."""
+    try:
+        for c in configs:
+            if c.run_id not in finished:
+                finish(c.run_id, "failed", error=error)
+    except BrokerUnavailable as exc:
+        log.error("cannot report the failure (%s): the runs will be marked lost", exc)
+
+
 def run_unit(
     unit_json: str,
     settings: Any,
@@ -128,11 +145,15 @@ def run_unit(
     me = worker_name()
     finished: dict[str, dict[str, Any]] = {}
 
+    seq: dict[str, int] = {}  # run_id -> points events published so far (the next seq)
+
     def finish(run_id: str, status: str, steps_done: int = 0, diverged_step: int | None = None,
                summary: dict[str, float] | None = None, error: str | None = None) -> None:
         event = {"type": "finished", "run_id": run_id, "attempt": attempt_of[run_id], "status": status,
                  "steps_done": int(steps_done), "diverged_step": diverged_step, "summary": summary or {},
                  "error": error}
+        if run_id in seq:  # how many points batches were sent: the recorder checks that all arrived
+            event["batches"] = seq[run_id]
         publish(event)
         finished[run_id] = event
 
@@ -145,7 +166,7 @@ def run_unit(
     if not configs:
         return [finished[r] for r in unit.run_ids]
 
-    seq: dict[str, int] = {c.run_id: 0 for c in configs}
+    seq.update({c.run_id: 0 for c in configs})
     for c in configs:
         publish({"type": "started", "run_id": c.run_id, "attempt": attempt_of[c.run_id], "worker": me,
                  "time": time.time()})
@@ -165,7 +186,10 @@ def run_unit(
 
     def should_cancel() -> set[str]:
         # the runs asked to stop: the trainer freezes those members and trains the others on
-        flagged.update(checker.cancelled())
+        try:
+            flagged.update(checker.cancelled())
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # a broker restarting: look at the next flush
+            log.debug("cannot read the cancel flags now: %s", exc)
         return flagged
 
     try:
@@ -180,13 +204,16 @@ def run_unit(
                 status = "cancelled"
             finish(r.run_id, status, r.steps_done, r.diverged_step, dict(r.summary))
             beat.finish(r.run_id)
+    except BrokerUnavailable as exc:  # the bus is gone for longer than the publisher waits: say it in one line
+        beat.stop()
+        log.error("unit %s stopped: %s; the recorder marks its runs lost after %g s without a heartbeat "
+                  "(then `gamma-lab rerun SWEEP`)", unit.unit_id, exc, settings.lost_after_s)
+        _report_failed(finish, configs, finished, f"the event broker was unreachable: {exc}")
     except Exception as exc:
         beat.stop()
         text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
         log.error("unit %s failed: %s", unit.unit_id, text)
-        for c in configs:
-            if c.run_id not in finished:
-                finish(c.run_id, "failed", error=text)
+        _report_failed(finish, configs, finished, text)
     finally:
         beat.stop()
     return [finished[r] for r in unit.run_ids if r in finished]

@@ -893,9 +893,15 @@ class Registry:
                         v_diverged_step=ev.diverged_step,
                         v_summary=_json(_clean_summary(ev.summary)),
                         v_error=(ev.error[:20_000] if ev.error else None),
+                        v_result=int(ev.status in RESULT_STATUSES),
                     )
                     touched.add(ev.run_id)
             if rows:
+
+                def result(column: str, value: Any) -> Any:
+                    """A done/diverged finish is also the run's newest result (kept by reset_for_rerun)."""
+                    return sa.case((b("v_result") == 1, value), else_=runs.c[column])
+
                 conn.execute(
                     runs.update()
                     .where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
@@ -906,24 +912,15 @@ class Registry:
                         diverged_step=b("v_diverged_step"),
                         summary=b("v_summary"),
                         error=b("v_error"),
+                        result_attempt=result("result_attempt", b("k_att")),
+                        result_status=result("result_status", b("v_status")),
+                        result_ended=result("result_ended", b("v_ended")),
+                        result_steps_done=result("result_steps_done", b("v_steps_done")),
+                        result_diverged_step=result("result_diverged_step", b("v_diverged_step")),
+                        result_summary=result("result_summary", b("v_summary")),
                     ),
                     list(rows.values()),
                 )
-                results = [r for r in rows.values() if r["v_status"] in RESULT_STATUSES]
-                if results:  # the newest finished attempt: kept when a rerun resets the current one
-                    conn.execute(
-                        runs.update()
-                        .where(runs.c.run_id == b("k_run"), runs.c.attempt == b("k_att"))
-                        .values(
-                            result_attempt=b("k_att"),
-                            result_status=b("v_status"),
-                            result_ended=b("v_ended"),
-                            result_steps_done=b("v_steps_done"),
-                            result_diverged_step=b("v_diverged_step"),
-                            result_summary=b("v_summary"),
-                        ),
-                        results,
-                    )
             out.finished.extend(rows)
             if touched:
                 self._refresh_for_runs(conn, sorted(touched))

@@ -43,8 +43,14 @@ def _finish_all(reg: Registry, ids: list[str], attempt: int, status: str, steps:
 
 
 def test_a_cancelled_rerun_leaves_the_earlier_sweep_exactly_as_it_was(tmp_path: Path, make_configs) -> None:
-    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
-    configs = make_configs()
+    _cancelled_rerun(Registry(f"sqlite:///{tmp_path / 'r.sqlite'}"), make_configs())
+
+
+def test_a_cancelled_rerun_on_postgresql(pg_registry: Registry, make_configs) -> None:
+    _cancelled_rerun(pg_registry, make_configs())
+
+
+def _cancelled_rerun(reg: Registry, configs: list) -> None:  # type: ignore[type-arg]
     ids = [c.run_id for c in configs]
     a = reg.create_sweep("a", "t", {})
     reg.add_runs(a, configs)

@@ -248,6 +248,7 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
         recorder = start_if_free(settings)
     counts = api.sweep_progress(settings, sweep_id)
     bar = tqdm(total=max(sum(counts.values()), 1), file=sys.stderr, unit="run", desc=sweep_id, leave=True)
+    watch = WorkerWatch(settings, lambda line: bar.write(line, file=sys.stderr))  # a killed local worker
     try:
         while True:
             counts = api.sweep_progress(settings, sweep_id)
@@ -262,6 +263,7 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
                 recorder = None  # it yielded to a dashboard, whose recorder now updates the statuses
             if recorder is None:  # the recorder elsewhere may have stopped: take over if we can
                 recorder = start_if_free(settings)
+            watch.check()
             time.sleep(poll_s)
     finally:
         bar.close()
@@ -376,6 +378,31 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- status / cancel / rerun
 
 
+class WorkerWatch:
+    """Embedded mode's local workers, supervised by whoever is around (tasks.local_queue.supervise):
+    a killed worker's unit is queued again as a new attempt (or its runs marked lost when it had
+    killed a worker before) and workers are started for queued work that has none. Each line is said
+    once: `sweep --wait` checks every couple of seconds, `status` and `rerun` once."""
+
+    def __init__(self, settings: Any, say: Any = None, every_s: float = 2.0):
+        self.settings, self.say, self.every_s = settings, say or _err, every_s
+        self.next_at = 0.0
+        self.said: set[str] = set()
+
+    def check(self) -> Any:
+        if time.monotonic() < self.next_at:
+            return None
+        self.next_at = time.monotonic() + self.every_s
+        from tasks import local_queue
+
+        result = local_queue.supervise(self.settings)
+        for line in result.lines():
+            if line not in self.said:
+                self.said.add(line)
+                self.say(f"warning: {line}")
+        return result
+
+
 def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
     """Ingest the events waiting on the bus unless another process records (the dashboard, a
     `sweep --wait`). Without this, `status` and `export` after a plain `gamma-lab sweep` showed runs
@@ -413,6 +440,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = _settings()
     catch_up(settings)
+    WorkerWatch(settings).check()  # a killed local worker: its unit requeued, queued work given a worker
     with Registry(settings.registry_url) as reg:
         if args.sweep is None:
             rows = reg.list_sweeps(limit=args.limit)
@@ -502,6 +530,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     # Record waiting events first: that is also when runs of a killed worker are marked `lost`.
     # Without it, `rerun` after a worker died said "0 run(s) queued" until some `status` caught up.
     catch_up(settings)
+    WorkerWatch(settings).check()  # queued runs whose only worker was killed: rerun cannot take them, this can
     ids = api.rerun(settings, args.id, everything=args.all, device=args.device)
     _err(f"{len(ids)} run(s) queued again as a new attempt")
     if not ids:

@@ -33,6 +33,7 @@ class Resources:
     lock: threading.Lock = field(default_factory=threading.Lock)
     handover: threading.Thread | None = None  # waits for a recorder asked to hand over
     closed: bool = False  # shut down: never start recording again
+    supervisor: Any = None  # tasks.local_queue.Supervisor: replaces killed local workers, requeues their units
     read_only: str | None = None  # why the data folder cannot be written (Settings.read_only_reason), else None
 
     def take_over_if_free(self, every_s: float = 10.0) -> bool:
@@ -108,6 +109,8 @@ def shutdown() -> None:
             if res.recorder is not None:
                 res.recorder.stop()
                 res.recorder = None
+            if res.supervisor is not None:
+                res.supervisor.stop()
     _resources.clear()
 
 
@@ -150,6 +153,10 @@ def _resources(data_dir: str, registry_url: str) -> Resources:
         recorder, note = None, f"another process records ({exc}); this dashboard only reads"
         log.warning("recorder not started: %s", exc)
     res = Resources(settings=settings, source=DashboardSource(settings), recorder=recorder, recorder_note=note)
+    from tasks.local_queue import Supervisor
+
+    res.supervisor = Supervisor(settings)  # the dashboard outlives sweeps: it keeps their local workers going
+    res.supervisor.start()
     _LIVE.append(res)
     return res
 

@@ -990,6 +990,25 @@ class Registry:
                 self._refresh_for_runs(conn, ids)
         return ids
 
+    def mark_lost_runs(self, attempts: Mapping[str, int], reason: str, *, now: float | None = None) -> list[str]:
+        """These runs, at these attempts and still queued/running/lost, become `lost` with `reason`
+        (tasks.local_queue: a unit that killed its local worker again is not retried). Returns the
+        run ids changed; a run that finished or moved on to a newer attempt is left alone."""
+        changed: list[str] = []
+        unfinished = runs.c.status.in_(("queued", "running", "lost"))
+        with self.engine.begin() as conn:
+            for rid, att in attempts.items():
+                n = conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == rid, runs.c.attempt == att, unfinished)
+                    .values(status="lost", error=reason[:20_000], ended=now or time.time())
+                ).rowcount
+                if n:
+                    changed.append(rid)
+            if changed:
+                self._refresh_for_runs(conn, changed)
+        return changed
+
     def reset_for_rerun(self, run_ids: Sequence[str], *, sweep_id: str | None = None) -> dict[str, int]:
         """Queue runs again as a new attempt (attempt += 1). Returns run_id -> new attempt.
 

@@ -52,6 +52,7 @@ def run(sweep_id: str, settings: Any, *, executor: str = "local", rerun: bool = 
         device: str | None = None, poll_s: float = 0.5) -> dict[float, float | None]:
     """Drive an adaptive sweep to the end. Returns η_max per γ."""
     from storage.registry import Registry
+    from tasks import local_queue
     from tasks.api import _driver_file, queue_cells
     from tasks.spec import SweepSpec, grid_size_error
 
@@ -81,10 +82,15 @@ def run(sweep_id: str, settings: Any, *, executor: str = "local", rerun: bool = 
         queue_cells(settings, sweep_id, cells, executor=executor, rerun=rerun, device=device)
         ids = {c.run_id: c for c in cells}
         with Registry(settings.registry_url) as reg:
+            checked = time.monotonic()
             while not stop_file.exists():
                 rows = reg.get_runs(list(ids))
                 if all(r["status"] in TERMINAL for r in rows):
                     break
+                if executor == "local" and time.monotonic() - checked > 2.0:  # a killed worker's unit
+                    checked = time.monotonic()
+                    for line in local_queue.supervise(settings).lines():
+                        log.warning("%s", line)
                 time.sleep(poll_s)
         for r in rows:
             cell_div = tried[r["gamma"]].get(r["eta"], False)

@@ -3,6 +3,7 @@
     queue/pending/<order>-<unit_id>.json     waiting (written to a temp name, then renamed in)
     queue/claimed/<unit_id>.<pid>.json       being trained by worker <pid>
     queue/workers/<pid>                      one file per live worker process
+    queue/.lock                              flock: counting and starting workers, recovering dead ones
 
 Files, not a multiprocessing pool, so that workers outlive the command that submitted the work (the
 CLI returns at once; the dashboard may restart) and so that several submitting processes share one
@@ -10,20 +11,43 @@ queue. os.rename within one folder is atomic on POSIX: exactly one worker wins a
 
 The executor starts workers with `subprocess.Popen([sys.executable, "-m", "tasks.local_worker"])`:
 a multiprocessing spawn pool re-imports `__main__`, which under `streamlit run` is the page script.
+
+Supervision (`supervise`): a worker killed (kill -9, the OOM killer) leaves its claimed file behind
+and, when it was the only one, pending units nobody trains. Whoever is around supervises, under the
+lock: `sweep --wait` (every poll), the dashboard (a thread), `status` and `rerun`, each submit
+(ensure_workers), the adaptive driver and every live worker before it claims. A dead worker's unit
+goes back to the front of the queue as a NEW attempt of its unfinished runs (points are keyed by
+(run, attempt, seq) and a re-execution restarts seq at 0), unless that unit had already killed a
+worker (MAX_WORKER_DEATHS): then its runs are marked `lost` with the reason, so a unit that kills its
+worker cannot loop for ever. Then workers are started until min(GAMMA_LAB_WORKERS, work) are alive.
+The count holds under concurrent launches: counting and starting happen under the lock, a started
+worker has registered before the lock is released, and an exiting worker holds the lock until its
+process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.planner import WorkUnit
+from tasks.planner import WorkUnit, _unit_id
+
+log = logging.getLogger("gamma_lab.local_queue")
+MAX_WORKER_DEATHS = 2  # a unit whose worker died this many times is not retried: its runs are lost
+FRONT = f"{0:020d}"  # the order prefix of a requeued unit: it was started before anything pending
+UNFINISHED = ("queued", "running", "lost")
+LOCK_TIMEOUT_S = 60.0  # a process stuck holding the queue lock must not hang every launch for ever
 
 
 def queue_dir(settings: Any) -> Path:
@@ -38,15 +62,18 @@ def _dirs(settings: Any) -> tuple[Path, Path, Path]:
     return dirs
 
 
+def _write_pending(pending: Path, name: str, text: str) -> None:
+    tmp = pending / f".{name}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, pending / name)  # atomic: a worker never sees half a file
+
+
 def enqueue(settings: Any, units: Iterable[WorkUnit]) -> int:
     pending, _, _ = _dirs(settings)
     n = 0
     for unit in units:
         # nanosecond time prefix: first submitted, first claimed
-        name = f"{time.time_ns():020d}-{unit.unit_id}.json"
-        tmp = pending / f".{name}.tmp"
-        tmp.write_text(unit.to_json())
-        os.replace(tmp, pending / name)  # atomic: a worker never sees half a file
+        _write_pending(pending, f"{time.time_ns():020d}-{unit.unit_id}.json", unit.to_json())
         n += 1
     return n
 
@@ -90,16 +117,28 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _is_worker(pid: int) -> bool:
+    """Alive and a local worker: a dead worker's pid reused by another program must not look alive
+    (its claim would never be recovered). Without /proc, being alive has to do."""
+    if not _alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"tasks.local_worker" in fh.read()
+    except OSError:
+        return True
+
+
 def live_workers(settings: Any) -> list[int]:
     """PIDs of worker processes alive now; stale registrations (killed workers) are removed."""
-    _, claimed, workers = _dirs(settings)
+    _, _, workers = _dirs(settings)
     alive = []
     for f in workers.iterdir():
         try:
             pid = int(f.name)
         except ValueError:
             continue
-        if _alive(pid):
+        if _is_worker(pid):
             alive.append(pid)
         else:
             release(f)
@@ -111,19 +150,6 @@ def register(settings: Any) -> Path:
     path = workers / str(os.getpid())
     path.touch()
     return path
-
-
-def drop_stale_claims(settings: Any) -> list[str]:
-    """Claimed files of dead workers: their runs go `lost` via the heartbeat timeout; `rerun` requeues
-    them. Removed here (not requeued: a unit that kills its worker would otherwise loop forever)."""
-    _, claimed, _ = _dirs(settings)
-    dropped = []
-    for f in claimed.iterdir():
-        parts = f.name.split(".")
-        if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
-            release(f)
-            dropped.append(parts[0])
-    return dropped
 
 
 def remove_pending(settings: Any, run_ids: set[str]) -> int:
@@ -141,34 +167,335 @@ def remove_pending(settings: Any, run_ids: set[str]) -> int:
     return n
 
 
-def ensure_workers(settings: Any, *, n: int | None = None, env: dict[str, str] | None = None) -> list[int]:
-    """Start workers until min(n, pending units) are alive. Returns the PIDs started now.
+# ----------------------------------------------------------------------------- the lock
 
-    Units are written before this looks at the workers, and a worker re-checks the queue after
-    deregistering: between the two, no unit is ever left without a worker.
-    """
-    n = n or settings.workers
+
+class QueueBusy(TimeoutError):
+    """The queue lock stayed held too long (a process stuck while holding it)."""
+
+
+class QueueLock:
+    """An exclusive flock on queue/.lock (between processes, and between threads of one process: each
+    acquire opens its own file description). `keep_until_exit()` leaves it held until this process
+    ends: an exiting worker is still a process, and no one may count it gone and start another."""
+
+    _kept: list[int] = []  # noqa: RUF012 - descriptors held until exit, on purpose
+
+    def __init__(self, settings: Any, timeout_s: float = LOCK_TIMEOUT_S):
+        self.path = queue_dir(settings) / ".lock"
+        self.timeout_s = timeout_s
+        self.fd: int | None = None
+
+    def __enter__(self) -> QueueLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise QueueBusy(
+                            f"the local queue's lock {self.path} has been held for {self.timeout_s:.0f} s"
+                        ) from None
+                    time.sleep(0.02)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+    def keep_until_exit(self) -> None:
+        if self.fd is not None:
+            QueueLock._kept.append(self.fd)
+            self.fd = None
+
+
+# ----------------------------------------------------------------------------- supervision
+
+
+@dataclass
+class Recovery:
+    """What became of a dead worker's unit."""
+
+    pid: int
+    unit_id: str
+    sweep_id: str | None
+    runs: int  # unfinished runs it held
+    outcome: str  # "requeued" | "lost" | "finished" (nothing left to train) | "unreadable"
+    reason: str = ""
+
+
+@dataclass
+class Supervision:
+    recovered: list[Recovery] = field(default_factory=list)
+    deferred: int = 0  # dead workers whose last events the recorder has not stored yet
+    started: list[int] = field(default_factory=list)  # worker pids started now
+    live: int = 0  # workers alive after this pass
+    waiting_runs: int = 0  # runs in pending units before workers were started, when none was alive
+    pending_runs: int = 0  # runs in pending units after this pass, when still no worker is alive
+    error: str | None = None  # why supervision could not run (a read-only data folder, say)
+    log_path: Path | None = None
+
+    def lines(self) -> list[str]:
+        """One line per thing a user should know (empty when all is well)."""
+        out = []
+        for r in self.recovered:
+            sweep = f" of sweep {r.sweep_id}" if r.sweep_id else ""
+            if r.outcome == "requeued":
+                out.append(
+                    f"local worker pid {r.pid} died while training {r.runs} run(s){sweep}: "
+                    "queued again as a new attempt"
+                )
+            elif r.outcome == "lost":
+                out.append(f"local worker pid {r.pid} died again while training {r.runs} run(s){sweep}: {r.reason}")
+        if self.waiting_runs and self.live:
+            pids = ", ".join(map(str, self.started))
+            out.append(
+                f"{self.waiting_runs} run(s) queued, no local worker alive: started {len(self.started)} (pid {pids})"
+            )
+        if self.live == 0 and self.pending_runs:
+            if self.error:
+                why = f"cannot start one ({self.error})"
+            elif self.started:
+                why = f"the worker started for them exited at once (see {self.log_path})"
+            else:
+                why = f"none could be started (see {self.log_path})"
+            out.append(f"{self.pending_runs} run(s) queued, no local worker alive: {why}")
+        return out
+
+
+def _dead_claims(settings: Any) -> list[tuple[Path, int]]:
+    claimed = queue_dir(settings) / "claimed"
+    if not claimed.is_dir():
+        return []
+    out = []
+    for f in sorted(claimed.iterdir()):
+        parts = f.name.split(".")
+        if len(parts) == 3 and parts[2] == "json" and parts[1].isdigit() and not _is_worker(int(parts[1])):
+            out.append((f, int(parts[1])))
+    return out
+
+
+def _last_words_pending(settings: Any, pid: int) -> bool:
+    """The dead worker's events still wait in the spool for a recorder that is running: decide once
+    they are stored (a run it finished is then `done`, not retrained or marked lost, and a late
+    heartbeat cannot revive a run marked lost). Not waited for when nobody records, nor after
+    lost_after_s (a recorder that does not progress)."""
+    if getattr(settings, "broker_url", None):
+        return False  # Redis stream: cannot be looked into cheaply; the attempt guard still holds
+    spool = Path(settings.spool_dir)
+    try:
+        with os.scandir(spool) as it:
+            mine = [e.name for e in it if e.name.endswith(".evt") and f"-{pid}-" in e.name]
+    except OSError:
+        return False
+    if not mine:
+        return False
+    try:
+        newest_s = max(int(n.split("-", 1)[0]) for n in mine) / 1e9
+    except ValueError:
+        return False
+    if time.time() - newest_s > float(getattr(settings, "lost_after_s", 120)):
+        return False
+    from storage.recorder import pid_alive, read_owner
+
+    owner = read_owner(settings)
+    return owner.pid is not None and pid_alive(owner.pid)
+
+
+def _recover_one(settings: Any, path: Path, pid: int) -> Recovery:
+    """Requeue (a new attempt) or mark lost the unfinished runs of a dead worker's unit; the caller
+    holds the lock. The new pending file is written before the claim is removed."""
+    from storage.registry import Registry
+
+    try:
+        text = path.read_text()
+        unit = WorkUnit.from_json(text)
+        deaths = list(json.loads(text).get("deaths") or [])
+    except (OSError, ValueError) as exc:
+        release(path)
+        log.error("dropped the unreadable unit %s of dead worker %d: %s", path.name, pid, exc)
+        return Recovery(pid, path.name.split(".")[0], None, 0, "unreadable", str(exc))
+    deaths.append({"pid": pid, "time": time.time()})
+    planned = dict(zip(unit.run_ids, unit.attempts, strict=True))
+    with Registry(settings.registry_url) as reg:
+        rows = reg.get_runs(unit.run_ids)
+        left = [r["run_id"] for r in rows if r["attempt"] == planned[r["run_id"]] and r["status"] in UNFINISHED]
+        if not left:
+            release(path)
+            return Recovery(pid, unit.unit_id, unit.sweep_id, 0, "finished")
+        if len(deaths) >= MAX_WORKER_DEATHS:
+            again = f"`gamma-lab rerun {unit.sweep_id}`" if unit.sweep_id else "`gamma-lab rerun RUN`"
+            pids = ", ".join(str(d.get("pid")) for d in deaths)
+            reason = (
+                f"its local worker died {len(deaths)} times while training it (pids {pids}: killed, or out of "
+                f"memory?); not retried again: {again} trains it again"
+            )
+            reg.mark_lost_runs({rid: planned[rid] for rid in left}, reason)
+            release(path)
+            log.error("unit %s: %s", unit.unit_id, reason)
+            return Recovery(pid, unit.unit_id, unit.sweep_id, len(left), "lost", f"marked lost ({again} tries again)")
+        new = reg.reset_for_rerun(left)  # the sweeps that launched this attempt keep it
+    configs = [c for c in unit.configs if c.run_id in new]
+    attempts = [new[c.run_id] for c in configs]
+    retry = WorkUnit(_unit_id(configs, attempts), configs, attempts, unit.device, unit.sweep_id)
+    body = json.loads(retry.to_json())
+    body["deaths"] = deaths
+    pending = queue_dir(settings) / "pending"
+    _write_pending(pending, f"{FRONT}-{retry.unit_id}.json", json.dumps(body, sort_keys=True))
+    release(path)
+    log.warning(
+        "worker %d died training unit %s: %d run(s) queued again as unit %s",
+        pid,
+        unit.unit_id,
+        len(configs),
+        retry.unit_id,
+    )
+    return Recovery(pid, unit.unit_id, unit.sweep_id, len(configs), "requeued")
+
+
+def _pending_runs(settings: Any) -> int:
+    n = 0
+    for p in pending_units(settings):
+        try:
+            n += len(json.loads(p.read_text()).get("configs") or [])
+        except (OSError, ValueError):
+            continue
+    return n
+
+
+def _start_workers_locked(settings: Any, n: int, env: dict[str, str] | None) -> list[int]:
+    """Start workers until min(n, pending units) are alive; the caller holds the lock. Returns the
+    pids started."""
     alive = live_workers(settings)
     want = min(n, len(pending_units(settings)) + len(alive))
     procs: list[subprocess.Popen[bytes]] = []
     threads = max(1, (os.cpu_count() or 1) // max(n, 1))  # split the cores across the workers
     child_env = dict(os.environ if env is None else env)
     child_env["GAMMA_LAB_DATA"] = str(settings.data_dir)
+    child_env["GAMMA_LAB_WORKERS"] = str(n)  # the count a worker keeps when it looks for more work
     child_env.setdefault("GAMMA_LAB_TORCH_THREADS", str(threads))
     log_path = queue_dir(settings) / "workers.log"
     for _ in range(max(0, want - len(alive))):
-        with open(log_path, "ab") as log:
+        with open(log_path, "ab") as logfile:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tasks.local_worker"],
-                env=child_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=child_env,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives the submitting command and its Ctrl-C
             )
         procs.append(proc)
-    # wait until each registered (or already exited), so a second call right away does not start more
+    # wait until each registered (or already exited), so that the next count, once the lock is
+    # released, sees it
     deadline = time.time() + 30
-    while time.time() < deadline:
+    while procs and time.time() < deadline:
         live = set(live_workers(settings))
         if all(p.poll() is not None or p.pid in live for p in procs):
             break
         time.sleep(0.05)
     return [p.pid for p in procs]
+
+
+def _supervise_locked(settings: Any, result: Supervision, *, start: bool, n: int, env: dict[str, str] | None) -> None:
+    for path, pid in _dead_claims(settings):
+        if _last_words_pending(settings, pid):
+            result.deferred += 1
+            continue
+        result.recovered.append(_recover_one(settings, path, pid))
+    if start:
+        if not live_workers(settings):
+            result.waiting_runs = _pending_runs(settings)
+        result.started = _start_workers_locked(settings, n, env)
+    result.live = len(live_workers(settings))
+    if result.live == 0:
+        result.pending_runs = _pending_runs(settings)
+
+
+def supervise(
+    settings: Any, *, start: bool = True, n: int | None = None, env: dict[str, str] | None = None
+) -> Supervision:
+    """Recover dead workers' units, then (`start`) start workers for the work waiting. Never raises
+    for a folder it cannot write or a registry it cannot reach: `Supervision.error` says why."""
+    result = Supervision(log_path=queue_dir(settings) / "workers.log")
+    if not queue_dir(settings).is_dir():
+        return result  # never used: nothing to supervise (and nothing is created)
+    n = n or settings.workers
+    try:
+        with QueueLock(settings):
+            _supervise_locked(settings, result, start=start, n=n, env=env)
+    except Exception as exc:  # noqa: BLE001 - supervision is best effort; the caller shows the reason
+        result.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
+        log.debug("cannot supervise the local workers: %s", result.error)
+        with contextlib.suppress(OSError):
+            result.live = len(live_workers(settings))
+            result.pending_runs = _pending_runs(settings) if result.live == 0 else 0
+    return result
+
+
+def ensure_workers(settings: Any, *, n: int | None = None, env: dict[str, str] | None = None) -> list[int]:
+    """Recover dead workers' units and start workers until min(n, pending units) are alive. Returns
+    the PIDs started now.
+
+    Units are written before this looks at the workers, and a worker re-checks the queue under the
+    lock before it exits: between the two, no unit is ever left without a worker.
+    """
+    n = n or settings.workers
+    result = Supervision()
+    try:
+        with QueueLock(settings):  # other errors reach the submitter
+            _supervise_locked(settings, result, start=True, n=n, env=env)
+    except QueueBusy as exc:  # the units are queued: the next supervision pass starts their worker
+        log.warning("%s; workers were not started now", exc)
+    return result.started
+
+
+class Supervisor(threading.Thread):
+    """`supervise` every `interval` seconds in a daemon thread (the dashboard runs one)."""
+
+    def __init__(self, settings: Any, interval: float | None = None):
+        super().__init__(name="gamma-lab-supervisor", daemon=True)
+        self.settings = settings
+        self.interval = interval or max(1.0, float(getattr(settings, "heartbeat_s", 10)))
+        self.stop_event = threading.Event()
+        self.last: Supervision | None = None
+        self.said: set[str] = set()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self.last = supervise(self.settings)
+            for line in self.last.lines():
+                if line not in self.said:  # a read-only folder says so once, not every few seconds
+                    self.said.add(line)
+                    log.warning("%s", line)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+@contextlib.contextmanager
+def worker_exit_check(settings: Any, registration: Path, n: int, *, keep: bool = True) -> Iterator[bool]:
+    """For a worker that found the queue empty: deregister under the lock and yield whether it should
+    stay (work arrived and fewer than `n` workers are alive: it registers again). When it goes, the
+    lock is kept until its process exits, so a launch cannot count it gone while it still runs."""
+    lock = QueueLock(settings)
+    lock.__enter__()
+    try:
+        release(registration)
+        stay = bool(pending_units(settings)) and len(live_workers(settings)) < n
+        if stay:
+            register(settings)
+        yield stay
+        if not stay and keep:
+            lock.keep_until_exit()
+    finally:
+        lock.__exit__()

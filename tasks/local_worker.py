@@ -7,6 +7,7 @@ spool bus, then exits. Started by tasks.local_queue.ensure_workers; safe to star
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from storage.bus import open_publisher
@@ -17,24 +18,32 @@ from tasks.worker import run_unit, set_torch_threads
 log = logging.getLogger("gamma_lab.local_worker")
 
 
-def serve(settings=None) -> int:  # type: ignore[no-untyped-def]
-    """Work until the queue is empty. Returns the number of units trained."""
+def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ignore[no-untyped-def]
+    """Work until the queue is empty. Returns the number of units trained.
+
+    Registers first (the launcher that started it waits for that under the queue lock); before each
+    claim it supervises (tasks.local_queue.supervise: recovers a dead sibling's unit, starts a
+    replacement); with the queue empty it leaves under the lock, or stays when work arrived meanwhile
+    and fewer than GAMMA_LAB_WORKERS workers are alive. `keep_lock_on_exit` (the worker process):
+    leaving keeps the lock until the process is gone, so the configured count holds."""
     settings = settings or load_settings()
+    registration = local_queue.register(settings)
     set_torch_threads(None)
     publisher = open_publisher(settings)
-    registration = local_queue.register(settings)
-    local_queue.drop_stale_claims(settings)
     done = 0
     try:
         while True:
+            for line in local_queue.supervise(settings).lines():
+                log.warning("%s", line)
             item = local_queue.claim(settings)
             if item is None:
-                # deregister first, then look once more: a unit enqueued in between is not orphaned
-                local_queue.release(registration)
-                if not local_queue.pending_units(settings):
-                    break
-                registration = local_queue.register(settings)
-                continue
+                with local_queue.worker_exit_check(
+                    settings, registration, settings.workers, keep=keep_lock_on_exit
+                ) as stay:
+                    pass
+                if stay:
+                    continue
+                break
             path, text = item
             try:
                 run_unit(text, settings, publisher)
@@ -53,8 +62,13 @@ def serve(settings=None) -> int:  # type: ignore[no-untyped-def]
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve()
-    return 0
+    serve(keep_lock_on_exit=True)
+    # Leave now: the queue lock is held until this process is gone (see serve), so interpreter
+    # teardown (torch's) must not keep every launch waiting.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

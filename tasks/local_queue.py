@@ -129,8 +129,9 @@ def _is_worker(pid: int) -> bool:
         return True
 
 
-def live_workers(settings: Any) -> list[int]:
-    """PIDs of worker processes alive now; stale registrations (killed workers) are removed."""
+def live_workers(settings: Any, *, prune: bool = True) -> list[int]:
+    """PIDs of worker processes alive now; stale registrations (killed workers) are removed unless
+    `prune` is False (a read-only folder)."""
     _, _, workers = _dirs(settings)
     alive = []
     for f in workers.iterdir():
@@ -140,7 +141,7 @@ def live_workers(settings: Any) -> list[int]:
             continue
         if _is_worker(pid):
             alive.append(pid)
-        else:
+        elif prune:
             release(f)
     return alive
 
@@ -411,7 +412,10 @@ def _supervise_locked(settings: Any, result: Supervision, *, start: bool, n: int
         if _last_words_pending(settings, pid):
             result.deferred += 1
             continue
-        result.recovered.append(_recover_one(settings, path, pid))
+        try:
+            result.recovered.append(_recover_one(settings, path, pid))
+        except Exception as exc:  # noqa: BLE001 - e.g. the registry is busy: the claim stays, the next pass retries
+            log.warning("could not recover the unit %s of dead worker %d: %s", path.name, pid, exc)
     if start:
         if not live_workers(settings):
             result.waiting_runs = _pending_runs(settings)
@@ -429,6 +433,12 @@ def supervise(
     result = Supervision(log_path=queue_dir(settings) / "workers.log")
     if not queue_dir(settings).is_dir():
         return result  # never used: nothing to supervise (and nothing is created)
+    if not os.access(queue_dir(settings), os.W_OK):  # a read-only data folder: look, write nothing
+        result.error = "the data folder is read-only"
+        with contextlib.suppress(OSError):
+            result.live = len(live_workers(settings, prune=False))
+            result.pending_runs = _pending_runs(settings) if result.live == 0 else 0
+        return result
     n = n or settings.workers
     try:
         with QueueLock(settings):

@@ -436,6 +436,7 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from storage.liveness import overdue_line
     from storage.registry import Registry, newer_line, newer_note
 
     settings = _settings()
@@ -454,6 +455,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                     f"{s['id']:<14}{s['name'][:23]:<24}{s['owner'][:11]:<12}{where[:13]:<14}{s['status']:<10}"
                     f"{s['n_runs']:>6}  {counts}"
                 )
+            for s in rows:  # running runs silent for a while: say so before they turn lost
+                if s["counts"].get("running") or (s.get("newer") or {}).get("running"):
+                    if line := overdue_line(reg.list_runs(s["id"]), settings):
+                        print(f"sweep {s['id']}: {line}")
             return 0
         sweep = reg.get_sweep(args.sweep)
         if sweep is None:
@@ -487,6 +492,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if sweep.get("newer"):
         print(newer_line(sweep["newer"]))
     print(_run_table(runs))
+    if line := overdue_line(runs, settings):  # running runs silent for a while: say so before they turn lost
+        print(line)
     return 0
 
 

@@ -8,15 +8,17 @@ recorded, the Celery messages of units still queued, and the message of the unit
   compares it with the batches the store ingested for (run, attempt) (`ingested_batches`) and records
   `failed`, naming the gap and `gamma-lab rerun SWEEP`, instead of `done`.
 - The recorder's consumer notices the stream is gone (NOGROUP, storage.bus.RedisConsumer), creates it
-  again and counts a reset; the recorder then calls `settle_lost_queue`: the `queued` runs of Celery
-  sweeps that no message in the broker names any more (queues and kombu's unacknowledged hash; each
-  task carries its run ids in the `gamma_lab_runs` header, tasks.executors) are recorded `failed` with
-  the reason and `gamma-lab rerun SWEEP`.
+  again and counts a reset; the recorder's `LostQueue` then notes the `queued` runs of Celery sweeps and,
+  a few seconds later (a submit under way finishes sending its messages), records `failed` with the
+  reason and `gamma-lab rerun SWEEP` those still queued that no message in the broker names (queues and
+  kombu's unacknowledged hash; each task carries its run ids in the `gamma_lab_runs` header,
+  tasks.executors).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from storage.registry import FinishedEvent, Registry
@@ -34,12 +36,52 @@ def ingested_batches(store: Any, run_id: str, attempt: int) -> int:
     return int(rows[0][0])
 
 
-def settle_lost_queue(registry: Registry, consumer: Any) -> list[str]:
-    """After the broker lost its stream: record `failed` (with the reason) for the queued runs of
-    Celery sweeps whose unit no broker message names. Returns their run ids.
+class LostQueue:
+    """Settles what a broker that lost its data took with it, without racing a submit.
 
-    A unit queued in the instant between storing its runs and sending its message could be named here
-    too; its worker's `finished` event still records the result when it trains it."""
+    The recorder calls `step(registry, consumer)` after every read. When the consumer's `stream_resets`
+    moved, the queued runs of Celery sweeps are noted; `GRACE_S` later, those still queued at the same
+    attempt whose unit no broker message names are recorded `failed` with the reason. The grace lets a
+    submit that had stored its runs but not yet sent their message finish sending it; meanwhile the
+    recorder records on (a unit a worker took in between shows running)."""
+
+    GRACE_S = 3.0
+
+    def __init__(self) -> None:
+        self.resets = 0
+        self.noted: dict[str, tuple[int, str]] | None = None  # run_id -> (attempt, sweep_id)
+        self.due = 0.0
+
+    def step(self, registry: Registry, consumer: Any) -> list[str]:
+        resets = getattr(consumer, "stream_resets", 0)
+        if resets != self.resets:
+            self.resets = resets
+            self.noted = queued_celery_runs(registry)
+            self.due = time.monotonic() + self.GRACE_S
+        if self.noted is None or time.monotonic() < self.due:
+            return []
+        noted, self.noted = self.noted, None
+        return settle_lost_queue(registry, consumer, noted) if noted else []
+
+
+def queued_celery_runs(registry: Registry) -> dict[str, tuple[int, str]]:
+    """run_id -> (attempt, sweep_id) of the queued runs of Celery sweeps."""
+    out: dict[str, tuple[int, str]] = {}
+    for sweep in registry.list_sweeps():
+        if sweep.get("executor") != "celery" or sweep.get("status") not in ("queued", "running"):
+            continue
+        for run in registry.list_runs(sweep["id"]):
+            if run["status"] == "queued":
+                out[run["run_id"]] = (int(run["attempt"]), sweep["id"])
+    return out
+
+
+def settle_lost_queue(registry: Registry, consumer: Any, noted: dict[str, tuple[int, str]]) -> list[str]:
+    """Record `failed` (with the reason) for the `noted` runs still queued at the same attempt whose
+    unit no broker message names. Returns their run ids.
+
+    A unit a worker took and finished between the note and now, before its events were recorded,
+    could be named here too; its `finished` event still records the result."""
     texts = getattr(consumer, "queued_task_texts", None)
     if texts is None:  # the spool: nothing is held elsewhere
         return []
@@ -48,27 +90,26 @@ def settle_lost_queue(registry: Registry, consumer: Any) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - the broker went away again: the next reset settles it
         log.warning("cannot read the broker's queues after it lost its stream: %s", exc)
         return []
+    now = {r["run_id"]: r for r in registry.get_runs(list(noted))}
     events, per_sweep = [], {}
-    for sweep in registry.list_sweeps():
-        if sweep.get("executor") != "celery" or sweep.get("status") not in ("queued", "running"):
+    for run_id, (attempt, sweep_id) in noted.items():
+        run = now.get(run_id)
+        if run is None or run["status"] != "queued" or int(run["attempt"]) != attempt or run_id in held:
             continue
-        for run in registry.list_runs(sweep["id"]):
-            if run["status"] != "queued" or run["run_id"] in held:
-                continue
-            per_sweep[sweep["id"]] = per_sweep.get(sweep["id"], 0) + 1
-            events.append(
-                FinishedEvent(
-                    run["run_id"],
-                    run["attempt"],
-                    "failed",
-                    error=(
-                        "the event broker restarted without persistence (or was flushed) and lost this run's "
-                        f"queued unit; run `gamma-lab rerun {sweep['id']}` to queue it again"
-                    ),
-                )
+        per_sweep[sweep_id] = per_sweep.get(sweep_id, 0) + 1
+        events.append(
+            FinishedEvent(
+                run_id,
+                attempt,
+                "failed",
+                error=(
+                    "the event broker restarted without persistence (or was flushed) and lost this run's "
+                    f"queued unit; run `gamma-lab rerun {sweep_id}` to queue it again"
+                ),
             )
+        )
     if events:
-        registry.apply_events(finished=list({e.run_id: e for e in events}.values()))
+        registry.apply_events(finished=events)
         log.warning(
             "the broker lost the queued units of %s: those runs are marked failed (`gamma-lab rerun SWEEP`)",
             ", ".join(f"{n} run(s) of sweep {sid}" for sid, n in sorted(per_sweep.items())),

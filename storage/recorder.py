@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from storage.broker_loss import ingested_batches, settle_lost_queue
+from storage.broker_loss import LostQueue, ingested_batches
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
 from storage.export import answer_request
 from storage.metric_store import MetricStore, PointsBatch, StoreLocked
@@ -200,8 +200,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._last_lost_check = 0.0
         self._sent_batches: dict[tuple[str, int], int] = {}  # (run, attempt) -> batches its finished event names
-        # a consumer that had to create the event stream (the broker lost it) counts it; settle_lost_queue
-        self._stream_resets = 0
+        self._lost_queue = LostQueue()  # queued units a broker restart without persistence took with it
         self.stats = {"events": 0, "points": 0, "rejected": 0, "batches": 0}
         self.last_error: str | None = None
         self.handed_over_to: int | None = None  # the dashboard's pid once this recorder yielded
@@ -352,10 +351,7 @@ class Recorder:
     def step(self, block_s: float | None = None) -> int:
         """Read one batch of events and record it; check for lost runs when caught up."""
         deliveries = self.consumer.read(self.max_events, self.poll_s if block_s is None else block_s)
-        resets = getattr(self.consumer, "stream_resets", 0)
-        if resets != self._stream_resets:  # the broker lost its data: settle the units it lost with it
-            self._stream_resets = resets
-            settle_lost_queue(self.registry, self.consumer)
+        self._lost_queue.step(self.registry, self.consumer)  # the broker lost its data: settle its lost units
         stored = self.process(deliveries) if deliveries else 0
         # only when caught up: a backlog of old heartbeats must not make live runs look dead
         if len(deliveries) < self.max_events:

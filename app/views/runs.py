@@ -8,6 +8,7 @@ import streamlit as st
 from app.logic.source import LIVE, filter_runs, newer_line, progress_line, with_progress
 from app.logic.view_state import Field
 from app.ui import csv_bytes, labeler, read_only_help, read_only_notice, resources, sync_url, url_state
+from storage.liveness import overdue_line
 
 P = "runs"
 STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
@@ -116,6 +117,8 @@ def runs_table() -> None:
         st.caption(newer_line((source.sweep(sweep_id) or {}).get("newer") or {}))
     if live and last is None:
         st.caption("Progress of running runs is unavailable: another process holds the metric store.")
+    if live and (late := overdue_line(source.registry.get_runs(live), settings)):  # silent before turning lost
+        st.warning(late, icon=":material/schedule:")
     st.dataframe(
         shown,
         hide_index=True,

@@ -181,3 +181,80 @@ def test_redis_restart_with_append_only_persistence_loses_nothing(lab: Path, red
     print(f"expected {expected} points per run; stored {stored}; duplicates {dups}")
     assert all(n == expected for n in stored.values()), stored
     assert dups == 0
+
+
+def test_status_names_overdue_runs_before_they_turn_lost(lab: Path, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    # A worker that stops answering (frozen here with SIGSTOP; a broker restart looks the same to the
+    # recorder): its runs stayed `running` and status said nothing until they turned lost.
+    redis = redis_factory(appendonly=False)
+    env = base_env(lab, GAMMA_LAB_BROKER_URL=redis.url, GAMMA_LAB_LOST_AFTER_S="60")
+    procs = [
+        spawn(env, ["recorder"], lab.parent / "recorder.log"),
+        spawn(env, ["worker", "--queue", "cpu", "--device", "cpu", "--concurrency", "1"], lab.parent / "worker.log"),
+    ]
+    worker = procs[1]
+    try:
+        spec = lab.parent / "overdue.toml"
+        spec.write_text(small_spec("overdue", etas=(0.01, 0.1), steps=STEPS, eval_points=EVAL_POINTS))
+        res = cli(env, "sweep", str(spec))
+        assert res.returncode == 0, res.stderr
+        sweep_id = res.stdout.split()[-1]
+        wait_for(lambda: any(r["status"] == "running" for r in registry_runs(lab)), 120, "the unit to train")
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            one = wait_for(
+                lambda: "2 run(s) overdue: no heartbeat for" in (out := cli(env, "status", sweep_id).stdout) and out,
+                60,
+                "status SWEEP to name the overdue runs",
+            )
+            print(one)
+            assert "marked lost after 60 s" in str(one), one
+            listing = cli(env, "status").stdout
+            print(listing)
+            assert f"sweep {sweep_id}: 2 run(s) overdue: no heartbeat for" in listing, listing
+            assert all(r["status"] == "running" for r in registry_runs(lab))  # overdue, not lost yet
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        runs = wait_for(
+            lambda: (rs := _settled(lab)) and all(r["status"] == "done" for r in rs) and rs, 120, "the unit to end"
+        )
+        assert "run(s) overdue" not in cli(env, "status", sweep_id).stdout
+    finally:
+        dups, per_run = _counts_after_stop(lab, procs)
+    stored = {r["run_id"]: per_run.get((r["run_id"], 0), 0) for r in runs}
+    print(f"expected {expected_points(STEPS, EVAL_POINTS)} per run; stored {stored}; duplicates {dups}")
+    assert all(n == expected_points(STEPS, EVAL_POINTS) for n in stored.values()), stored
+    assert dups == 0
+
+
+def test_runs_page_names_overdue_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Runs page (AppTest: the real page and its resources) for a run whose worker went silent 60 s
+    # ago (heartbeats every 10 s): a warning with the count and the seconds before it turns lost; a run
+    # with a fresh heartbeat is not counted.
+    from streamlit.testing.v1 import AppTest
+
+    from engine.config import ModelConfig, RunConfig
+    from storage.settings import load_settings
+
+    for k in [k for k in os.environ if k.startswith("GAMMA_LAB_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("GAMMA_LAB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("GAMMA_LAB_HEARTBEAT_S", "10")
+    monkeypatch.setenv("GAMMA_LAB_LOST_AFTER_S", "600")
+    settings = load_settings()
+    settings.ensure_dirs()
+    configs = [RunConfig(model=ModelConfig(width=8, depth=3), gamma=1.0, eta=e, seed=0) for e in (0.01, 0.1)]
+    with Registry(settings.registry_url) as reg:
+        sweep_id = reg.create_sweep("page", "t", {"train": {"steps": 100}})
+        reg.add_runs(sweep_id, configs)
+        silent, fresh = (c.run_id for c in configs)
+        reg.mark_running(silent, 0, "w", now=time.time() - 60)
+        reg.mark_running(fresh, 0, "w")
+    main = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+    at = AppTest.from_file(main, default_timeout=60)
+    at.switch_page("views/runs.py").run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning if "overdue" in w.value]
+    print(warnings)
+    assert len(warnings) == 1 and warnings[0].startswith("1 run(s) overdue: no heartbeat for "), warnings
+    assert "marked lost after 600 s" in warnings[0]

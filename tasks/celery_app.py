@@ -64,6 +64,29 @@ def configure(broker_url: str | None = None) -> Celery:
     return app
 
 
+class _OneLineAckFailure(logging.Filter):
+    """Celery logs a failed late ack (the broker was down when a unit ended) with three chained
+    tracebacks. Keep its one line and say what happens next: the message stays in Redis (unless a
+    restart without persistence lost it) and is delivered again; tasks.worker then trains only the
+    runs that did not end, as a new attempt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith(("Couldn't ack", "Couldn't reject")):
+            record.exc_info = None
+            record.exc_text = None
+            record.msg = f"{record.msg} ({_ACK_HINT})"
+        return True
+
+
+_ACK_HINT = (
+    "the broker was unreachable: Redis delivers the unit again unless it lost its data; runs that ended are "
+    "not retrained"
+)
+
+
+logging.getLogger("celery.worker.request").addFilter(_OneLineAckFailure())
+
+
 def _broker_from_settings() -> str | None:
     try:
         from storage.settings import load_settings

@@ -258,3 +258,53 @@ def test_runs_page_names_overdue_runs(tmp_path: Path, monkeypatch: pytest.Monkey
     print(warnings)
     assert len(warnings) == 1 and warnings[0].startswith("1 run(s) overdue: no heartbeat for "), warnings
     assert "marked lost after 600 s" in warnings[0]
+
+
+def test_broker_down_longer_than_lost_after_ends_the_runs_then_rerun_completes(lab: Path, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    # Redis stays down past lost_after_s (5 s): the worker stops the unit in one line, the recorder --
+    # itself unable to read the bus -- still marks the silent runs lost within the documented time, and
+    # once Redis is back `gamma-lab rerun` trains them with no gap and no duplicate.
+    redis = redis_factory(appendonly=False)
+    env = base_env(lab, GAMMA_LAB_BROKER_URL=redis.url)
+    procs = [
+        spawn(env, ["recorder"], lab.parent / "recorder.log"),
+        spawn(env, ["worker", "--queue", "cpu", "--device", "cpu", "--concurrency", "1"], lab.parent / "worker.log"),
+    ]
+    try:
+        spec = lab.parent / "outage.toml"
+        spec.write_text(small_spec("outage", etas=(0.01, 0.1), steps=STEPS, eval_points=EVAL_POINTS))
+        res = cli(env, "sweep", str(spec))
+        assert res.returncode == 0, res.stderr
+        sweep_id = res.stdout.split()[-1]
+        wait_for(lambda: any(r["status"] == "running" for r in registry_runs(lab)), 120, "the unit to train")
+        time.sleep(1.0)
+        subprocess.run(["redis-cli", "-p", str(redis.port), "shutdown", "nosave"], capture_output=True, timeout=30)
+        redis.proc.wait(30)
+        # while the bus is down: lost within lost_after_s (+ a heartbeat period and the recorder's step)
+        lost = wait_for(
+            lambda: (rs := registry_runs(lab)) and all(r["status"] == "lost" for r in rs) and rs, 30, "runs lost"
+        )
+        assert all("no heartbeat for more than 5 s" in r["error"] for r in lost), lost
+        wait_for(lambda: "stopped" in (lab.parent / "worker.log").read_text(errors="replace"), 60, "the unit to stop")
+        redis.start()
+        runs = wait_for(lambda: _settled(lab), 120, "every run to end")
+        print("after the outage:", {r["run_id"]: (r["status"], r["attempt"]) for r in runs})
+        recorder_log, worker_log = _logs(lab)
+        assert "Traceback" not in recorder_log and "NOGROUP" not in recorder_log, recorder_log
+        assert recorder_log.count("recorder step failed") <= 3, recorder_log  # one line per distinct error
+        assert "recording again" in recorder_log, recorder_log
+        assert "Traceback" not in worker_log, worker_log
+        assert "broker unreachable for more than 5 s" in worker_log, worker_log
+        if not all(r["status"] == "done" for r in runs):  # (a redelivered unit retrains them by itself)
+            res = cli(env, "rerun", sweep_id)
+            assert res.returncode == 0, res.stderr
+            runs = wait_for(
+                lambda: (rs := _settled(lab)) and all(r["status"] == "done" for r in rs) and rs, 120, "the rerun"
+            )
+    finally:
+        dups, per_run = _counts_after_stop(lab, procs)
+    stored = {r["run_id"]: per_run.get((r["run_id"], r["attempt"]), 0) for r in runs}
+    print(f"expected {expected_points(STEPS, EVAL_POINTS)} per run; stored (new attempt) {stored}; duplicates {dups}")
+    assert all(r["attempt"] >= 1 for r in runs), runs
+    assert all(n == expected_points(STEPS, EVAL_POINTS) for n in stored.values()), stored
+    assert dups == 0

@@ -52,11 +52,16 @@ class LostQueue:
         self.noted: dict[str, tuple[int, str]] | None = None  # run_id -> (attempt, sweep_id)
         self.due = 0.0
 
+    @property
+    def pending(self) -> bool:
+        """Runs are noted and not settled yet (Recorder.drain waits for them: `gamma-lab status`)."""
+        return self.noted is not None
+
     def step(self, registry: Registry, consumer: Any) -> list[str]:
         resets = getattr(consumer, "stream_resets", 0)
         if resets != self.resets:
             self.resets = resets
-            self.noted = queued_celery_runs(registry)
+            self.noted = queued_celery_runs(registry) or None
             self.due = time.monotonic() + self.GRACE_S
         if self.noted is None or time.monotonic() < self.due:
             return []

@@ -365,7 +365,8 @@ class Recorder:
             n_before = self.stats["events"] + self.stats["rejected"]
             self.step(block_s=0.05)
             if self.stats["events"] + self.stats["rejected"] == n_before and self.consumer.pending_count() == 0:
-                return
+                if not self._lost_queue.pending:  # (units a broker restart took: settled a few seconds on)
+                    return
 
     # -- loops
 

@@ -308,3 +308,43 @@ def test_broker_down_longer_than_lost_after_ends_the_runs_then_rerun_completes(l
     assert all(r["attempt"] >= 1 for r in runs), runs
     assert all(n == expected_points(STEPS, EVAL_POINTS) for n in stored.values()), stored
     assert dups == 0
+
+
+def test_queued_units_lost_while_no_recorder_ran_end_failed_then_rerun(lab: Path, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    # Nothing records while Redis restarts without persistence (no recorder, no worker yet): the
+    # queued unit's message is gone, and the runs sat `queued` for ever. The next recorder -- here the
+    # one `gamma-lab status` opens to catch up -- finds no stream, notes the queued Celery runs and,
+    # their messages absent, records them failed with the reason; rerun then trains them.
+    redis = redis_factory(appendonly=False)
+    env = base_env(lab, GAMMA_LAB_BROKER_URL=redis.url)
+    spec = lab.parent / "queued.toml"
+    spec.write_text(small_spec("queued", etas=(0.01, 0.1), steps=200, eval_points=EVAL_POINTS))
+    res = cli(env, "sweep", str(spec))
+    assert res.returncode == 0, res.stderr
+    sweep_id = res.stdout.split()[-1]
+    subprocess.run(["redis-cli", "-p", str(redis.port), "shutdown", "nosave"], capture_output=True, timeout=30)
+    redis.proc.wait(30)
+    redis.start()
+    out = cli(env, "status", sweep_id)
+    print(out.stdout, out.stderr)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    runs = registry_runs(lab)
+    assert all(r["status"] == "failed" and "lost this run's queued unit" in r["error"] for r in runs), runs
+    assert all(f"gamma-lab rerun {sweep_id}" in r["error"] for r in runs), runs
+
+    procs = [
+        spawn(env, ["recorder"], lab.parent / "recorder.log"),
+        spawn(env, ["worker", "--queue", "cpu", "--device", "cpu", "--concurrency", "1"], lab.parent / "worker.log"),
+    ]
+    try:
+        res = cli(env, "rerun", sweep_id)
+        assert res.returncode == 0 and "2 run(s) queued again" in res.stderr, res.stderr
+        runs = wait_for(
+            lambda: (rs := _settled(lab)) and all(r["status"] == "done" for r in rs) and rs, 120, "the rerun"
+        )
+    finally:
+        dups, per_run = _counts_after_stop(lab, procs)
+    stored = {r["run_id"]: per_run.get((r["run_id"], 1), 0) for r in runs}
+    print(f"expected {expected_points(200, EVAL_POINTS)} per run; stored (attempt 1) {stored}; duplicates {dups}")
+    assert all(n == expected_points(200, EVAL_POINTS) for n in stored.values()), stored
+    assert dups == 0

@@ -29,7 +29,7 @@ def overdue_runs(runs: Iterable[Mapping[str, Any]], heartbeat_s: float, now: flo
 
 
 def overdue_line(runs: Iterable[Mapping[str, Any]], settings: Any, now: float | None = None) -> str | None:
-    """"N run(s) overdue: no heartbeat for X s; marked lost after Y s ...", or None when none is."""
+    """The line "N run(s) overdue: no heartbeat for X s; marked lost after Y s ...", or None when none is."""
     over = overdue_runs(runs, settings.heartbeat_s, now)
     if not over:
         return None

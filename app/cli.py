@@ -246,6 +246,8 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
     logging.getLogger("storage.recorder").setLevel(logging.INFO)  # "handed recording over to pid N"
     if recorder is None:
         recorder = start_if_free(settings)
+    full_since: float | None = None  # when this process's recorder found the data folder full
+    disk_full = None
     counts = api.sweep_progress(settings, sweep_id)
     bar = tqdm(total=max(sum(counts.values()), 1), file=sys.stderr, unit="run", desc=sweep_id, leave=True)
     watch = WorkerWatch(settings, lambda line: bar.write(line, file=sys.stderr))  # a killed local worker
@@ -259,6 +261,15 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
             bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
             if api.is_settled(settings, sweep_id) and total:
                 break
+            if recorder is not None and recorder.store_damaged is not None:
+                raise recorder.store_damaged  # one line (main); the events wait unacknowledged on the bus
+            if recorder is not None and recorder.disk_full is not None:
+                # its running runs are failed with the reason; queued ones fail in their worker: wait for
+                # that a little (the registry may be unable to write), then stop waiting with the line
+                disk_full = recorder.disk_full
+                full_since = full_since or time.monotonic()
+                if time.monotonic() - full_since > settings.lost_after_s + 5:
+                    break
             if recorder is not None and recorder.handed_over_to is not None:
                 recorder = None  # it yielded to a dashboard, whose recorder now updates the statuses
             if recorder is None:  # the recorder elsewhere may have stopped: take over if we can
@@ -271,10 +282,24 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
             recorder.stop()
     counts = api.sweep_progress(settings, sweep_id)
     bad = {k: v for k, v in counts.items() if v and k not in ("done", "diverged")}
+    why = _why_failed(settings, sweep_id) if bad else ""
     if bad:
-        _err(f"sweep {sweep_id} ended with " + ", ".join(f"{v} {k}" for k, v in bad.items()))
-        return EXIT_UNFINISHED
-    return 0
+        _err(f"sweep {sweep_id} ended with " + ", ".join(f"{v} {k}" for k, v in bad.items()) + why)
+    if disk_full is not None and str(disk_full) not in why:
+        _err(f"error: {disk_full}")
+    return EXIT_UNFINISHED if bad or disk_full is not None else 0
+
+
+def _why_failed(settings: Any, sweep_id: str) -> str:
+    """': <reason>' of the sweep's failed runs (the most common first line of their errors), or ''."""
+    from collections import Counter
+
+    from storage.registry import Registry
+
+    with Registry(settings.registry_url) as reg:
+        errors = [(r.get("error") or "").strip() for r in reg.list_runs(sweep_id, status="failed")]
+    first = Counter(e.splitlines()[0] for e in errors if e).most_common(1)
+    return f": {first[0][0]}" if first else ""
 
 
 # ----------------------------------------------------------------------------- worker / recorder
@@ -403,10 +428,11 @@ class WorkerWatch:
         return result
 
 
-def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
+def catch_up(settings: Any, timeout_s: float = 30.0, *, strict: bool = False) -> None:
     """Ingest the events waiting on the bus unless another process records (the dashboard, a
     `sweep --wait`). Without this, `status` and `export` after a plain `gamma-lab sweep` showed runs
-    `queued` long after their workers had finished: nobody had recorded their events yet."""
+    `queued` long after their workers had finished: nobody had recorded their events yet.
+    A damaged metric store or a full data folder is one warning line (`strict`: raised instead)."""
     if (reason := settings.read_only_reason()) is not None:  # nothing can be recorded: show what is stored
         _err(
             f"note: the data folder {settings.data_dir} is read-only ({reason}): showing what it holds; "
@@ -416,6 +442,7 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from storage.diskspace import DiskFull
     from storage.metric_store import StoreCorrupt
     from storage.recorder import Recorder, RecorderBusy
 
@@ -424,8 +451,10 @@ def catch_up(settings: Any, timeout_s: float = 30.0) -> None:
             recorder.drain(timeout_s=timeout_s)
     except RecorderBusy:
         pass
-    except StoreCorrupt as exc:  # the registry may still be fine: say so and show what it holds
-        _err(f"warning: {exc}", "warning: waiting events were not recorded; run statuses may be out of date")
+    except (StoreCorrupt, DiskFull) as exc:  # the registry may still be fine: say so and show what it holds
+        if strict:
+            raise
+        _err(f"warning: {exc} (waiting events stay on the bus, unrecorded: run statuses may be out of date)")
     except (RedisConnectionError, RedisTimeoutError) as exc:  # the broker is down: the registry still answers
         from tasks.api import redact_url
 
@@ -540,6 +569,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     WorkerWatch(settings).check()  # queued runs whose only worker was killed: rerun cannot take them, this can
     ids = api.rerun(settings, args.id, everything=args.all, device=args.device)
     _err(f"{len(ids)} run(s) queued again as a new attempt")
+    if ids and args.wait:  # the sweep (a run id: the sweep it joined last) until every run ended
+        with Registry(settings.registry_url) as reg:
+            sweep_id = args.id if reg.get_sweep(args.id) is not None else reg.sweeps_of_run(args.id)[0]
+        return _wait_interruptible(settings, [sweep_id], None)
     if not ids:
         with Registry(settings.registry_url) as reg:
             sweep = reg.get_sweep(args.id)
@@ -607,12 +640,18 @@ def series_frame(settings: Any, sweep_id: str) -> Any:
             export_points(settings, None, target, sweep_id=sweep_id)
         except ExportError as exc:
             raise UserError(f"export --series: {exc}") from None
+        except Exception as exc:  # a damaged block read for the first time: one line, not a DuckDB traceback
+            from storage.metric_store import StoreCorrupt, is_damage
+
+            if not is_damage(exc):
+                raise
+            raise StoreCorrupt.of(settings.metrics_path, exc) from None
         return pd.read_parquet(target)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     settings = _settings()
-    catch_up(settings)  # so the export is complete (skipped if another process records)
+    catch_up(settings, strict=True)  # so the export is complete (skipped if another process records)
     frame = series_frame(settings, args.sweep) if args.series else runs_frame(settings, args.sweep)
     out = args.out
     if args.format == "parquet" and not out:
@@ -722,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cpu or cuda[:N] (default: the device the sweep was launched on, hence its queue)",
     )
+    s.add_argument("--wait", action="store_true", help="show progress until every run of the sweep ended")
     s.set_defaults(fn=cmd_rerun)
 
     s = sub.add_parser("export", help="one row per run (or every point with --series)")
@@ -783,6 +823,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a file made read-only behind our back (the folder checks catch the rest first)
         import errno
 
+        from storage.diskspace import DiskFull, is_disk_full
+
+        if is_disk_full(exc):  # one line naming the folder and what to do, not an ENOSPC traceback
+            folder = os.environ.get("GAMMA_LAB_DATA") or "./data"
+            _err(f"error: {exc if isinstance(exc, DiskFull) else DiskFull(folder)}")
+            return EXIT_UNFINISHED
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
         _err(

@@ -23,6 +23,7 @@ Backends
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from storage.diskspace import DiskFull, below_low_water, is_disk_full
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -257,14 +259,23 @@ class SpoolPublisher(Publisher):
         self._names = _MonotonicNames()
 
     def publish_many(self, events: Sequence[Mapping[str, Any]]) -> None:
+        if below_low_water(self.spool_dir.parent):  # the last megabyte is for final states and log lines
+            raise DiskFull(self.spool_dir.parent)
         for ev in events:
             name = self._names.next()
             tmp = self.tmp_dir / name
-            with open(tmp, "wb") as fh:
-                fh.write(encode(ev))
-                fh.flush()
-                os.fsync(fh.fileno())  # the rename must not become visible before the bytes
-            os.replace(tmp, self.spool_dir / name)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(encode(ev))
+                    fh.flush()
+                    os.fsync(fh.fileno())  # the rename must not become visible before the bytes
+                os.replace(tmp, self.spool_dir / name)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()  # no half-written event left behind (and its blocks freed)
+                if is_disk_full(exc):  # one line for the caller to say, not an ENOSPC traceback per event
+                    raise DiskFull(self.spool_dir.parent) from None
+                raise
 
 
 class BrokerUnavailable(ConnectionError):

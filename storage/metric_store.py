@@ -16,6 +16,13 @@ Exactly-once: `ingested` holds the (run_key, attempt, seq) of every stored batch
 extended in the same transaction as the points insert, so a batch replayed after a crash (ingested and
 committed, but not yet acknowledged on the bus) is dropped, and one that was not committed is stored.
 
+Damage (issue 9): a cut or junk-filled file is refused at open with StoreCorrupt before DuckDB may
+write to it (DuckDB itself opened a file cut at 3/4 and wrote to it): the header's block count
+against the file size (microseconds), the blocks in use when the file is short, the small tables
+read in full (milliseconds), and every point read (3.5 s per 400 MB) only when the file changed
+since a read-write store last closed it cleanly (`<file>.verified`). A damaged block met later marks
+the store damaged (`<file>.damaged`): it closes without a checkpoint and is never written again.
+
 `summaries` keeps, per (run, attempt, metric), the count, last step/value, min and max (finite values
 only) with their steps, and the first non-finite step: heatmaps read this small table instead of
 scanning millions of points.
@@ -23,6 +30,8 @@ scanning millions of points.
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -85,13 +94,98 @@ class StoreCorrupt(RuntimeError):
     with an empty one: that would silently lose every stored curve."""
 
     @classmethod
-    def of(cls, path: Path, exc: Exception) -> StoreCorrupt:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    def of(cls, path: Path, exc: Exception | str) -> StoreCorrupt:
+        text = exc if isinstance(exc, str) else str(exc)
+        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         return cls(
             f"metrics file {path} cannot be opened ({reason}). Nothing was changed. Move it aside "
-            f"(mv {path} {path}.broken) to start an empty metric store — run statuses stay in the registry, "
-            "the stored curves are lost — or restore it from a backup"
+            f"(mv {path} {path}.broken, and its .wal if there is one) to start an empty metric store — run "
+            "statuses stay in the registry, the stored curves are lost — or restore it from a backup"
         )
+
+
+# The file layout of DuckDB's single-file storage (stable since 0.10): a 4 KiB main header ("DUCK" at
+# byte 8), then two 4 KiB database headers (the newer `iteration` is current), then the blocks. Each
+# database header: checksum, iteration, meta_block, free_list, block_count, block_alloc_size (u64 LE).
+_HEADER_BYTES = 3 * 4096
+_MAGIC_AT = 8
+
+
+def _identity(path: Path) -> list[int] | None:
+    """What a file is now (device, inode, size, mtime): a restored or moved-aside file differs."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def verified_note(path: Path) -> Path:
+    """The file's identity when a read-write store last closed it cleanly: an open that finds the same
+    file skips reading every point (see MetricStore._read_points)."""
+    return Path(str(path) + ".verified")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        note = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) else {}
+
+
+def damage_marker(path: Path) -> Path:
+    """Written when a store is found damaged: later opens refuse the same file at once, unwritten."""
+    return Path(str(path) + ".damaged")
+
+
+def check_file(path: Path) -> int | None:
+    """Cheap checks before DuckDB opens (or writes) the file: a damage marker for this very file, and
+    the header's block count against the file size. DuckDB itself opened a file cut at 3/4 without a
+    word when the blocks it read at open lay before the cut (then wrote to it). Microseconds, whatever
+    the file's size. Raises StoreCorrupt.
+
+    Returns None when the file holds every block its header counts, else how many whole blocks it
+    holds: a healthy file can be shorter (a checkpoint cuts free blocks off the end after writing the
+    header), so MetricStore then checks that no block in use lies past the end (_check_used_blocks)."""
+    marker = damage_marker(path)
+    if marker.exists():
+        note = _read_json(marker)
+        if note.get("identity") is not None and note.get("identity") == _identity(path):
+            raise StoreCorrupt.of(path, str(note.get("reason") or "found damaged before"))
+        marker.unlink(missing_ok=True)  # moved aside or restored since: that file is not this one
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return  # a fresh file DuckDB has not written yet
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreCorrupt.of(path, exc) from None
+    if head[_MAGIC_AT:_MAGIC_AT + 4] != b"DUCK":
+        raise StoreCorrupt.of(path, "not a DuckDB file: no DUCK magic in its header")
+    if len(head) < _HEADER_BYTES:
+        raise StoreCorrupt.of(path, f"truncated: {size} bytes, shorter than DuckDB's {_HEADER_BYTES}-byte header")
+    headers = [struct.unpack_from("<6Q", head, off) for off in (4096, 8192)]
+    _sum, _iteration, _meta, _free, blocks, block_size = max(headers, key=lambda h: h[1])
+    if not (4096 <= block_size <= 1 << 26 and block_size & (block_size - 1) == 0 and blocks < 1 << 40):
+        return  # a layout this check does not know: DuckDB's own reads decide
+    if size >= _HEADER_BYTES + blocks * block_size:
+        return None
+    return (size - _HEADER_BYTES) // block_size
+
+
+_DAMAGE_WORDS = ("corrupt", "checksum", "could not read enough bytes", "invalidated", "serialization error")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """A DuckDB error that means the file is damaged (not a bad query, not a full disk)."""
+    from storage.diskspace import is_disk_full
+
+    text = str(exc).lower()
+    return isinstance(exc, duckdb.Error) and not is_disk_full(exc) and any(w in text for w in _DAMAGE_WORDS)
 
 
 class StoreLocked(RuntimeError):
@@ -126,6 +220,8 @@ class MetricStore:
     def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path).resolve()
         self.read_only = read_only
+        self.damaged: StoreCorrupt | None = None  # set when a read or write found the file damaged
+        present = check_file(self.path)  # before DuckDB opens it: a damaged file is never written again
         try:
             self.conn = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
@@ -141,18 +237,108 @@ class MetricStore:
         self._reader_lock = threading.Lock()  # only guards making reader cursors (see cursor())
         self._reader_root: duckdb.DuckDBPyConnection | None = self.conn.cursor()
         self._keys: dict[str, int] = {}
-        try:  # a truncated file opens, then fails on its first read
-            if not read_only:
+        self._keys_stale = False
+        try:  # a damaged file may open, then fail on its first read: read the small tables first
+            if present is not None:
+                self._check_used_blocks(present)
+            self._read_small_tables()
+            if not read_only and _identity(self.path) != _read_json(verified_note(self.path)).get("identity"):
+                self._read_points()  # changed since a recorder last closed it: a crash, a cut, junk, a restore
+            if not read_only and not self._has_schema():  # DDL only on a new file: an open writes nothing
                 for ddl in _SCHEMA:
                     self.conn.execute(ddl)
                 self.conn.execute("INSERT OR IGNORE INTO store_meta VALUES ('version', ?)", [STORE_VERSION])
             self._load_keys()
+        except StoreCorrupt:
+            self._close_unwritten()
+            raise
         except duckdb.Error as exc:
-            self.conn.close()
+            self._close_unwritten()
             raise StoreCorrupt.of(self.path, exc) from None
         if not read_only:
             with _OPEN_LOCK:
                 _OPEN[self.path] = weakref.ref(self)
+
+    def _check_used_blocks(self, present: int) -> None:
+        """The file is shorter than its header says: every block the database uses (metadata, and each
+        table's segments) must lie within it, or it was cut. ~10 ms on a 5 MB store, ~0.5 s on 400 MB;
+        only taken when the file is short, i.e. after a checkpoint that shrank it, until the next."""
+        parts = ["SELECT block_id AS b FROM pragma_metadata_info()"]
+        for (table,) in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+            info = f"pragma_storage_info('{table}')"
+            parts += [f"SELECT block_id FROM {info}", f"SELECT unnest(additional_block_ids) FROM {info}"]
+        top = self.conn.execute(f"SELECT max(b) FROM ({' UNION ALL '.join(parts)})").fetchall()[0][0]
+        if top is not None and top >= present:
+            raise StoreCorrupt.of(
+                self.path, f"truncated: block {top} is in use, the file ends within block {present} "
+                f"({self.path.stat().st_size} bytes)")
+        # index blocks are not listed there: look every key up (inserting nothing, rolled back: unwritten)
+        tables = {r[0] for r in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        self.conn.execute("BEGIN TRANSACTION")
+        try:
+            for table in ("summaries", "store_meta"):
+                if table in tables:
+                    self.conn.execute(f"INSERT INTO {table} SELECT * FROM {table} ON CONFLICT DO NOTHING")
+            if "summaries" in tables:  # and a key past every stored one (where the next run's go)
+                self.conn.execute("INSERT INTO summaries SELECT coalesce(max(run_key), 0) + 1, 0, 'probe', 0, "
+                                  "NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM summaries")
+        finally:
+            self.conn.execute("ROLLBACK")
+
+    def _has_schema(self) -> bool:
+        names = {r[0] for r in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        return {"run_keys", "points", "ingested", "summaries", "store_meta"} <= names
+
+    def _read_small_tables(self) -> None:
+        """Read every row and column of the tables whose size follows runs and batches, not points
+        (run_keys, ingested, summaries, store_meta): milliseconds on a 400 MB file, and DuckDB checks
+        each block's checksum as it reads it. The points table is not scanned at open: 3.5 s per 400 MB
+        (54 M points) on a 2-core machine, paid by every `status`; a damaged points block is found at
+        the first read or write that touches it (then `damaged`, the marker, and no more writes)."""
+        tables = {r[0] for r in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        for table in ("run_keys", "ingested", "summaries", "store_meta"):
+            if table in tables:
+                self.conn.execute(f"SELECT * FROM {table}").fetchall()
+
+    def _read_points(self) -> None:
+        """Read every column of every point (DuckDB checks each block's checksum as it reads it): junk
+        in a points block is found here, at open, instead of by the first export that reads it. Only
+        when the file is not as the last clean close left it (verified_note): 3.5 s per 400 MB on two
+        cores, so not at every open of every `status`."""
+        if {"points"} <= {r[0] for r in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}:
+            self.conn.execute(
+                "SELECT count(*), sum(run_key), sum(attempt), sum(seq), sum(step), max(metric), sum(value) FROM points"
+            ).fetchall()
+
+    def _close_unwritten(self) -> None:
+        """Close without folding the WAL into a file found damaged (DuckDB checkpoints at close)."""
+        try:
+            self.conn.execute("PRAGMA disable_checkpoint_on_shutdown")
+        except duckdb.Error:
+            pass
+        try:
+            self.conn.close()
+        except duckdb.Error:
+            pass
+
+    def mark_damaged(self, exc: BaseException) -> StoreCorrupt:
+        """The file is damaged (found by a read or a write): remember it (`damaged`, and a marker file
+        that makes every later open refuse this same file at once), close without writing, and return
+        the StoreCorrupt to raise. Moving the file aside or restoring it clears the marker's effect."""
+        if self.damaged is None:
+            self.damaged = StoreCorrupt.of(self.path, exc if isinstance(exc, Exception) else str(exc))
+            try:
+                damage_marker(self.path).write_text(json.dumps(
+                    {"identity": _identity(self.path), "reason": str(exc).strip().splitlines()[0]}) + "\n")
+            except OSError:
+                pass
+            with _OPEN_LOCK:
+                ref = _OPEN.get(self.path)
+                if ref is not None and ref() is self:
+                    del _OPEN[self.path]
+            with self._write_lock:
+                self._close_unwritten()
+        return self.damaged
 
     def _load_keys(self) -> None:
         try:
@@ -163,17 +349,37 @@ class MetricStore:
 
     # -- lifecycle
 
-    def close(self) -> None:
+    def close(self, *, checkpoint: bool = True) -> None:
+        """`checkpoint=False`: leave the WAL as it is (a full disk: folding it in would write more; the
+        next open replays it)."""
         with _OPEN_LOCK:
             ref = _OPEN.get(self.path)
             if ref is not None and ref() is self:
                 del _OPEN[self.path]
         with self._reader_lock:
             if self._reader_root is not None:
-                self._reader_root.close()
+                try:
+                    self._reader_root.close()
+                except duckdb.Error:
+                    pass
                 self._reader_root = None
+        if self.damaged is not None:
+            return  # closed unwritten when it was found damaged
         with self._write_lock:
-            self.conn.close()
+            if not checkpoint:
+                self._close_unwritten()
+                return
+            try:
+                self.conn.close()
+                if not self.read_only:  # as this store leaves it: the next open need not read every point
+                    verified_note(self.path).write_text(json.dumps({"identity": _identity(self.path)}) + "\n")
+            except OSError:
+                pass  # no note: the next open reads every point once more
+            except duckdb.Error as exc:  # e.g. the checkpoint at close on a full disk: the WAL keeps it all
+                from storage.diskspace import is_disk_full
+
+                if not is_disk_full(exc):
+                    raise
 
     def __enter__(self) -> MetricStore:
         return self
@@ -241,8 +447,30 @@ class MetricStore:
             raise RuntimeError("MetricStore: opened read-only; only the recorder ingests")
         if not batches:
             return 0
+        if self.damaged is not None:
+            raise self.damaged
+        try:
+            return self._ingest(batches)
+        except duckdb.Error as exc:
+            raise self._classified(exc) from exc
+
+    def _classified(self, exc: duckdb.Error) -> Exception:
+        """A write's DuckDB error as what it means: DiskFull, StoreCorrupt (the store then closes
+        unwritten), or itself (a bad batch)."""
+        from storage.diskspace import DiskFull, is_disk_full
+
+        if is_disk_full(exc):
+            return DiskFull(self.path.parent)
+        if is_damage(exc):
+            return self.mark_damaged(exc)
+        return exc
+
+    def _ingest(self, batches: Sequence[PointsBatch]) -> int:
         with self._write_lock:
             conn = self.conn
+            if self._keys_stale:
+                self._load_keys()
+                self._keys_stale = False
             conn.execute("BEGIN TRANSACTION")
             try:
                 self._assign_keys(b.run_id for b in batches)
@@ -290,8 +518,11 @@ class MetricStore:
                         conn.unregister("marks")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
-                self._load_keys()  # keys assigned in the rolled-back transaction are gone
+                try:
+                    conn.execute("ROLLBACK")
+                    self._load_keys()  # keys assigned in the rolled-back transaction are gone
+                except duckdb.Error:  # a failed COMMIT ended the transaction (or the database): keep its error
+                    self._keys_stale = True  # reloaded before the next ingest, never reused as they are
                 raise
         return n
 
@@ -299,11 +530,18 @@ class MetricStore:
         """Fold the WAL into the file (called when a run ends)."""
         if self.read_only:
             return
+        if self.damaged is not None:
+            raise self.damaged
         with self._write_lock:
             try:
                 self.conn.execute("CHECKPOINT")
             except duckdb.TransactionException:
                 pass  # a reader's open transaction: the next run's end will checkpoint
+            except duckdb.Error as exc:
+                error = exc
+            else:
+                return
+        raise self._classified(error) from error
 
     # -- small reads
 

@@ -31,8 +31,9 @@ from typing import Any
 
 from storage.broker_loss import LostQueue, ingested_batches
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
+from storage.diskspace import DiskFull, below_low_water, ensure_reserve, has_room, is_disk_full, release_reserve
 from storage.export import answer_request
-from storage.metric_store import MetricStore, PointsBatch, StoreLocked
+from storage.metric_store import MetricStore, PointsBatch, StoreCorrupt, StoreLocked, check_file
 from storage.registry import FinishedEvent, HeartbeatEvent, Registry, StartedEvent
 from storage.settings import Settings, load_settings
 
@@ -166,6 +167,9 @@ class Recorder:
         self.settings = settings
         self.role = role
         settings.ensure_dirs()
+        # room for the final states when the disk fills (storage.diskspace): made here, or, on a disk
+        # already full, given up now so that the registry can open and record them
+        release_reserve(settings.data_dir) if below_low_water(settings.data_dir) else ensure_reserve(settings.data_dir)
         if role != "dashboard" and (asker := pending_request(settings)) is not None:
             # recording is being handed to that dashboard: taking the free lock now would ping-pong
             raise RecorderBusy(f"recording is being handed over to the dashboard (pid {asker})")
@@ -203,6 +207,9 @@ class Recorder:
         self._lost_queue = LostQueue()  # queued units a broker restart without persistence took with it
         self.stats = {"events": 0, "points": 0, "rejected": 0, "batches": 0}
         self.last_error: str | None = None
+        self.store_damaged: StoreCorrupt | None = None  # found damaged while recording: paused, see step
+        self.disk_full: DiskFull | None = None  # no space left in the data folder: paused, see step
+        self._store_closed = False
         self.handed_over_to: int | None = None  # the dashboard's pid once this recorder yielded
         self._closed = False
         self._close_lock = threading.Lock()
@@ -264,11 +271,15 @@ class Recorder:
         stored = 0
         try:
             stored = self.store.ingest([PointsBatch.from_event(d.event or {}) for d in points])
+        except (StoreCorrupt, DiskFull):  # the file or the disk, not the events: nothing is set aside
+            raise
         except Exception as exc:  # noqa: BLE001 - isolate the poison batch, keep the rest
             log.warning("batch ingest failed (%s); retrying event by event", exc)
             for d in points:
                 try:
                     stored += self.store.ingest([PointsBatch.from_event(d.event or {})])
+                except (StoreCorrupt, DiskFull):
+                    raise
                 except Exception as one:  # noqa: BLE001
                     self._reject(d, f"cannot store points: {type(one).__name__}: {one}")
                     kept.remove(d)
@@ -350,13 +361,95 @@ class Recorder:
 
     def step(self, block_s: float | None = None) -> int:
         """Read one batch of events and record it; check for lost runs when caught up."""
+        self._resume_if_possible()  # raises the pause's one-line error while the store cannot be written
         deliveries = self.consumer.read(self.max_events, self.poll_s if block_s is None else block_s)
         self._lost_queue.step(self.registry, self.consumer)  # the broker lost its data: settle its lost units
-        stored = self.process(deliveries) if deliveries else 0
+        stored = self._process_or_pause(deliveries) if deliveries else 0
         # only when caught up: a backlog of old heartbeats must not make live runs look dead
         if len(deliveries) < self.max_events:
             self._check_lost()
         return stored
+
+    # -- a damaged store or a full disk: pause (events stay unacknowledged), resume when fixed
+
+    def _process_or_pause(self, deliveries: Sequence[Delivery]) -> int:
+        if below_low_water(self.settings.data_dir):  # stop before the margin kept for the final states
+            self._pause_full(DiskFull(self.settings.data_dir))
+        try:
+            return self.process(deliveries)
+        except Exception as exc:
+            if isinstance(exc, StoreCorrupt) or self.store.damaged is not None:
+                self._pause_damaged(self.store.damaged or exc)
+            elif is_disk_full(exc):
+                self._pause_full(exc)
+            raise
+
+    def _pause_damaged(self, exc: Exception) -> None:
+        """The store was found damaged while recording: it is closed unwritten (MetricStore.mark_damaged)
+        and stays closed; nothing of this batch is acknowledged. Recording resumes once the file is
+        moved aside or restored (step -> _resume_if_possible)."""
+        err = exc if isinstance(exc, StoreCorrupt) else self.store.mark_damaged(exc)
+        if self.store_damaged is None:
+            log.error("%s", err)
+        self.store_damaged = err
+        raise err
+
+    def _pause_full(self, exc: Exception) -> None:
+        """No space left in the data folder: release the space reserve, record the running runs
+        `failed` with the reason (their workers cannot publish their own ends into the full folder),
+        close the store (DuckDB gives up on a database whose write failed) and keep every event
+        unacknowledged; step retries calmly and records again once there is room."""
+        release_reserve(self.settings.data_dir)
+        sweeps = self._fail_running(exc)  # first, into the room the reserve left
+        self.store.close(checkpoint=False)  # reopened from its file and WAL when there is room
+        self._store_closed = True
+        full = DiskFull(self.settings.data_dir, " / ".join(sweeps) if sweeps else "SWEEP")
+        if self.disk_full is None:
+            log.error("%s", full)
+        self.disk_full = full
+        raise full
+
+    def _fail_running(self, exc: Exception) -> list[str]:
+        """Running runs -> failed with the disk-full reason (attempt-guarded, like any finished event:
+        their own `done`, still waiting in the spool, wins if it arrives). Returns their sweep ids."""
+        by_sweep: dict[str, list[FinishedEvent]] = {}
+        try:
+            for sweep in self.registry.list_sweeps():
+                if not sweep["counts"].get("running"):
+                    continue
+                for run in self.registry.list_runs(sweep["id"], status="running"):
+                    by_sweep.setdefault(sweep["id"], []).append(FinishedEvent(run["run_id"], run["attempt"], "failed"))
+            events = []
+            for sweep_id, evs in by_sweep.items():
+                reason = str(DiskFull(self.settings.data_dir, sweep_id))
+                events += [replace(e, error=reason) for e in evs if e.run_id not in {x.run_id for x in events}]
+            if events:
+                self.registry.finish_many(events)
+        except Exception as reg_exc:  # noqa: BLE001 - the registry shares the full disk: lost, later
+            log.warning("cannot record the running runs failed either (%s)", str(reg_exc).strip().splitlines()[0])
+        return sorted(by_sweep)
+
+    def _resume_if_possible(self) -> None:
+        """While paused: cheap checks only (a stat, the free space), no write; reopen the store when
+        the damaged file was moved aside or restored, or when the disk has room again."""
+        if self.store_damaged is not None:
+            try:
+                check_file(self.settings.metrics_path)  # the same damaged file: its marker says so
+            except StoreCorrupt:
+                raise self.store_damaged from None
+            self.store = self._open_store(0.0)  # raises StoreCorrupt again if the new file is damaged too
+            log.warning("recording into %s again", self.settings.metrics_path)
+            self.store_damaged = None
+        if self.disk_full is not None:
+            if not has_room(self.settings.data_dir):
+                raise self.disk_full
+            ensure_reserve(self.settings.data_dir)
+        if self._store_closed:
+            self.store = self._open_store(0.0)
+            self._store_closed = False
+            if self.disk_full is not None:
+                log.warning("room again in %s: recording again", self.settings.data_dir)
+            self.disk_full = None
 
     def drain(self, timeout_s: float = 30.0) -> None:
         """Record until the bus is empty (tests, CLI `--once`)."""

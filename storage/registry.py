@@ -409,6 +409,8 @@ class Registry:
             _sqlite_pragmas(engine, read_only=self.read_only)
         if self.read_only:
             _refuse_writes(engine, url, postgres=not self.is_sqlite)
+        if self.is_sqlite:
+            _name_damage(engine, url)
         if schema is not None:
             if not self.read_only:
                 with engine.begin() as conn:
@@ -426,6 +428,8 @@ class Registry:
         self.engine: Engine = engine
         try:
             self._check_version() if self.read_only else self._migrate()
+            if self.is_sqlite:
+                _quick_check_once(engine, url)
         except sa.exc.DatabaseError as exc:  # OperationalError included
             self.close()
             raise _unreadable(url, exc) from None
@@ -1069,6 +1073,38 @@ def _unreadable(url: str, exc: Exception) -> RegistryUnreadable:
             )
         return RegistryUnreadable(f"registry: cannot open {path} ({reason})")
     return RegistryUnreadable(f"registry: cannot open {parsed.render_as_string(hide_password=True)} ({reason})")
+
+
+_CHECKED: set[tuple[int, int]] = set()  # (device, inode) of the SQLite files this process checked
+
+
+def _quick_check_once(engine: Engine, url: str) -> None:
+    """PRAGMA quick_check, once per file per process: every page's structure, so a cut or junk-filled
+    file is named at open by every command, not only by the ones whose query meets the damaged page
+    (~50 ms on a 10,000-run, 12 MB registry)."""
+    path = sqlite_path(url)
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        st = None
+    if st is None or (st.st_dev, st.st_ino) in _CHECKED:
+        return
+    with engine.connect() as conn:
+        rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check(1)").fetchall()]
+    if rows != ["ok"]:
+        raise _unreadable(url, RuntimeError(f"database disk image is malformed: {rows[0] if rows else '?'}"))
+    _CHECKED.add((st.st_dev, st.st_ino))
+
+
+def _name_damage(engine: Engine, url: str) -> None:
+    """A damaged page that a later query meets (the open read only the schema) raises RegistryUnreadable
+    naming the file and what to do, like a damage found at open, instead of a raw DatabaseError."""
+
+    @event.listens_for(engine, "handle_error")
+    def _damaged(ctx: Any) -> None:
+        text = str(ctx.original_exception).lower()
+        if any(w in text for w in ("not a database", "malformed", "corrupt")):
+            raise _unreadable(url, ctx.original_exception)
 
 
 def _sqlite_pragmas(engine: Engine, *, read_only: bool = False) -> None:

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.config import RunConfig
 from storage.bus import BrokerUnavailable
+from storage.diskspace import DiskFull, disk_full_message, release_reserve
 from tasks.cancel import CancelChecker
 from tasks.planner import WorkUnit
 
@@ -71,7 +72,7 @@ class _Heartbeat(threading.Thread):
             try:
                 self.publish({"type": "heartbeat", "run_ids": rids, "attempt": att, "worker": self.worker,
                               "time": time.time()})
-            except BrokerUnavailable:  # the publisher said so in one line; the next beat tries again
+            except (BrokerUnavailable, DiskFull):  # said in one line by the unit; the next beat tries again
                 pass
             except Exception:  # a bus hiccup must not kill training; the next beat retries
                 log.exception("heartbeat publish failed")
@@ -130,7 +131,44 @@ def run_unit(
 
     `device` overrides the unit's (a Celery worker pinned to a GPU runs on "cuda").
     `redelivered`: this unit already started once elsewhere (broker redelivery) — train new attempts.
+    A full data folder (the spool cannot take an event) stops the unit: see _stop_on_full_disk.
     """
+    try:
+        return _run_unit(unit_json, settings, publisher, device=device, redelivered=redelivered,
+                         flush_every=flush_every)
+    except DiskFull:
+        return _stop_on_full_disk(unit_json, settings)
+
+
+def _stop_on_full_disk(unit_json: str, settings: Any) -> list[dict[str, Any]]:
+    """The bus (the spool, in the full data folder) cannot take the unit's events, `failed` ones
+    included: release the space reserve (storage.diskspace), write `failed` with the reason straight
+    into the registry for the unit's runs still active, and say so in ONE log line (the worker goes
+    on with the next unit). Their points already published wait in the spool and are recorded once
+    there is room; `gamma-lab rerun SWEEP` trains them again as a new attempt."""
+    from storage.registry import FinishedEvent, Registry
+
+    unit = WorkUnit.from_json(unit_json)
+    release_reserve(settings.data_dir)
+    reason = disk_full_message(settings.data_dir, unit.sweep_id or "SWEEP")
+    planned = dict(zip(unit.run_ids, unit.attempts, strict=True))
+    try:
+        with Registry(settings.registry_url) as reg:
+            events = [FinishedEvent(r["run_id"], r["attempt"], "failed", error=reason)
+                      for r in reg.get_runs(unit.run_ids)
+                      if r["attempt"] >= planned[r["run_id"]] and r["status"] in ("queued", "running", "lost")]
+            applied = reg.finish_many(events) if events else []
+    except Exception as exc:  # noqa: BLE001 - the registry may be on the full disk too: one line, no traceback
+        log.error("unit %s stopped: %s (its runs could not be marked failed either: %s; they end lost once "
+                  "their heartbeats stop)", unit.unit_id, reason, str(exc).strip().splitlines()[0])
+        return []
+    log.error("unit %s stopped, %d run(s) marked failed: %s", unit.unit_id, len(applied), reason)
+    return [{"type": "finished", "run_id": e.run_id, "attempt": e.attempt, "status": "failed", "error": reason}
+            for e in events if e.run_id in applied]
+
+
+def _run_unit(unit_json: str, settings: Any, publisher: Any, *, device: str | None, redelivered: bool,
+              flush_every: int) -> list[dict[str, Any]]:
     from engine.trainer import train_ensemble
 
     publish = _publish_fn(publisher)
@@ -204,6 +242,8 @@ def run_unit(
                 status = "cancelled"
             finish(r.run_id, status, r.steps_done, r.diverged_step, dict(r.summary))
             beat.finish(r.run_id)
+    except DiskFull:  # run_unit says it in one line and records the runs failed
+        raise
     except BrokerUnavailable as exc:  # the bus is gone for longer than the publisher waits: say it in one line
         beat.stop()
         log.error("unit %s stopped: %s; the recorder marks its runs lost after %g s without a heartbeat "

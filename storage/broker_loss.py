@@ -9,8 +9,8 @@ recorded, the Celery messages of units still queued, and the message of the unit
   `failed`, naming the gap and `gamma-lab rerun SWEEP`, instead of `done`.
 - The recorder's consumer notices the stream is gone (NOGROUP, storage.bus.RedisConsumer), creates it
   again and counts a reset; the recorder's `LostQueue` then notes the `queued` runs of Celery sweeps and,
-  a few seconds later (a submit under way finishes sending its messages), records `failed` with the
-  reason and `gamma-lab rerun SWEEP` those still queued that no message in the broker names (queues and
+  a few seconds later (a submit under way finishes sending its messages), marks `lost`, with the reason
+  and `gamma-lab rerun SWEEP`, those still queued that no message in the broker names (queues and
   kombu's unacknowledged hash; each task carries its run ids in the `gamma_lab_runs` header,
   tasks.executors).
 """
@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from storage.registry import FinishedEvent, Registry
+from storage.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class LostQueue:
 
     The recorder calls `step(registry, consumer)` after every read. When the consumer's `stream_resets`
     moved, the queued runs of Celery sweeps are noted; `GRACE_S` later, those still queued at the same
-    attempt whose unit no broker message names are recorded `failed` with the reason. The grace lets a
+    attempt whose unit no broker message names are marked `lost` with the reason. The grace lets a
     submit that had stored its runs but not yet sent their message finish sending it; meanwhile the
     recorder records on (a unit a worker took in between shows running)."""
 
@@ -82,11 +82,11 @@ def queued_celery_runs(registry: Registry) -> dict[str, tuple[int, str]]:
 
 
 def settle_lost_queue(registry: Registry, consumer: Any, noted: dict[str, tuple[int, str]]) -> list[str]:
-    """Record `failed` (with the reason) for the `noted` runs still queued at the same attempt whose
-    unit no broker message names. Returns their run ids.
+    """Mark `lost` (with the reason) the `noted` runs still queued at the same attempt whose unit no
+    broker message names (Registry.mark_lost_runs). Returns their run ids.
 
-    A unit a worker took and finished between the note and now, before its events were recorded,
-    could be named here too; its `finished` event still records the result."""
+    A unit a worker took between the note and now, before its `started` event was recorded, could be
+    named here too; that event (lost -> running) and its `finished` one still record it."""
     texts = getattr(consumer, "queued_task_texts", None)
     if texts is None:  # the spool: nothing is held elsewhere
         return []
@@ -96,27 +96,22 @@ def settle_lost_queue(registry: Registry, consumer: Any, noted: dict[str, tuple[
         log.warning("cannot read the broker's queues after it lost its stream: %s", exc)
         return []
     now = {r["run_id"]: r for r in registry.get_runs(list(noted))}
-    events, per_sweep = [], {}
+    per_sweep: dict[str, dict[str, int]] = {}  # sweep -> {run_id: attempt}
     for run_id, (attempt, sweep_id) in noted.items():
         run = now.get(run_id)
         if run is None or run["status"] != "queued" or int(run["attempt"]) != attempt or run_id in held:
             continue
-        per_sweep[sweep_id] = per_sweep.get(sweep_id, 0) + 1
-        events.append(
-            FinishedEvent(
-                run_id,
-                attempt,
-                "failed",
-                error=(
-                    "the event broker restarted without persistence (or was flushed) and lost this run's "
-                    f"queued unit; run `gamma-lab rerun {sweep_id}` to queue it again"
-                ),
-            )
+        per_sweep.setdefault(sweep_id, {})[run_id] = attempt
+    lost: list[str] = []
+    for sweep_id, attempts in sorted(per_sweep.items()):
+        reason = (
+            "the event broker restarted without persistence (or was flushed) and lost this run's queued unit; "
+            f"run `gamma-lab rerun {sweep_id}` to queue it again"
         )
-    if events:
-        registry.apply_events(finished=events)
+        lost += registry.mark_lost_runs(attempts, reason)
+    if lost:
         log.warning(
-            "the broker lost the queued units of %s: those runs are marked failed (`gamma-lab rerun SWEEP`)",
-            ", ".join(f"{n} run(s) of sweep {sid}" for sid, n in sorted(per_sweep.items())),
+            "the broker lost the queued units of %s: those runs are marked lost (`gamma-lab rerun SWEEP`)",
+            ", ".join(f"{len(a)} run(s) of sweep {sid}" for sid, a in sorted(per_sweep.items())),
         )
-    return [e.run_id for e in events]
+    return lost

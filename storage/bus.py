@@ -489,7 +489,7 @@ class RedisConsumer:
             log.warning(
                 "the broker lost the event stream %s (restarted without persistence, or flushed): created it "
                 "again and recording goes on; events published before that and not yet recorded are gone "
-                "(runs missing points end failed: `gamma-lab rerun SWEEP`)",
+                "(runs missing points end failed, queued ones lost: `gamma-lab rerun SWEEP`)",
                 self.stream,
             )
         self._backlog = True

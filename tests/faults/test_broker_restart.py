@@ -8,7 +8,7 @@ recorder resumes.
 
 - Without persistence the broker loses the unrecorded events and both units' messages. The recorder
   creates its stream again (one line, no NOGROUP loop), the trained unit's runs end `failed` naming the
-  gap (never `done` with missing points), the queued unit's runs end `failed` naming the lost unit (never
+  gap (never `done` with missing points), the queued unit's runs end `lost` naming the lost unit (never
   `queued` for ever); `gamma-lab rerun SWEEP` then trains them with stored points == expected.
 - With append-only persistence (as docker/compose.yml runs Redis) nothing is lost: every run ends
   `done` with stored points == expected, no rerun.
@@ -134,8 +134,8 @@ def test_redis_restart_without_persistence_recovers_and_rerun_completes(lab: Pat
         done_before = set()
         for r in runs:
             sweep_id = sweep_a if r["run_id"] in in_a else sweep_b
-            if before[r["run_id"]] == "queued":  # Redis lost its message: failed with the reason, not queued
-                assert r["status"] == "failed" and "lost this run's queued unit" in r["error"], r
+            if before[r["run_id"]] == "queued":  # Redis lost its message: lost with the reason, not queued
+                assert r["status"] == "lost" and "lost this run's queued unit" in r["error"], r
                 assert f"gamma-lab rerun {sweep_id}" in r["error"], r["error"]
             elif before[r["run_id"]] == "running":  # trained across the restart: its unrecorded batches are gone
                 assert r["status"] in ("failed", "lost"), r  # lost: its `finished` event was lost too
@@ -310,11 +310,11 @@ def test_broker_down_longer_than_lost_after_ends_the_runs_then_rerun_completes(l
     assert dups == 0
 
 
-def test_queued_units_lost_while_no_recorder_ran_end_failed_then_rerun(lab: Path, redis_factory) -> None:  # type: ignore[no-untyped-def]
+def test_queued_units_lost_while_no_recorder_ran_end_lost_then_rerun(lab: Path, redis_factory) -> None:  # type: ignore[no-untyped-def]
     # Nothing records while Redis restarts without persistence (no recorder, no worker yet): the
     # queued unit's message is gone, and the runs sat `queued` for ever. The next recorder -- here the
     # one `gamma-lab status` opens to catch up -- finds no stream, notes the queued Celery runs and,
-    # their messages absent, records them failed with the reason; rerun then trains them.
+    # their messages absent, marks them lost with the reason; rerun then trains them.
     redis = redis_factory(appendonly=False)
     env = base_env(lab, GAMMA_LAB_BROKER_URL=redis.url)
     spec = lab.parent / "queued.toml"
@@ -329,7 +329,7 @@ def test_queued_units_lost_while_no_recorder_ran_end_failed_then_rerun(lab: Path
     print(out.stdout, out.stderr)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     runs = registry_runs(lab)
-    assert all(r["status"] == "failed" and "lost this run's queued unit" in r["error"] for r in runs), runs
+    assert all(r["status"] == "lost" and "lost this run's queued unit" in r["error"] for r in runs), runs
     assert all(f"gamma-lab rerun {sweep_id}" in r["error"] for r in runs), runs
 
     procs = [

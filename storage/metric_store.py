@@ -238,6 +238,7 @@ class MetricStore:
         self._reader_root: duckdb.DuckDBPyConnection | None = self.conn.cursor()
         self._keys: dict[str, int] = {}
         self._keys_stale = False
+        self._left_unwritten = False
         try:  # a damaged file may open, then fail on its first read: read the small tables first
             if present is not None:
                 self._check_used_blocks(present)
@@ -312,6 +313,7 @@ class MetricStore:
 
     def _close_unwritten(self) -> None:
         """Close without folding the WAL into a file found damaged (DuckDB checkpoints at close)."""
+        self._left_unwritten = True  # a later close() must not note the file as cleanly closed
         try:
             self.conn.execute("PRAGMA disable_checkpoint_on_shutdown")
         except duckdb.Error:
@@ -371,7 +373,7 @@ class MetricStore:
                 return
             try:
                 self.conn.close()
-                if not self.read_only:  # as this store leaves it: the next open need not read every point
+                if not self.read_only and not self._left_unwritten:  # as left: the next open need not read it all
                     verified_note(self.path).write_text(json.dumps({"identity": _identity(self.path)}) + "\n")
             except OSError:
                 pass  # no note: the next open reads every point once more

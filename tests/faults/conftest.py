@@ -76,7 +76,9 @@ def base_env(data: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def cli(env: dict[str, str], *args: str, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, timeout: float = 300, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `gamma-lab ARGS` as a user would (a real process); never raises on a non-zero exit."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
@@ -92,8 +94,12 @@ def spawn(env: dict[str, str], args: list[str], log: Path) -> subprocess.Popen[b
     """Start a long-lived `gamma-lab ARGS` (a worker, a recorder, a `sweep --wait`) logging to `log`."""
     out = open(log, "ab")  # noqa: SIM115 - handed to the child, closed with the test
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
@@ -197,8 +203,19 @@ class RedisProc:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [self.exe or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", str(self.folder), "--appendonly", "yes" if self.appendonly else "no"]
+        args = [
+            self.exe or "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.folder),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+        ]
         if self.appendonly:
             args += ["--appendfsync", "always"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -213,12 +230,8 @@ class RedisProc:
     def shutdown_nosave(self) -> None:
         """What `redis-cli shutdown nosave` does: the server exits without writing an RDB file (the
         append-only file, when on, already holds every write)."""
-        import redis
-
-        client = redis.Redis(port=self.port)
-        with contextlib.suppress(redis.ConnectionError):
-            client.shutdown(nosave=True)
-        client.close()
+        # redis-cli, not redis-py: the client library retries a SHUTDOWN whose reply never comes
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True, timeout=20)
         if self.proc is not None:
             self.proc.wait(20)
             self.proc = None
@@ -273,8 +286,9 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     def make(size: str) -> Path:
         target = tmp_path / f"tmpfs-{len(mounted)}"
         target.mkdir()
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)], capture_output=True, text=True
+        )
         if res.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode}); needs root")
         mounted.append(target)

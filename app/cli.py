@@ -638,11 +638,13 @@ def series_frame(settings: Any, sweep_id: str) -> Any:
         target = Path(folder) / "series.parquet"
         try:
             export_points(settings, None, target, sweep_id=sweep_id)
-        except ExportError as exc:
-            raise UserError(f"export --series: {exc}") from None
         except Exception as exc:  # a damaged block read for the first time: one line, not a DuckDB traceback
-            from storage.metric_store import StoreCorrupt, is_damage
+            from storage.metric_store import StoreCorrupt, is_damage, is_damage_text
 
+            if isinstance(exc, ExportError) and is_damage_text(str(exc)):  # the recorder read it (its answer)
+                raise StoreCorrupt.of(settings.metrics_path, exc) from None
+            if isinstance(exc, ExportError):
+                raise UserError(f"export --series: {exc}") from None
             if not is_damage(exc):
                 raise
             raise StoreCorrupt.of(settings.metrics_path, exc) from None

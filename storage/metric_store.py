@@ -184,8 +184,12 @@ def is_damage(exc: BaseException) -> bool:
     """A DuckDB error that means the file is damaged (not a bad query, not a full disk)."""
     from storage.diskspace import is_disk_full
 
-    text = str(exc).lower()
-    return isinstance(exc, duckdb.Error) and not is_disk_full(exc) and any(w in text for w in _DAMAGE_WORDS)
+    return isinstance(exc, duckdb.Error) and not is_disk_full(exc) and is_damage_text(str(exc))
+
+
+def is_damage_text(text: str) -> bool:
+    """The same, from an error's text (an export's `.error` answer, say)."""
+    return any(w in text.lower() for w in _DAMAGE_WORDS) and "no space left" not in text.lower()
 
 
 class StoreLocked(RuntimeError):
@@ -406,12 +410,21 @@ class MetricStore:
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A fresh reader connection for one query context, closed on exit (whatever happened)."""
+        """A fresh reader connection for one query context, closed on exit (whatever happened). A read
+        that meets a damaged block marks the store damaged (mark_damaged) before the error goes on."""
         cur = self.cursor()
         try:
             yield cur
+        except duckdb.Error as exc:
+            if is_damage(exc):
+                cur.close()
+                self.mark_damaged(exc)
+            raise
         finally:
-            cur.close()
+            try:
+                cur.close()
+            except duckdb.Error:
+                pass
 
     # -- run keys
 

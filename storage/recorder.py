@@ -33,7 +33,14 @@ from storage.broker_loss import LostQueue, ingested_batches
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
 from storage.diskspace import DiskFull, below_low_water, ensure_reserve, has_room, is_disk_full, release_reserve
 from storage.export import answer_request
-from storage.metric_store import MetricStore, PointsBatch, StoreCorrupt, StoreLocked, check_file
+from storage.metric_store import (
+    MetricStore,
+    PointsBatch,
+    StoreCorrupt,
+    StoreLocked,
+    check_file,
+    is_damage,
+)
 from storage.registry import FinishedEvent, HeartbeatEvent, Registry, StartedEvent
 from storage.settings import Settings, load_settings
 
@@ -319,6 +326,8 @@ class Recorder:
             except ValueError as exc:  # path outside the data folder: nothing written, set aside
                 self._reject(d, f"export: {exc}")
                 kept.remove(d)
+                continue
+            self._raise_if_damaged()
         self.consumer.ack(kept)
         self.stats["events"] += len(kept)
         self.stats["points"] += stored
@@ -372,14 +381,21 @@ class Recorder:
 
     # -- a damaged store or a full disk: pause (events stay unacknowledged), resume when fixed
 
+    def _raise_if_damaged(self) -> None:
+        """An export that read a damaged block answered its requester with the error (storage.export)
+        and left the store marked damaged (MetricStore.reader): raise it, so that nothing of this batch
+        is acknowledged and nothing is written to that file again (step pauses)."""
+        if self.store.damaged is not None:
+            raise self.store.damaged
+
     def _process_or_pause(self, deliveries: Sequence[Delivery]) -> int:
         if below_low_water(self.settings.data_dir):  # stop before the margin kept for the final states
             self._pause_full(DiskFull(self.settings.data_dir))
         try:
             return self.process(deliveries)
         except Exception as exc:
-            if isinstance(exc, StoreCorrupt) or self.store.damaged is not None:
-                self._pause_damaged(self.store.damaged or exc)
+            if isinstance(exc, StoreCorrupt) or self.store.damaged is not None or is_damage(exc):
+                self._pause_damaged(self.store.damaged or exc)  # e.g. an export that read a damaged block
             elif is_disk_full(exc):
                 self._pause_full(exc)
             raise
@@ -389,9 +405,7 @@ class Recorder:
         and stays closed; nothing of this batch is acknowledged. Recording resumes once the file is
         moved aside or restored (step -> _resume_if_possible)."""
         err = exc if isinstance(exc, StoreCorrupt) else self.store.mark_damaged(exc)
-        if self.store_damaged is None:
-            log.error("%s", err)
-        self.store_damaged = err
+        self.store_damaged = err  # said once by run_forever (one line per distinct error), or by the caller
         raise err
 
     def _pause_full(self, exc: Exception) -> None:
@@ -404,9 +418,7 @@ class Recorder:
         self.store.close(checkpoint=False)  # reopened from its file and WAL when there is room
         self._store_closed = True
         full = DiskFull(self.settings.data_dir, " / ".join(sweeps) if sweeps else "SWEEP")
-        if self.disk_full is None:
-            log.error("%s", full)
-        self.disk_full = full
+        self.disk_full = full  # said once by run_forever (one line per distinct error), or by the caller
         raise full
 
     def _fail_running(self, exc: Exception) -> list[str]:
@@ -438,7 +450,6 @@ class Recorder:
             except StoreCorrupt:
                 raise self.store_damaged from None
             self.store = self._open_store(0.0)  # raises StoreCorrupt again if the new file is damaged too
-            log.warning("recording into %s again", self.settings.metrics_path)
             self.store_damaged = None
         if self.disk_full is not None:
             if not has_room(self.settings.data_dir):
@@ -447,8 +458,6 @@ class Recorder:
         if self._store_closed:
             self.store = self._open_store(0.0)
             self._store_closed = False
-            if self.disk_full is not None:
-                log.warning("room again in %s: recording again", self.settings.data_dir)
             self.disk_full = None
 
     def drain(self, timeout_s: float = 30.0) -> None:

@@ -19,12 +19,23 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.faults.conftest import base_env, cli, expected_points, registry_runs, small_spec, store_counts, wait_for
+from tests.faults.conftest import (
+    base_env,
+    cli,
+    expected_points,
+    registry_runs,
+    small_spec,
+    spawn,
+    stop,
+    store_counts,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -209,3 +220,52 @@ def test_damaged_registry_is_named_by_every_command_and_kept(lab: Path, tmp_path
         assert "registry" in line, line
     assert fingerprint(registry) == before  # nothing reset, nothing written
     assert fingerprint(lab / "metrics.duckdb") == store_before
+
+
+def test_damage_found_while_recording_pauses_the_recorder_until_the_file_is_moved_aside(
+    lab: Path, tmp_path: Path
+) -> None:
+    """A points block damaged under a running `gamma-lab recorder` (its open had nothing to find):
+    the first export that reads it says so in one line, the recorder never writes that file again and
+    leaves later events on the bus, and records them once when the file is moved aside."""
+    env = base_env(lab)
+    store = lab / "metrics.duckdb"
+    spec_a, spec_b = tmp_path / "a.toml", tmp_path / "b.toml"
+    spec_a.write_text(small_spec("a", steps=2000, eval_points=EVAL))
+    spec_b.write_text(small_spec("b", steps=STEPS, eval_points=EVAL, seeds=(1,)))
+    res = cli(env, "sweep", str(spec_a), "--wait")
+    assert res.returncode == 0, res.stderr
+    sweep_a = res.stdout.strip().splitlines()[-1]
+    at = block_of(store, "points")
+    recorder = spawn(env, ["recorder"], tmp_path / "recorder.log")
+    try:
+        log = tmp_path / "recorder.log"
+        wait_for(lambda: "Ctrl-C to stop" in log.read_text(), 60, "the recorder to open the store")
+        with open(store, "r+b") as fh:  # junk over a points block of sweep a, under the running recorder
+            fh.seek(at)
+            fh.write(np.random.default_rng(3).integers(0, 256, 16384, dtype=np.uint8).tobytes())
+        res = cli(env, "export", sweep_a, "--series")
+        assert res.returncode != 0, res.stdout[-500:]
+        one_error_line(res, store.resolve())
+        damaged = fingerprint(store)
+
+        res = cli(env, "sweep", str(spec_b))  # the recorder elsewhere holds the file: queued
+        assert res.returncode == 0, res.stderr
+        sweep_b = res.stdout.strip().splitlines()[-1]
+        wait_for(lambda: sum(e["type"] == "finished" for e in spool_events(lab)) == 2, 120, "b's finished events")
+        time.sleep(2)  # the paused recorder had time to (not) take them
+        assert sum(e["type"] == "finished" for e in spool_events(lab)) == 2
+        assert fingerprint(store) == damaged, "the damaged file was written after the damage was found"
+
+        store.rename(lab / "metrics.duckdb.broken")
+        wait_for(lambda: not spool_events(lab), 60, "the recorder to record the waiting events")
+    finally:
+        stop(recorder)
+    text = (tmp_path / "recorder.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
+    runs_b = [r for r in registry_runs(lab) if r["seed"] == 1]
+    assert [r["status"] for r in runs_b] == ["done", "done"]
+    counts = store_counts(store)
+    want = expected_points(STEPS, EVAL)
+    assert counts.per_run == {(r["run_id"], 0): want for r in runs_b} and counts.duplicates == 0
+    print(f"found while recording; sweep {sweep_b}: stored {counts.points} of {2 * want}, duplicates 0")

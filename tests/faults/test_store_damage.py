@@ -25,17 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.faults.conftest import (
-    base_env,
-    cli,
-    expected_points,
-    registry_runs,
-    small_spec,
-    spawn,
-    stop,
-    store_counts,
-    wait_for,
-)
+from tests.faults import conftest as faults
+from tests.faults.conftest import base_env, cli, expected_points, registry_runs, small_spec, store_counts, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -237,7 +228,7 @@ def test_damage_found_while_recording_pauses_the_recorder_until_the_file_is_move
     assert res.returncode == 0, res.stderr
     sweep_a = res.stdout.strip().splitlines()[-1]
     at = block_of(store, "points")
-    recorder = spawn(env, ["recorder"], tmp_path / "recorder.log")
+    recorder = faults.spawn(env, ["recorder"], tmp_path / "recorder.log")
     try:
         log = tmp_path / "recorder.log"
         wait_for(lambda: "Ctrl-C to stop" in log.read_text(), 60, "the recorder to open the store")
@@ -260,7 +251,7 @@ def test_damage_found_while_recording_pauses_the_recorder_until_the_file_is_move
         store.rename(lab / "metrics.duckdb.broken")
         wait_for(lambda: not spool_events(lab), 60, "the recorder to record the waiting events")
     finally:
-        stop(recorder)
+        faults.stop(recorder)
     text = (tmp_path / "recorder.log").read_text()
     assert "Traceback" not in text, text[-3000:]
     runs_b = [r for r in registry_runs(lab) if r["seed"] == 1]

@@ -112,7 +112,7 @@ def build() -> Any:
     from tasks.spec import SpecError, validate_spec
 
     values = {k[len(P) + 1:]: v for k, v in st.session_state.items() if isinstance(k, str) and k.startswith(P + ".")}
-    spec, found = check_form(values)  # every field's problems at once
+    spec, found = check_form(values, settings.max_cells)  # every field's problems at once; grid counted first
     if spec is not None:
         try:
             for warning in validate_spec(spec, settings):

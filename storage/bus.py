@@ -306,7 +306,7 @@ class RedisPublisher(Publisher):
     def publish_many(self, events: Sequence[Mapping[str, Any]]) -> None:
         import redis
 
-        payload = [{"data": encode(ev)} for ev in events]
+        payload: list[dict[Any, Any]] = [{"data": encode(ev)} for ev in events]
         deadline = time.monotonic() + (0.0 if self._gave_up else self.retry_s)
         delay = 0.1
         while True:
@@ -569,7 +569,7 @@ class RedisConsumer:
         """The bodies (decoded text) of the Celery messages this broker still holds: waiting in the
         queues' lists or delivered and not yet acknowledged (kombu's `unacked` hash). The recorder
         reads them after the broker lost its stream, to tell which queued runs lost their unit."""
-        raws: list[bytes] = []
+        raws: list[bytes | str] = []
         for q in queues:  # kombu keeps priorities 3, 6, 9 in lists of their own beside the queue's
             for key in (q, *(f"{q}\x06\x16{p}" for p in (3, 6, 9))):
                 raws += self.client.lrange(key, 0, -1)
@@ -577,7 +577,7 @@ class RedisConsumer:
         return [_task_text(r) for r in raws]
 
 
-def _task_text(raw: bytes) -> str:
+def _task_text(raw: bytes | str) -> str:
     """A kombu Redis message's body as text (base64 unwrapped); the raw text when it is not one."""
     import base64
 
@@ -588,7 +588,7 @@ def _task_text(raw: bytes) -> str:
             body = base64.b64decode(body).decode("utf-8", "replace")
         return json.dumps(msg.get("headers")) + str(body)  # the task id (unit id) is in the headers
     except (ValueError, TypeError, AttributeError):
-        return raw.decode("utf-8", "replace")
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
 def _s(x: Any) -> str:

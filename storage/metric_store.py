@@ -157,11 +157,11 @@ def check_file(path: Path) -> int | None:
     try:
         size = path.stat().st_size
         if size == 0:
-            return  # a fresh file DuckDB has not written yet
+            return None  # a fresh file DuckDB has not written yet
         with open(path, "rb") as fh:
             head = fh.read(_HEADER_BYTES)
     except FileNotFoundError:
-        return
+        return None
     except OSError as exc:
         raise StoreCorrupt.of(path, exc) from None
     if head[_MAGIC_AT:_MAGIC_AT + 4] != b"DUCK":
@@ -171,7 +171,7 @@ def check_file(path: Path) -> int | None:
     headers = [struct.unpack_from("<6Q", head, off) for off in (4096, 8192)]
     _sum, _iteration, _meta, _free, blocks, block_size = max(headers, key=lambda h: h[1])
     if not (4096 <= block_size <= 1 << 26 and block_size & (block_size - 1) == 0 and blocks < 1 << 40):
-        return  # a layout this check does not know: DuckDB's own reads decide
+        return None  # a layout this check does not know: DuckDB's own reads decide
     if size >= _HEADER_BYTES + blocks * block_size:
         return None
     return (size - _HEADER_BYTES) // block_size

@@ -431,7 +431,7 @@ class Recorder:
                     continue
                 for run in self.registry.list_runs(sweep["id"], status="running"):
                     by_sweep.setdefault(sweep["id"], []).append(FinishedEvent(run["run_id"], run["attempt"], "failed"))
-            events = []
+            events: list[FinishedEvent] = []
             for sweep_id, evs in by_sweep.items():
                 reason = str(DiskFull(self.settings.data_dir, sweep_id))
                 events += [replace(e, error=reason) for e in evs if e.run_id not in {x.run_id for x in events}]

@@ -114,7 +114,7 @@ def runs_frame(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "eta": float(r["eta"]),
                 "seed": int(r["seed"]),
                 "status": r.get("effective_status") or r["status"],
-                "newer": newer_note(r, r.get("attempt")),
+                "newer": newer_note(r, int(r.get("attempt") or 0)),
                 "attempt": r.get("attempt"),
                 "shown_attempt": r.get("shown_attempt", r.get("attempt")),
                 "worker": r.get("worker"),

@@ -41,7 +41,7 @@ NAMED_X = {
 }
 log = logging.getLogger(__name__)
 HEATMAP_COLUMNS = ["gamma", "eta", "value", "n_seeds", "n_done", "n_diverged", "n_running", "n_missing",
-                   "cell_status", "live_value", "live_step", "n_newer"]
+                   "cell_status", "live_value", "live_step", "n_newer", "n_not_reached", "n_cancelled"]
 
 
 class QueryError(ValueError):
@@ -217,6 +217,8 @@ SELECT gamma, eta, {agg}(v) FILTER (WHERE valued) AS value, count(*) AS n_seeds,
        count(*) FILTER (WHERE diverged) AS n_diverged,
        count(*) FILTER (WHERE NOT valued AND NOT diverged AND status IN ('queued', 'running')) AS n_running,
        count(*) FILTER (WHERE NOT valued AND NOT diverged AND status NOT IN ('queued', 'running')) AS n_missing,
+       count(*) FILTER (WHERE NOT valued AND NOT diverged AND status = 'cancelled') AS n_cancelled,
+       count(*) FILTER (WHERE valued AND isinf(v)) AS n_not_reached,
        {agg}(v) FILTER (WHERE live) AS live_value, min(s) FILTER (WHERE live) AS live_step,
        count(*) FILTER (WHERE newer IN ('queued', 'running')) AS n_newer
 FROM cls2 GROUP BY gamma, eta ORDER BY gamma, eta
@@ -234,7 +236,9 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
     be `done`; for at_step/steps_to any run whose series answers the question counts (a run that
     diverged after step t has a value at t). Others are counted, never scored: n_diverged (diverged,
     or an infinite value), n_running (queued/running), n_missing (failed/lost/cancelled/no data).
-    cell_status: ok (some value) > diverged > running > missing.
+    cell_status: ok (a finite value) > not_reached (steps_to: the value is +inf, i.e. (a) seed finished
+    without reaching the threshold) > diverged > running > cancelled (every missing seed was cancelled)
+    > missing. n_not_reached: seeds valued +inf (steps_to only); n_cancelled: of n_missing, cancelled.
     live_value, live_step: for final/best, the provisional statistic of the seeds still training
     (aggregated like `value`) and the least step they have logged — so a portrait fills in while a
     sweep runs; NaN where no running seed has logged a finite value yet.
@@ -271,9 +275,14 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
         finally:
             if cur is None:
                 reader.close()
-    out["cell_status"] = np.select([out["n_valued"] > 0, out["n_diverged"] > 0, out["n_running"] > 0],
-                                   ["ok", "diverged", "running"], default="missing")
-    for col in ("n_seeds", "n_done", "n_diverged", "n_running", "n_missing", "n_newer"):
+    valued = out["n_valued"] > 0
+    reached = np.isfinite(out["value"].astype("float64"))
+    cancelled = (out["n_cancelled"] > 0) & (out["n_cancelled"] == out["n_missing"])
+    out["cell_status"] = np.select(
+        [valued & reached, valued, out["n_diverged"] > 0, out["n_running"] > 0, cancelled],
+        ["ok", "not_reached", "diverged", "running", "cancelled"], default="missing")
+    for col in ("n_seeds", "n_done", "n_diverged", "n_running", "n_missing", "n_newer", "n_not_reached",
+                "n_cancelled"):
         out[col] = out[col].astype("int64")
     out["value"] = out["value"].astype("float64")
     out["live_value"] = out["live_value"].astype("float64")

@@ -23,7 +23,20 @@ UIREVISION = "gamma-lab"  # constant: zoom survives reruns
 DIVERGED_COLOUR = "#7b1e1e"  # dark red: never on the value colour scale (Viridis)
 RUNNING_COLOUR = "#f2a900"
 MISSING_COLOUR = "#9e9e9e"
+NOT_REACHED_COLOUR = "#4fc3f7"  # light blue: finished, never reached the threshold (not diverged)
+CANCELLED_COLOUR = "#616161"
 VALUE_SCALE = "Viridis"
+# A difference of two portraits: a diverging scale centred at 0. Its ends are dark red and dark blue,
+# so diverged cells there are drawn black (off the scale) instead of the portrait's dark red.
+DIFFERENCE_SCALE = "RdBu_r"
+DIVERGED_ON_DIFFERENCE = "#000000"
+# Cell states drawn as a marker at the cell centre (status, legend name, symbol, colour)
+MARKED_STATES = (
+    ("running", "running", "circle-open", RUNNING_COLOUR),
+    ("not_reached", "not reached (finished above the threshold)", "triangle-up-open", NOT_REACHED_COLOUR),
+    ("cancelled", "cancelled", "square-x-open", CANCELLED_COLOUR),
+    ("missing", "missing", "x-thin-open", MISSING_COLOUR),
+)
 # Scattergl only above this many points: WebGL contexts are scarce in a browser tab.
 WEBGL_THRESHOLD = 4000
 MAX_COLOUR_GROUPS = 24  # legend entries (and traces) of a trajectories/overlay figure
@@ -48,6 +61,8 @@ class Curve:
     dash: str = "solid"
     colour: str = "white"
     markers: bool = False
+    symbol: str = "circle"  # marker symbol (with markers)
+    lines: bool = True  # False: markers only (points flagged apart from their curve)
 
 
 def _decade_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
@@ -75,11 +90,14 @@ def portrait_figure(
     title: str | None = None,
     show_scale: bool = True,
     selected: tuple[float, float] | None = None,
+    centre_zero: bool = False,
 ) -> go.Figure:
     """The γ–η heatmap. Only `ok` cells carry values on the colour scale; diverged cells are a
     separate single-colour layer; running and missing cells get markers on top. A transparent
     marker at each cell centre makes cells clickable (plotly selection events need points).
-    `selected` (γ, η): that cell of the grid is outlined (nothing when it is not a cell of it)."""
+    `selected` (γ, η): that cell of the grid is outlined (nothing when it is not a cell of it).
+    `centre_zero` (a difference): a diverging scale with white at 0 over a range symmetric about 0,
+    diverged cells drawn in a colour off that scale."""
     fig = go.Figure()
     if grid.gammas.size == 0:
         fig.update_layout(title=title or "no cells yet", uirevision=UIREVISION)
@@ -94,7 +112,11 @@ def portrait_figure(
             z_live = np.where(live > 0, np.log10(live), np.nan)
     zmin: float | None
     zmax: float | None
-    if colour_range:
+    if centre_zero:
+        spread = np.abs(np.concatenate([z[np.isfinite(z)], np.asarray(colour_range or (), dtype=np.float64)]))
+        half = float(spread.max()) if spread.size and spread.max() > 0 else 1.0
+        zmin, zmax = -half, half
+    elif colour_range:
         zmin, zmax = colour_range
     else:  # one scale for final and provisional values, so a colour means the same in both layers
         both = np.concatenate([z[np.isfinite(z)], z_live[np.isfinite(z_live)]])
@@ -116,7 +138,7 @@ def portrait_figure(
             z=z,
             zmin=zmin,
             zmax=zmax,
-            colorscale=VALUE_SCALE,
+            colorscale=DIFFERENCE_SCALE if centre_zero else VALUE_SCALE,
             name=value_label,
             colorbar={"title": {"text": label}} if show_scale else None,
             showscale=show_scale,
@@ -141,6 +163,7 @@ def portrait_figure(
             )
         )
     diverged = np.where(grid.status == "diverged", 1.0, np.nan)
+    div_colour = DIVERGED_ON_DIFFERENCE if centre_zero else DIVERGED_COLOUR
     if np.any(grid.status == "diverged"):
         fig.add_trace(
             go.Heatmap(
@@ -151,7 +174,7 @@ def portrait_figure(
                 zmax=1,
                 showscale=False,
                 name="diverged",
-                colorscale=[[0, DIVERGED_COLOUR], [1, DIVERGED_COLOUR]],
+                colorscale=[[0, div_colour], [1, div_colour]],
                 hoverinfo="skip",
             )
         )
@@ -164,15 +187,12 @@ def portrait_figure(
                 name="diverged",
                 legendgroup="diverged",
                 hoverinfo="skip",
-                marker={"symbol": "square", "size": 12, "color": DIVERGED_COLOUR},
+                marker={"symbol": "square", "size": 12, "color": div_colour},
             )
         )
     lg, le = np.log10(grid.gammas), np.log10(grid.etas)
     cx, cy = np.meshgrid(lg, le)  # (E, G) cell centres
-    for status, symbol, colour in (
-        ("running", "circle-open", RUNNING_COLOUR),
-        ("missing", "x-thin-open", MISSING_COLOUR),
-    ):
+    for status, name, symbol, colour in MARKED_STATES:
         mask = grid.status == status
         if np.any(mask):
             fig.add_trace(
@@ -180,7 +200,7 @@ def portrait_figure(
                     x=cx[mask],
                     y=cy[mask],
                     mode="markers",
-                    name=status,
+                    name=name,
                     hoverinfo="skip",
                     marker={"symbol": symbol, "size": 11, "color": colour, "line": {"width": 2, "color": colour}},
                 )
@@ -231,9 +251,11 @@ def portrait_figure(
                 x=np.log10(curve.gammas[keep]),
                 y=np.log10(curve.etas[keep]),
                 name=curve.name,
-                mode="lines+markers" if curve.markers else "lines",
+                mode=("lines+markers" if curve.markers else "lines") if curve.lines else "markers",
                 line={"dash": curve.dash, "color": curve.colour, "width": 2},
-                marker={"size": 7},
+                marker={"size": 13, "symbol": curve.symbol, "line": {"width": 2, "color": curve.colour}}
+                if curve.symbol != "circle"
+                else {"size": 7},
                 hovertemplate=curve.name + ": γ=%{customdata[0]:~.3g}, η=%{customdata[1]:~.3g}<extra></extra>",
                 customdata=np.column_stack([curve.gammas[keep], curve.etas[keep]]),
             )
@@ -378,6 +400,9 @@ def trajectories_figure(
     meta = runs.set_index("run_id")
     # γ, η come from the runs frame (an overlay frame carries its own copy: drop it, avoid a clash)
     data = series.drop(columns=["gamma", "eta"], errors="ignore").join(meta[["gamma", "eta"]], on="run_id", how="inner")
+    # An empty join keeps the index named run_id beside the column: sorting by it then raised
+    # "'run_id' is both an index level and a column label" (no run picked yet).
+    data = data.reset_index(drop=True)
     if log_x:
         data = data[data["x"] > 0]
     if log_y:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-CELL_STATUSES = ("ok", "diverged", "running", "missing")
+# not_reached: steps to a threshold, finished without reaching it (not a divergence); cancelled: every
+# seed without a value was cancelled (storage.queries.heatmap's cell_status)
+CELL_STATUSES = ("ok", "not_reached", "diverged", "running", "cancelled", "missing")
 HEATMAP_COLUMNS = (
     "gamma", "eta", "value", "n_seeds", "n_done", "n_diverged", "n_running", "n_missing", "cell_status",
 )
@@ -47,7 +49,7 @@ class HeatmapGrid:
     gammas: np.ndarray  # (G,) ascending
     etas: np.ndarray  # (E,) ascending
     value: np.ndarray  # (E, G) float, NaN where there is no value to show
-    status: np.ndarray  # (E, G) object: ok | diverged | running | missing
+    status: np.ndarray  # (E, G) object: one of CELL_STATUSES
     n_seeds: np.ndarray  # (E, G) int
     n_done: np.ndarray  # (E, G) int
     n_diverged: np.ndarray  # (E, G) int
@@ -106,7 +108,8 @@ def heatmap_grid(frame: pd.DataFrame) -> HeatmapGrid:
     if "n_newer" in frame.columns:  # optional, as live_value
         n_newer[ei, gi] = frame["n_newer"].fillna(0).to_numpy(dtype=int)
     live[status != "running"] = np.nan  # provisional only while nothing final stands in the cell
-    # An "ok" cell whose value is not finite cannot be drawn as good: show it as diverged.
+    # An "ok" cell whose value is not finite cannot be drawn as good: show it as diverged. (Steps to a
+    # threshold never reached arrive as not_reached, +inf: a state of their own, not a divergence.)
     bad = (status == "ok") & ~np.isfinite(value)
     status[bad] = "diverged"
     return HeatmapGrid(gammas, etas, value, status, n_seeds, n_done, n_div, live, live_step, n_newer)

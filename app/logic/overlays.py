@@ -10,6 +10,16 @@ TIME_VARIABLES = {"t": "t", "eta_t": "η·t", "eta_t_over_gamma": "η·t/γ",
                   "eta_t_over_gamma_2_over_L": "η·t/γ^(2/L)"}
 
 
+def no_runs_message(mode: str, n_runs: int, picked: int) -> str:
+    """The line a trajectories/overlays page shows in place of a chart when its selection holds no run:
+    in the hand-picked mode before any run is picked, say to pick runs (there may be plenty)."""
+    if mode == "pick" and picked == 0 and n_runs > 0:
+        return f"Pick runs in the box above ({n_runs} in this sweep) to draw them."
+    if n_runs == 0:
+        return "This sweep has no runs yet."
+    return "No finished runs to show yet."
+
+
 def collapse_of(frame: pd.DataFrame) -> float | None:
     """engine.analysis.collapse_score of an overlay frame (run_id, x, value); None when fewer than two
     curves share a usable range (the score is undefined there, not zero)."""

@@ -4,12 +4,12 @@ fits with slope ± standard error, and the theory lines γ² (lazy side) and γ^
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from app.logic.figures import Curve
-from app.logic.grid import HeatmapGrid
+from app.logic.grid import CELL_STATUSES, HeatmapGrid
 from engine import analysis
 
 STATS = {
@@ -29,12 +29,14 @@ class FitLabel:
     name: str
     fit: analysis.PowerLawFit
     theory: float | None = None
+    left_out: int = 0  # points of its side not fitted: η* at the edge of the η grid (not bracketed)
 
     def label(self) -> str:
         err = self.fit.slope_stderr
         err_text = "n/a" if not math.isfinite(err) else f"{err:.2f}"
         theory = "" if self.theory is None else f"; theory {self.theory:.3g}"
-        return f"{self.name}: slope {self.fit.slope:.2f} ± {err_text} (n={self.fit.n}{theory})"
+        edge = "" if not self.left_out else f"; {self.left_out} η* at the grid edge left out"
+        return f"{self.name}: slope {self.fit.slope:.2f} ± {err_text} (n={self.fit.n}{theory}{edge})"
 
 
 # The two regimes of design.md §2 meet near γ = 1: lazy nets have η*, η_max ∝ γ², rich ones
@@ -42,19 +44,99 @@ class FitLabel:
 CROSSOVER_GAMMA = 1.0
 
 
-def ridge(grid: HeatmapGrid, *, lower_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """η*(γ) per γ with an ok cell (engine.analysis.eta_star: parabola around the grid minimum).
-    Only ok cells take part: diverged/running/missing ones are NaN. Returns (k,), (k,)."""
+# Values of one γ column that differ by no more than this (relative) do not separate its cells: the
+# value at step t = 0 is the same at every η, and its "minimum" is whichever η comes first.
+TIE_RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Ridge:
+    """η*(γ) per γ where the column's ok cells separate (not all tied). edge: (k,) bool, η* is the
+    grid's first or last η (not bracketed: the true η* may lie outside the grid). tied: the γ whose
+    ok cells all tie within TIE_RTOL (no η* drawn for them)."""
+
+    gammas: np.ndarray  # (k,)
+    etas: np.ndarray  # (k,)
+    edge: np.ndarray  # (k,) bool
+    tied: np.ndarray  # (m,)
+
+    @property
+    def bracketed(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.gammas[~self.edge], self.etas[~self.edge]
+
+
+def _ties(values: np.ndarray) -> bool:
+    """Whether two or more finite values all tie within TIE_RTOL (one value beside diverged cells is
+    the best of its column; none is no column to speak of)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return False
+    spread, scale = float(v.max() - v.min()), float(np.abs(v).max())
+    return v.size > 1 and spread <= TIE_RTOL * scale
+
+
+def ridge_points(grid: HeatmapGrid, *, lower_is_better: bool = True) -> Ridge:
+    """η*(γ) per γ with ok cells that separate (engine.analysis.eta_star: parabola around the grid
+    minimum). Only ok cells take part: other states are NaN. A column whose ok cells all tie has no
+    η*; an η* at the grid's first or last η is flagged `edge`."""
     ok = grid.ok_values()  # (E, G)
     if not lower_is_better:  # an accuracy: minimise the error instead
         ok = 1.0 - ok
-    gs, es = [], []
+    gs, es, edge, tied = [], [], [], []
+    last = grid.etas.size - 1
     for j, gamma in enumerate(grid.gammas):
+        if _ties(ok[:, j]):
+            tied.append(gamma)
+            continue
         found = analysis.eta_star(grid.etas, ok[:, j])
         if found.value is not None:
             gs.append(gamma)
             es.append(found.value)
-    return np.asarray(gs), np.asarray(es)
+            edge.append(found.index in (0, last))
+    return Ridge(
+        np.asarray(gs, dtype=float),
+        np.asarray(es, dtype=float),
+        np.asarray(edge, dtype=bool),
+        np.asarray(tied, dtype=float),
+    )
+
+
+STATE_NAMES = {"not_reached": "not reached"}  # caption words for grid.CELL_STATUSES
+
+
+def status_counts(grid: HeatmapGrid) -> str:
+    """The portrait caption's cell counts: ok, diverged, running and missing always; not reached
+    (steps to a threshold) and cancelled only when some cell is, each apart from diverged/missing."""
+    always = ("ok", "diverged", "running", "missing")
+    parts = [f"{STATE_NAMES.get(s, s)}: {grid.count(s)}" for s in CELL_STATUSES if s in always or grid.count(s)]
+    return " · ".join(parts)
+
+
+def ridge(grid: HeatmapGrid, *, lower_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """η*(γ) of ridge_points (edge points included). Returns (k,), (k,)."""
+    found = ridge_points(grid, lower_is_better=lower_is_better)
+    return found.gammas, found.etas
+
+
+def ridge_notes(found: Ridge) -> list[str]:
+    """What the caption says about the ridge: the γ left without η* because the statistic ties, and
+    the η* that sit on the grid's edge (drawn apart, left out of the fits)."""
+
+    def gammas(values: np.ndarray) -> str:
+        return ", ".join(f"{g:.3g}" for g in values)
+
+    notes = []
+    if found.tied.size:
+        notes.append(
+            f"no η* for γ = {gammas(found.tied)}: the statistic does not separate the cells (equal "
+            f"within {TIE_RTOL:g} at every η)"
+        )
+    if found.edge.any():
+        notes.append(
+            f"η* at the edge of the η grid (not bracketed; ◇) for γ = {gammas(found.gammas[found.edge])}: "
+            "the true η* may lie outside the grid; left out of the fits"
+        )
+    return notes
 
 
 def boundary(grid: HeatmapGrid) -> tuple[np.ndarray, np.ndarray]:
@@ -105,18 +187,37 @@ def overlay_curves(
     γ² through the smallest-γ ridge point (lazy side), γ^(2/L) through the largest (rich side)."""
     curves: list[Curve] = []
     fits: list[FitLabel] = []
-    rg, re = ridge(grid, lower_is_better=lower_is_better)
+    found = ridge_points(grid, lower_is_better=lower_is_better)
+    rg, re = found.bracketed  # edge points are drawn, never fitted nor anchoring a theory line
     bg, be = boundary(grid)
-    if "ridge" in show and rg.size:
+    if "ridge" in show and found.gammas.size:
         # magenta reads on every Viridis colour and on the white legend (white/grey vanish there)
-        curves.append(Curve("η* ridge", rg, re, colour="#e040fb", markers=True))
+        curves.append(Curve("η* ridge", found.gammas, found.etas, colour="#e040fb", markers=True))
+        if found.edge.any():
+            curves.append(
+                Curve(
+                    "η* at the grid edge (not bracketed)",
+                    found.gammas[found.edge],
+                    found.etas[found.edge],
+                    colour="#e040fb",
+                    markers=True,
+                    symbol="diamond-open",
+                    lines=False,
+                )
+            )
     if "boundary" in show and bg.size:
         curves.append(Curve("η_max boundary", bg, be, colour="#ff6f61", markers=True, dash="dot"))
     if "fits" in show:
         for name, g, e, colour in (("fit η*", rg, re, "#ce93d8"), ("fit η_max", bg, be, "#ffb3a7")):
             for fit in regime_fits(name, g, e, depth):
+                lazy = "lazy" in fit.name
+                if name == "fit η*":
+                    edge_g = found.gammas[found.edge]
+                    fit = replace(
+                        fit, left_out=int(np.sum(edge_g < CROSSOVER_GAMMA if lazy else edge_g > CROSSOVER_GAMMA))
+                    )
                 fits.append(fit)
-                side = (g < CROSSOVER_GAMMA) if "lazy" in fit.name else (g > CROSSOVER_GAMMA)
+                side = (g < CROSSOVER_GAMMA) if lazy else (g > CROSSOVER_GAMMA)
                 xs = np.geomspace(g[side].min(), g[side].max(), 20)  # drawn over the points it fits
                 curves.append(Curve(fit.label(), xs, fit.fit.predict(xs), dash="dash", colour=colour))
     if "theory" in show and rg.size and grid.gammas.size:

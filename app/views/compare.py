@@ -69,7 +69,10 @@ if view == "side":
 else:
     diff = difference_grid(ga, gb)
     fig = portrait_figure(
-        diff, value_label=f"log10 {metric} A − B", log_value=False, title="log10(A) − log10(B): negative = A better"
+        diff,
+        value_label=f"log10 {metric} A − B",
+        log_value=False,
+        title="log10(A) − log10(B): negative = A better",
+        centre_zero=True,  # white at 0, blue = A better; diverged cells black, off the scale
     )
-    fig.update_traces(colorscale="RdBu_r", zmid=0, selector={"type": "heatmap", "name": f"log10 {metric} A − B"})
     chart(fig, data, key=f"{P}.diff", filename=f"compare-{a}-{b}.csv")

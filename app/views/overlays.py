@@ -11,6 +11,7 @@ from app.logic.overlays import (
     best_time_variable,
     collapse_with_reason,
     expression_message,
+    no_runs_message,
     rescale_time,
     score_table,
 )
@@ -54,7 +55,7 @@ sync_url(SCHEMA, P)
 chosen = select_runs(runs, mode, picked=st.session_state[f"{P}.runs"]) if not runs.empty else runs
 ids = chosen["run_id"].tolist()
 if not ids:
-    st.info("No finished runs to overlay yet.")
+    st.info(no_runs_message(mode, len(runs), len(st.session_state[f"{P}.runs"])))
     st.stop()
 x_key = st.session_state[f"{P}.expr"] if x_choice == "custom" else x_choice
 # One storage query with x = t; the other named variables are per-run rescalings of it. A few

@@ -7,7 +7,18 @@ import streamlit as st
 
 from app.logic.figures import portrait_figure
 from app.logic.grid import heatmap_grid
-from app.logic.portrait import AGGS, STATS, cell_key, overlay_curves, parse_cell, selected_cell, snap_to_cell
+from app.logic.portrait import (
+    AGGS,
+    STATS,
+    cell_key,
+    overlay_curves,
+    parse_cell,
+    ridge_notes,
+    ridge_points,
+    selected_cell,
+    snap_to_cell,
+    status_counts,
+)
 from app.logic.source import newer_line
 from app.logic.view_state import Field
 from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
@@ -89,14 +100,16 @@ def draw() -> None:
         curves=curves,
         selected=None if current is None else parse_cell(current),
     )
-    counts = {s: grid.count(s) for s in ("ok", "diverged", "running", "missing")}
     provisional = int(np.isfinite(grid.live).sum())
     st.caption(
-        " · ".join(f"{k}: {v}" for k, v in counts.items())
+        status_counts(grid)
         + (f" (faded: the latest value of {provisional} cells still training)" if provisional else "")
         + (" · " if fits else "")
         + " · ".join(f.label() for f in fits)
     )
+    if {"ridge", "fits"} & set(st.session_state[f"{P}.show"]):
+        for note in ridge_notes(ridge_points(grid, lower_is_better=not higher_better)):
+            st.caption(note)
     rerun = int(grid.n_newer.sum()) if grid.n_newer is not None else 0
     if rerun:  # a finished attempt stays drawn while a newer one trains (circled dots)
         st.caption(f"◉ {rerun} seed(s) are training again: their cells show the finished attempt until it ends")

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app.logic.figures import ema_smooth, trajectories_figure
+from app.logic.overlays import no_runs_message
 from app.logic.selection import MODES, nearest, select_runs
 from app.logic.source import points_budget
 from app.logic.view_state import Field
@@ -62,6 +63,9 @@ sync_url(SCHEMA, P)
 
 chosen = select_runs(runs, mode, gamma=st.session_state[f"{P}.gamma"], eta=st.session_state[f"{P}.eta"],
                      picked=st.session_state[f"{P}.runs"])
+if chosen.empty:
+    st.info(no_runs_message(mode, len(runs), len(st.session_state[f"{P}.runs"])))
+    st.stop()
 st.caption(f"{len(chosen)} runs · "
            + ", ".join(f"{k}: {v}" for k, v in chosen["status"].value_counts().items()))
 series = source.trajectories(chosen["run_id"].tolist(), metric=metric,

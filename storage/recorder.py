@@ -41,6 +41,7 @@ from storage.metric_store import (
     check_file,
     is_damage,
 )
+from storage.recorder_claim import ClaimHeld, RecorderClaim
 from storage.registry import FinishedEvent, HeartbeatEvent, Registry, StartedEvent
 from storage.settings import Settings, load_settings
 
@@ -203,6 +204,21 @@ class Recorder:
             self.registry.close()
             self.store.close()
             self._lock.release()
+            raise
+        # with a broker, one data folder records the lab's events (storage.recorder_claim)
+        self._claim = RecorderClaim(self.consumer.client, settings.metrics_path) if isinstance(
+            self.consumer, RedisConsumer
+        ) else None
+        try:
+            if self._claim is not None:
+                self._claim.acquire()
+        except BaseException as exc:
+            self.consumer.close()
+            self.registry.close()
+            self.store.close()
+            self._lock.release()
+            if isinstance(exc, ClaimHeld):
+                raise RecorderBusy(str(exc)) from None
             raise
         self.max_events = max_events
         self.poll_s = poll_s
@@ -370,6 +386,8 @@ class Recorder:
 
     def step(self, block_s: float | None = None) -> int:
         """Read one batch of events and record it; check for lost runs when caught up."""
+        if self._claim is not None:
+            self._claim.refresh()
         self._resume_if_possible()  # raises the pause's one-line error while the store cannot be written
         deliveries = self.consumer.read(self.max_events, self.poll_s if block_s is None else block_s)
         self._lost_queue.step(self.registry, self.consumer)  # the broker lost its data: settle its lost units
@@ -525,6 +543,8 @@ class Recorder:
             if self._closed:
                 return
             self._closed = True
+            if self._claim is not None:
+                self._claim.release()
             self.consumer.close()
             self.store.close()
             self.registry.close()

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 ALIGNMENTS = ("alignment_feature", "alignment_feature_centered", "alignment_ntk", "alignment_ntk_centered")
+COSTLY = ("alignment", "sharpness", "movement")  # the Diagnostics page's sections, as train.metrics names them
+LAUNCH_FIELD = "Costly metrics on the eval schedule"  # the Launch page's multiselect (app/views/launch.py)
+
+
+def unrecorded(spec: dict[str, Any] | None) -> list[str]:
+    """The costly metrics a sweep's spec did not ask for (train.metrics; the engine's default records all)."""
+    from engine.config import TrainConfig
+
+    asked = ((spec or {}).get("train") or {}).get("metrics")
+    recorded = TrainConfig().metrics if asked is None else tuple(asked)
+    return [m for m in COSTLY if m not in recorded]
+
+
+def unrecorded_note(missing: Sequence[str], spec: dict[str, Any] | None) -> str:
+    """What to say instead of blank charts: which metrics the sweep did not record and how to record them."""
+    from engine.config import METRICS
+
+    asked = list(((spec or {}).get("train") or {}).get("metrics") or [])
+    names = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+    wanted = ", ".join(f'"{m}"' for m in dict.fromkeys([*asked, *missing]))
+    return (
+        f"This sweep did not record {names} (its spec says train.metrics = {asked}), so "
+        f"{'that chart is' if len(missing) == 1 else 'those charts are'} not drawn. To record "
+        f"{'it' if len(missing) == 1 else 'them'}, launch a sweep with {names} chosen under "
+        f"Launch's “{LAUNCH_FIELD}”, or set `train.metrics = [{wanted}]` in its spec TOML "
+        f"(allowed names: {', '.join(METRICS)})."
+    )
 
 
 def edge_of_stability(runs: pd.DataFrame, x_range: tuple[float, float]) -> pd.DataFrame:

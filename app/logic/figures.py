@@ -441,30 +441,64 @@ def trajectories_figure(
                 hovertemplate=f"{name}<br>x=%{{x:~.4g}}<br>y=%{{y:~.4g}}<extra></extra>",
             )
         )
-    div = data[data["kind"] == "diverged"]
-    if not div.empty:
-        # A diverged value may be inf/NaN: pin the marker to the top of the visible data instead.
-        finite = lines["value"][np.isfinite(lines["value"])]
-        top = float(finite.max()) if not finite.empty else 1.0
-        yv = div["value"].to_numpy(dtype=np.float64)
-        yv = np.where(np.isfinite(yv), np.minimum(yv, top), top)
+    y_axis = {"title": y_label, **axis(log_y)}
+    marks = _divergence_marks(data, lines, meta)
+    if not marks.empty:
+        y_range = _fitted_range(lines[~lines["run_id"].isin(marks["run_id"])]["value"], log_y)
+        if y_range is None:  # every curve diverged: pin the markers to the top of the visible data
+            finite = lines["value"][np.isfinite(lines["value"])]
+            top = float(finite.max()) if not finite.empty else 1.0
+        else:  # the range fits the curves that did not diverge; the diverged ones leave it at the top
+            y_axis["range"] = list(y_range)
+            top = 10.0 ** y_range[1] if log_y else y_range[1]
         fig.add_trace(
             go.Scatter(
-                x=div["x"],
-                y=yv,
+                x=marks["x"],
+                y=np.full(len(marks), top),
                 mode="markers",
                 name="diverged",
+                cliponaxis=False,
                 marker={"symbol": "x", "size": 10, "color": DIVERGED_COLOUR},
+                hovertext=marks["text"],
+                hovertemplate="%{hovertext}<extra></extra>",
             )
         )
     fig.update_layout(
         uirevision=UIREVISION,
         xaxis={"title": x_label, **axis(log_x)},
-        yaxis={"title": y_label, **axis(log_y)},
+        yaxis=y_axis,
         margin={"t": 10},
         legend={"title": {"text": f"colour: {symbol}"}},
     )
     return fig
+
+
+def _divergence_marks(data: pd.DataFrame, lines: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """One row per diverged run: run_id, x (its 'diverged' row's x, else its curve's last x) and a hover
+    text naming the run. A run diverged when the series marks it or the runs frame's status says so."""
+    flagged = data.loc[data["kind"] == "diverged", ["run_id", "x"]].drop_duplicates("run_id")
+    if "status" in meta:
+        by_status = [r for r in meta.index[meta["status"] == "diverged"] if r not in set(flagged["run_id"])]
+        last = lines[lines["run_id"].isin(by_status)].groupby("run_id", sort=False)["x"].max().reset_index()
+        flagged = pd.concat([flagged, last], ignore_index=True)
+    if flagged.empty:
+        return pd.DataFrame(columns=["run_id", "x", "text"])
+    text = []
+    for r, x in zip(flagged["run_id"], flagged["x"], strict=True):
+        seed = f" seed={meta.at[r, 'seed']}" if "seed" in meta else ""
+        text.append(f"diverged: run {r}<br>γ={meta.at[r, 'gamma']:.3g} η={meta.at[r, 'eta']:.3g}{seed}<br>at x={x:.4g}")
+    return flagged.assign(text=text)
+
+
+def _fitted_range(values: pd.Series, log: bool) -> tuple[float, float] | None:
+    """A y-range (log10 units on a log axis) spanning the finite values with a 5 % margin; None if none."""
+    v = values.to_numpy(dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)] if log else v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    lo, hi = (np.log10(v.min()), np.log10(v.max())) if log else (v.min(), v.max())
+    pad = 0.05 * (hi - lo) if hi > lo else (0.05 if log else 0.05 * abs(hi) or 0.05)
+    return float(lo - pad), float(hi + pad)
 
 
 def ema_smooth(series: pd.DataFrame, span: int, *, log_space: bool = True) -> pd.DataFrame:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app.logic.diagnostics import ALIGNMENTS, edge_of_stability, label_series, movement_metrics
+from app.logic.diagnostics import (
+    ALIGNMENTS,
+    edge_of_stability,
+    label_series,
+    movement_metrics,
+    unrecorded,
+    unrecorded_note,
+)
 from app.logic.figures import lines_figure, twin_axes_figure
 from app.logic.selection import MODES, nearest, select_runs
 from app.logic.view_state import Field
@@ -20,6 +27,7 @@ SCHEMA = {
     "eta": Field("float", None),
     "alignment": Field("str", "alignment_ntk", choices=ALIGNMENTS),
 }
+NOT_DRAWN = "This sweep did not record {}: no chart (how to record it: see the note at the top of the page)."
 MAX_RUNS = 6  # twin-axis and per-layer plots stop being readable beyond a handful of runs
 
 res = resources()
@@ -47,7 +55,14 @@ if not ids:
     st.info("No runs to show yet.")
     st.stop()
 
+spec = (source.sweep(sweep_id) or {}).get("spec")
+missing = unrecorded(spec)  # costly metrics the sweep never asked for: say so instead of blank charts
+if missing:
+    st.warning(unrecorded_note(missing, spec))
+
 st.subheader("Silent alignment: alignment rises before the loss drops")
+if "alignment" in missing:
+    st.info("This sweep did not record alignment: the loss alone is drawn (how to record it: see the note above).")
 depth = int(chosen["depth"].dropna().iloc[0]) if chosen["depth"].notna().any() else 3
 # Every curve of the page in one storage query (it used to be one query per metric: 3 + L of them).
 series = source.trajectories_many(ids, ["train_loss", alignment, "sharpness", *movement_metrics(depth)], max_points=300)
@@ -70,12 +85,15 @@ st.subheader("Sharpness against the edge of stability 2/(N·η)")
 sharp = label_series(series["sharpness"], chosen)
 x_range = (1.0, float(sharp["x"].max()) if not sharp.empty else 1.0)
 eos = edge_of_stability(chosen.drop_duplicates("eta"), x_range)
-chart(
-    lines_figure(sharp, x_label="step t + 1", y_label="top Hessian eigenvalue", hlines=eos),
-    sharp,
-    key=f"{P}.sharp",
-    filename=f"sharpness-{sweep_id}.csv",
-)
+if "sharpness" in missing:
+    st.info(NOT_DRAWN.format("sharpness"))
+else:
+    chart(
+        lines_figure(sharp, x_label="step t + 1", y_label="top Hessian eigenvalue", hlines=eos),
+        sharp,
+        key=f"{P}.sharp",
+        filename=f"sharpness-{sweep_id}.csv",
+    )
 
 st.subheader("Per-layer movement ‖W_l − W_l(0)‖ / ‖W_l(0)‖")
 parts = []
@@ -85,9 +103,12 @@ for name in movement_metrics(depth):
     parts.append(part.assign(label=name))
 movement = pd.concat(parts) if parts else pd.DataFrame(columns=["x", "value", "label"])
 st.caption(f"run {ids[0]}: γ={first['gamma'].iloc[0]:.3g}, η={first['eta'].iloc[0]:.3g}, seed {first['seed'].iloc[0]}")
-chart(
-    lines_figure(movement, x_label="step t + 1", y_label="relative movement"),
-    movement,
-    key=f"{P}.move",
-    filename=f"movement-{sweep_id}.csv",
-)
+if "movement" in missing:
+    st.info(NOT_DRAWN.format("movement"))
+else:
+    chart(
+        lines_figure(movement, x_label="step t + 1", y_label="relative movement"),
+        movement,
+        key=f"{P}.move",
+        filename=f"movement-{sweep_id}.csv",
+    )

@@ -10,6 +10,9 @@
     gamma-lab export SWEEP --format csv|parquet [--out FILE] [--series]
     gamma-lab demo                                       a tiny local sweep, then a summary table
 
+SWEEP and RUN may be given by a unique prefix of at least 4 characters, as git takes a commit; an
+ambiguous one is refused naming its candidates (exit 2). `--wait` shows steps trained (runs × steps).
+
 Settings come from storage.settings: GAMMA_LAB_DATA (data folder, default ./data),
 GAMMA_LAB_BROKER_URL (Redis; unset = embedded mode), GAMMA_LAB_REGISTRY_URL, <data>/settings.toml.
 
@@ -35,6 +38,7 @@ EXIT_UNFINISHED = 1
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 SUMMARY_KEYS = ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
 EXPORT_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "steps_done", "diverged_step") + SUMMARY_KEYS
+SERIES_COLUMNS = ("run_id", "gamma", "eta", "seed", "step", "metric", "value")  # export --series
 DEMO_SPEC = Path(__file__).resolve().parent / "examples" / "demo.toml"
 
 
@@ -89,6 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # viewer: no Deploy button and no developer menu (rerun, clear cache, settings) for users
+        "--client.toolbarMode",
+        "viewer",
     ]
     _err(f"gamma-lab dashboard on http://{args.host}:{args.port}")
     try:
@@ -248,18 +255,19 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
         recorder = start_if_free(settings)
     full_since: float | None = None  # when this process's recorder found the data folder full
     disk_full = None
-    counts = api.sweep_progress(settings, sweep_id)
-    bar = tqdm(total=max(sum(counts.values()), 1), file=sys.stderr, unit="run", desc=sweep_id, leave=True)
+    counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder))
+    # in steps trained, not runs ended: a one-unit sweep sat at 0 % with a growing ETA until its end
+    bar = tqdm(total=max(total, 1), initial=done, file=sys.stderr, unit="step", desc=sweep_id, leave=True)
     watch = WorkerWatch(settings, lambda line: bar.write(line, file=sys.stderr))  # a killed local worker
     try:
         while True:
-            counts = api.sweep_progress(settings, sweep_id)
-            total = sum(counts.values())
-            ended = total - counts.get("queued", 0) - counts.get("running", 0)
+            counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder))
             bar.total = max(total, 1)
-            bar.n = ended
+            if done != bar.n:
+                bar.update(done - bar.n)  # through update(): tqdm's smoothed rate, hence its ETA
             bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
-            if api.is_settled(settings, sweep_id) and total:
+            active = counts.get("queued", 0) + counts.get("running", 0)
+            if total and not active and not api.adaptive_active(settings, sweep_id):  # api.is_settled
                 break
             if recorder is not None and recorder.store_damaged is not None:
                 raise recorder.store_damaged  # one line (main); the events wait unacknowledged on the bus
@@ -288,6 +296,46 @@ def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = 
     if disk_full is not None and str(disk_full) not in why:
         _err(f"error: {disk_full}")
     return EXIT_UNFINISHED if bad or disk_full is not None else 0
+
+
+def _live_store(recorder: Any) -> Any:
+    """This process's metric store while its recorder records (readers beside it are safe), else None:
+    another process's store is never opened here (a reader would block that recorder)."""
+    if recorder is None or recorder.handed_over_to is not None or recorder.store_damaged is not None:
+        return None
+    return getattr(recorder, "store", None)
+
+
+def steps_progress(settings: Any, sweep_id: str, store: Any = None) -> tuple[dict[str, int], int, int]:
+    """(runs per status as the sweep reads them, steps done, total steps) for the progress bar. Total:
+    runs × the spec's steps. Done: every step of the runs that ended (done, diverged, failed, cancelled,
+    lost), plus, given `store`, each running run's last logged step + 1 (storage.progress.last_steps:
+    one query); without it running runs count 0 (run counts, the fallback). One registry open."""
+    import duckdb
+
+    from storage.progress import last_steps
+    from storage.queries import QuerySource
+    from storage.registry import Registry, runs_columns
+
+    with Registry(settings.registry_url) as reg:
+        sweep = reg.get_sweep(sweep_id)
+        if sweep is None:
+            raise UserError(f"no sweep {sweep_id!r}")
+        counts = dict(sweep["counts"])
+        per_run = max(1, int((sweep["spec"].get("train") or {}).get("steps") or 1))
+        ended = sum(counts.values()) - counts.get("queued", 0) - counts.get("running", 0)
+        done = ended * per_run
+        if counts.get("running") and store is not None:
+            # a sweep reads a queued or running run by its current attempt, as last_steps does
+            cols = runs_columns(reg, sweep_id=sweep_id, fields=("run_id", "status"))
+            running = [r for r, status in zip(cols["run_id"], cols["status"], strict=True) if status == "running"]
+            try:
+                last = last_steps(QuerySource(store, reg), running)
+            except (RuntimeError, OSError, duckdb.Error):  # closed meanwhile, or damaged (the recorder says)
+                last = None
+            if last is not None:
+                done += int((last["last_step"] + 1).clip(upper=per_run).sum())
+    return counts, done, sum(counts.values()) * per_run
 
 
 def _why_failed(settings: Any, sweep_id: str) -> str:
@@ -464,6 +512,19 @@ def catch_up(settings: Any, timeout_s: float = 30.0, *, strict: bool = False) ->
         )
 
 
+def resolve_id(settings: Any, text: str, command: str, kinds: Sequence[str] = ("sweep", "run")) -> str:
+    """The full sweep or run id `text` names: the id, or a unique leading part of it of at least 4
+    characters, as git takes a commit (Registry.resolve_prefix). One line, exit 2, when it matches
+    nothing or several (naming them)."""
+    from storage.registry import AmbiguousId, Registry, UnknownId
+
+    with Registry(settings.registry_url) as reg:
+        try:
+            return reg.resolve_prefix(text, kinds)[1]
+        except (UnknownId, AmbiguousId) as exc:
+            raise UserError(f"{command}: {exc}") from None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from storage.liveness import overdue_line
     from storage.registry import Registry, newer_line, newer_note
@@ -489,6 +550,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     if line := overdue_line(reg.list_runs(s["id"]), settings):
                         print(f"sweep {s['id']}: {line}")
             return 0
+        args.sweep = resolve_id(settings, args.sweep, "status")  # a unique prefix names it too
         sweep = reg.get_sweep(args.sweep)
         if sweep is None:
             run = reg.get_run(args.sweep)
@@ -548,6 +610,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from tasks import api
 
     settings = _settings(writes="`gamma-lab cancel`")
+    args.id = resolve_id(settings, args.id, "cancel")  # a unique prefix names it too
     catch_up(settings)  # statuses as they are now: runs that already ended are not "cancelled"
     shared = api.shared_active_runs(settings, args.id)  # before: afterwards they are no longer active
     n = api.cancel(settings, args.id)
@@ -563,6 +626,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from tasks import api
 
     settings = _settings(writes="`gamma-lab rerun`")
+    args.id = resolve_id(settings, args.id, "rerun")  # a unique prefix names it too
     # Record waiting events first: that is also when runs of a killed worker are marked `lost`.
     # Without it, `rerun` after a worker died said "0 run(s) queued" until some `status` caught up.
     catch_up(settings)
@@ -620,7 +684,8 @@ def runs_frame(settings: Any, sweep_id: str) -> Any:
 
 
 def series_frame(settings: Any, sweep_id: str) -> Any:
-    """Every stored point of the sweep's runs (their current attempt): run_id, step, metric, value.
+    """Every stored point of the sweep's runs (their shown attempt): SERIES_COLUMNS, the run's γ, η and
+    seed beside its id (a table grouped by cell needs no join with the runs export).
 
     Reads the DuckDB file directly when this process can open it; while another process records
     (the dashboard, say) the recorder writes the points for us (storage.export.export_points)."""
@@ -629,11 +694,13 @@ def series_frame(settings: Any, sweep_id: str) -> Any:
     import pandas as pd
 
     from storage.export import ExportError, export_points
-    from storage.registry import Registry
+    from storage.registry import Registry, runs_columns
 
     with Registry(settings.registry_url) as reg:
         if reg.get_sweep(sweep_id) is None:
             raise UserError(f"export: no sweep {sweep_id!r}")
+        cells = pd.DataFrame(runs_columns(reg, sweep_id=sweep_id, fields=SERIES_COLUMNS[:4]))
+    cells = cells.astype({"run_id": str, "gamma": "float64", "eta": "float64", "seed": "int64"})
     with tempfile.TemporaryDirectory(prefix="gamma-lab-export-") as folder:
         target = Path(folder) / "series.parquet"
         try:
@@ -648,11 +715,13 @@ def series_frame(settings: Any, sweep_id: str) -> Any:
             if not is_damage(exc):
                 raise
             raise StoreCorrupt.of(settings.metrics_path, exc) from None
-        return pd.read_parquet(target)
+        points = pd.read_parquet(target)
+    return points.merge(cells, on="run_id", how="left")[list(SERIES_COLUMNS)]  # a left merge keeps the order
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     settings = _settings()
+    args.sweep = resolve_id(settings, args.sweep, "export", ("sweep",))  # a unique prefix names it too
     catch_up(settings, strict=True)  # so the export is complete (skipped if another process records)
     frame = series_frame(settings, args.sweep) if args.series else runs_frame(settings, args.sweep)
     out = args.out
@@ -747,16 +816,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_recorder)
 
     s = sub.add_parser("status", help="sweeps, or the runs of one sweep")
-    s.add_argument("sweep", nargs="?")
+    s.add_argument("sweep", nargs="?", help="a sweep or run id, or a unique prefix of one (4+ characters)")
     s.add_argument("--limit", type=int, default=20)
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("cancel", help="stop a sweep or a run (at its next log step)")
-    s.add_argument("id")
+    s.add_argument("id", help="a sweep or run id, or a unique prefix of one (4+ characters)")
     s.set_defaults(fn=cmd_cancel)
 
     s = sub.add_parser("rerun", help="train again the failed/cancelled/lost runs of a sweep, or one run")
-    s.add_argument("id")
+    s.add_argument("id", help="a sweep or run id, or a unique prefix of one (4+ characters)")
     s.add_argument("--all", action="store_true", help="also runs that have a result")
     s.add_argument(
         "--device",
@@ -767,10 +836,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_rerun)
 
     s = sub.add_parser("export", help="one row per run (or every point with --series)")
-    s.add_argument("sweep")
+    s.add_argument("sweep", help="a sweep id, or a unique prefix of one (4+ characters)")
     s.add_argument("--format", choices=("csv", "parquet"), default="csv")
     s.add_argument("--out", default=None)
-    s.add_argument("--series", action="store_true")
+    s.add_argument("--series", action="store_true", help="every point: run_id, gamma, eta, seed, step, metric, value")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("demo", help="a tiny local sweep and a summary table")

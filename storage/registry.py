@@ -49,6 +49,32 @@ class RegistryUnreadable(RegistryError):
     Never answered by creating a fresh registry: that would silently lose every sweep."""
 
 
+PREFIX_MIN = 4  # as git: a shorter text names a sweep or run only in full
+PREFIX_SHOWN = 10  # candidates an ambiguous prefix names
+
+
+class UnknownId(RegistryError):
+    """No sweep (or run) has this id or starts with it. `.text`, `.kinds` ("sweep", "run")."""
+
+    def __init__(self, text: str, kinds: Sequence[str]):
+        self.text, self.kinds = text, tuple(kinds)
+        hint = f" (a prefix needs at least {PREFIX_MIN} characters)" if len(text) < PREFIX_MIN else ""
+        if len(self.kinds) > 1:
+            super().__init__(f"{text!r} is neither a sweep nor a run, nor the start of one{hint}")
+        else:
+            super().__init__(f"no {self.kinds[0]} {text!r}, nor one starting with it{hint}")
+
+
+class AmbiguousId(RegistryError):
+    """A prefix that starts several ids. `.text`, `.candidates` [(kind, id)] (at most PREFIX_SHOWN),
+    `.more` (how many others)."""
+
+    def __init__(self, text: str, candidates: Sequence[tuple[str, str]], more: int = 0):
+        self.text, self.candidates, self.more = text, list(candidates), more
+        names = ", ".join(f"{kind} {cid}" for kind, cid in self.candidates) + (f" and {more} more" if more else "")
+        super().__init__(f"{text!r} is ambiguous: it starts {names}; give more characters")
+
+
 # ----------------------------------------------------------------------------- schema (current)
 
 metadata = sa.MetaData()
@@ -938,6 +964,37 @@ class Registry:
         if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == sweep_or_run_id)).first() is not None:
             return [sweep_or_run_id]
         raise RegistryError(f"id: {sweep_or_run_id!r} is neither a sweep nor a run")
+
+    def resolve_prefix(self, text: str, kinds: Sequence[str] = ("sweep", "run")) -> tuple[str, str]:
+        """(kind, full id) of the sweep or run (`kinds`) that `text` names: its full id, or, as git takes
+        a commit, a unique leading part of it of at least PREFIX_MIN characters (case-insensitive; `%`
+        and `_` match themselves). A full id wins over longer ids it starts. Raises UnknownId when none
+        matches, AmbiguousId naming the candidates when several do (both RegistryErrors)."""
+        tables = {"sweep": sweeps.c.id, "run": runs.c.run_id}
+        text = str(text).strip()
+        found: list[tuple[str, str]] = []
+        more = 0
+        with self.engine.connect() as conn:
+            for kind in kinds:
+                col = tables[kind]
+                if conn.execute(sa.select(col).where(col == text)).first() is not None:
+                    return kind, text
+            if len(text) < PREFIX_MIN:
+                raise UnknownId(text, kinds)
+            for kind in kinds:
+                col = tables[kind]
+                like = sa.func.lower(col).startswith(text.lower(), autoescape=True)
+                ids = list(conn.execute(sa.select(col).where(like).order_by(col).limit(PREFIX_SHOWN + 1)).scalars())
+                found += [(kind, i) for i in ids]
+                if len(ids) > PREFIX_SHOWN:  # many: count the rest (rare, and only then)
+                    n = conn.execute(sa.select(sa.func.count()).select_from(col.table).where(like)).scalar_one()
+                    more += int(n) - len(ids)
+        if not found:
+            raise UnknownId(text, kinds)
+        if len(found) > 1:
+            more += max(0, len(found) - PREFIX_SHOWN)
+            raise AmbiguousId(text, found[:PREFIX_SHOWN], more)
+        return found[0]
 
     def run_ids_for(self, sweep_or_run_id: str) -> list[str]:
         """The runs a sweep id names, or [run_id] for a run id (RegistryError if neither)."""

@@ -92,7 +92,7 @@ def test_sweep_wait_export_and_reuse(tmp_path: Path) -> None:
     res = _cli(tmp_path, "export", sweep_id, "--series", "--format", "parquet", "--out", str(out))
     assert res.returncode == 0, res.stderr
     series = pd.read_parquet(out)
-    assert list(series.columns) == ["run_id", "step", "metric", "value"]
+    assert list(series.columns) == ["run_id", "gamma", "eta", "seed", "step", "metric", "value"]
     train = series[series.metric == "train_loss"]
     assert not train.duplicated(["run_id", "step"]).any()
     done_ids = set(runs[runs.status == "done"].run_id)

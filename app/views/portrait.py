@@ -41,25 +41,28 @@ SCHEMA = {
 res = resources()
 source = res.source
 url_state(SCHEMA, P)
-st.title("Phase portrait")
-sweep_id = pick_sweep(source, f"{P}.sweep")
+# The heatmap is what the page is for: at 1280×800 it started below the fold. A small heading and
+# the controls in two rows (the sweep beside the statistic; the step or threshold beside the
+# overlays) keep its top in view; the notes about the ridge and reruns go below it.
+st.subheader("Phase portrait")
+c0, c1, c2, c3, c4 = st.columns([3, 1.4, 1.6, 1.1, 0.8], vertical_alignment="bottom")
+sweep_id = pick_sweep(source, f"{P}.sweep", where=c0)
 sweep = source.sweep(sweep_id) or {}
 spec = sweep.get("spec", {})
 depth = int(spec.get("model", {}).get("depth", 3))
 steps = int(spec.get("train", {}).get("steps", 1))
-
-c1, c2, c3, c4 = st.columns(4)
 c1.selectbox("Metric", METRICS, key=f"{P}.metric")
 c2.selectbox("Statistic", list(STATS), key=f"{P}.stat", format_func=labeler(STATS))
 c3.selectbox("Over seeds", AGGS, key=f"{P}.agg")
 c4.toggle("Live", key=f"{P}.live", help="Refresh every few seconds while runs are going")
 stat = st.session_state[f"{P}.stat"]
+d1, d2 = st.columns([1, 2], vertical_alignment="bottom") if stat in ("at_step", "steps_to") else (None, st)
 if stat == "at_step":
     st.session_state[f"{P}.step"] = min(int(st.session_state[f"{P}.step"]), max(steps - 1, 0))
-    st.slider("Step t", 0, max(steps - 1, 1), key=f"{P}.step")
+    d1.slider("Step t", 0, max(steps - 1, 1), key=f"{P}.step")
 if stat == "steps_to":
-    st.number_input("Threshold (first step with metric ≤ threshold)", min_value=0.0, format="%g", key=f"{P}.threshold")
-st.multiselect("Overlays", SHOW, key=f"{P}.show", placeholder="none")
+    d1.number_input("Threshold (first step with metric ≤ threshold)", min_value=0.0, format="%g", key=f"{P}.threshold")
+d2.multiselect("Overlays", SHOW, key=f"{P}.show", placeholder="none")
 sync_url(SCHEMA, P)
 
 
@@ -107,6 +110,7 @@ def draw() -> None:
         + (" · " if fits else "")
         + " · ".join(f.label() for f in fits)
     )
+    chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
     if {"ridge", "fits"} & set(st.session_state[f"{P}.show"]):
         for note in ridge_notes(ridge_points(grid, lower_is_better=not higher_better)):
             st.caption(note)
@@ -115,7 +119,6 @@ def draw() -> None:
         st.caption(f"◉ {rerun} seed(s) are training again: their cells show the finished attempt until it ends")
     elif newer_line(sweep.get("newer") or {}):
         st.caption(newer_line(sweep["newer"]))
-    chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
     chosen = st.selectbox(
         "Cell (or click one in the portrait)",
         [None, *options],

@@ -3,6 +3,7 @@ and actions: cancel, rerun, add seeds, clone-and-edit. Counts refresh live."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app.logic.source import LIVE, filter_runs, newer_line, progress_line, with_progress
@@ -13,6 +14,51 @@ from storage.liveness import overdue_line
 P = "runs"
 STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
 SCHEMA = {"sweep": Field("str", None), "status": Field("list", [], choices=STATUSES), "q": Field("str", "")}
+
+COUNTS = ("n_runs", *STATUSES)  # the sweeps table's per-status counts
+# Wide tables were clipped at 1280 px (their horizontal scroll bar hidden until hovered): each table
+# shows the columns that fit, the rest on demand (all of them in the CSV).
+SWEEP_FIRST = ("sweep_id", "name", "owner", "created", "status", "progress", "n_runs")
+SWEEP_IF_VARIED = ("executor", "device")
+RUN_ON_DEMAND = (
+    "attempt",
+    "shown_attempt",
+    "worker",
+    "best_train_loss",
+    "final_test_loss",
+    "final_test_acc",
+    "width",
+    "depth",
+)  # the runs table's columns shown when picked under "More columns"
+RUN_IF_ANY = ("diverged_step", "error", "newer")  # shown when some row has one
+
+
+def _filled(frame: pd.DataFrame, column: str) -> bool:
+    """Whether some row of `column` holds something (not empty, and not 0 for a count)."""
+    values = frame[column]
+    empty = values.isna() | values.astype(str).isin(["", "None", "nan", "NaT"])
+    if column in COUNTS:
+        empty |= values.isin([0])
+    return not bool(empty.all())
+
+
+def sweep_columns(sweeps: pd.DataFrame) -> list[str]:
+    """The sweeps table's columns: the first ones, then the filled rest (a status count some sweep has; the
+    executor and device only where sweeps differ in them)."""
+    rest = [
+        c
+        for c in sweeps.columns
+        if c not in SWEEP_FIRST
+        and _filled(sweeps, c)
+        and (c not in SWEEP_IF_VARIED or sweeps[c].astype(str).nunique() > 1)
+    ]
+    return [c for c in SWEEP_FIRST if c in sweeps] + rest
+
+
+def narrow(frame: pd.DataFrame) -> dict:
+    """Narrow columns for numbers."""
+    return {c: st.column_config.Column(width="small") for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])}
+
 
 res = resources()
 source = res.source
@@ -31,8 +77,10 @@ def sweeps_table() -> None:
         sweeps,
         hide_index=True,
         width="stretch",
+        column_order=sweep_columns(sweeps),
         column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
+            **narrow(sweeps),
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, width="small"),
             "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
         },
     )
@@ -46,9 +94,16 @@ labels = {r.sweep_id: f"{r.name} · {r.owner} · {r.sweep_id}" for r in sweeps.i
 if st.session_state.get(f"{P}.sweep") not in labels:
     st.session_state[f"{P}.sweep"] = sweeps["sweep_id"].iloc[0]
 sweep_id = st.selectbox("Sweep", list(labels), key=f"{P}.sweep", format_func=labeler(labels))
-f1, f2 = st.columns([2, 1])
+f1, f2, f3 = st.columns([2, 1, 2])
 f1.multiselect("Status", STATUSES, key=f"{P}.status", placeholder="all statuses")
 f2.text_input("Run id contains", key=f"{P}.q")
+f3.multiselect(
+    "More columns",
+    RUN_ON_DEMAND,
+    key=f"{P}.cols",
+    placeholder="e.g. worker, best_train_loss",
+    help="The runs table shows the columns that fit; the CSV has them all",
+)
 sync_url(SCHEMA, P)
 
 read_only = read_only_notice(res, "cancelling, rerunning and adding seeds")
@@ -119,18 +174,26 @@ def runs_table() -> None:
         st.caption("Progress of running runs is unavailable: another process holds the metric store.")
     if live and (late := overdue_line(source.registry.get_runs(live), settings)):  # silent before turning lost
         st.warning(late, icon=":material/schedule:")
+    extra = st.session_state.get(f"{P}.cols") or []
+    order = [
+        c
+        for c in shown.columns
+        if c in extra or (c not in RUN_ON_DEMAND and (c not in RUN_IF_ANY or _filled(shown, c)))
+    ]
     st.dataframe(
         shown,
         hide_index=True,
         width="stretch",
+        column_order=order,
         column_config={
+            **narrow(shown),
             "progress": st.column_config.ProgressColumn(
                 "progress",
                 min_value=0.0,
                 max_value=1.0,
                 format="percent",
                 help=f"steps done of {total_steps:,}" if total_steps else None,
-            )
+            ),
         },
     )
     st.download_button(

@@ -9,6 +9,8 @@ of 1e5–1e6 and diverge while the others stay within 0.07–0.1. The browser ch
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -35,13 +37,17 @@ def _loss(eta: float, gamma: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory) -> dict:
+    return seed(tmp_path_factory.mktemp("newcomer-pages"))
+
+
+def seed(data: Path) -> dict:
+    """Fill the data folder `data` (see the module's docstring); returns data, sweep and the diverged run ids."""
     from engine.config import ModelConfig, RunConfig
     from storage.bus import open_publisher
     from storage.recorder import Recorder
     from storage.registry import Registry
     from storage.settings import load_settings
 
-    data = tmp_path_factory.mktemp("newcomer-pages")
     settings = load_settings(data_dir=data, workers=1)
     settings.ensure_dirs()
     reg = Registry(settings.registry_url)
@@ -120,3 +126,81 @@ def test_overlays_fits_the_range_to_curves_that_did_not_diverge(seeded, monkeypa
     at.multiselect(key="overlay.runs").set_value(at.multiselect(key="overlay.runs").options).run()
     assert not at.exception, at.exception
     _check_fitted_range(_figures(at)[-1], seeded["diverged"])
+
+
+# ---------------------------------------------------------------- 13. what Streamlit showed a newcomer (browser)
+
+VIEWPORT = {"width": 1280, "height": 800}
+# Streamlit's frontend finds its server by trying the page's own path first, then its parent (utils
+# getPossibleBaseUris, two candidates): a direct load of /runs asks /runs/_stcore/health and
+# /runs/_stcore/host-config (404) before /_stcore/health (200). It is decided in Streamlit's bundled
+# JavaScript before any of our code runs; no setting of ours changes it.
+PROBES = ("_stcore/health", "_stcore/host-config")
+
+
+@pytest.fixture(scope="module")
+def browser_page(seeded, tmp_path_factory):
+    from .test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, _serve
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    logs = tmp_path_factory.mktemp("serve")
+    with _serve(seeded["data"], logs / "serve.log") as (url, _proc), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        failed: list[tuple[int, str]] = []
+        page.on("response", lambda r: r.status >= 400 and failed.append((r.status, r.url)))
+        try:
+            yield url, page, failed
+        finally:
+            browser.close()
+
+
+def _open(browser_page, path: str, ready: str):  # type: ignore[no-untyped-def]
+    url, page, failed = browser_page
+    failed.clear()
+    page.goto(f"{url}/{path}")
+    page.locator(ready).first.wait_for(state="visible")
+    page.wait_for_timeout(1500)  # let the grid and plotly settle
+    assert page.locator('[data-testid="stException"]').count() == 0
+    return url, page, failed
+
+
+def test_no_deploy_button_nor_developer_menu(browser_page):
+    _url, page, _failed = _open(browser_page, "runs", '[data-testid="stDataFrame"]')
+    assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
+    assert page.get_by_text("Deploy", exact=True).count() == 0
+    menu = page.locator('[data-testid="stMainMenu"]')
+    if menu.count():  # viewer mode keeps a small menu (print, about): no developer entries in it
+        menu.first.click()
+        page.wait_for_timeout(500)
+        for entry in ("Clear cache", "Developer options", "Deploy this app"):
+            assert page.get_by_text(entry).count() == 0, entry
+        page.keyboard.press("Escape")
+
+
+def test_direct_page_load_404s_are_only_streamlits_base_path_probe(browser_page):
+    url, _page, failed = _open(browser_page, "runs", '[data-testid="stDataFrame"]')
+    assert all(status == 404 for status, _ in failed), failed
+    assert {u for _, u in failed} <= {f"{url}/runs/{p}" for p in PROBES}, failed
+
+
+def test_runs_tables_fit_the_page_at_1280(browser_page, seeded):
+    _url, page, _failed = _open(browser_page, f"runs?sweep={seeded['sweep']}", '[data-testid="stDataFrame"]')
+    tables = page.locator('[data-testid="stDataFrame"]')
+    assert tables.count() == 2
+    for i in range(2):
+        tables.nth(i).locator(".dvn-scroller").wait_for(state="attached")
+        scroll, visible = tables.nth(i).locator(".dvn-scroller").evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert scroll <= visible + 1, (i, scroll, visible)  # no column cut off on the right
+
+
+@pytest.mark.parametrize("stat", ["final", "steps_to", "at_step"])
+def test_portrait_heatmap_in_view_at_1280x800(browser_page, seeded, stat):
+    _url, page, _failed = _open(
+        browser_page, f"portrait?sweep={seeded['sweep']}&stat={stat}", ".js-plotly-plot .heatmaplayer"
+    )
+    box = page.locator(".js-plotly-plot .heatmaplayer").first.bounding_box()
+    assert box["y"] < VIEWPORT["height"] and box["y"] + box["height"] <= VIEWPORT["height"], box

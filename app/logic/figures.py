@@ -441,7 +441,7 @@ def trajectories_figure(
                 hovertemplate=f"{name}<br>x=%{{x:~.4g}}<br>y=%{{y:~.4g}}<extra></extra>",
             )
         )
-    y_axis = {"title": y_label, **axis(log_y)}
+    y_axis: dict[str, object] = {"title": y_label, **axis(log_y)}
     marks = _divergence_marks(data, lines, meta)
     if not marks.empty:
         y_range = _fitted_range(lines[~lines["run_id"].isin(marks["run_id"])]["value"], log_y)

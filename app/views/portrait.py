@@ -56,7 +56,7 @@ c2.selectbox("Statistic", list(STATS), key=f"{P}.stat", format_func=labeler(STAT
 c3.selectbox("Over seeds", AGGS, key=f"{P}.agg")
 c4.toggle("Live", key=f"{P}.live", help="Refresh every few seconds while runs are going")
 stat = st.session_state[f"{P}.stat"]
-d1, d2 = st.columns([1, 2], vertical_alignment="bottom") if stat in ("at_step", "steps_to") else (None, st)
+d1, d2 = st.columns([1, 2], vertical_alignment="bottom") if stat in ("at_step", "steps_to") else (st, st)
 if stat == "at_step":
     st.session_state[f"{P}.step"] = min(int(st.session_state[f"{P}.step"]), max(steps - 1, 0))
     d1.slider("Step t", 0, max(steps - 1, 1), key=f"{P}.step")

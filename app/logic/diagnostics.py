@@ -29,8 +29,9 @@ def unrecorded_note(missing: Sequence[str], spec: dict[str, Any] | None) -> str:
     asked = list(((spec or {}).get("train") or {}).get("metrics") or [])
     names = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
     wanted = ", ".join(f'"{m}"' for m in dict.fromkeys([*asked, *missing]))
+    quoted = ", ".join(f'"{m}"' for m in asked)
     return (
-        f"This sweep did not record {names} (its spec says train.metrics = {asked}), so "
+        f"This sweep did not record {names} (its spec says train.metrics = [{quoted}]), so "
         f"{'that chart is' if len(missing) == 1 else 'those charts are'} not drawn. To record "
         f"{'it' if len(missing) == 1 else 'them'}, launch a sweep with {names} chosen under "
         f"Launch's “{LAUNCH_FIELD}”, or set `train.metrics = [{wanted}]` in its spec TOML "

@@ -45,7 +45,7 @@ url_state(SCHEMA, P)
 # the controls in two rows (the sweep beside the statistic; the step or threshold beside the
 # overlays) keep its top in view; the notes about the ridge and reruns go below it.
 st.subheader("Phase portrait")
-c0, c1, c2, c3, c4 = st.columns([3, 1.4, 1.6, 1.1, 0.8], vertical_alignment="bottom")
+c0, c1, c2, c3, c4 = st.columns([2.4, 1.2, 2, 1.1, 0.9], vertical_alignment="bottom")
 sweep_id = pick_sweep(source, f"{P}.sweep", where=c0)
 sweep = source.sweep(sweep_id) or {}
 spec = sweep.get("spec", {})

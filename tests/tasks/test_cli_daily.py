@@ -326,7 +326,7 @@ def test_export_piped_into_head_is_not_an_error(lab: Path) -> None:
         stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.readline().decode().strip() == "run_id,step,metric,value"
+    assert proc.stdout.readline().decode().strip() == "run_id,gamma,eta,seed,step,metric,value"
     proc.stdout.close()  # what `head -1` does: 10,000 rows (~400 kB) cannot all fit in the pipe
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err

@@ -610,8 +610,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from tasks import api
 
     settings = _settings(writes="`gamma-lab cancel`")
-    args.id = resolve_id(settings, args.id, "cancel")  # a unique prefix names it too
     catch_up(settings)  # statuses as they are now: runs that already ended are not "cancelled"
+    args.id = resolve_id(settings, args.id, "cancel")  # a unique prefix names it too
     shared = api.shared_active_runs(settings, args.id)  # before: afterwards they are no longer active
     n = api.cancel(settings, args.id)
     _err(f"cancel requested for {n} run(s) of {args.id}")
@@ -626,11 +626,11 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from tasks import api
 
     settings = _settings(writes="`gamma-lab rerun`")
-    args.id = resolve_id(settings, args.id, "rerun")  # a unique prefix names it too
     # Record waiting events first: that is also when runs of a killed worker are marked `lost`.
     # Without it, `rerun` after a worker died said "0 run(s) queued" until some `status` caught up.
     catch_up(settings)
     WorkerWatch(settings).check()  # queued runs whose only worker was killed: rerun cannot take them, this can
+    args.id = resolve_id(settings, args.id, "rerun")  # a unique prefix names it too
     ids = api.rerun(settings, args.id, everything=args.all, device=args.device)
     _err(f"{len(ids)} run(s) queued again as a new attempt")
     if ids and args.wait:  # the sweep (a run id: the sweep it joined last) until every run ended
@@ -721,8 +721,8 @@ def series_frame(settings: Any, sweep_id: str) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     settings = _settings()
-    args.sweep = resolve_id(settings, args.sweep, "export", ("sweep",))  # a unique prefix names it too
     catch_up(settings, strict=True)  # so the export is complete (skipped if another process records)
+    args.sweep = resolve_id(settings, args.sweep, "export", ("sweep",))  # a unique prefix names it too
     frame = series_frame(settings, args.sweep) if args.series else runs_frame(settings, args.sweep)
     out = args.out
     if args.format == "parquet" and not out:

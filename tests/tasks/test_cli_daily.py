@@ -85,7 +85,7 @@ def test_ctrl_c_during_wait_says_the_sweep_goes_on_and_prints_its_id(lab: Path) 
     )
     assert proc.stderr is not None
     seen = b""
-    while b"run/s" not in seen and b"s/run" not in seen:  # the progress bar is up: we are waiting
+    while b"step/s" not in seen and b"s/step" not in seen:  # the progress bar is up: we are waiting
         chunk = proc.stderr.read1(4096)
         assert chunk, seen.decode(errors="replace")
         seen += chunk

@@ -277,6 +277,8 @@ class MetricStore:
             raise StoreCorrupt.of(
                 self.path, f"truncated: block {top} is in use, the file ends within block {present} "
                 f"({self.path.stat().st_size} bytes)")
+        if self.read_only:  # the probe below needs a write transaction; a reader meets damage when it reads
+            return
         # index blocks are not listed there: look every key up (inserting nothing, rolled back: unwritten)
         tables = {r[0] for r in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         self.conn.execute("BEGIN TRANSACTION")

@@ -115,6 +115,7 @@ def test_sweep_wait_export_and_reuse(tmp_path: Path) -> None:
     rerun = _cli(tmp_path, "sweep", str(spec), "--wait", "--rerun")
     assert rerun.returncode == 0, rerun.stderr
     res = _cli(tmp_path, "export", sweep_id, "--series", "--format", "csv", "--out", str(tmp_path / "s2.csv"))
+    assert res.returncode == 0, res.stderr
     series2 = pd.read_csv(tmp_path / "s2.csv")
     train2 = series2[series2.metric == "train_loss"]
     assert not train2.duplicated(["run_id", "step"]).any()

@@ -1,4 +1,4 @@
-"""House style (style.md): ruff and mypy run clean. Part of the suite so the README's one test
+"""House style: ruff and mypy run clean. Part of the suite so the README's one test
 command checks them too."""
 
 import shutil

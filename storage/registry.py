@@ -37,7 +37,7 @@ FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
 # ends in one of these too (a cancelled, failed or lost rerun never hides it).
 RESULT_STATUSES = ("done", "diverged")
 ACTIVE_STATUSES = ("queued", "running")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class RegistryError(ValueError):
@@ -94,6 +94,10 @@ sweeps = sa.Table(
     # v3: the device the sweep was launched on ('cpu', 'cuda', 'cuda:N'): reruns and added seeds go
     # back to the same Celery queue (gpu/cpu) unless told otherwise
     sa.Column("device", sa.String(20), nullable=False, server_default="cpu"),
+    # v5: what people write about a sweep, and when it was archived (NULL: shown in lists)
+    sa.Column("tags", sa.Text),  # JSON list of strings
+    sa.Column("notes", sa.Text),
+    sa.Column("archived", sa.Float),
 )
 
 runs = sa.Table(
@@ -144,6 +148,47 @@ sweep_runs = sa.Table(
 )
 sa.Index("ix_sweep_runs_run", sweep_runs.c.run_id)
 sa.Index("ix_runs_status", runs.c.status)
+
+# v5: local accounts (password_hash NULL: an identity-provider user, who logs in only through OIDC),
+# dashboard login sessions, login attempts (for rate limiting) and the audit trail of who did what
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("password_hash", sa.Text),
+    sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created", sa.Float, nullable=False),
+)
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user", sa.String(200), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+    sa.Column("ended", sa.Float),
+)
+login_attempts = sa.Table(
+    "login_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("client", sa.String(200)),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+)
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False, server_default=""),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+)
+sa.Index("ix_login_attempts_at", login_attempts.c.at)
+sa.Index("ix_audit_at", audit.c.at)
 
 
 # ----------------------------------------------------------------------------- migrations
@@ -212,7 +257,33 @@ def _v3_to_v4(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4]
+def _v4_to_v5(conn: Connection) -> None:
+    """Accounts, sessions, login attempts and the audit trail; sweeps gain tags, notes and archived.
+    Existing sweeps keep their rows: no tags, no notes, shown (not archived)."""
+    serial = "SERIAL PRIMARY KEY" if conn.dialect.name == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    conn.exec_driver_sql(
+        "CREATE TABLE users (name VARCHAR(200) PRIMARY KEY, password_hash TEXT, "
+        "is_admin BOOLEAN NOT NULL DEFAULT FALSE, created FLOAT NOT NULL)"
+    )
+    conn.exec_driver_sql(
+        'CREATE TABLE sessions (id VARCHAR(64) PRIMARY KEY, "user" VARCHAR(200) NOT NULL, '
+        "created FLOAT NOT NULL, expires FLOAT NOT NULL, ended FLOAT)"
+    )
+    conn.exec_driver_sql(
+        f"CREATE TABLE login_attempts (id {serial}, name VARCHAR(200), client VARCHAR(200), "
+        "at FLOAT NOT NULL, ok BOOLEAN NOT NULL)"
+    )
+    conn.exec_driver_sql(
+        f"CREATE TABLE audit (id {serial}, at FLOAT NOT NULL, actor VARCHAR(200) NOT NULL, "
+        "action VARCHAR(40) NOT NULL, target VARCHAR(64) NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '')"
+    )
+    conn.exec_driver_sql("CREATE INDEX ix_login_attempts_at ON login_attempts (at)")
+    conn.exec_driver_sql("CREATE INDEX ix_audit_at ON audit (at)")
+    for ddl in ("tags TEXT", "notes TEXT", "archived FLOAT"):
+        conn.exec_driver_sql(f"ALTER TABLE sweeps ADD COLUMN {ddl}")
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -179,7 +179,7 @@ def test_a_v3_registry_migrates_with_each_finished_run_as_its_own_result(tmp_pat
             )
             conn.execute("INSERT INTO sweep_runs VALUES ('s1', ?, 1.0)", (c.run_id,))
     reg = Registry(f"sqlite:///{path}")
-    assert reg.version == SCHEMA_VERSION == 4
+    assert reg.version == SCHEMA_VERSION >= 4
     got = {r["run_id"]: r for r in reg.list_runs("s1")}
     assert len(got) == len(configs)
     for i, (c, status) in enumerate(zip(configs, statuses, strict=True)):

@@ -426,15 +426,11 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from storage.recorder import Recorder, RecorderBusy, record_until_stopped
+    from storage.recorder import RecorderBusy, open_when_free, record_until_stopped
 
     logging.getLogger("storage.recorder").setLevel(logging.INFO)  # hand-over and standby lines
     settings = _settings(writes="`gamma-lab recorder`")
-    try:
-        recorder = Recorder(settings, role="recorder")
-    except RecorderBusy as exc:
-        raise UserError(str(exc)) from None
-    _err(f"recording {settings.metrics_path} (Ctrl-C to stop)")
+    configure_logging(settings.broker_url)  # JSON lines in lab mode (storage.logs)
     # A dashboard that asks gets recording handed over; this process then stands by and records
     # again once that dashboard stops. SIGTERM/SIGINT end it (between steps: nothing half-stored).
     stop = threading.Event()
@@ -444,6 +440,13 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    try:  # a command recording for a moment (a rerun's catch-up) is waited for, not an error
+        recorder = open_when_free(settings, stop, role="recorder")
+    except RecorderBusy as exc:
+        raise UserError(str(exc)) from None
+    if recorder is None:
+        return 0
+    _err(f"recording {settings.metrics_path} (Ctrl-C to stop)")
     record_until_stopped(settings, recorder, stop, role="recorder")
     return 0
 

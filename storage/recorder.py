@@ -567,6 +567,28 @@ def start_if_free(settings: Settings, role: str = "cli") -> Recorder | None:
     return recorder.start()
 
 
+def open_when_free(settings: Settings, stop: threading.Event, *, poll_s: float = 0.5, **kwargs: Any) -> Recorder | None:
+    """The standalone recorder's first Recorder. A `gamma-lab` command that records for a while (the
+    catch-up of `status`/`rerun`, a `sweep --wait`) only borrows the store: wait for it to finish
+    instead of exiting -- a `gamma-lab recorder` started a moment after a `rerun` gave up after 10 s
+    and nothing recorded the rerun's events. Another dashboard or standalone recorder is a real
+    conflict: RecorderBusy, as before. None when `stop` is set while waiting."""
+    said = False
+    while True:
+        try:
+            return Recorder(settings, **kwargs)
+        except RecorderBusy:
+            owner = read_owner(settings)
+            if not (owner.role == "cli" and owner.pid is not None and pid_alive(owner.pid)):
+                raise
+            if not said:
+                log.info("standing by: %s records now; recording here once it stops", owner.describe())
+                said = True
+        if stop.wait(poll_s):
+            return None
+        kwargs["lock_wait_s"] = 0.0
+
+
 def record_until_stopped(
     settings: Settings, recorder: Recorder, stop: threading.Event, standby_s: float = 2.0, **kwargs: Any
 ) -> None:
@@ -608,16 +630,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
     settings = load_settings(**overrides)
-    try:
-        recorder = Recorder(settings, max_events=args.max_events, role="recorder")
-    except RecorderBusy as exc:
-        log.error("%s", exc)
-        return 2
-    if args.once:
-        recorder.drain()
-        recorder.close()
-        return 0
-
     stop = threading.Event()
 
     def _on_signal(_sig: int, _frame: Any) -> None:
@@ -625,6 +637,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    try:
+        recorder = open_when_free(settings, stop, max_events=args.max_events, role="recorder")
+    except RecorderBusy as exc:
+        log.error("%s", exc)
+        return 2
+    if recorder is None:
+        return 0
+    if args.once:
+        recorder.drain()
+        recorder.close()
+        return 0
     log.info("recording %s from %s", settings.metrics_path, settings.broker_url or settings.spool_dir)
     record_until_stopped(settings, recorder, stop, max_events=args.max_events, role="recorder")
     return 0

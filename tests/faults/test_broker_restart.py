@@ -339,9 +339,14 @@ def test_queued_units_lost_while_no_recorder_ran_end_lost_then_rerun(lab: Path, 
     try:
         res = cli(env, "rerun", sweep_id)
         assert res.returncode == 0 and "2 run(s) queued again" in res.stderr, res.stderr
-        runs = wait_for(
-            lambda: (rs := _settled(lab)) and all(r["status"] == "done" for r in rs) and rs, 120, "the rerun"
-        )
+        try:
+            runs = wait_for(
+                lambda: (rs := _settled(lab)) and all(r["status"] == "done" for r in rs) and rs, 120, "the rerun"
+            )
+        except AssertionError:
+            recorder_log, worker_log = _logs(lab)
+            print("runs:", registry_runs(lab), "\nrecorder log:\n", recorder_log, "\nworker log:\n", worker_log)
+            raise
     finally:
         dups, per_run = _counts_after_stop(lab, procs)
     stored = {r["run_id"]: per_run.get((r["run_id"], 1), 0) for r in runs}

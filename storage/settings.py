@@ -9,9 +9,13 @@ file beside its data.
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import ipaddress
+import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,10 @@ ENV_DATA = "GAMMA_LAB_DATA"
 ENV_REGISTRY = "GAMMA_LAB_REGISTRY_URL"
 ENV_BROKER = "GAMMA_LAB_BROKER_URL"
 ENV_PREFIX = "GAMMA_LAB_"
+AUTH_MODES = ("auto", "none", "local", "oidc")
+# Account names: local user names and identity-provider e-mail addresses alike.
+USER_NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+USER_NAME_RULE = "1-64 characters: letters, digits and . _ @ -"
 
 
 class SettingsError(ValueError):
@@ -53,6 +61,32 @@ def write_problem(path: Path) -> str | None:
     return f"{probe}: no write permission for this user"
 
 
+def _local_user() -> str:
+    """The login name of this process's user (the CLI's default actor); 'local' when the system
+    has none (a container without a passwd entry)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        return "local"
+    return name if USER_NAME_RE.fullmatch(name) else "local"
+
+
+def is_loopback(host: str) -> bool:
+    """True for a Host header or address naming this machine only (localhost, 127.x, ::1), with or
+    without a port."""
+    text = host.strip().lower()
+    if text.startswith("["):  # [::1]:8501
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # localhost:8501, 127.0.0.1:8501
+        text = text.split(":", 1)[0]
+    if text == "localhost" or text.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things live and how the pieces talk.
@@ -73,6 +107,13 @@ class Settings:
     max_cells     -- refuse sweeps larger than this before queueing: a typo in a grid (1e3 values
                      instead of 1e1) should not flood the queue.
     workers       -- local worker processes in embedded mode (one per core or device by default).
+    auth          -- who must log in to the dashboard: "none", "local" (accounts in the registry),
+                     "oidc" (Streamlit's st.login only) or "auto": local when the lab is shared
+                     (see auth_mode), none on one person's laptop.
+    user          -- the name the CLI acts as (audit rows, the launcher of its sweeps); the login name.
+    session_hours -- a dashboard login expires after this many hours.
+    cookie_secret -- the key that signs session cookies; None = <data_dir>/secret.key, made on first use
+                     (storage.accounts.cookie_secret). Every dashboard of a lab must share it.
     """
 
     data_dir: Path
@@ -84,6 +125,10 @@ class Settings:
     lost_after_s: float = 120.0
     max_cells: int = 10_000
     workers: int = 1
+    auth: str = "auto"
+    user: str = field(default_factory=_local_user)
+    session_hours: float = 12.0
+    cookie_secret: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_s", "lost_after_s"):
@@ -108,6 +153,31 @@ class Settings:
             )
         if self.broker_url is not None and not str(self.broker_url).startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("broker_url", f"must be a redis:// URL or unset (got {self.broker_url!r})")
+        self._check_accounts()
+
+    def _check_accounts(self) -> None:
+        """Validate auth, user, session_hours and cookie_secret."""
+        if self.auth not in AUTH_MODES:
+            raise SettingsError("auth", f"must be one of {', '.join(AUTH_MODES)} (got {self.auth!r})")
+        if not isinstance(self.user, str) or not USER_NAME_RE.fullmatch(self.user):
+            raise SettingsError("user", f"must be {USER_NAME_RULE} (got {self.user!r})")
+        hours = self.session_hours
+        if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours < math.inf:
+            raise SettingsError("session_hours", f"must be a number of hours > 0 (got {hours!r})")
+        object.__setattr__(self, "session_hours", float(hours))
+        if self.cookie_secret is not None and (not isinstance(self.cookie_secret, str) or len(self.cookie_secret) < 16):
+            raise SettingsError(
+                "cookie_secret", "must be a string of at least 16 characters, or unset to use <data_dir>/secret.key"
+            )
+
+    def auth_mode(self, host: str | None = None) -> str:
+        """The effective login mode: an explicit `auth` wins; "auto" is "local" when the lab is shared
+        (a broker, a server registry, or a dashboard reached under `host`, a non-loopback name) and
+        "none" on one person's machine, so a laptop stays login-free."""
+        if self.auth != "auto":
+            return self.auth
+        shared = not self.embedded or not self.registry_url.startswith("sqlite") or bool(host and not is_loopback(host))
+        return "local" if shared else "none"
 
     @property
     def embedded(self) -> bool:
@@ -172,7 +242,7 @@ class Settings:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)}
-_NUMERIC = {"heartbeat_s": float, "lost_after_s": float, "max_cells": int, "workers": int}
+_NUMERIC = {"heartbeat_s": float, "lost_after_s": float, "max_cells": int, "workers": int, "session_hours": float}
 
 
 def _env_value(name: str, raw: str) -> Any:
@@ -181,7 +251,7 @@ def _env_value(name: str, raw: str) -> Any:
             return _NUMERIC[name](raw)
         except ValueError:
             raise SettingsError(name, f"environment {ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
-    if name == "broker_url" and raw.strip() == "":
+    if name in ("broker_url", "cookie_secret") and raw.strip() == "":
         return None
     return raw
 

@@ -9,6 +9,7 @@
     gamma-lab rerun SWEEP|RUN [--all] [--device cpu|cuda]
     gamma-lab export SWEEP --format csv|parquet [--out FILE] [--series]
     gamma-lab demo                                       a tiny local sweep, then a summary table
+    gamma-lab user add|list|remove|passwd, gamma-lab audit   accounts and the audit trail (app/cli_users.py)
 
 SWEEP and RUN may be given by a unique prefix of at least 4 characters, as git takes a commit; an
 ambiguous one is refused naming its candidates (exit 2). `--wait` shows steps trained (runs × steps).
@@ -848,6 +849,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="a tiny local sweep and a summary table")
     s.add_argument("--steps", type=int, default=None)
     s.set_defaults(fn=cmd_demo)
+
+    from app.cli_users import add_parsers  # user add|list|remove|passwd, audit
+
+    add_parsers(sub)
     return p
 
 

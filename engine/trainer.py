@@ -21,6 +21,10 @@ Runs that really diverge grow geometrically and cross it a few steps later.
 Cancellation: `should_cancel()` is called at each flush and returns True (stop every member) or the
 run ids to stop (those members are frozen, status 'cancelled'; the others go on). The loop ends
 early once no member is left training.
+
+Early results: `on_result(result)` is called at the flush where a member diverges or is cancelled,
+after that flush's points, so its run ends then and not when the whole ensemble does (a diverged
+run showed "running" for the rest of its work unit). The returned list still holds every member.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ def train_ensemble(
     should_cancel: Callable[[], bool | Collection[str]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     flush_every: int = 50,
+    on_result: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
     """Train every config as one batched ensemble on `device` (docs/contracts.md)."""
     from engine.data import make_stream  # the data package; imported here so models/metrics stand alone
@@ -125,7 +130,7 @@ def train_ensemble(
     stream = make_stream(first.data, batch_size=first.train.batch_size, data_root=data_root, device=device, dtype=dtype)
     return train_on_stream(
         configs, stream, device=device, on_metrics=on_metrics, should_cancel=should_cancel,
-        on_progress=on_progress, flush_every=flush_every,
+        on_progress=on_progress, flush_every=flush_every, on_result=on_result,
     )  # fmt: skip
 
 
@@ -151,6 +156,7 @@ def train_on_stream(
     should_cancel: Callable[[], bool | Collection[str]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     flush_every: int = 50,
+    on_result: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
     """train_ensemble on an already-built data stream (anything with the DataStream interface)."""
     configs = _check(configs)
@@ -192,6 +198,30 @@ def train_on_stream(
     status = "done"
     steps_done = tc.steps
     cancelled_at = np.full(k, -1, dtype=np.int64)  # members stopped by a per-run cancel: steps done
+
+    def result(i: int) -> RunResult:
+        """Member i's result: its own end (diverged, cancelled) or the ensemble's (status, steps_done)."""
+        c = configs[i]
+        summary = {"final_train_loss": float(final_train[i]), "best_train_loss": float(best[i])}
+        if i in last_test:
+            summary["final_test_loss"], summary["final_test_acc"] = last_test[i]
+        summary = {key: v for key, v in summary.items() if math.isfinite(v)}
+        if diverged_host[i] >= 0:
+            step = int(diverged_host[i])
+            return RunResult(c.run_id, "diverged", step + 1, step, summary)
+        if cancelled_at[i] >= 0:
+            return RunResult(c.run_id, "cancelled", int(cancelled_at[i]), None, summary)
+        return RunResult(c.run_id, status, steps_done, None, summary)
+
+    reported: set[int] = set()  # members whose result went to on_result already
+
+    def report_ended() -> None:
+        if on_result is None:
+            return
+        for i in np.flatnonzero(~alive_host):
+            if int(i) not in reported and (diverged_host[i] >= 0 or cancelled_at[i] >= 0):
+                reported.add(int(i))
+                on_result(result(int(i)))
 
     for t in range(tc.steps):
         if t in evals:
@@ -238,6 +268,7 @@ def train_on_stream(
                 on_metrics(rows.emit(run_ids))
             else:
                 rows.clear()
+            report_ended()  # after their last points
             if on_progress is not None:
                 on_progress(t + 1, tc.steps)
             if t < tc.steps - 1 and should_cancel is not None:
@@ -252,23 +283,11 @@ def train_on_stream(
                         cancelled_at[stop] = t + 1
                         alive_host &= ~stop
                         alive &= torch.as_tensor(~stop, device=device)
+                        report_ended()
             if not alive_host.any():
                 break  # every member diverged or was cancelled: nothing left to train
 
-    results = []
-    for i, c in enumerate(configs):
-        summary = {"final_train_loss": float(final_train[i]), "best_train_loss": float(best[i])}
-        if i in last_test:
-            summary["final_test_loss"], summary["final_test_acc"] = last_test[i]
-        summary = {key: v for key, v in summary.items() if math.isfinite(v)}
-        if diverged_host[i] >= 0:
-            step = int(diverged_host[i])
-            results.append(RunResult(c.run_id, "diverged", step + 1, step, summary))
-        elif cancelled_at[i] >= 0:
-            results.append(RunResult(c.run_id, "cancelled", int(cancelled_at[i]), None, summary))
-        else:
-            results.append(RunResult(c.run_id, status, steps_done, None, summary))
-    return results
+    return [result(i) for i in range(k)]
 
 
 class _Rows:

@@ -230,18 +230,23 @@ def _run_unit(unit_json: str, settings: Any, publisher: Any, *, device: str | No
             log.debug("cannot read the cancel flags now: %s", exc)
         return flagged
 
+    def on_result(r: Any) -> None:
+        # a member that diverged or was cancelled ends at that flush, not with the whole unit
+        status = r.status
+        if status == "done" and r.run_id in flagged and r.steps_done < configs[0].train.steps:
+            status = "cancelled"
+        finish(r.run_id, status, r.steps_done, r.diverged_step, dict(r.summary))
+        beat.finish(r.run_id)
+
     try:
         results = train_ensemble(
             configs, device=device or unit.device, data_root=settings.data_dir, on_metrics=on_metrics,
-            should_cancel=should_cancel, flush_every=flush_every,
+            should_cancel=should_cancel, flush_every=flush_every, on_result=on_result,
         )
         beat.stop()
         for r in results:
-            status = r.status
-            if status == "done" and r.run_id in flagged and r.steps_done < configs[0].train.steps:
-                status = "cancelled"
-            finish(r.run_id, status, r.steps_done, r.diverged_step, dict(r.summary))
-            beat.finish(r.run_id)
+            if r.run_id not in finished:
+                on_result(r)
     except DiskFull:  # run_unit says it in one line and records the runs failed
         raise
     except BrokerUnavailable as exc:  # the bus is gone for longer than the publisher waits: say it in one line

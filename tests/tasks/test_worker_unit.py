@@ -92,3 +92,22 @@ def test_failing_unit_publishes_failed_with_the_error(tmp_path: Path) -> None:
     out = run_unit(unit, settings, pub)
     assert [e["status"] for e in out] == ["failed", "failed"]
     assert all("missing.npz" in (e["error"] or "") for e in out)
+
+
+def test_a_diverged_run_ends_at_its_flush_not_with_the_unit(tmp_path: Path) -> None:
+    # #10 item 7: a diverged run stayed "running" until the whole unit ended. Its `finished` event now
+    # comes at the flush where it diverged, after its own last points, before the other run's later
+    # points; each run gets exactly one `finished`, and its batch count matches the points it sent.
+    settings = load_settings(data_dir=tmp_path)
+    pub = Recording()
+    out = run_unit(_unit(400, [0.01, 1000.0]), settings, pub, flush_every=20)
+    by_status = {e["status"]: e["run_id"] for e in out}
+    diverged, done = by_status["diverged"], by_status["done"]
+    kinds = [(e["type"], e["run_id"]) for e in pub.events if e["type"] in ("points", "finished")]
+    end = kinds.index(("finished", diverged))
+    assert ("points", done) in kinds[end + 1:], "the diverged run ended only with the whole unit"
+    assert ("points", diverged) not in kinds[end + 1:]
+    assert [e["run_id"] for e in pub.of("finished")].count(diverged) == 1
+    finished = next(e for e in pub.of("finished") if e["run_id"] == diverged)
+    assert finished["batches"] == len([e for e in pub.of("points") if e["run_id"] == diverged])
+    assert finished["steps_done"] < 400 and finished["diverged_step"] is not None

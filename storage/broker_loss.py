@@ -70,9 +70,10 @@ class LostQueue:
 
 
 def queued_celery_runs(registry: Registry) -> dict[str, tuple[int, str]]:
-    """run_id -> (attempt, sweep_id) of the queued runs of Celery sweeps."""
+    """run_id -> (attempt, sweep_id) of the queued runs of Celery sweeps (archived ones too: hidden
+    from lists, their queued work is still the broker's)."""
     out: dict[str, tuple[int, str]] = {}
-    for sweep in registry.list_sweeps():
+    for sweep in registry.list_sweeps(archived=None):
         if sweep.get("executor") != "celery" or sweep.get("status") not in ("queued", "running"):
             continue
         for run in registry.list_runs(sweep["id"]):

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 STREAM = "gamma-lab:events"
 DEAD_LETTER_STREAM = "gamma-lab:events:dead"
 GROUP = "recorder"
-EVENT_TYPES = ("started", "points", "heartbeat", "finished", "export")
+EVENT_TYPES = ("started", "points", "heartbeat", "finished", "export", "purge")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
 # Celery's queues on the same Redis (tasks.celery_app.QUEUES) and where kombu keeps delivered,
@@ -79,6 +79,11 @@ def _need_int(ev: Mapping[str, Any], key: str, *, optional: bool = False) -> int
     return v
 
 
+def _need_run_ids(ids: Any) -> None:
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise BadEvent("run_ids: must be a list of run id strings")
+
+
 def validate_event(ev: Any) -> dict[str, Any]:
     """Check an event's shape and types; returns it (lists kept as lists) or raises BadEvent."""
     if not isinstance(ev, dict):
@@ -86,24 +91,28 @@ def validate_event(ev: Any) -> dict[str, Any]:
     kind = ev.get("type")
     if kind not in EVENT_TYPES:
         raise BadEvent(f"type: must be one of {', '.join(EVENT_TYPES)} (got {kind!r})")
-    if kind == "export":  # a reader asks the recorder to write points to a Parquet file (storage.export)
+    if kind in ("export", "purge"):  # a request to the recorder, answered in a file at `path`
         rid = ev.get("request_id")
         if not isinstance(rid, str) or not _REQUEST_ID.fullmatch(rid):
             raise BadEvent(f"request_id: must be 1-64 letters, digits, _ or - (got {rid!r})")
         _need_str(ev, "path")
+    if kind == "purge":  # delete (or, dry_run, count) purged runs' points (storage.purge)
+        _need_run_ids(ev.get("run_ids"))
+        if not isinstance(ev.get("dry_run", False), bool):
+            raise BadEvent(f"dry_run: must be true or false (got {ev.get('dry_run')!r})")
+        return ev
+    if kind == "export":  # a reader asks the recorder to write points to a Parquet file (storage.export)
         ids, sweep = ev.get("run_ids"), ev.get("sweep_id")
         if (ids is None) == (sweep is None):
             raise BadEvent("run_ids, sweep_id: give exactly one of them")
-        if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids)):
-            raise BadEvent("run_ids: must be a list of run id strings")
+        if ids is not None:
+            _need_run_ids(ids)
         if sweep is not None:
             _need_str(ev, "sweep_id")
         return ev
     _need_int(ev, "attempt")
     if kind == "heartbeat":
-        ids = ev.get("run_ids")
-        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
-            raise BadEvent("run_ids: must be a list of run id strings")
+        _need_run_ids(ev.get("run_ids"))
     else:
         _need_str(ev, "run_id")
     if kind in ("started", "heartbeat"):

@@ -58,6 +58,7 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
 ]
 STORE_VERSION = "1"
+_COUNT_RUNS_POINTS = "SELECT count(*) FROM points WHERE list_contains(?, run_key)"  # ? = a list of run keys
 
 # Per-batch aggregate merged into `summaries`. In ON CONFLICT DO UPDATE, bare names are the stored row
 # and EXCLUDED.* the new one; every SET expression sees the old row.
@@ -573,6 +574,44 @@ class MetricStore:
                 sql, params = sql + " AND attempt = ?", [key, attempt]
         with self.reader() as cur:
             return int(cur.execute(sql, params).fetchall()[0][0])
+
+    def count_runs_points(self, run_ids: Iterable[str]) -> int:
+        """Points of these runs, every attempt (what a purge of them deletes)."""
+        keys = list(self.run_keys(run_ids).values())
+        if not keys:
+            return 0
+        with self.reader() as cur:
+            return int(cur.execute(_COUNT_RUNS_POINTS, [keys]).fetchall()[0][0])
+
+    def delete_runs(self, run_ids: Iterable[str]) -> int:
+        """Delete every attempt's points of these runs, with their summaries, ingested marks and run
+        keys, in ONE transaction, then checkpoint so the file itself no longer holds them. Returns the
+        points deleted. Only for runs the registry no longer holds (a purge): a later event of such a
+        run is refused as unknown, and a run id launched again starts from an empty history."""
+        if self.read_only:
+            raise RuntimeError("MetricStore: opened read-only; only the recorder deletes")
+        if self.damaged is not None:
+            raise self.damaged
+        keys = list(self.run_keys(run_ids).values())
+        if not keys:
+            return 0
+        try:
+            with self._write_lock:
+                self.conn.execute("BEGIN TRANSACTION")
+                try:
+                    n = int(self.conn.execute(_COUNT_RUNS_POINTS, [keys]).fetchall()[0][0])
+                    for table in ("points", "summaries", "ingested", "run_keys"):
+                        self.conn.execute(f"DELETE FROM {table} WHERE list_contains(?, run_key)", [keys])
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._load_keys()
+        except duckdb.Error as exc:
+            raise self._classified(exc) from exc
+        self.checkpoint()
+        return n
 
     def count_duplicates(self) -> int:
         """Points whose (run, attempt, seq, step, metric) occurs more than once (0 when exactly-once holds)."""

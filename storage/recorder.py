@@ -41,11 +41,15 @@ from storage.metric_store import (
     check_file,
     is_damage,
 )
+from storage.purge import answer_request as answer_purge
 from storage.recorder_claim import ClaimHeld, RecorderClaim
 from storage.registry import FinishedEvent, HeartbeatEvent, Registry, StartedEvent
 from storage.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+
+REQUESTS = ("export", "purge")  # events that ask the recorder for something (answered in a file)
 
 
 class RecorderBusy(RuntimeError):
@@ -273,7 +277,7 @@ class Recorder:
         referenced: set[str] = set()
         for d in good:
             ev = d.event or {}
-            if ev["type"] == "export":  # names runs to read, not to record: checked when answered
+            if ev["type"] in REQUESTS:  # names runs to read or delete, not to record
                 continue
             referenced |= set(ev["run_ids"]) if ev["type"] == "heartbeat" else {ev["run_id"]}
         unknown = self._unknown(referenced)
@@ -285,7 +289,7 @@ class Recorder:
                 if not ev["run_ids"]:
                     self._reject(d, "heartbeat names no known run")
                     continue
-            elif ev["type"] != "export" and ev["run_id"] in unknown:
+            elif ev["type"] not in REQUESTS and ev["run_id"] in unknown:
                 self._reject(d, f"unknown run {ev['run_id']!r} (not in the registry)")
                 continue
             kept.append(d)
@@ -344,6 +348,17 @@ class Recorder:
                 kept.remove(d)
                 continue
             self._raise_if_damaged()
+        # purges after the exports and the points before them: a purged run's last points go too
+        for d in [d for d in kept if (d.event or {})["type"] == "purge"]:
+            ev = d.event or {}
+            try:
+                answer_purge(self.settings, self.store, ev)
+            except ValueError as exc:  # path outside the data folder: nothing deleted, set aside
+                self._reject(d, f"purge: {exc}")
+                kept.remove(d)
+                continue
+            if not ev.get("dry_run"):
+                self._known_runs -= set(ev["run_ids"])  # a late event of a purged run is refused as unknown
         self.consumer.ack(kept)
         self.stats["events"] += len(kept)
         self.stats["points"] += stored
@@ -444,7 +459,7 @@ class Recorder:
         their own `done`, still waiting in the spool, wins if it arrives). Returns their sweep ids."""
         by_sweep: dict[str, list[FinishedEvent]] = {}
         try:
-            for sweep in self.registry.list_sweeps():
+            for sweep in self.registry.list_sweeps(archived=None):  # archived sweeps' runs too
                 if not sweep["counts"].get("running"):
                     continue
                 for run in self.registry.list_runs(sweep["id"], status="running"):

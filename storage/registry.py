@@ -738,36 +738,122 @@ class Registry:
             self._refresh_sweeps(conn, sorted(sids))
 
     @staticmethod
-    def _sweep_dict(row: Any, tally: tuple[dict[str, int], dict[str, int]]) -> dict[str, Any]:
+    def _times(conn: Connection, sweep_ids: Sequence[str]) -> dict[str, tuple[float | None, float | None]]:
+        """sweep_id -> (its first run's start, its last run's end): one grouped query. A lost run has no
+        `ended`: its last heartbeat stands for it."""
+        end = sa.func.coalesce(runs.c.ended, runs.c.result_ended, runs.c.heartbeat, runs.c.started)
+        q = (
+            sa.select(sweep_runs.c.sweep_id, sa.func.min(runs.c.started), sa.func.max(end))
+            .join(runs, runs.c.run_id == sweep_runs.c.run_id)
+            .where(sweep_runs.c.sweep_id.in_(list(sweep_ids)))
+            .group_by(sweep_runs.c.sweep_id)
+        )
+        return {sid: (first, last) for sid, first, last in conn.execute(q)}
+
+    @staticmethod
+    def _sweep_dict(
+        row: Any, tally: tuple[dict[str, int], dict[str, int]], times: tuple[float | None, float | None]
+    ) -> dict[str, Any]:
         counts, newer = tally
         d = dict(row._mapping)
         d["spec"] = json.loads(d["spec"])
+        d["tags"] = json.loads(d["tags"]) if d.get("tags") else []
+        d["notes"] = d.get("notes") or ""
         d["counts"] = {s: counts.get(s, 0) for s in RUN_STATUSES}
         d["newer"] = dict(sorted(newer.items()))  # runs showing an earlier result, by their newer attempt's status
         d["n_runs"] = sum(counts.values())
         d["status"] = sweep_rollup(counts)  # always fresh, whatever the stored column says
+        started, last_end = times
+        final = d["n_runs"] > 0 and not any(counts.get(s, 0) for s in ACTIVE_STATUSES)
+        d["started"], d["finished"] = started, (last_end if final and started is not None else None)
+        d["duration_s"] = None if started is None else max(0.0, (d["finished"] or time.time()) - started)
         return d
 
-    def list_sweeps(self, *, owner: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def _sweep_dicts(self, conn: Connection, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        ids = [r.id for r in rows]
+        tally = self._tally(conn, ids) if ids else {}
+        times = self._times(conn, ids) if ids else {}
+        return [self._sweep_dict(r, tally.get(r.id, ({}, {})), times.get(r.id, (None, None))) for r in rows]
+
+    def list_sweeps(
+        self, *, owner: str | None = None, limit: int | None = None, archived: bool | None = False
+    ) -> list[dict[str, Any]]:
         """Newest first, each with `counts` per effective run status, `newer` (runs that show an earlier
-        finished attempt, per status of their newer attempt), `n_runs` and the rolled-up `status`."""
+        finished attempt, per status of their newer attempt), `n_runs`, the rolled-up `status`, tags,
+        notes, archived and started/finished/duration_s. `archived`: False hides archived sweeps (what
+        lists show), True lists only them, None every sweep (what must see all work, e.g. queued runs)."""
         q = sa.select(sweeps).order_by(sweeps.c.created.desc())
         if owner is not None:
             q = q.where(sweeps.c.owner == owner)
+        if archived is not None:
+            q = q.where(sweeps.c.archived.is_not(None) if archived else sweeps.c.archived.is_(None))
         if limit is not None:
             q = q.limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-            tally = self._tally(conn, [r.id for r in rows]) if rows else {}
-        return [self._sweep_dict(r, tally.get(r.id, ({}, {}))) for r in rows]
+            return self._sweep_dicts(conn, conn.execute(q).all())
 
     def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
+        """One sweep as list_sweeps shows it (archived or not); None when there is no such sweep."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(sweeps).where(sweeps.c.id == sweep_id)).first()
-            if row is None:
-                return None
-            tally = self._tally(conn, [sweep_id]).get(sweep_id, ({}, {}))
-        return self._sweep_dict(row, tally)
+            found = self._sweep_dicts(conn, conn.execute(sa.select(sweeps).where(sweeps.c.id == sweep_id)).all())
+        return found[0] if found else None
+
+    def update_sweep(self, sweep_id: str, **values: Any) -> None:
+        """Set a sweep's name, tags (a list of strings), notes or archived (a time, or None to restore).
+        The caller (tasks.api) checks the values and who may change them; RegistryError for an unknown
+        sweep or column."""
+        bad = sorted(set(values) - {"name", "tags", "notes", "archived"})
+        if bad:
+            raise RegistryError(f"{bad[0]}: not a field of a sweep that can be changed")
+        if "tags" in values:
+            values["tags"] = _json(list(values["tags"]))
+        with self.engine.begin() as conn:
+            if not conn.execute(sweeps.update().where(sweeps.c.id == sweep_id).values(**values)).rowcount:
+                raise RegistryError(f"sweep_id: no sweep {sweep_id!r}")
+
+    @staticmethod
+    def _split_shared(conn: Connection, sweep_id: str) -> tuple[list[str], dict[str, list[str]]]:
+        """The sweep's runs no other sweep holds, and its shared runs: run_id -> the other sweeps."""
+        mine = list(conn.execute(sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_id)).scalars())
+        shared: dict[str, list[str]] = {}
+        for chunk in _chunks(mine, 500):
+            for rid, sid in conn.execute(
+                sa.select(sweep_runs.c.run_id, sweep_runs.c.sweep_id)
+                .where(sweep_runs.c.run_id.in_(chunk), sweep_runs.c.sweep_id != sweep_id)
+                .order_by(sweep_runs.c.sweep_id)
+            ):
+                shared.setdefault(rid, []).append(sid)
+        return sorted(r for r in mine if r not in shared), dict(sorted(shared.items()))
+
+    def purge_split(self, sweep_id: str) -> tuple[list[str], dict[str, list[str]]]:
+        """What a purge of the sweep would delete and keep: (run ids no other sweep holds, shared run
+        id -> the other sweeps holding it)."""
+        with self.engine.connect() as conn:
+            return self._split_shared(conn, sweep_id)
+
+    def purge_sweep(self, sweep_id: str) -> tuple[list[str], dict[str, list[str]]]:
+        """Delete the sweep, its links to runs and the runs no other sweep holds, in ONE transaction;
+        shared runs stay with their other sweeps. Refused (RegistryError, nothing changed) while any of
+        its runs is queued or running. Returns purge_split's answer as it was deleted. The runs' metric
+        points are the recorder's to delete (storage.purge)."""
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(sweeps.c.id).where(sweeps.c.id == sweep_id)).first() is None:
+                raise RegistryError(f"sweep_id: no sweep {sweep_id!r}")
+            active = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(sweep_runs.join(runs, runs.c.run_id == sweep_runs.c.run_id))
+                .where(sweep_runs.c.sweep_id == sweep_id, runs.c.status.in_(ACTIVE_STATUSES))
+            ).scalar_one()
+            if active:
+                raise RegistryError(
+                    f"sweep: {active} run(s) of sweep {sweep_id} are queued or running; cancel it first, then purge"
+                )
+            only_here, shared = self._split_shared(conn, sweep_id)
+            conn.execute(sweep_runs.delete().where(sweep_runs.c.sweep_id == sweep_id))
+            for chunk in _chunks(only_here, 500):
+                conn.execute(runs.delete().where(runs.c.run_id.in_(chunk)))
+            conn.execute(sweeps.delete().where(sweeps.c.id == sweep_id))
+        return only_here, shared
 
     def sweep_status(self, sweep_id: str) -> str:
         sweep = self.get_sweep(sweep_id)
@@ -863,6 +949,26 @@ class Registry:
                 for r in conn.execute(sa.select(runs).where(runs.c.run_id.in_(chunk))):
                     found[r.run_id] = self._run_dict(r)
         return [found[i] for i in run_ids if i in found]
+
+    def running_runs(self) -> list[dict[str, Any]]:
+        """Runs whose current attempt is running: run_id, gamma, eta, seed, attempt, worker (host:pid),
+        started, heartbeat, and `sweeps` (their sweep ids). tasks.workers groups them by worker."""
+        q = (
+            sa.select(runs.c.run_id, runs.c.gamma, runs.c.eta, runs.c.seed, runs.c.attempt, runs.c.worker,
+                      runs.c.started, runs.c.heartbeat, sweep_runs.c.sweep_id)
+            .join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id, isouter=True)
+            .where(runs.c.status == "running")
+            .order_by(runs.c.gamma, runs.c.eta, runs.c.seed, sweep_runs.c.sweep_id)
+        )
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(q):
+                run = out.setdefault(row.run_id, {**row._mapping, "sweeps": []})
+                if row.sweep_id is not None:
+                    run["sweeps"].append(row.sweep_id)
+        for run in out.values():
+            del run["sweep_id"]
+        return list(out.values())
 
     def existing_run_ids(self, run_ids: Iterable[str]) -> set[str]:
         ids = list(set(run_ids))

@@ -1,4 +1,10 @@
-"""What the CLI and the dashboard call: submit, cancel, rerun, add_seeds, sweep_progress.
+"""What the CLI and the dashboard call: submit, cancel, rerun, add_seeds, sweep_progress, and the
+sweep's organization: rename, set_tags, set_notes, archive, restore, purge_plan, purge.
+
+Every acting function takes `actor` (tasks.access.Actor; None = the CLI's local user): the launcher or
+an admin alone may cancel, archive, restore, purge or edit a sweep (checked before anything changes,
+tasks.access.NotAllowed otherwise), and each action that succeeded leaves a row in the audit trail
+(storage.audit) naming who did it.
 
 submit() validates (nothing is queued if the spec is wrong), records the sweep and its runs in the
 registry as `queued`, packs the cells that need training into work units (tasks.planner) and hands
@@ -13,20 +19,23 @@ process (tasks.adaptive) so that they outlive the submitting command.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence, Sized
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig
-from storage.registry import Registry
+from storage import audit
+from storage.registry import Registry, RegistryError
 from tasks import cancel as cancel_flags
 from tasks import local_queue
+from tasks.access import Actor, local_actor, require, require_for_run
 from tasks.executors import CeleryExecutor, LocalExecutor
 from tasks.planner import Plan, device_class, pack
 from tasks.spec import SweepSpec, validate_spec
@@ -127,15 +136,17 @@ def submit(
     owner: str | None = None,
     rerun: bool = False,
     device: str | None = None,
+    actor: Actor | None = None,
 ) -> str:
     """Validate, record and queue a sweep. Returns the sweep id. Raises SpecError/ConfigError before
-    anything is stored when the spec or the executor is wrong."""
+    anything is stored when the spec or the executor is wrong. `owner` defaults to the actor."""
+    actor = actor or local_actor(settings)
     _check_executor(executor, settings)
     _check_device(executor, device)
     device = device or _default_device(executor)  # stored: reruns and added seeds go back to it
     for warning in validate_spec(spec, settings):
         log.warning("%s", warning)
-    owner = owner or _whoami()
+    owner = owner or actor.name
     settings.ensure_dirs()
     with Registry(settings.registry_url) as reg:
         sweep_id = reg.create_sweep(spec.name, owner, spec.to_dict(), executor=executor, device=device)
@@ -143,7 +154,26 @@ def submit(
         start_adaptive(settings, sweep_id, executor=executor, rerun=rerun, device=device)
     else:
         queue_cells(settings, sweep_id, spec.cells(), executor=executor, rerun=rerun, device=device)
+    _audit(settings, actor, "launch", sweep_id, f"{spec.name!r} as {owner}, {executor} on {device}")
     return sweep_id
+
+
+def _audit(settings: Any, actor: Actor, action: str, target: str, detail: str = "") -> None:
+    with Registry(settings.registry_url) as reg:
+        audit.record(reg, actor.name, action, target, detail)
+
+
+def _require_target(reg: Registry, actor: Actor, sweep_or_run_id: str, action: str) -> None:
+    """NotAllowed unless `actor` may take `action` on this sweep, or on this run (a run: the actor
+    launched some sweep holding it). An unknown id is left to the caller's own error."""
+    if not actor.enforced or actor.is_admin:
+        return
+    sweep = reg.get_sweep(sweep_or_run_id)
+    if sweep is not None:
+        require(actor, sweep, action)
+    elif reg.get_run(sweep_or_run_id) is not None:
+        holders = [s for sid in reg.sweeps_of_run(sweep_or_run_id) if (s := reg.get_sweep(sid)) is not None]
+        require_for_run(actor, sweep_or_run_id, holders, action)
 
 
 def queue_cells(
@@ -184,11 +214,13 @@ def shared_active_runs(settings: Any, sweep_or_run_id: str) -> dict[str, int]:
         return reg.sweeps_sharing(active, besides=besides) if active else {}
 
 
-def cancel(settings: Any, sweep_or_run_id: str) -> int:
+def cancel(settings: Any, sweep_or_run_id: str, actor: Actor | None = None) -> int:
     """Cooperative cancel: queued runs become cancelled at once, running ones stop at their next flush.
     Returns how many runs were asked to stop (shared runs stop for every sweep holding them:
-    shared_active_runs tells which)."""
+    shared_active_runs tells which). Only the launcher or an admin (NotAllowed, nothing changed)."""
+    actor = actor or local_actor(settings)
     with Registry(settings.registry_url) as reg:
+        _require_target(reg, actor, sweep_or_run_id, "cancel")
         ids = reg.run_ids_for(sweep_or_run_id)
         active = [r["run_id"] for r in reg.get_runs(ids) if r["status"] in ACTIVE_STATUSES]
         cancel_flags.request(settings, active)  # what the workers poll
@@ -196,6 +228,7 @@ def cancel(settings: Any, sweep_or_run_id: str) -> int:
     stop_adaptive(settings, sweep_or_run_id)
     if active:
         LocalExecutor(settings).forget(set(active))
+    _audit(settings, actor, "cancel", sweep_or_run_id, f"{n} run(s) asked to stop")
     return n
 
 
@@ -217,11 +250,19 @@ def relaunch_target(settings: Any, sweep: dict[str, Any] | None, device: str | N
     return executor, device or _default_device(executor)
 
 
-def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, device: str | None = None) -> list[str]:
+def rerun(
+    settings: Any,
+    sweep_or_run_id: str,
+    *,
+    everything: bool = False,
+    device: str | None = None,
+    actor: Actor | None = None,
+) -> list[str]:
     """Train again, as a new attempt, the runs without a result (failed, cancelled, lost) of a sweep,
     or the one run named (whatever its result), or with `everything` every finished run.
     `device=None`: the sweep's launch device (for a run, that of the sweep it joined last).
-    Returns the run ids queued."""
+    Returns the run ids queued. Anyone may (audited)."""
+    actor = actor or local_actor(settings)
     with Registry(settings.registry_url) as reg:
         ids = reg.run_ids_for(sweep_or_run_id)
         # a sweep's runs with their status as that sweep reads it: another sweep's cancelled rerun of a
@@ -237,12 +278,16 @@ def rerun(settings: Any, sweep_or_run_id: str, *, everything: bool = False, devi
         attempts = reg.reset_for_rerun([r["run_id"] for r in again], sweep_id=sweep_id) if again else {}
     configs = [RunConfig.from_dict(r["config"]) for r in again]
     dispatch(settings, configs, attempts, executor=executor, sweep_id=sweep_id, device=device)
+    _audit(settings, actor, "rerun", sweep_or_run_id, f"{len(configs)} run(s) queued again on {device}")
     return [c.run_id for c in configs]
 
 
-def add_seeds(settings: Any, sweep_id: str, seeds: Iterable[int], device: str | None = None) -> list[str]:
+def add_seeds(
+    settings: Any, sweep_id: str, seeds: Iterable[int], device: str | None = None, actor: Actor | None = None
+) -> list[str]:
     """Add seeds to every (γ, η) of a sweep (the cells it already has), on the sweep's launch device
-    unless `device` is given. Returns the run ids queued."""
+    unless `device` is given. Returns the run ids queued. Anyone may (audited)."""
+    actor = actor or local_actor(settings)
     if isinstance(seeds, Sized) and len(seeds) > settings.max_cells:  # before a set of 10^7 seeds is built
         raise ConfigError("grid", f"{len(seeds):,} seeds to add; at most max_cells={settings.max_cells} cells")
     seeds = sorted(set(seeds))
@@ -266,7 +311,10 @@ def add_seeds(settings: Any, sweep_id: str, seeds: Iterable[int], device: str | 
             f"max_cells={settings.max_cells} allowed",
         )
     cells = [spec.cell(g, e, s) for g, e in pairs for s in seeds]
-    return queue_cells(settings, sweep_id, cells, executor=executor, device=device)
+    queued = queue_cells(settings, sweep_id, cells, executor=executor, device=device)
+    detail = f"{len(seeds)} seed(s) {seeds[0]}..{seeds[-1]}: {len(queued)} run(s) queued"
+    _audit(settings, actor, "add-seeds", sweep_id, detail)
+    return queued
 
 
 def sweep_progress(settings: Any, sweep_id: str) -> dict[str, int]:
@@ -282,6 +330,143 @@ def is_settled(settings: Any, sweep_id: str) -> bool:
     """No run queued or running and no adaptive round still to come."""
     counts = sweep_progress(settings, sweep_id)
     return not any(counts.get(s, 0) for s in ACTIVE_STATUSES) and not adaptive_active(settings, sweep_id)
+
+
+# ----------------------------------------------------------------------------- organization
+
+NAME_MAX, TAGS_MAX, TAG_MAX, NOTES_MAX = 200, 20, 40, 10_000
+_TAG = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def check_name(name: Any) -> str:
+    """A sweep's name: 1-200 printable characters (surrounding spaces dropped)."""
+    text = name.strip() if isinstance(name, str) else ""
+    if not 1 <= len(text) <= NAME_MAX or not text.isprintable():
+        raise ConfigError("name", f"must be 1-{NAME_MAX} printable characters, no line breaks (got {name!r})")
+    return text
+
+
+def check_tags(tags: Any) -> list[str]:
+    """Up to 20 tags, each 1-40 letters, digits or - _ . : (repeats dropped, order kept)."""
+    if isinstance(tags, str) or not isinstance(tags, Iterable):
+        raise ConfigError("tags", f"must be a list of tags (got {tags!r})")
+    out: list[str] = []
+    for tag in tags:
+        text = tag.strip() if isinstance(tag, str) else tag
+        if not isinstance(text, str) or len(text) > TAG_MAX or not _TAG.fullmatch(text):
+            raise ConfigError("tags", f"each tag must be 1-{TAG_MAX} letters, digits or - _ . : (got {tag!r})")
+        if text not in out:
+            out.append(text)
+    if len(out) > TAGS_MAX:
+        raise ConfigError("tags", f"at most {TAGS_MAX} tags per sweep (got {len(out)})")
+    return out
+
+
+def check_notes(notes: Any) -> str:
+    """Notes: text of up to 10,000 characters; line breaks and tabs allowed, other control characters not."""
+    if not isinstance(notes, str):
+        raise ConfigError("notes", f"must be text (got {type(notes).__name__})")
+    if len(notes) > NOTES_MAX:
+        raise ConfigError("notes", f"at most {NOTES_MAX:,} characters (got {len(notes):,})")
+    bad = next((i for i, ch in enumerate(notes) if not ch.isprintable() and ch not in "\n\r\t"), None)
+    if bad is not None:
+        raise ConfigError("notes", f"must not contain control characters (got {notes[bad]!r} at position {bad})")
+    return notes
+
+
+def _edit(settings: Any, sweep_id: str, action: str, actor: Actor | None, detail: str, **values: Any) -> None:
+    """Check who acts, change the sweep, record it in the audit trail."""
+    actor = actor or local_actor(settings)
+    with Registry(settings.registry_url) as reg:
+        sweep = reg.get_sweep(sweep_id)
+        if sweep is None:
+            raise ConfigError("sweep", f"no sweep {sweep_id!r}")
+        require(actor, sweep, action)
+        reg.update_sweep(sweep_id, **values)
+        audit.record(reg, actor.name, action, sweep_id, detail)
+
+
+def rename(settings: Any, sweep_id: str, name: str, actor: Actor | None = None) -> None:
+    """Give a sweep a new name (the launcher or an admin)."""
+    name = check_name(name)
+    _edit(settings, sweep_id, "rename", actor, f"name {name!r}", name=name)
+
+
+def set_tags(settings: Any, sweep_id: str, tags: list[str], actor: Actor | None = None) -> None:
+    """Replace a sweep's tags (the launcher or an admin)."""
+    tags = check_tags(tags)
+    _edit(settings, sweep_id, "tags", actor, f"tags {', '.join(tags) or '(none)'}", tags=tags)
+
+
+def set_notes(settings: Any, sweep_id: str, notes: str, actor: Actor | None = None) -> None:
+    """Replace a sweep's notes (the launcher or an admin)."""
+    notes = check_notes(notes)
+    _edit(settings, sweep_id, "notes", actor, f"notes of {len(notes)} character(s)", notes=notes or None)
+
+
+def archive(settings: Any, sweep_id: str, actor: Actor | None = None) -> None:
+    """Hide a sweep from lists (restorable; its runs and points stay). The launcher or an admin."""
+    _edit(settings, sweep_id, "archive", actor, "", archived=time.time())
+
+
+def restore(settings: Any, sweep_id: str, actor: Actor | None = None) -> None:
+    """Show an archived sweep in lists again. The launcher or an admin."""
+    _edit(settings, sweep_id, "restore", actor, "", archived=None)
+
+
+@dataclass(frozen=True)
+class PurgePlan:
+    """What a purge of a sweep deletes: the runs no other sweep holds (their registry rows and every
+    point), and what it keeps: shared runs (run id -> the other sweeps holding it). `points`: None
+    when the recorder holding the metrics file did not answer in time (the deletion is then pending
+    on the bus: the next recorder does it)."""
+
+    sweep_id: str
+    name: str
+    runs_deleted: list[str] = field(default_factory=list)
+    runs_kept: dict[str, list[str]] = field(default_factory=dict)
+    points: int | None = None
+
+
+def purge_plan(settings: Any, sweep_id: str) -> PurgePlan:
+    """What purge(sweep_id) would delete and keep; changes nothing (ConfigError for an unknown sweep)."""
+    from storage.purge import count_points
+
+    with Registry(settings.registry_url) as reg:
+        sweep = reg.get_sweep(sweep_id)
+        if sweep is None:
+            raise ConfigError("sweep", f"no sweep {sweep_id!r}")
+        deleted, kept = reg.purge_split(sweep_id)
+    return PurgePlan(sweep_id, sweep["name"], deleted, kept, count_points(settings, deleted))
+
+
+def purge(settings: Any, sweep_id: str, *, confirm: str, actor: Actor | None = None) -> PurgePlan:
+    """Delete a sweep for good: its row, its links, the runs no other sweep holds and their points
+    (through the recorder, the metrics file's one writer: storage.purge); shared runs stay. `confirm`
+    must be the sweep's id (the user typed it). The launcher or an admin; refused while any of its
+    runs is queued or running (nothing changed). Returns what went; audited with the counts."""
+    from storage.purge import delete_points
+
+    actor = actor or local_actor(settings)
+    with Registry(settings.registry_url) as reg:
+        sweep = reg.get_sweep(sweep_id)
+        if sweep is None:
+            raise ConfigError("sweep", f"no sweep {sweep_id!r}")
+        require(actor, sweep, "purge")
+        if str(confirm).strip() != sweep_id:
+            raise ConfigError("confirm", f"type the sweep id {sweep_id} to purge it (got {confirm!r}); nothing deleted")
+        try:
+            deleted, kept = reg.purge_sweep(sweep_id)
+        except RegistryError as exc:  # runs still queued or running
+            raise ConfigError("sweep", str(exc).removeprefix("sweep: ")) from None
+    points = None
+    try:
+        points = delete_points(settings, deleted)
+    finally:
+        said = "pending (the recorder deletes them when it runs)" if points is None else str(points)
+        _audit(settings, actor, "purge", sweep_id,
+               f"{sweep['name']!r}: {len(deleted)} run(s) deleted, {len(kept)} shared run(s) kept, points {said}")
+    return PurgePlan(sweep_id, sweep["name"], deleted, kept, points)
 
 
 # ----------------------------------------------------------------------------- adaptive driver process
@@ -324,9 +509,3 @@ def stop_adaptive(settings: Any, sweep_or_run_id: str) -> None:
     if path.exists():
         path.with_suffix(".stop").touch()
 
-
-def _whoami() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

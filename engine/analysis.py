@@ -13,6 +13,12 @@ Definitions (the paper's, made precise where a grid forces a choice):
         top of the contiguous stable range that starts at the bottom of the grid.
 - collapse score: mean over a common log-spaced τ grid of the across-curve standard deviation of
         ln(loss) — 0 for a perfect overlay; 0.1 means the curves spread by about ±10 %.
+- tail statistic (`tail_train_loss`, the default for η* and the fits): the mean train loss over the
+        last TAIL_FRACTION of the steps. The last batch alone (64 samples) is one noisy draw: on an
+        L = 3 sweep its ridge slope was 0.58 ± 0.25, the tail mean's 0.596 ± 0.017 (issue 11).
+- grid uncertainty: an η read off a log grid (η_max, or η* at a grid point) is only known to within
+        its grid cell; modelled as uniform over one ln-spacing Δ, i.e. a standard error of Δ/√12 in
+        ln η per point, which `fit_power_law(..., y_spacing=Δ)` carries into the slope.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import numpy as np
 from engine.toy import eta_max_theory, eta_star_theory
 
 __all__ = [
+    "DEFAULT_STATISTIC",
     "REPARAMETERIZATIONS",
+    "TAIL_FRACTION",
     "CollapseScore",
     "EtaStar",
     "PowerLawFit",
@@ -37,10 +45,45 @@ __all__ = [
     "eta_star",
     "eta_star_theory",
     "fit_power_law",
+    "grid_spacing",
     "reparameterize",
+    "tail_mean",
+    "tail_steps",
 ]
 
 REPARAMETERIZATIONS = ("t", "eta_t", "eta_t_over_gamma", "eta_t_over_gamma_2_over_L")
+TAIL_FRACTION = 0.1  # the tail statistic averages the last 10 % of the steps
+DEFAULT_STATISTIC = "tail_train_loss"  # the run summary key η* and the fits read by default
+UNIFORM_STD = 1.0 / math.sqrt(12.0)  # std of a uniform distribution of unit width
+
+
+# ----------------------------------------------------------------------------- the tail statistic
+
+
+def tail_steps(steps: int, fraction: float = TAIL_FRACTION) -> int:
+    """How many of a run's last steps the tail statistic averages: ceil(fraction·steps), at least 1."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: must be an integer >= 1 (got {steps!r})")
+    if not (isinstance(fraction, int | float) and 0 < fraction <= 1):
+        raise ValueError(f"fraction: must be a number in (0, 1] (got {fraction!r})")
+    return max(1, math.ceil(fraction * steps - 1e-9))
+
+
+def tail_mean(losses: Sequence[float] | np.ndarray, fraction: float = TAIL_FRACTION) -> float:
+    """Mean of the last `tail_steps(len(losses), fraction)` values of one loss series (T,).
+    Non-finite when the tail holds a non-finite value (a diverged run has no tail statistic)."""
+    series = _as_1d("losses", losses)
+    if series.size == 0:
+        raise ValueError("losses: the series is empty")
+    return float(series[-tail_steps(int(series.size), fraction) :].mean())
+
+
+def grid_spacing(values: Sequence[float] | np.ndarray) -> float:
+    """The largest ln-spacing between neighbouring distinct grid values: how far apart in ln η two
+    grid points are, the resolution of any η read off that grid (0 for fewer than two values)."""
+    v = np.unique(_as_1d("values", values))
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.diff(np.log(v)).max()) if v.size > 1 else 0.0
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -172,6 +215,9 @@ class PowerLawFit:
 
     slope_stderr is the ordinary-least-squares standard error of the slope (NaN when n = 2: two
     points fix a line exactly and leave no residual to estimate the noise). r2 is in ln-space.
+    grid_stderr: the slope's standard error from reading each y off a grid of ln-spacing Δ (each
+    ln y uniform within Δ: std Δ/√12, propagated through the least-squares weights); 0 when no
+    spacing was given. total_stderr combines both in quadrature.
     """
 
     slope: float
@@ -179,13 +225,26 @@ class PowerLawFit:
     prefactor: float
     r2: float
     n: int
+    grid_stderr: float = 0.0
+
+    @property
+    def total_stderr(self) -> float:
+        """√(slope_stderr² + grid_stderr²); the grid term alone when n = 2 (no residual to use)."""
+        if not math.isfinite(self.slope_stderr):
+            return self.grid_stderr if self.grid_stderr > 0 else math.nan
+        return math.hypot(self.slope_stderr, self.grid_stderr)
 
     def predict(self, x: float | np.ndarray) -> np.ndarray:
         return self.prefactor * np.asarray(x, dtype=np.float64) ** self.slope
 
 
-def fit_power_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> PowerLawFit:
-    """Fit y = a·x^s in log-log. Points with a non-finite or non-positive x or y are ignored."""
+def fit_power_law(
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, y_spacing: float = 0.0
+) -> PowerLawFit:
+    """Fit y = a·x^s in log-log. Points with a non-finite or non-positive x or y are ignored.
+
+    y_spacing: the ln-spacing Δ of the grid the y values were read from (`grid_spacing`), 0 for
+    values not quantised by a grid; it sets `grid_stderr`."""
     xs, ys = _as_1d("x", x), _as_1d("y", y)
     if xs.shape != ys.shape:
         raise ValueError(f"y: must have one entry per x (got {ys.size} for {xs.size})")
@@ -206,7 +265,13 @@ def fit_power_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarr
     sst = float(dy @ dy)
     r2 = 1.0 - ssr / sst if sst > 0 else 1.0
     stderr = math.sqrt(ssr / (n - 2) / sxx) if n > 2 else math.nan
-    return PowerLawFit(slope=slope, slope_stderr=stderr, prefactor=math.exp(intercept), r2=r2, n=n)
+    if not (math.isfinite(y_spacing) and y_spacing >= 0):
+        raise ValueError(f"y_spacing: must be a finite number >= 0 (got {y_spacing!r})")
+    # slope = Σ dx_i ln y_i / Sxx: independent per-point errors σ add as σ·√(Σ dx_i²)/Sxx = σ/√Sxx
+    grid_err = y_spacing * UNIFORM_STD / math.sqrt(sxx)
+    return PowerLawFit(
+        slope=slope, slope_stderr=stderr, prefactor=math.exp(intercept), r2=r2, n=n, grid_stderr=grid_err
+    )
 
 
 # ----------------------------------------------------------------------------- time variables

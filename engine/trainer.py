@@ -4,6 +4,9 @@ Online SGD, step size N·η per member, every member sees the same fresh batch a
 train_loss (the fresh batch's loss *before* the update) is logged every step, accumulated on the
 device and copied to the host only at flushes (every `flush_every` steps and at eval steps), so the
 hot loop has no host synchronization. The costly diagnostics run on the log-spaced `eval_steps`.
+Each run's summary holds final_train_loss (the last batch: one noisy draw), best_train_loss,
+tail_train_loss (the mean over the last 10 % of the steps, engine.analysis.tail_steps: what η* and
+the fits read by default) and, with the test metric, final_test_loss and final_test_acc.
 
 Divergence: a member whose loss is NaN/inf or above divergence_factor × max(1, 1/γ²) × its step-0
 loss is frozen
@@ -40,6 +43,7 @@ import torch
 from torch import Tensor
 
 from engine import metrics as M
+from engine.analysis import tail_steps
 from engine.config import ConfigError, RunConfig
 from engine.models import MLP, EnsembleModel, Params, build_model
 
@@ -194,6 +198,8 @@ def train_on_stream(
     last_test: dict[int, tuple[float, float]] = {}
     best = np.full(k, np.inf)
     final_train = np.full(k, np.nan)
+    n_tail = tail_steps(tc.steps)  # tail_train_loss: mean over the last TAIL_FRACTION of the steps
+    tail_sum, tail_n = np.zeros(k), np.zeros(k, dtype=np.int64)
     buf_start = 0
     status = "done"
     steps_done = tc.steps
@@ -203,6 +209,8 @@ def train_on_stream(
         """Member i's result: its own end (diverged, cancelled) or the ensemble's (status, steps_done)."""
         c = configs[i]
         summary = {"final_train_loss": float(final_train[i]), "best_train_loss": float(best[i])}
+        if tail_n[i] == n_tail:  # the whole window trained (not a cancelled or diverged member)
+            summary["tail_train_loss"] = float(tail_sum[i] / n_tail)
         if i in last_test:
             summary["final_test_loss"], summary["final_test_acc"] = last_test[i]
         summary = {key: v for key, v in summary.items() if math.isfinite(v)}
@@ -251,6 +259,9 @@ def train_on_stream(
                 keep = steps_idx <= last
                 vals = chunk[keep, i]
                 rows.add(i, steps_idx[keep], "train_loss", vals)
+                in_tail = steps_idx[keep] >= tc.steps - n_tail
+                tail_sum[i] += float(vals[in_tail].sum())
+                tail_n[i] += int(in_tail.sum())
                 if vals.size:
                     final_train[i] = vals[-1]
                     finite = vals[np.isfinite(vals)]

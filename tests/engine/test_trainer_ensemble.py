@@ -247,7 +247,12 @@ def test_eval_metrics_on_schedule_and_train_loss_every_step():
         al = series(batches, i, "alignment_feature")[1]
         assert ((al > -1) & (al <= 1 + 1e-12)).all()
         assert series(batches, i, "sharpness")[1][-1] > 0
-        assert set(results[i].summary) == {"final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc"}
+        assert set(results[i].summary) == {
+            "final_train_loss", "best_train_loss", "tail_train_loss", "final_test_loss", "final_test_acc"
+        }  # fmt: skip
+        # the tail statistic: the mean of the last 10 % of the 30 logged losses (3 steps, flushes apart)
+        tail = series(batches, i, "train_loss")[1][-3:]
+        assert results[i].summary["tail_train_loss"] == pytest.approx(tail.mean(), rel=1e-12)
     for b in batches:
         assert b.member.dtype == np.int32 and b.step.dtype == np.int64 and b.value.dtype == np.float64
         assert len(b.metric) == len(b.value) == len(b.step)

@@ -760,15 +760,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.steps:
         from dataclasses import replace
 
-        spec = replace(spec, train=replace(spec.train, steps=args.steps))
+        # another config, so another name: the sweep list told the two apart only by their ids
+        spec = replace(spec, name=f"{spec.name}-{args.steps}steps", train=replace(spec.train, steps=args.steps))
     recorder = _recorder_for_wait(settings)
+    before = stored_statuses(settings, spec)
     try:
         sweep_id = api.submit(spec, settings, executor="local")
     except BaseException:
         if recorder is not None:
             recorder.stop()
         raise
-    _err(f"demo sweep {sweep_id}: {spec.grid.n_cells} cells of {spec.name}, data in {settings.data_dir}")
+    # a second `gamma-lab demo` reuses the first one's cells (nothing trains): say so, as `sweep` does
+    cells = describe_cells(spec, before, rerun=False)
+    _err(f"demo sweep {sweep_id} ({spec.name}): {cells}, data in {settings.data_dir}")
     code = _wait_interruptible(settings, [sweep_id], recorder)
     if code == EXIT_INTERRUPTED:
         print(sweep_id, flush=True)

@@ -12,7 +12,7 @@ CIFAR5M_DIR = "cifar5m"
 # MLP, 200 steps each, trained as one ensemble. The η range reaches past η_max at γ = 0.1, so the
 # portrait shows converged and diverged cells side by side.
 DEMO: dict[str, Any] = {
-    "name": "demo-mlp-mnist1d",
+    "name": "quick-demo-mlp-mnist1d",  # not demo.toml's name: another config (width, steps, metrics)
     "model": {"arch": "mlp", "width": 32, "depth": 3, "activation": "relu", "centered": True},
     "data": {"dataset": "mnist1d"},
     "train": {"loss": "mse", "batch_size": 32, "steps": 200, "dtype": "auto", "eval_points": 8,

@@ -20,7 +20,7 @@ def app(tmp_path, monkeypatch) -> AppTest:
 
 
 def test_launch_shows_plan_for_demo_preset(app: AppTest):
-    assert app.text_input(key="launch.name").value == "demo-mlp-mnist1d"
+    assert app.text_input(key="launch.name").value == "quick-demo-mlp-mnist1d"
     check = next(b for b in app.button if b.label == "Check plan")
     check.click().run()
     assert not app.exception, app.exception

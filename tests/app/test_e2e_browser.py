@@ -161,7 +161,7 @@ def test_launch_demo_watch_portrait_open_cell(server: str, page, shots: Path) ->
     page.goto(f"{server}/")  # Launch is the default page: its URL is the root
     expect(page.get_by_role("heading", name="Launch a sweep")).to_be_visible()
     name = page.get_by_label("Name")
-    expect(name).to_have_value("demo-mlp-mnist1d")
+    expect(name).to_have_value("quick-demo-mlp-mnist1d")
     page.get_by_role("button", name="Launch", exact=True).click()
     expect(page.get_by_text("Launched sweep")).to_be_visible()
     _no_exception(page)
@@ -234,7 +234,7 @@ def test_launch_page_has_its_own_url(server: str, page) -> None:  # type: ignore
     for path in ("launch", ""):
         page.goto(f"{server}/{path}")
         expect(page.get_by_role("heading", name="Launch a sweep")).to_be_visible()
-        expect(page.get_by_label("Name")).to_have_value("demo-mlp-mnist1d")
+        expect(page.get_by_label("Name")).to_have_value("quick-demo-mlp-mnist1d")
         page.wait_for_timeout(500)  # the not-found dialog comes with the first page message
         expect(page.get_by_text("Page not found")).to_have_count(0)
         assert page.url.rstrip("/") == f"{server}/{path}".rstrip("/")

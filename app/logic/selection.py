@@ -59,3 +59,20 @@ def nearest(values: Sequence[float], target: float | None) -> float | None:
     if target is None or not np.isfinite(target) or target <= 0:
         return float(arr[0])
     return float(arr[int(np.argmin(np.abs(np.log(arr) - np.log(target))))])
+
+
+def picked_from(
+    runs: pd.DataFrame, sweep_id: str, others: dict[str, pd.DataFrame], sweeps: pd.DataFrame
+) -> pd.DataFrame:
+    """The runs to hand-pick from: this sweep's, then those of `others` (sweep id -> its runs), each row
+    tagged with `source_sweep` and `sweep_name`. A run several of them share is listed once, under the
+    first (a run belongs to every sweep that launched its cell)."""
+    names = dict(zip(sweeps["sweep_id"], sweeps["name"], strict=False)) if not sweeps.empty else {}
+    parts = [
+        frame.assign(source_sweep=sid, sweep_name=names.get(sid, sid))
+        for sid, frame in [(sweep_id, runs), *others.items()]
+        if not frame.empty
+    ]
+    if not parts:
+        return runs.assign(source_sweep=pd.Series(dtype=str), sweep_name=pd.Series(dtype=str))
+    return pd.concat(parts, ignore_index=True).drop_duplicates("run_id", keep="first").reset_index(drop=True)

@@ -1,4 +1,5 @@
-"""Trajectories: loss against step for a row, a column, a cell, the η* ridge or hand-picked runs."""
+"""Trajectories: loss against step for a row, a column, a cell, the η* ridge or hand-picked runs --
+these from several sweeps at once when other sweeps are added (one chart to compare them)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import streamlit as st
 
 from app.logic.figures import ema_smooth, trajectories_figure
 from app.logic.overlays import no_runs_message
-from app.logic.selection import MODES, nearest, select_runs
+from app.logic.selection import MODES, nearest, picked_from, select_runs
 from app.logic.source import points_budget
 from app.logic.view_state import Field
-from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
+from app.ui import chart, labeler, pick_sweep, resources, sweep_labels, sync_url, url_state
 
 P = "traj"
 METRICS = ("train_loss", "test_loss", "test_acc")
@@ -20,6 +21,7 @@ SCHEMA = {
     "gamma": Field("float", None),
     "eta": Field("float", None),
     "runs": Field("list", []),
+    "more": Field("list", []),  # other sweeps whose runs can be hand-picked too
     "metric": Field("str", "train_loss", choices=METRICS),
     "colour": Field("str", "eta", choices=("gamma", "eta")),
     "smooth": Field("int", 1, minimum=1, maximum=500),
@@ -48,8 +50,15 @@ if mode in ("row", "cell"):
 if mode in ("column", "cell"):
     c3.selectbox("η", etas, key=f"{P}.eta", format_func=lambda v: f"{v:.3g}")
 if mode == "pick":
+    others = sweep_labels(source.sweeps())
+    others.pop(sweep_id, None)
+    st.session_state[f"{P}.more"] = [s for s in st.session_state.get(f"{P}.more", []) if s in others]
+    more = st.multiselect("Runs of other sweeps too", list(others), key=f"{P}.more", format_func=labeler(others),
+                          placeholder="add sweeps to pick from", help="Compare runs of several sweeps in one chart")
+    runs = picked_from(runs, sweep_id, {s: source.runs(s) for s in more}, source.sweeps())
     st.session_state[f"{P}.runs"] = [r for r in st.session_state[f"{P}.runs"] if r in set(runs["run_id"])]
-    labels = {r.run_id: f"γ={r.gamma:.3g} η={r.eta:.3g} seed={r.seed} ({r.status})" for r in runs.itertuples()}
+    labels = {r.run_id: f"{r.sweep_name + ' · ' if more else ''}γ={r.gamma:.3g} η={r.eta:.3g} seed={r.seed} "
+              f"({r.status})" for r in runs.itertuples()}
     st.multiselect("Runs", runs["run_id"].tolist(), key=f"{P}.runs", format_func=lambda r: labels.get(r, r),
                    placeholder="pick runs")
 d1, d2, d3, d4, d5 = st.columns(5)
@@ -76,8 +85,9 @@ series = ema_smooth(series, int(smooth), log_space=metric != "test_acc")
 band_frame = None
 if bands:
     parts = []
-    for (g, e), _ in chosen.groupby(["gamma", "eta"]):
-        b = source.seed_bands(sweep_id, g, e, metric)
+    by_sweep = chosen.get("source_sweep", pd.Series(sweep_id, index=chosen.index)).fillna(sweep_id)
+    for (sid, g, e), _ in chosen.assign(source_sweep=by_sweep).groupby(["source_sweep", "gamma", "eta"]):
+        b = source.seed_bands(str(sid), g, e, metric)
         if not b.empty:
             parts.append(pd.DataFrame({"x": b["step"] + 1.0, "lo": b["mean"] - b["std"].fillna(0),
                                        "hi": b["mean"] + b["std"].fillna(0), "label": f"γ={g:.3g} η={e:.3g}"}))

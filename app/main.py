@@ -13,6 +13,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from app.auth import gate  # noqa: E402
 from app.ui import broken_store_errors, resources, show_broken_store, show_store_held  # noqa: E402
 from storage.metric_store import StoreLocked  # noqa: E402
 
@@ -42,6 +43,9 @@ PAGES = [
     LAUNCH_AT_URL,
 ]
 page = st.navigation(PAGES, position="hidden")
+# Before anything of the lab is drawn: a shared lab asks who you are (app/auth.py); the URL's page
+# is already chosen, so after the login the user lands where the link pointed.
+gate(res.settings)
 # The menu is drawn here, not by st.navigation: Streamlit's menu highlights the page being run, and
 # at /launch that is the hidden twin, so no entry was highlighted. A page link is highlighted when
 # its page is the one running, so the Launch entry links to whichever of the two runs now.

@@ -40,6 +40,7 @@ SWEEP_COLUMNS = (
     "sweep_id",
     "name",
     "owner",
+    "tags",
     "created",
     "executor",
     "device",
@@ -54,6 +55,12 @@ SWEEP_COLUMNS = (
     "cancelled",
     "lost",
     "progress",
+    "duration_s",
+    "arch",
+    "dataset",
+    "started",
+    "finished",
+    "archived",
 )
 FINISHED = ("done", "diverged", "failed", "cancelled", "lost")
 # A run in one of these states gains no more points for its current attempt (a `lost` run can come
@@ -93,9 +100,64 @@ def sweeps_frame(sweeps: Sequence[dict[str, Any]]) -> pd.DataFrame:
                     for k in ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
                 },
                 "progress": finished / n if n else 0.0,
+                **_organization(s),
             }
         )
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+
+
+def _when(epoch: float | None) -> Any:
+    return None if epoch is None else pd.to_datetime(epoch, unit="s")
+
+
+def _organization(sweep: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's tags, times and what it trains (architecture, dataset): what the Runs page filters on."""
+    spec = sweep.get("spec") or {}
+    return {
+        "tags": list(sweep.get("tags") or []),
+        "duration_s": sweep.get("duration_s"),
+        "arch": (spec.get("model") or {}).get("arch", ""),
+        "dataset": (spec.get("data") or {}).get("dataset", ""),
+        "started": _when(sweep.get("started")),
+        "finished": _when(sweep.get("finished")),
+        "archived": _when(sweep.get("archived")),
+    }
+
+
+def filter_sweeps(
+    sweeps: pd.DataFrame,
+    *,
+    text: str = "",
+    tags: Sequence[str] = (),
+    owners: Sequence[str] = (),
+    statuses: Sequence[str] = (),
+    archs: Sequence[str] = (),
+    datasets: Sequence[str] = (),
+    since: Any = None,
+    until: Any = None,
+) -> pd.DataFrame:
+    """Rows of sweeps_frame matching every given filter (an empty one keeps everything): `text` in the
+    name or id (any case), any of `tags`, created on or after the date `since` and on or before `until`."""
+    if sweeps.empty:
+        return sweeps
+    keep = np.ones(len(sweeps), dtype=bool)
+    if text.strip():
+        needle = text.strip().lower()
+        keep &= (
+            sweeps["name"].str.lower().str.contains(needle, regex=False) | sweeps["sweep_id"].str.startswith(needle)
+        ).to_numpy()
+    if tags:
+        wanted = set(tags)
+        keep &= sweeps["tags"].map(lambda have: bool(wanted.intersection(have))).to_numpy(dtype=bool)
+    for column, allowed in (("owner", owners), ("status", statuses), ("arch", archs), ("dataset", datasets)):
+        if allowed:
+            keep &= sweeps[column].isin(list(allowed)).to_numpy()
+    day = sweeps["created"].dt.normalize()
+    if since is not None:
+        keep &= (day >= pd.Timestamp(since)).to_numpy()
+    if until is not None:
+        keep &= (day <= pd.Timestamp(until)).to_numpy()
+    return sweeps[keep]
 
 
 def runs_frame(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -271,8 +333,9 @@ class DashboardSource:
 
     # -- registry
 
-    def sweeps(self, limit: int | None = 500) -> pd.DataFrame:
-        return sweeps_frame(self.registry.list_sweeps(limit=limit))
+    def sweeps(self, limit: int | None = 500, *, archived: bool | None = False) -> pd.DataFrame:
+        """Newest first; archived ones left out (archived=False), alone (True) or with the rest (None)."""
+        return sweeps_frame(self.registry.list_sweeps(limit=limit, archived=archived))
 
     def sweep(self, sweep_id: str) -> dict[str, Any] | None:
         return self.registry.get_sweep(sweep_id)

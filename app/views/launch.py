@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import getpass
 from typing import Any
 
 import streamlit as st
 
+from app.auth import current_actor
 from app.logic.launch import check_form, errors_by_field, spec_to_form
 from app.logic.presets import available_presets
 from app.ui import read_only_help, read_only_notice, resources
@@ -138,8 +138,9 @@ if check or launch:
     if launch and not read_only:
         from tasks.api import submit
 
+        actor = current_actor()  # the logged-in user launches and owns it (the local user when nobody logs in)
         sweep_id = submit(spec, settings, executor=st.session_state.get(f"{P}.executor", "local"),
-                          owner=getpass.getuser())
+                          owner=actor.name, actor=actor)
         st.session_state[f"{P}.launched"] = sweep_id
 
 if f"{P}.plan" in st.session_state:

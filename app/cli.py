@@ -10,6 +10,7 @@
     gamma-lab export SWEEP --format csv|parquet [--out FILE] [--series]
     gamma-lab demo                                       a tiny local sweep, then a summary table
     gamma-lab user add|list|remove|passwd, gamma-lab audit   accounts and the audit trail (app/cli_users.py)
+    gamma-lab rename|tag|note|archive|restore|purge SWEEP ...   name, tags, notes; hide; delete (app/cli_sweeps.py)
 
 SWEEP and RUN may be given by a unique prefix of at least 4 characters, as git takes a commit; an
 ambiguous one is refused naming its candidates (exit 2). `--wait` shows steps trained (runs × steps).
@@ -538,7 +539,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     WorkerWatch(settings).check()  # a killed local worker: its unit requeued, queued work given a worker
     with Registry(settings.registry_url) as reg:
         if args.sweep is None:
-            rows = reg.list_sweeps(limit=args.limit)
+            rows = reg.list_sweeps(limit=args.limit, archived=args.archived)  # archived ones: only with --archived
             print(f"{'sweep':<14}{'name':<24}{'owner':<12}{'where':<14}{'status':<10}{'runs':>6}  counts")
             for s in rows:
                 counts = " ".join(f"{k}={v}" for k, v in s["counts"].items() if v)
@@ -586,6 +587,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if sweep.get("newer"):
         print(newer_line(sweep["newer"]))
+    from app.cli_sweeps import organization_lines
+
+    for line in organization_lines(sweep):  # tags, notes, archived, times
+        print(line)
     print(_run_table(runs))
     if line := overdue_line(runs, settings):  # running runs silent for a while: say so before they turn lost
         print(line)
@@ -826,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="sweeps, or the runs of one sweep")
     s.add_argument("sweep", nargs="?", help="a sweep or run id, or a unique prefix of one (4+ characters)")
     s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--archived", action="store_true", help="the archived sweeps (hidden otherwise)")
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("cancel", help="stop a sweep or a run (at its next log step)")
@@ -854,9 +860,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None)
     s.set_defaults(fn=cmd_demo)
 
+    from app.cli_sweeps import add_parsers as add_sweep_parsers  # rename, tag, note, archive, restore, purge
     from app.cli_users import add_parsers  # user add|list|remove|passwd, audit
 
     add_parsers(sub)
+    add_sweep_parsers(sub)
     return p
 
 
@@ -870,6 +878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from engine.config import ConfigError
     from storage.metric_store import StoreCorrupt
+    from tasks.access import NotAllowed
     from tasks.spec import SpecError
 
     try:
@@ -880,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(f"  {line}" for line in exc.lines()),
         )
         return EXIT_USAGE
-    except (UserError, ConfigError, StoreCorrupt) as exc:
+    except (UserError, ConfigError, StoreCorrupt, NotAllowed) as exc:  # NotAllowed: nothing was changed
         _err(f"error: {exc}")
         return EXIT_USAGE
     except ValueError as exc:  # SettingsError, RegistryError (RegistryUnreadable too): named by field/file

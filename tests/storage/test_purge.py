@@ -66,6 +66,7 @@ def _two_sweeps(settings: Settings, make_configs) -> tuple[str, str, list[str]]:
         reg.add_runs(b, configs[4:])
     with open_publisher(settings) as pub:
         for rid in ids:
+            pub.started(rid, 0, "w")
             pub.points(rid, 0, np.arange(20), ["train_loss"] * 20, np.linspace(1, 0, 20))
             pub.finished(rid, 0, "done", steps_done=20)
     with Recorder(settings) as rec:

@@ -9,6 +9,7 @@
     gamma-lab rerun SWEEP|RUN [--all] [--device cpu|cuda]
     gamma-lab export SWEEP --format csv|parquet [--out FILE] [--series]
     gamma-lab demo                                       a tiny local sweep, then a summary table
+    gamma-lab reproduce NAME [--scale small|paper] | --list   check one of the paper's results, write a report
     gamma-lab user add|list|remove|passwd, gamma-lab audit   accounts and the audit trail (app/cli_users.py)
     gamma-lab rename|tag|note|archive|restore|purge SWEEP ...   name, tags, notes; hide; delete (app/cli_sweeps.py)
 
@@ -865,6 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
     add_sweep_parsers(sub)
+    from app.reproduce_cli import add_parser as add_reproduce_parser  # reproduce NAME | --list (issue 11)
+
+    add_reproduce_parser(sub)
     return p
 
 

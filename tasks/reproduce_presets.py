@@ -1,0 +1,329 @@
+"""The presets of `gamma-lab reproduce` (tasks.reproduce): each claim of Atanasov et al. (ICLR 2025,
+arXiv:2410.04642) that gamma-lab checks, its sweeps at each scale, and how it is measured.
+
+Scales: `ci` is the test suite's (seconds of training), `small` a laptop CPU in minutes, `paper` a
+GPU-sized sweep (wider nets, longer budgets; its widths and step counts are gamma-lab's choice, not
+copied from the paper's appendix). Tolerances are fixed here, before any measurement; a preset never
+adjusts them to its result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from engine.analysis import (
+    collapse_score,
+    eta_max_bracket,
+    eta_star,
+    fit_power_law,
+    grid_spacing,
+    reparameterize,
+)
+from engine.toy import eta_max_theory, measure_eta_max
+from tasks.reproduce import Measurement, Preset, Row, SweepData
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _spec(name: str, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any],
+          gammas: Sequence[float], eta: Any, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
+    base_train = {"loss": "mse", "dtype": "auto", "eval_points": 0, "metrics": []}
+    return {"name": name, "model": {"arch": "mlp", "centered": True, **model}, "data": data,
+            "train": base_train | train,
+            "grid": {"gamma": [float(g) for g in gammas], "eta": eta, "seeds": list(seeds)}}  # fmt: skip
+
+
+def _decades(lo: float, hi: float, step: float) -> list[float]:
+    return [float(10.0**e) for e in np.arange(lo, hi + 1e-9, step)]
+
+
+def _slope_row(quantity: str, gammas: np.ndarray, values: np.ndarray, spacing: float, paper: float,
+               tolerance: float) -> tuple[Row, Any]:
+    """A power-law slope of values(γ) as a table row (uncertainty: OLS ⊕ grid spacing) and its fit."""
+    keep = np.isfinite(values) & (values > 0)
+    if keep.sum() < 2:
+        note = f"only {int(keep.sum())} γ with a value the grid brackets: widen the η grid"
+        return Row(quantity, paper, math.nan, math.nan, tolerance, note=note), None
+    fit = fit_power_law(gammas[keep], values[keep], y_spacing=spacing)
+    span = f"γ = {gammas[keep].min():.3g} … {gammas[keep].max():.3g}"
+    note = f"{fit.n} points, {span}, r² = {fit.r2:.3f}, grid part ± {fit.grid_stderr:.3g}"
+    return Row(quantity, paper, fit.slope, fit.total_stderr, tolerance, note=note), fit
+
+
+def _per_gamma(data: SweepData) -> dict[str, np.ndarray]:
+    """Per γ of a sweep: η_max (largest stable η below the first divergence, any seed diverged = the
+    cell diverged; NaN unless the grid brackets it) and η* (engine.analysis.eta_star of the tail
+    statistic averaged over seeds; NaN when every cell diverged or η* sits on the grid's edge)."""
+    runs = data.runs.assign(stat=data.statistic())
+    gammas = np.sort(runs["gamma"].unique())
+    maxes, stars = [], []
+    for g in gammas:
+        cells = runs[runs["gamma"] == g].groupby("eta").agg(
+            diverged=("status", lambda s: bool((s == "diverged").any())),
+            stat=("stat", lambda v: float(v.mean()) if v.notna().all() else math.nan),
+        ).sort_index()
+        etas = cells.index.to_numpy(dtype=float)
+        lo, hi = eta_max_bracket(etas, cells["diverged"].to_numpy())
+        maxes.append(lo if lo is not None and hi is not None else math.nan)
+        found = eta_star(etas, cells["stat"].to_numpy())
+        at_edge = found.index is None or found.index in (0, etas.size - 1)
+        stars.append(math.nan if at_edge or found.value is None else found.value)
+    return {"gamma": gammas, "eta_max": np.array(maxes), "eta_star": np.array(stars),
+            "spacing": np.array(grid_spacing(runs["eta"].to_numpy(dtype=float)))}  # fmt: skip
+
+
+def _loglog(title: str, traces: list[tuple[str, np.ndarray, np.ndarray, str]]) -> Any:
+    """A log-log figure: traces of (name, x, y, mode)."""
+    fig = go.Figure()
+    for name, x, y, mode in traces:
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, mode=mode))
+    fig.update_layout(title=title, xaxis_type="log", yaxis_type="log", xaxis_title="γ", yaxis_title="η",
+                      height=420)
+    return fig
+
+
+def _scaling_rows(data: SweepData, side: str, paper: float, tolerance: float) -> tuple[list[Row], Any]:
+    """η_max and η* slopes of one sweep against the paper's exponent, and their figure."""
+    per = _per_gamma(data)
+    depth = (data.spec.get("model") or {}).get("depth")
+    rows, traces = [], []
+    for key, label in (("eta_max", "η_max"), ("eta_star", "η*")):
+        row, fit = _slope_row(f"{label} slope vs γ ({side}, L={depth})", per["gamma"], per[key],
+                              float(per["spacing"]), paper, tolerance)
+        rows.append(row)
+        traces.append((f"{label} measured", per["gamma"], per[key], "markers+lines"))
+        if fit is not None:
+            traces.append((f"{label} fit: slope {fit.slope:.3f}", per["gamma"], fit.predict(per["gamma"]), "lines"))
+    return rows, _loglog(f"η_max and η* against γ, L={depth} ({data.sweep_id})", traces)
+
+
+# ----------------------------------------------------------------------------- deep-linear
+
+TOY_SCALES: dict[str, dict[str, Any]] = {
+    "ci": {"gammas": _decades(-2, 2, 1.0), "depths": (2, 3), "per_decade": 4, "refine": 4},
+    "small": {"gammas": _decades(-3, 3, 0.5), "depths": (2, 3, 4), "per_decade": 8, "refine": 6},
+    "paper": {"gammas": _decades(-3, 4, 0.25), "depths": (2, 3, 4, 6), "per_decade": 16, "refine": 10},
+}
+
+
+def _measure_toy(_sweeps: list[SweepData], scale: str) -> Measurement:
+    """The chain's measured η_max (GD on the simulator, bisected) against the closed form
+    2γ²/(L(1+γ)^(2−2/L)) and its two limits' slopes, 2 (γ ≤ 0.1) and 2/L (γ ≥ 10)."""
+    cfg = TOY_SCALES[scale]
+    gammas = np.array(cfg["gammas"])
+    rows, figures = [], []
+    for depth in cfg["depths"]:
+        theory = eta_max_theory(gammas, depth)
+        # an absolute η grid spanning the whole range: not built from the closed form it is checked against
+        lo, hi = math.floor(math.log10(theory.min())) - 1, math.ceil(math.log10(theory.max())) + 1
+        etas = np.array(_decades(lo, hi, 1.0 / cfg["per_decade"]))
+        measured = measure_eta_max(gammas, depth, etas, refine=cfg["refine"])
+        resolution = grid_spacing(etas) / 2 ** cfg["refine"]  # ln-width of the final bisection bracket
+        dev = np.abs(np.log(measured / theory))
+        worst = float(np.nanmax(dev)) if np.isfinite(dev).any() else math.nan
+        note = f"{int(np.isfinite(dev).sum())} of {gammas.size} γ measured; bisection bracket {resolution:.2g} in ln η"
+        rows.append(Row(f"max |ln(η_max measured / closed form)| (L={depth})", 0.0, worst,
+                        resolution / math.sqrt(12.0), resolution + 0.01, note=note))
+        for side, keep, paper in (("lazy, γ ≤ 0.1", gammas <= 0.1, 2.0), ("rich, γ ≥ 10", gammas >= 10, 2.0 / depth)):
+            row, _ = _slope_row(f"η_max slope ({side}, L={depth})", gammas[keep], measured[keep], resolution,
+                                paper, 0.1)
+            rows.append(row)
+        figures.append(_loglog(f"deep linear chain, L={depth}: η_max", [
+            ("measured", gammas, measured, "markers"), ("closed form", gammas, theory, "lines")]))
+    notes = ["The rich-side slope of the closed form approaches 2/L only as γ → ∞; at γ = 10…10^3 it is "
+             "within the stated tolerance of 0.1."]
+    return Measurement(rows, figures, notes)
+
+
+DEEP_LINEAR = Preset(
+    name="deep-linear",
+    claim="the deep linear chain's η_max(γ) follows 2γ²/(L(1+γ)^(2−2/L)): ∝ γ² lazy, ∝ γ^(2/L) rich",
+    paper_ref="the paper's scalar-chain toy model; engine/toy.py",
+    scales={s: (lambda: []) for s in TOY_SCALES},  # no sweep: the simulator runs in measure
+    measure=_measure_toy,
+)
+
+# ----------------------------------------------------------------------------- lazy-scaling
+
+LAZY_TRAIN = {"batch_size": 32, "steps": 100, "dtype": "float64", "probe_size": 8}
+LAZY_DATA = {"dataset": "teacher", "input_dim": 16, "n_classes": 2, "test_size": 16, "data_seed": 3}
+
+
+def _lazy_specs(scale: str) -> list[dict[str, Any]]:
+    if scale == "paper":
+        return [_spec("reproduce-lazy-scaling-paper", {"width": 1024, "depth": 3, "activation": "relu"},
+                      {"dataset": "mnist1d"}, {"batch_size": 128, "steps": 2000, "dtype": "float64"},
+                      _decades(-4, -1, 0.5), {"from": 1e-9, "to": 10.0, "per_decade": 8}, seeds=(0, 1))]
+    width, gammas, per_decade = (32, _decades(-3, -1, 1.0), 4) if scale == "ci" else (64, _decades(-3, -1, 0.5), 4)
+    return [_spec(f"reproduce-lazy-scaling-{scale}", {"width": width, "depth": 3, "activation": "relu"}, LAZY_DATA,
+                  LAZY_TRAIN, gammas, {"from": 1e-6, "to": 10.0 ** 0.75, "per_decade": per_decade})]
+
+
+def _measure_lazy(sweeps: list[SweepData], _scale: str) -> Measurement:
+    rows, fig = _scaling_rows(sweeps[0], "lazy, γ ≪ 1", 2.0, 0.3)
+    notes = [f"η* reads the tail statistic (mean train loss over the last 10 % of the {sweeps[0].steps} steps); "
+             "η* on the grid's edge and η_max not bracketed by the grid are left out of the fits."]
+    return Measurement(rows, [fig], notes)
+
+
+LAZY_SCALING = Preset(
+    name="lazy-scaling",
+    claim="for γ ≪ 1 the NTK scales as 1/γ², so η_max and η* both scale as γ² (slope 2)",
+    paper_ref="lazy side of the γ–η phase diagram",
+    scales={s: (lambda s=s: _lazy_specs(s)) for s in ("ci", "small", "paper")},
+    measure=_measure_lazy,
+)
+
+# ----------------------------------------------------------------------------- rich-scaling
+
+RICH_DATA = {"dataset": "teacher", "input_dim": 16, "n_classes": 1, "test_size": 16, "data_seed": 1}
+
+
+def _rich_specs(scale: str) -> list[dict[str, Any]]:
+    if scale == "paper":
+        return [_spec(f"reproduce-rich-scaling-L{d}-paper", {"width": 1024, "depth": d, "activation": "relu"},
+                      {"dataset": "mnist1d"}, {"batch_size": 128, "steps": 10000},
+                      _decades(1, 3, 0.25), {"from": 1e-1, "to": 1e4, "per_decade": 8}, seeds=(0, 1))
+                for d in (2, 3)]  # fmt: skip
+    width, steps, gammas = (32, 600, _decades(1, 3, 1.0)) if scale == "ci" else (64, 2000, _decades(1, 3, 0.5))
+    return [_spec(f"reproduce-rich-scaling-L{d}-{scale}", {"width": width, "depth": d, "activation": "relu"},
+                  RICH_DATA, {"batch_size": 64, "steps": steps}, gammas,
+                  {"from": 10.0 ** -0.5, "to": 1e4, "per_decade": 4}) for d in (2, 3)]  # fmt: skip
+
+
+def _measure_rich(sweeps: list[SweepData], _scale: str) -> Measurement:
+    rows, figures = [], []
+    for data in sweeps:
+        depth = int((data.spec.get("model") or {}).get("depth", 3))
+        r, fig = _scaling_rows(data, "rich, γ ≫ 1", 2.0 / depth, 0.15)
+        rows += r
+        figures.append(fig)
+    notes = [f"Budget: {sweeps[0].steps} steps. The rich-side η* slope moves with the step budget (issue 11 saw "
+             "0.60, 0.46, 0.60 at 500, 1000, 2000 steps): compare reports at one budget, or run --scale paper."]
+    return Measurement(rows, figures, notes)
+
+
+RICH_SCALING = Preset(
+    name="rich-scaling",
+    claim="for γ ≫ 1, η* and η_max scale as γ^(2/L) (L = 2: slope 1, L = 3: slope 2/3)",
+    paper_ref="rich side of the γ–η phase diagram",
+    scales={s: (lambda s=s: _rich_specs(s)) for s in ("ci", "small", "paper")},
+    measure=_measure_rich,
+)
+
+# ----------------------------------------------------------------------------- collapse
+
+AXES = {"t": "t", "eta_t": "η·t", "eta_t_over_gamma": "η·t/γ"}
+SMOOTH = 20  # steps in the running mean that finds the plateau escape (one batch is noisy)
+
+
+def _collapse_specs(scale: str) -> list[dict[str, Any]]:
+    model = {"width": 64, "depth": 3, "activation": "tanh"}
+    if scale == "ci":
+        return [_spec("reproduce-collapse-ci", model | {"width": 32}, RICH_DATA,
+                      {"batch_size": 64, "steps": 1200, "dtype": "float64"}, [10.0, 30.0], [1.0, 3.0])]
+    if scale == "paper":
+        return [_spec("reproduce-collapse-paper", model | {"width": 1024}, {"dataset": "mnist1d"},
+                      {"batch_size": 128, "steps": 10000}, [10.0, 30.0, 100.0, 300.0], [0.5, 1.0, 2.0, 4.0])]
+    return [_spec("reproduce-collapse-small", model, RICH_DATA, {"batch_size": 128, "steps": 3000, "dtype": "float64"},
+                  [10.0, 30.0, 100.0], [1.0, 2.0, 4.0])]
+
+
+def _curves(data: SweepData) -> list[tuple[float, float, np.ndarray]]:
+    """(γ, η, loss per step) of every run that finished `done`, seeds averaged per cell."""
+    pts = data.series()
+    done = data.runs[data.runs["status"] == "done"]
+    out = []
+    for (g, e), cell in done.groupby(["gamma", "eta"]):
+        series = [pts[pts["run_id"] == rid].sort_values("step")["value"].to_numpy() for rid in cell["run_id"]]
+        n = min(s.size for s in series)
+        if n >= 2:
+            out.append((float(g), float(e), np.mean([s[:n] for s in series], axis=0)))
+    return out
+
+
+def _escape_step(loss: np.ndarray) -> float:
+    """First step where the running mean of the loss is below half its first value (NaN if never)."""
+    smooth = np.convolve(loss, np.ones(SMOOTH) / SMOOTH, mode="valid")
+    below = np.flatnonzero(smooth < 0.5 * smooth[0])
+    return float(below[0] + SMOOTH / 2) if below.size else math.nan  # the window's centre
+
+
+def _drop_note(curves: list[tuple[np.ndarray, np.ndarray]], lo: float, hi: float) -> str:
+    """Whether the curves' shared τ range holds the loss drop (a plateau alone collapses trivially)."""
+    ratios = [float(np.exp(np.interp(np.log(hi), np.log(t), np.log(v)) - np.interp(np.log(lo), np.log(t), np.log(v))))
+              for t, v in curves]  # fmt: skip
+    median = float(np.median(ratios))
+    held = "holds the drop" if median < 0.5 else "holds NO drop (plateau only: the score says little)"
+    return f"shared range {held}: loss falls to {median:.2g}× across it (median curve)"
+
+
+def _measure_collapse(sweeps: list[SweepData], _scale: str) -> Measurement:
+    data = sweeps[0]
+    depth = int((data.spec.get("model") or {}).get("depth", 3))
+    cells = _curves(data)
+    rows: list[Row] = []
+    figures = []
+    scores: dict[str, float] = {}
+    for kind, label in AXES.items():
+        curves = []
+        for g, e, loss in cells:
+            t = np.arange(1, loss.size + 1, dtype=float)  # loss before update t-1: τ > 0 from the first point
+            keep = np.isfinite(loss) & (loss > 0)
+            curves.append((reparameterize(t, e, g, depth, kind)[keep], loss[keep]))
+        try:
+            score = collapse_score(curves)
+        except ValueError as exc:
+            rows.append(Row(f"collapse score in {label}", math.nan, math.nan, math.nan, 0.0, "info", note=str(exc)))
+            continue
+        scores[kind] = score.score
+        note = (f"τ ∈ [{score.tau_min:.3g}, {score.tau_max:.3g}], {score.n_curves} curves; "
+                + _drop_note(curves, score.tau_min, score.tau_max))
+        rows.append(Row(f"collapse score in {label}", math.nan, score.score, math.nan, 0.0, "info", note=note))
+        fig = go.Figure([go.Scatter(x=tau[::5], y=loss[::5], mode="lines", name=f"γ={g:g}, η={e:g}")
+                         for (tau, loss), (g, e, _) in zip(curves, cells, strict=True)])  # fmt: skip
+        fig.update_layout(title=f"train loss against {label} (score {score.score:.3g})", xaxis_type="log",
+                          yaxis_type="log", xaxis_title=label, yaxis_title="train loss", height=420)
+        figures.append(fig)
+    others = [scores[k] for k in ("t", "eta_t") if k in scores]
+    ratio = scores["eta_t_over_gamma"] / min(others) if "eta_t_over_gamma" in scores and others else math.nan
+    rows.append(Row("score(η·t/γ) / best score of t, η·t", 0.5, ratio, math.nan, 0.0, "at_most",
+                    note="η·t/γ must collapse the curves at least twice as tightly as the best other axis"))
+    rows += _escape_rows(cells)
+    notes = [f"{len(cells)} curves (γ, η cells that finished), budget {data.steps} steps; each score compares only "
+             "the τ range all curves share, shown beside it."]
+    return Measurement(rows, figures, notes)
+
+
+def _escape_rows(cells: list[tuple[float, float, np.ndarray]]) -> list[Row]:
+    """The plateau escape time fitted as t_esc ∝ γ^a η^b: the paper's γ/η gives a = 1, b = −1."""
+    esc = np.array([(g, e, _escape_step(loss)) for g, e, loss in cells]).reshape(-1, 3)
+    esc = esc[np.isfinite(esc[:, 2])]
+    labels = (("escape-time exponent of γ", 1.0), ("escape-time exponent of η", -1.0))
+    design = np.column_stack([np.ones(len(esc)), np.log(esc[:, 0]), np.log(esc[:, 1])]) if len(esc) else None
+    if design is None or len(esc) < 4 or np.linalg.matrix_rank(design) < 3:
+        note = f"{len(esc)} curves left the plateau within the budget: need 4 spanning 2 γ and 2 η"
+        return [Row(q, p, math.nan, math.nan, 0.25, note=note) for q, p in labels]
+    coef, *_ = np.linalg.lstsq(design, np.log(esc[:, 2]), rcond=None)
+    resid = np.log(esc[:, 2]) - design @ coef
+    dof = len(esc) - 3
+    cov = (float(resid @ resid) / dof) * np.linalg.inv(design.T @ design) if dof > 0 else None
+    note = f"{len(esc)} curves; escape = first step the {SMOOTH}-step mean loss is below half its start"
+    errs = np.sqrt(np.diag(cov)) if cov is not None else np.full(3, math.nan)
+    return [Row(q, p, float(coef[i + 1]), float(errs[i + 1]), 0.25, note=note) for i, (q, p) in enumerate(labels)]
+
+
+COLLAPSE = Preset(
+    name="collapse",
+    claim="at large γ the plateau escape time scales as γ/η, so loss curves collapse against η·t/γ, not t or η·t",
+    paper_ref="rich-regime time rescaling",
+    scales={s: (lambda s=s: _collapse_specs(s)) for s in ("ci", "small", "paper")},
+    measure=_measure_collapse,
+)
+
+PRESETS = (DEEP_LINEAR, LAZY_SCALING, RICH_SCALING, COLLAPSE)

@@ -14,6 +14,7 @@ import argparse
 import getpass
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from app.cli import UserError, _settings
@@ -70,29 +71,32 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user_remove(args: argparse.Namespace) -> int:
+def _change_user(name: str, command: str, change: Callable[[Any], bool]) -> None:
+    """Apply `change` (False: no such user, one line, exit 2) and record it as settings.user did it."""
     from storage import audit
 
-    settings = _settings(writes="user remove")
+    settings = _settings(writes=f"user {command}")
     accounts = _accounts(settings)
     with accounts.registry:
-        if not accounts.remove_user(args.name):
-            raise UserError(f"name: no user {args.name!r} (gamma-lab user list shows them)")
-        audit.record(accounts.registry, settings.user, "user-remove", args.name)
+        if not change(accounts):
+            raise UserError(f"name: no user {name!r} (gamma-lab user list shows them)")
+        audit.record(accounts.registry, settings.user, f"user-{command}", name)
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    _change_user(args.name, "remove", lambda accounts: accounts.remove_user(args.name))
     print(f"removed user {args.name}; their dashboard sessions ended")
     return 0
 
 
 def cmd_user_passwd(args: argparse.Namespace) -> int:
-    from storage import audit
-
-    settings = _settings(writes="user passwd")
-    accounts = _accounts(settings)
-    with accounts.registry:
+    def change(accounts: Any) -> bool:
         if accounts.get_user(args.name) is None:  # before asking for a password
-            raise UserError(f"name: no user {args.name!r} (gamma-lab user list shows them)")
+            return False
         accounts.set_password(args.name, read_password())
-        audit.record(accounts.registry, settings.user, "user-passwd", args.name)
+        return True
+
+    _change_user(args.name, "passwd", change)
     print(f"changed the password of {args.name}")
     return 0
 

@@ -4,7 +4,7 @@
     gamma-lab sweep SPEC.toml [SPEC.toml...] [--executor local|celery] [--wait] [--rerun] [--device cpu|cuda]
     gamma-lab worker [--queue cpu|gpu] [--device cpu|cuda:0[,cuda:1...]] [--concurrency N]
     gamma-lab recorder                                   the single owner of the DuckDB metric file
-    gamma-lab status [SWEEP]
+    gamma-lab status [SWEEP] [--workers]
     gamma-lab cancel SWEEP|RUN
     gamma-lab rerun SWEEP|RUN [--all] [--device cpu|cuda]
     gamma-lab export SWEEP --format csv|parquet [--out FILE] [--series]
@@ -35,6 +35,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from storage.logs import configure_logging
 
 EXIT_USAGE = 2
 EXIT_UNFINISHED = 1
@@ -78,6 +80,9 @@ def _settings(writes: str | None = None) -> Any:
 # ----------------------------------------------------------------------------- serve
 
 
+WARM_IDLE_S = 600  # seconds the dashboard's idle local workers wait for the next launch
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     entry = Path(__file__).resolve().parent / "main.py"
     if not entry.exists():
@@ -101,8 +106,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "viewer",
     ]
     _err(f"gamma-lab dashboard on http://{args.host}:{args.port}")
+    # its local workers start with it and wait warm for launches (tasks.local_queue.warm_up); 0 turns it off
+    env = {**os.environ, "GAMMA_LAB_WARM_WORKERS": os.environ.get("GAMMA_LAB_WARM_WORKERS", str(WARM_IDLE_S))}
     try:
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 0
 
@@ -405,7 +412,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     app = configure(settings.broker_url)
     pool = "solo" if concurrency == 1 else "prefork"
+    as_json = configure_logging(settings.broker_url)  # Celery's lines too (tasks.celery_app)
     argv = [
+        *(["--quiet"] if as_json else []),  # no multi-line text banner among the JSON lines
         "worker",
         "-Q",
         queue,
@@ -449,7 +458,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if recorder is None:
         return 0
-    _err(f"recording {settings.metrics_path} (Ctrl-C to stop)")
+    logging.getLogger("storage.recorder").info("recording %s (Ctrl-C to stop)", settings.metrics_path)  # a log line
     record_until_stopped(settings, recorder, stop, role="recorder")
     return 0
 
@@ -536,8 +545,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     from storage.registry import Registry, newer_line, newer_note
 
     settings = _settings()
+    if args.workers:  # the broker is asked first: when it is down, main says so in one line
+        from tasks.workers import celery_workers, list_workers, workers_table
+
+        registered = celery_workers(settings)
     catch_up(settings)
     WorkerWatch(settings).check()  # a killed local worker: its unit requeued, queued work given a worker
+    if args.workers:  # each worker's host, device, last heartbeat and the runs it trains
+        print(workers_table(list_workers(settings, registered)))
+        return 0
     with Registry(settings.registry_url) as reg:
         if args.sweep is None:
             rows = reg.list_sweeps(limit=args.limit, archived=args.archived)  # archived ones: only with --archived
@@ -832,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="sweeps, or the runs of one sweep")
     s.add_argument("sweep", nargs="?", help="a sweep or run id, or a unique prefix of one (4+ characters)")
     s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--workers", action="store_true", help="each worker: host, device, heartbeat, its runs")
     s.add_argument("--archived", action="store_true", help="the archived sweeps (hidden otherwise)")
     s.set_defaults(fn=cmd_status)
 

@@ -33,6 +33,7 @@ from storage.broker_loss import LostQueue, ingested_batches
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
 from storage.diskspace import DiskFull, below_low_water, ensure_reserve, has_room, is_disk_full, release_reserve
 from storage.export import answer_request
+from storage.logs import configure_logging
 from storage.metric_store import (
     MetricStore,
     PointsBatch,
@@ -642,9 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-events", type=int, default=2000, help="events per ingest transaction")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
     settings = load_settings(**overrides)
+    configure_logging(settings.broker_url, level=args.log_level.upper())  # JSON lines in lab mode
     stop = threading.Event()
 
     def _on_signal(_sig: int, _frame: Any) -> None:

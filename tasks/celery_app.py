@@ -87,6 +87,20 @@ _ACK_HINT = (
 logging.getLogger("celery.worker.request").addFilter(_OneLineAckFailure())
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _json_celery_lines(logger: logging.Logger | None = None, **_: Any) -> None:
+    """In JSON mode (storage.logs) Celery's own lines are JSON too: its root lines already go through
+    our handler; its task and multiprocessing loggers get handlers of their own, given ours here."""
+    from celery.utils.log import get_multiprocessing_logger
+
+    from storage.logs import match_root_format
+
+    for each in (logger, get_multiprocessing_logger()):
+        if each is not None:
+            match_root_format(each)
+
+
 def _broker_from_settings() -> str | None:
     try:
         from storage.settings import load_settings
@@ -130,7 +144,9 @@ WORKER_REFRESH_S = 5.0
 WORKER_TTL_S = 20
 
 
-def worker_record(node: str, queues: list[str]) -> dict[str, Any]:
+def worker_record(node: str, queues: list[str], pids: list[int] | None = None) -> dict[str, Any]:
+    """`pids`: the processes that train (the pool's; the worker's own with the solo pool): a run's
+    `worker` column names one of them as host:pid (tasks.workers matches runs to workers by it)."""
     import socket
     import time
 
@@ -140,6 +156,7 @@ def worker_record(node: str, queues: list[str]) -> dict[str, Any]:
         "host": socket.gethostname(),
         "device": os.environ.get("GAMMA_LAB_WORKER_DEVICE") or "cpu",
         "pid": os.getpid(),
+        "pids": pids or [os.getpid()],
         "seen": time.time(),
     }
 
@@ -170,14 +187,14 @@ def live_workers(broker_url: str) -> list[dict[str, Any]]:
 class _Registration:
     """The worker's key, refreshed by a daemon thread until the worker stops."""
 
-    def __init__(self, broker_url: str, node: str, queues: list[str]):
+    def __init__(self, broker_url: str, node: str, queues: list[str], pool: Any = None):
         import threading
 
         import redis
 
         self.client = redis.Redis.from_url(broker_url, socket_timeout=5)
         self.key = WORKER_KEY_PREFIX + node
-        self.node, self.queues = node, queues
+        self.node, self.queues, self.pool = node, queues, pool
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="gamma-lab-registration", daemon=True)
         self.failing = False
@@ -185,7 +202,8 @@ class _Registration:
     def refresh(self) -> None:
         import json
 
-        self.client.set(self.key, json.dumps(worker_record(self.node, self.queues)), ex=WORKER_TTL_S)
+        record = worker_record(self.node, self.queues, _pool_pids(self.pool))
+        self.client.set(self.key, json.dumps(record), ex=WORKER_TTL_S)
 
     def _run(self) -> None:
         while True:
@@ -214,6 +232,15 @@ class _Registration:
 _registration: _Registration | None = None
 
 
+def _pool_pids(pool: Any) -> list[int] | None:
+    """The pool's process ids now (a prefork child replaced after a crash has a new one); None when
+    the pool does not say."""
+    try:
+        return [int(p) for p in pool.info["processes"]]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _consumed_queues(sender: Any) -> list[str]:
     """The queues this worker consumes (-Q), from its consumer; the app's selection as a fallback."""
     try:
@@ -229,7 +256,7 @@ def _register_worker(sender: Any = None, **_: Any) -> None:
     if not url or not str(url).startswith(("redis://", "rediss://", "unix://")):
         return
     node = getattr(sender, "hostname", None) or f"{os.getpid()}"
-    _registration = _Registration(str(url), node, _consumed_queues(sender))
+    _registration = _Registration(str(url), node, _consumed_queues(sender), getattr(sender, "pool", None))
     _registration.start()
 
 

@@ -197,20 +197,22 @@ class Accounts:
     # -- logins
 
     def _retry_after(self, conn: Connection, column: sa.Column[Any], value: str, now: float) -> float | None:
-        """Seconds until `value` (a name or a client) has fewer than MAX_FAILURES failures in the
-        window, or None when it has fewer now."""
+        """None when `value` (a name or a client) has fewer than MAX_FAILURES failures in the window;
+        else the seconds until it will, counting the refused attempt being made now (it is a failure
+        too), so a login exactly that much later is let through."""
         failed = sa.select(login_attempts.c.at).where(
             column == value, login_attempts.c.ok.is_(False), login_attempts.c.at > now - FAILURE_WINDOW_S
         )
         times = sorted(conn.execute(failed).scalars(), reverse=True)
         if len(times) < MAX_FAILURES:
             return None
-        return times[MAX_FAILURES - 1] + FAILURE_WINDOW_S - now
+        return times[MAX_FAILURES - 2] + FAILURE_WINDOW_S - now
 
     def login(self, name: str, password: str, *, client: str = "") -> User:
         """The user, when `password` is theirs and neither the name nor the client is rate limited;
         else LoginRefused. Refused attempts count as failures, so a guesser stays locked out."""
-        name, client, now = str(name)[:COLUMN_MAX], str(client)[:COLUMN_MAX], self.clock()
+        name, now = str(name)[:COLUMN_MAX], self.clock()
+        client = "".join(ch for ch in str(client) if ch.isprintable())[:COLUMN_MAX]  # header text, not trusted
         with self.registry.engine.begin() as conn:
             waits = [self._retry_after(conn, login_attempts.c.name, name, now)]
             if client:
@@ -225,7 +227,8 @@ class Accounts:
             detail = f"client {client}" if client else ""
             if wait is not None:
                 detail = f"{detail}; rate limited".lstrip("; ")
-            audit.insert(conn, name, "login" if ok else "login-failed", name, detail, now=now)
+            actor = name if USER_NAME_RE.fullmatch(name) else "(not a user name)"  # typed text stays out
+            audit.insert(conn, actor, "login" if ok else "login-failed", actor, detail, now=now)
         if wait is not None:
             raise LoginRefused(f"too many failed logins: try again in {max(1, math.ceil(wait))} s", wait)
         if not ok or row is None:

@@ -453,6 +453,8 @@ def purge(settings: Any, sweep_id: str, *, confirm: str, actor: Actor | None = N
         if sweep is None:
             raise ConfigError("sweep", f"no sweep {sweep_id!r}")
         require(actor, sweep, "purge")
+        if adaptive_active(settings, sweep_id):  # its driver would queue the next round into a deleted sweep
+            raise ConfigError("sweep", f"sweep {sweep_id} has adaptive rounds still to come; cancel it first")
         if str(confirm).strip() != sweep_id:
             raise ConfigError("confirm", f"type the sweep id {sweep_id} to purge it (got {confirm!r}); nothing deleted")
         try:

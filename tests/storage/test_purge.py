@@ -130,6 +130,12 @@ def test_purge_records_here_when_nobody_records_and_refuses_while_running(lab: S
     with Registry(lab.registry_url) as reg:
         assert reg.get_sweep(b)["n_runs"] == 4
     assert _points(lab, ids) == [20] * 8
+    driver = lab.data_dir / "adaptive" / f"{a}.pid"  # an adaptive driver between two rounds (a live pid)
+    driver.parent.mkdir(parents=True, exist_ok=True)
+    driver.write_text(str(os.getpid()))
+    with pytest.raises(ConfigError, match="adaptive rounds still to come"):
+        api.purge(lab, a, confirm=a, actor=ALICE)
+    driver.unlink()
     assert api.purge_plan(lab, a).points == 80  # read directly: nobody holds the file
     # a late points batch of a purged run, still on the bus: it never lands in the file
     with open_publisher(lab) as pub:

@@ -141,3 +141,17 @@ def test_bad_values_are_one_line_naming_the_field(tmp_path, call, field) -> None
         call(settings, c)
     assert err.value.field == field and "\n" not in str(err.value)
     assert _trail(settings, c) == []
+
+
+def test_an_archived_sweeps_queued_runs_are_still_the_brokers(lab: Settings) -> None:
+    """Archive hides a sweep from lists, not from what settles work: a broker restart that lost the
+    queue still finds its queued runs (storage.broker_loss)."""
+    from storage.broker_loss import queued_celery_runs
+
+    configs = _make_configs(gammas=(0.5,), etas=(0.1,), seeds=(3,))
+    with Registry(lab.registry_url) as reg:
+        sid = reg.create_sweep("celery", "bob", {}, executor="celery")
+        reg.add_runs(sid, configs)
+    api.archive(lab, sid, actor=BOB)
+    with Registry(lab.registry_url) as reg:
+        assert reg.list_sweeps() == [] and queued_celery_runs(reg) == {configs[0].run_id: (0, sid)}

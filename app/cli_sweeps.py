@@ -167,7 +167,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if confirm.strip() != sweep_id:
         raise UserError(f"purge: you typed {confirm.strip()!r}, not {sweep_id}; nothing was deleted")
     done = api.purge(settings, sweep_id, confirm=confirm, actor=actor)
-    points = "pending: the recorder deletes them when it runs" if done.points is None else f"{done.points:,}"
+    points = "not confirmed (no recorder answered; it waits on the bus)" if done.points is None else f"{done.points:,}"
     print(f"purged sweep {sweep_id}: {len(done.runs_deleted)} run(s) deleted, {len(done.runs_kept)} shared run(s) "
           f"kept, points deleted: {points}")
     return 0

@@ -465,7 +465,7 @@ def purge(settings: Any, sweep_id: str, *, confirm: str, actor: Actor | None = N
     try:
         points = delete_points(settings, deleted)
     finally:
-        said = "pending (the recorder deletes them when it runs)" if points is None else str(points)
+        said = "not confirmed (no recorder answered; the request waits on the bus)" if points is None else str(points)
         _audit(settings, actor, "purge", sweep_id,
                f"{sweep['name']!r}: {len(deleted)} run(s) deleted, {len(kept)} shared run(s) kept, points {said}")
     return PurgePlan(sweep_id, sweep["name"], deleted, kept, points)

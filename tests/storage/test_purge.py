@@ -75,9 +75,16 @@ def _two_sweeps(settings: Settings, make_configs) -> tuple[str, str, list[str]]:
 
 
 def _points(settings: Settings, ids: list[str]) -> list[int]:
-    """Each run's points, read from the file itself by a fresh read-only open."""
+    """Each run's points, read from the file itself by a fresh read-only open; every point in the file
+    belongs to one of them (none left behind without its run key)."""
     with MetricStore(settings.metrics_path, read_only=True) as store:
-        return [store.count_points(rid) for rid in ids]
+        counts = [store.count_points(rid) for rid in ids]
+        assert store.count_points() == sum(counts)
+        with store.reader() as cur:  # no summary or ingested mark left of a deleted run either
+            for table in ("summaries", "ingested"):
+                assert cur.execute(f"SELECT count(DISTINCT run_key) FROM {table}").fetchall()[0][0] == sum(
+                    1 for n in counts if n), table
+        return counts
 
 
 def _recorder_process(settings: Settings) -> subprocess.Popen:

@@ -160,7 +160,7 @@ r1[0].text_input("Search", key=f"{P}.find", placeholder="name or sweep id")
 r1[1].multiselect("Tags", _options(every["tags"].explode().dropna(), "tag"), key=f"{P}.tag", placeholder="any tag")
 r1[2].multiselect("Owner", _options(every["owner"], "owner"), key=f"{P}.owner", placeholder="anyone")
 r1[3].multiselect("Sweep status", SWEEP_STATUSES, key=f"{P}.state", placeholder="any status")
-r2 = st.columns([2, 2, 2, 2, 1], vertical_alignment="bottom")
+r2 = st.columns(5, vertical_alignment="bottom")
 r2[0].multiselect("Architecture", _options(every["arch"], "arch"), key=f"{P}.arch", placeholder="any")
 r2[1].multiselect("Dataset", _options(every["dataset"], "dataset"), key=f"{P}.dataset", placeholder="any")
 r2[2].date_input("Created from", key=f"{P}.since", format="YYYY-MM-DD")
@@ -176,6 +176,7 @@ def sweeps_table() -> None:
         return
     st.caption(f"{len(sweeps):,} of {len(every):,} sweeps")
     if sweeps.empty:
+        st.info("No sweep matches these filters.")
         return
     st.dataframe(
         sweeps,
@@ -279,8 +280,11 @@ if a4.button("Add seeds", key=f"{P}.addseeds", disabled=read_only, help=off):
 if a5.button("Clone and edit", key=f"{P}.clone"):
     st.session_state["launch.clone"] = dict(sweep.get("spec", {}))
     st.switch_page("views/launch.py")
-if (not_yours := why_not(actor, sweep, "cancel")) is not None:  # said on the page too, not only in tooltips
-    st.caption(f":material/lock: {not_yours}")
+# Said on the page too, not only in the tooltips. Always a slot here, filled or not: an element that
+# comes and goes shifts those below, and Streamlit then redraws the Details expander closed.
+lock_note = st.container()
+if (not_yours := why_not(actor, sweep, "cancel")) is not None:
+    lock_note.caption(f":material/lock: {not_yours}")
 
 
 @st.dialog("Purge sweep", width="large")

@@ -40,6 +40,7 @@ PAGES = [
     st.Page("views/overlays.py", title="Overlays", icon=":material/stacked_line_chart:", url_path="overlays"),
     st.Page("views/diagnostics.py", title="Diagnostics", icon=":material/monitor_heart:", url_path="diagnostics"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("views/reports.py", title="Reports", icon=":material/science:", url_path="reports"),
     LAUNCH_AT_URL,
 ]
 page = st.navigation(PAGES, position="hidden")

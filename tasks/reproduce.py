@@ -299,6 +299,7 @@ def write_report(data_dir: Path, preset: Preset, scale: str, sweep_ids: Sequence
         folder = Path(data_dir) / REPORTS_DIR / f"{preset.name}-{stamp}-{n}"
     folder.mkdir(parents=True)
     data = report_dict(preset, scale, sweep_ids, specs, measured, created)
+    data["figures"] = [json.loads(f.to_json()) for f in measured.figures]  # the Reports page draws these
     (folder / "report.json").write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     (folder / "report.html").write_text(_html(data, measured.figures), encoding="utf-8")
     return folder

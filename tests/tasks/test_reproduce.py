@@ -1,0 +1,125 @@
+"""`gamma-lab reproduce` (issue 11): the preset list, an unknown name, verdicts computed from the numbers,
+and each preset's `ci` scale run for real (local workers, recorder, registry) with its report checked.
+
+Each preset's ci run asserts the paper's qualitative result within the tolerance the preset states, so
+a regression of the engine's physics fails here. Where a ci run's measurement is known to miss a claim
+at that scale (the collapse escape time's γ exponent), the test asserts only the rows it should pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.reproduce import Row
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse")
+
+
+def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GAMMA_LAB_DATA": str(data)}
+    env.pop("GAMMA_LAB_BROKER_URL", None)
+    return subprocess.run([sys.executable, "-m", "app.cli", "reproduce", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def _run_ci(data: Path, name: str) -> tuple[list[str], dict]:
+    """Run preset `name` at the ci scale in a fresh process; (stdout lines, report.json)."""
+    env = {**os.environ, "GAMMA_LAB_DATA": str(data)}
+    env.pop("GAMMA_LAB_BROKER_URL", None)
+    code = f"import sys; from app.reproduce_cli import run_preset; sys.exit(run_preset({name!r}, 'ci', 'local'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    folder = Path(lines[-1])
+    assert folder.parent == data / "reports" and folder.name.startswith(f"{name}-")
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    assert "<table>" in html and '<script src="http' not in html  # self-contained: nothing fetched
+    assert html.count("* plotly.js v") == 1  # plotly.js inlined once, shared by every figure
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert report["preset"] == name and report["scale"] == "ci"
+    assert lines[0] == f"{name} (ci): {report['verdict']}"
+    printed = [line.split() for line in lines]
+    for cells in report["table"]:  # every JSON row is a printed row, cell for cell
+        assert " ".join(cells).split() in printed, cells
+    return lines, report
+
+
+def _rows(report: dict) -> dict[str, dict]:
+    return {r["quantity"]: r for r in report["rows"]}
+
+
+def test_list_names_every_preset_with_its_claim(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "--list")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == list(NAMES)
+    assert all(len(line.split(": ", 1)[1]) > 20 for line in lines)  # a claim, not just a name
+
+
+def test_unknown_preset_is_one_line_naming_the_allowed_ones(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "no-such-preset")
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "no-such-preset" in err[0] and all(n in err[0] for n in NAMES)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_verdicts_follow_the_numbers() -> None:
+    assert Row("slope", 2.0, 2.1, 0.05, 0.3).verdict == "pass"
+    assert Row("slope", 2.0, 2.5, 0.05, 0.3).verdict == "fail"
+    assert "off by 0.5" in Row("slope", 2.0, 2.5, 0.05, 0.3).why
+    assert Row("slope", 2.0, 2.1, 0.5, 0.3).verdict == "inconclusive"  # too uncertain to decide
+    assert Row("slope", 2.0, math.nan, math.nan, 0.3).verdict == "fail"
+    assert Row("ratio", 0.5, 0.4, math.nan, 0.0, "at_most").verdict == "pass"
+    assert Row("ratio", 0.5, 0.6, math.nan, 0.0, "at_most").verdict == "fail"
+    assert Row("score", math.nan, 0.1, math.nan, 0.0, "info").verdict == "info"
+    with pytest.raises(ValueError, match="compare"):
+        Row("x", 1.0, 1.0, 0.0, 0.0, "about")
+
+
+def test_deep_linear_matches_the_closed_forms(tmp_path: Path) -> None:
+    _, report = _run_ci(tmp_path, "deep-linear")
+    assert report["sweeps"] == []
+    assert report["verdict"] == "pass", report["rows"]
+    rows = _rows(report)
+    assert rows["η_max slope (lazy, γ ≤ 0.1, L=2)"]["paper"] == 2.0
+    assert rows["η_max slope (rich, γ ≥ 10, L=3)"]["paper"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_lazy_scaling_slope_two(tmp_path: Path) -> None:
+    _, report = _run_ci(tmp_path, "lazy-scaling")
+    assert len(report["sweeps"]) == 1 and "100 steps" in report["budget"]
+    rows = _rows(report)
+    for label in ("η_max", "η*"):
+        assert rows[f"{label} slope vs γ (lazy, γ ≪ 1, L=3)"]["verdict"] == "pass", rows
+
+
+@pytest.mark.slow
+def test_rich_scaling_slope_two_over_L(tmp_path: Path) -> None:
+    _, report = _run_ci(tmp_path, "rich-scaling")
+    assert len(report["sweeps"]) == 2
+    rows = _rows(report)
+    for depth in (2, 3):
+        for label in ("η_max", "η*"):
+            assert rows[f"{label} slope vs γ (rich, γ ≫ 1, L={depth})"]["verdict"] == "pass", rows
+
+
+@pytest.mark.slow
+def test_collapse_in_eta_t_over_gamma(tmp_path: Path) -> None:
+    _, report = _run_ci(tmp_path, "collapse")
+    rows = _rows(report)
+    assert rows["score(η·t/γ) / best score of t, η·t"]["verdict"] == "pass", rows
+    assert rows["escape-time exponent of η"]["verdict"] == "pass", rows
+    for axis in ("t", "η·t", "η·t/γ"):  # the shared τ range and the curve count beside each score
+        note = rows[f"collapse score in {axis}"]["note"]
+        assert "curves" in note and "τ ∈" in note and "shared range holds" in note

@@ -155,3 +155,34 @@ def test_an_archived_sweeps_queued_runs_are_still_the_brokers(lab: Settings) -> 
     api.archive(lab, sid, actor=BOB)
     with Registry(lab.registry_url) as reg:
         assert reg.list_sweeps() == [] and queued_celery_runs(reg) == {configs[0].run_id: (0, sid)}
+
+
+@pytest.mark.slow
+def test_launch_rerun_and_added_seeds_are_anyones_and_audited(tmp_path) -> None:  # noqa: ANN001
+    import time
+
+    from storage.recorder import Recorder
+    from storage.settings import load_settings
+    from tasks.spec import SweepSpec
+
+    settings = load_settings(data_dir=tmp_path / "data", workers=1, heartbeat_s=1, lost_after_s=30, auth="local")
+    spec = SweepSpec.from_dict({
+        "model": {"width": 8, "depth": 2}, "data": {"dataset": "teacher", "input_dim": 4, "n_classes": 2},
+        "train": {"steps": 20, "batch_size": 8, "eval_points": 2, "metrics": ["test"]},
+        "grid": {"gamma": [1.0], "eta": [0.01], "seeds": [0]},
+    })
+
+    def settle(sweep_id: str) -> None:
+        while not api.is_settled(settings, sweep_id):
+            time.sleep(0.3)
+
+    with Recorder(settings).start():
+        sid = api.submit(spec, settings, actor=ALICE)  # the launcher: the actor
+        settle(sid)
+        assert len(api.add_seeds(settings, sid, [1], actor=BOB)) == 1
+        settle(sid)
+        assert len(api.rerun(settings, sid, everything=True, actor=BOB)) == 2
+        settle(sid)
+    with Registry(settings.registry_url) as reg:
+        assert reg.get_sweep(sid)["owner"] == "alice"
+    assert _trail(settings, sid) == [("alice", "launch"), ("bob", "add-seeds"), ("bob", "rerun")]

@@ -1,6 +1,7 @@
-"""The pure parts of the dashboard's issue-12 work, without a browser: the session cookie's text, which
-login methods a lab asks for, whom a login acts as (admin from the users table of a real SQLite
-registry), and the Runs page's sweep filters (app/logic/source.filter_sweeps)."""
+"""The dashboard's issue-12 parts without a browser: the session cookie's text, which login methods a
+lab asks for, whom a login acts as (admin from the users table of a real SQLite registry), the Runs
+page's sweep filters (app/logic/source.filter_sweeps), and the gate itself through AppTest (the
+identity-provider button, which the browser test cannot reach without a provider)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from app.auth import (
     COOKIE,
@@ -26,6 +28,8 @@ from app.logic.source import filter_sweeps, sweeps_frame
 from storage.accounts import Accounts, cookie_secret
 from storage.registry import Registry
 from storage.settings import load_settings
+
+MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 
 
 @pytest.fixture
@@ -135,3 +139,32 @@ def test_sweep_filters_each_narrow_the_table() -> None:
     assert ids(since=pd.Timestamp("2026-11-05").date(), until=pd.Timestamp("2026-11-09").date()) == ["bb22", "cc33"]
     assert ids(owners=["bob"], tags=["deep"], text="scan") == ["bb22"]
     assert filter_sweeps(frame.iloc[:0], owners=["bob"]).empty
+
+
+def _main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: str, secrets: dict | None = None) -> AppTest:
+    # a data folder per mode: the dashboard's resources (settings included) are cached per folder
+    monkeypatch.setenv("GAMMA_LAB_DATA", str(tmp_path / f"data-{auth}-{len(secrets or {})}"))
+    monkeypatch.setenv("GAMMA_LAB_AUTH", auth)
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.secrets.update(secrets or {})
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_gate_shows_the_lab_only_after_a_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    free = _main(tmp_path, monkeypatch, "none")
+    assert [t.value for t in free.title] == ["Launch a sweep"]
+    assert not [b for b in free.button if b.label == "Log in"]
+
+    auth = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "x" * 32,
+            "google": {"client_id": "c", "client_secret": "s", "server_metadata_url": "https://example.org/m"}}
+    both = _main(tmp_path, monkeypatch, "local", {"auth": auth})
+    assert [t.value for t in both.title] == ["gamma-lab"]
+    labels = [b.label for b in both.button]
+    assert "Log in" in labels and "Log in with Google" in labels
+    assert [t.label for t in both.text_input] == ["User name", "Password"]
+
+    oidc_only = _main(tmp_path, monkeypatch, "oidc", {"auth": auth})
+    assert [b.label for b in oidc_only.button] == ["Log in with Google"] and not oidc_only.text_input
+    assert "needs an [auth] section" in _main(tmp_path, monkeypatch, "oidc").error[0].value

@@ -157,8 +157,25 @@ def _resources(data_dir: str, registry_url: str) -> Resources:
 
     res.supervisor = Supervisor(settings)  # the dashboard outlives sweeps: it keeps their local workers going
     res.supervisor.start()
+    _warm_up_workers(settings)
     _LIVE.append(res)
     return res
+
+
+def _warm_up_workers(settings: Any) -> None:
+    """Under `gamma-lab serve` (which sets GAMMA_LAB_WARM_WORKERS): start the local workers now, in the
+    background, so the first launch does not wait for them to start (tasks.local_queue.warm_up); they
+    leave when this dashboard does."""
+    import os
+
+    from tasks.local_queue import WARM_ENV, warm_up
+
+    try:
+        idle_s = float(os.environ.get(WARM_ENV) or 0)
+    except ValueError:
+        idle_s = 0.0
+    if settings.embedded and idle_s > 0:
+        threading.Thread(target=warm_up, args=(settings, idle_s), name="gamma-lab-warm-up", daemon=True).start()
 
 
 def read_only_notice(res: Resources, what: str) -> bool:

@@ -23,6 +23,12 @@ worker cannot loop for ever. Then workers are started until min(GAMMA_LAB_WORKER
 The count holds under concurrent launches: counting and starting happen under the lock, a started
 worker has registered before the lock is released, and an exiting worker holds the lock until its
 process is gone.
+
+Warm workers: the dashboard started by `gamma-lab serve` starts its workers at once (warm_up) and
+they wait up to GAMMA_LAB_WARM_WORKERS seconds for the next unit (torch imported) before they leave,
+and leave as soon as that dashboard (GAMMA_LAB_WORKER_PARENT) is gone: a launch from the dashboard
+does not pay a worker's start-up (several seconds of a quick demo's ~10). Workers started from a
+shell leave when the queue is empty, as before.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ MAX_WORKER_DEATHS = 2  # a unit whose worker died this many times is not retried
 FRONT = f"{0:020d}"  # the order prefix of a requeued unit: it was started before anything pending
 UNFINISHED = ("queued", "running", "lost")
 LOCK_TIMEOUT_S = 60.0  # a process stuck holding the queue lock must not hang every launch for ever
+WARM_ENV = "GAMMA_LAB_WARM_WORKERS"  # seconds an idle worker waits for work (set by `gamma-lab serve`)
+PARENT_ENV = "GAMMA_LAB_WORKER_PARENT"  # the dashboard's pid: its warm workers leave when it is gone
+WARM_POLL_S = 0.2
 
 
 def queue_dir(settings: Any) -> Path:
@@ -373,11 +382,11 @@ def _pending_runs(settings: Any) -> int:
     return n
 
 
-def _start_workers_locked(settings: Any, n: int, env: dict[str, str] | None) -> list[int]:
-    """Start workers until min(n, pending units) are alive; the caller holds the lock. Returns the
-    pids started."""
+def _start_workers_locked(settings: Any, n: int, env: dict[str, str] | None, *, warm: bool = False) -> list[int]:
+    """Start workers until min(n, pending units) are alive (`warm`: n, work or not); the caller holds
+    the lock. Returns the pids started."""
     alive = live_workers(settings)
-    want = min(n, len(pending_units(settings)) + len(alive))
+    want = n if warm else min(n, len(pending_units(settings)) + len(alive))
     procs: list[subprocess.Popen[bytes]] = []
     threads = max(1, (os.cpu_count() or 1) // max(n, 1))  # split the cores across the workers
     child_env = dict(os.environ if env is None else env)
@@ -490,6 +499,55 @@ class Supervisor(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+
+
+def warm_up(settings: Any, idle_s: float, parent: int | None = None) -> list[int]:
+    """Start settings.workers workers now, before any work, that wait `idle_s` seconds for it and leave
+    when process `parent` (default: this one) is gone. The warm settings go into this process's
+    environment too, so the workers it starts later (and their replacements) are warm as well.
+    Returns the pids started; [] when the queue is busy (the next launch starts them cold)."""
+    os.environ[WARM_ENV] = f"{float(idle_s):g}"
+    os.environ[PARENT_ENV] = str(parent or os.getpid())
+    _dirs(settings)
+    try:
+        with QueueLock(settings):
+            return _start_workers_locked(settings, settings.workers, None, warm=True)
+    except QueueBusy as exc:
+        log.warning("%s; workers were not warmed up", exc)
+        return []
+
+
+def warm_settings() -> tuple[float, int | None]:
+    """(idle seconds, parent pid) of this worker process from its environment; (0, None) when cold."""
+    try:
+        idle_s = max(0.0, float(os.environ.get(WARM_ENV) or 0))
+    except ValueError:
+        idle_s = 0.0
+    parent = os.environ.get(PARENT_ENV, "")
+    return idle_s, int(parent) if parent.isdigit() else None
+
+
+def warm_workers(settings: Any) -> int:
+    """Live local workers waiting warm for this process (it warmed them up: `gamma-lab serve`), else 0."""
+    idle_s, _ = warm_settings()
+    if idle_s <= 0 or not getattr(settings, "embedded", True) or not queue_dir(settings).is_dir():
+        return 0
+    with contextlib.suppress(OSError):
+        return len(live_workers(settings, prune=False))
+    return 0
+
+
+def wait_for_work(settings: Any, idle_s: float, parent: int | None) -> bool:
+    """A warm worker with nothing to do: wait until a unit is pending (True), or until `idle_s` passed
+    or the parent process is gone (False: leave)."""
+    deadline = time.monotonic() + idle_s
+    while time.monotonic() < deadline:
+        if parent is not None and not _alive(parent):
+            return False
+        if pending_units(settings):
+            return True
+        time.sleep(WARM_POLL_S)
+    return False
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import os
 import sys
 
 from storage.bus import open_publisher
+from storage.logs import configure_logging
 from storage.settings import load_settings
 from tasks import local_queue
 from tasks.worker import run_unit, set_torch_threads
@@ -25,17 +26,23 @@ def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ig
     claim it supervises (tasks.local_queue.supervise: recovers a dead sibling's unit, starts a
     replacement); with the queue empty it leaves under the lock, or stays when work arrived meanwhile
     and fewer than GAMMA_LAB_WORKERS workers are alive. `keep_lock_on_exit` (the worker process):
-    leaving keeps the lock until the process is gone, so the configured count holds."""
+    leaving keeps the lock until the process is gone, so the configured count holds.
+    A warm worker (local_queue.warm_up: the dashboard's) first waits for work with torch imported."""
     settings = settings or load_settings()
     registration = local_queue.register(settings)
     set_torch_threads(None)
     publisher = open_publisher(settings)
+    idle_s, parent = local_queue.warm_settings()
+    if idle_s > 0:
+        import engine.trainer  # noqa: F401 - torch and the models imported before the first unit, not after it
     done = 0
     try:
         while True:
             for line in local_queue.supervise(settings).lines():
                 log.warning("%s", line)
             item = local_queue.claim(settings)
+            if item is None and idle_s > 0 and local_queue.wait_for_work(settings, idle_s, parent):
+                continue  # a unit arrived while this worker waited warm
             if item is None:
                 with local_queue.worker_exit_check(
                     settings, registration, settings.workers, keep=keep_lock_on_exit
@@ -61,8 +68,10 @@ def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ig
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(keep_lock_on_exit=True)
+    settings = load_settings()
+    # text in embedded mode (GAMMA_LAB_LOG_FORMAT=json for JSON lines); JSON when a broker is set
+    configure_logging(settings.broker_url, level=logging.INFO)
+    serve(settings, keep_lock_on_exit=True)
     # Leave now: the queue lock is held until this process is gone (see serve), so interpreter
     # teardown (torch's) must not keep every launch waiting.
     logging.shutdown()

@@ -15,6 +15,11 @@ Time. FLOPs per step ≈ 6 × parameters × batch per member (forward 2, backwar
 constant per device class (THROUGHPUT_FLOPS). These constants are what a batched float32 matmul
 sustains on a 2-core laptop CPU and a datacenter GPU; float64 counts double. It is an estimate for
 the progress display and the Celery visibility timeout, never a deadline.
+
+Measured throughput. Each worker writes what it sustained on the unit it just trained (FLOPs as above
+per second of training) to `<data_dir>/throughput.json`, normalized by the share of the cores the
+load average left it; `plan` uses that, scaled by the share the load leaves now, instead of the
+constant (a busy machine's estimate was 9× short, a quiet one's right).
 """
 
 from __future__ import annotations
@@ -22,12 +27,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig
+
+THROUGHPUT_FILE = "throughput.json"
+THROUGHPUT_MAX_AGE_S = 7 * 86400.0  # an older measurement may be of another machine or torch build
 
 PARAM_COPIES = 4
 ACTIVATION_COPIES = 6
@@ -42,6 +53,7 @@ THROUGHPUT_FLOPS = {"cpu": 2.0e10, "cuda": 2.0e13}
 # Fixed cost of a unit before its first step: a worker process importing torch, building the data
 # stream, (on a GPU) creating the CUDA context. Dominates small units such as the dashboard's demo.
 UNIT_OVERHEAD_S = {"cpu": 3.0, "cuda": 10.0}
+WARM_OVERHEAD_S = 0.5  # a warm worker (torch imported, waiting) picks a unit up within its poll
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
@@ -102,14 +114,81 @@ def member_bytes(cfg: RunConfig) -> int:
     return b * (parameter_count(cfg) * PARAM_COPIES + activations * ACTIVATION_COPIES)
 
 
-def estimate_seconds(configs: Sequence[RunConfig], device: str = "cpu") -> float:
-    """Rough wall time of training `configs` as one ensemble on `device` (see module docstring)."""
+def unit_flops(configs: Sequence[RunConfig], steps: int | None = None) -> float:
+    """FLOPs of training `configs` as one ensemble for `steps` steps (default: all), float64 counted
+    double (see module docstring)."""
     if not configs:
         return 0.0
     cfg = configs[0]
-    flops = FLOPS_PER_PARAM_PER_EXAMPLE * parameter_count(cfg) * cfg.train.batch_size * cfg.train.steps
-    flops *= len(configs) * (2.0 if cfg.resolved_dtype == "float64" else 1.0)
-    return UNIT_OVERHEAD_S[device_class(device)] + flops / THROUGHPUT_FLOPS[device_class(device)]
+    n_steps = cfg.train.steps if steps is None else steps
+    flops = FLOPS_PER_PARAM_PER_EXAMPLE * parameter_count(cfg) * cfg.train.batch_size * n_steps
+    return flops * len(configs) * (2.0 if cfg.resolved_dtype == "float64" else 1.0)
+
+
+def estimate_seconds(
+    configs: Sequence[RunConfig], device: str = "cpu", *, rate: float | None = None, overhead: float | None = None
+) -> float:
+    """Rough wall time of training `configs` as one ensemble on `device` (see module docstring): the
+    start-up `overhead` (default UNIT_OVERHEAD_S) plus the FLOPs at `rate` (default THROUGHPUT_FLOPS)."""
+    if not configs:
+        return 0.0
+    cls = device_class(device)
+    start = UNIT_OVERHEAD_S[cls] if overhead is None else overhead
+    return start + unit_flops(configs) / (rate or THROUGHPUT_FLOPS[cls])
+
+
+def _core_share(load: float) -> float:
+    """The share of the cores one more busy process gets at this 1-minute load average."""
+    cores = os.cpu_count() or 1
+    return min(1.0, cores / max(load, 1.0))
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform: assume a quiet machine
+        return 0.0
+
+
+def record_throughput(data_dir: Any, device: str, flops: float, seconds: float) -> None:
+    """A worker's measurement after a unit: `flops` trained in `seconds`. Kept per device class,
+    normalized to a quiet machine (divided by the core share the load left), half old, half new."""
+    if flops <= 0 or seconds <= 0.2:
+        return
+    path = Path(data_dir) / THROUGHPUT_FILE
+    cls = device_class(device)
+    table = _read_throughput(path)
+    rate = flops / seconds / (_core_share(_load()) if cls == "cpu" else 1.0)
+    old = table.get(cls, {}).get("flops_per_s")
+    table[cls] = {"flops_per_s": rate if not old else 0.5 * (float(old) + rate), "at": time.time()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(table, sort_keys=True))
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+    except OSError:  # a full or read-only folder: the estimate keeps the constant
+        tmp.unlink(missing_ok=True)
+
+
+def _read_throughput(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def measured_throughput(data_dir: Any, device: str) -> float | None:
+    """FLOPs per second a unit on `device` gets now: the workers' recent measurement scaled by the
+    core share the load leaves now (None: nothing measured in THROUGHPUT_MAX_AGE_S)."""
+    cls = device_class(device)
+    entry = _read_throughput(Path(data_dir) / THROUGHPUT_FILE).get(cls) or {}
+    try:
+        rate, at = float(entry["flops_per_s"]), float(entry["at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (rate > 0 and math.isfinite(rate)) or time.time() - at > THROUGHPUT_MAX_AGE_S:
+        return None
+    return rate * (_core_share(_load()) if cls == "cpu" else 1.0)
 
 
 @dataclass(frozen=True)
@@ -201,6 +280,8 @@ def pack(
     parallelism: int = 1,
     memory_budget: int | None = None,
     member_limit: int | None = None,
+    rate: float | None = None,
+    overhead: float | None = None,
 ) -> Plan:
     """Group `configs` by shape_key and split each group into units that fit the device.
 
@@ -225,7 +306,7 @@ def pack(
             start += len(chunk)
             att = [int(attempts.get(c.run_id, 1)) for c in chunk]
             unit = WorkUnit(_unit_id(chunk, att), list(chunk), att, device, sweep_id)
-            seconds = estimate_seconds(chunk, device)
+            seconds = estimate_seconds(chunk, device, rate=rate, overhead=overhead)
             plan.units.append(unit)
             plan.estimated_seconds += seconds
             plan.max_unit_seconds = max(plan.max_unit_seconds, seconds)
@@ -233,6 +314,9 @@ def pack(
 
 
 def plan(spec: Any, settings: Any, device: str = "cpu", **kwargs: Any) -> Plan:
-    """Plan the spec's full grid (see `pack` for the keyword arguments). Registry reuse is tasks.api's job."""
+    """Plan the spec's full grid (see `pack` for the keyword arguments). Registry reuse is tasks.api's job.
+    The time estimate uses the throughput measured in the data folder when there is one."""
     kwargs.setdefault("parallelism", getattr(settings, "workers", 1))
+    if kwargs.get("rate") is None and getattr(settings, "data_dir", None) is not None:
+        kwargs["rate"] = measured_throughput(settings.data_dir, device)
     return pack(spec.cells(), device=device, **kwargs)

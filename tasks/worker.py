@@ -28,7 +28,7 @@ from engine.config import RunConfig
 from storage.bus import BrokerUnavailable
 from storage.diskspace import DiskFull, disk_full_message, release_reserve
 from tasks.cancel import CancelChecker
-from tasks.planner import WorkUnit
+from tasks.planner import WorkUnit, record_throughput, unit_flops
 
 log = logging.getLogger("gamma_lab.worker")
 FLUSH_EVERY = 50
@@ -239,11 +239,16 @@ def _run_unit(unit_json: str, settings: Any, publisher: Any, *, device: str | No
         beat.finish(r.run_id)
 
     try:
+        began = time.monotonic()
         results = train_ensemble(
             configs, device=device or unit.device, data_root=settings.data_dir, on_metrics=on_metrics,
             should_cancel=should_cancel, flush_every=flush_every, on_result=on_result,
         )
         beat.stop()
+        # what this machine sustains now: the Launch page's estimate is based on it (tasks.planner)
+        trained = max((r.steps_done for r in results), default=0)
+        record_throughput(settings.data_dir, device or unit.device, unit_flops(configs, trained),
+                          time.monotonic() - began)
         for r in results:
             if r.run_id not in finished:
                 on_result(r)

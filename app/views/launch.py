@@ -131,9 +131,11 @@ if check or launch:
     spec = build()
     if spec is None:
         st.rerun()  # show the errors at their fields
-    from tasks.planner import plan
+    from tasks.local_queue import warm_workers
+    from tasks.planner import WARM_OVERHEAD_S, plan
 
-    p = plan(spec, settings, device="cpu")
+    # the start-up is paid already when the dashboard's workers wait warm (tasks.local_queue.warm_up)
+    p = plan(spec, settings, device="cpu", overhead=WARM_OVERHEAD_S if warm_workers(settings) else None)
     st.session_state[f"{P}.plan"] = (p.n_cells, p.n_units, p.wall_seconds)
     if launch and not read_only:
         from tasks.api import submit
@@ -142,6 +144,9 @@ if check or launch:
         sweep_id = submit(spec, settings, executor=st.session_state.get(f"{P}.executor", "local"),
                           owner=actor.name, actor=actor)
         st.session_state[f"{P}.launched"] = sweep_id
+        # straight to the portrait that fills in (it says "Launched sweep …" once)
+        st.session_state["portrait.launched"] = sweep_id
+        st.switch_page("views/portrait.py", query_params={"sweep": sweep_id})
 
 if f"{P}.plan" in st.session_state:
     n_cells, n_units, seconds = st.session_state[f"{P}.plan"]
@@ -149,8 +154,9 @@ if f"{P}.plan" in st.session_state:
     c1.metric("Cells (γ × η × seed)", f"{n_cells:,}")
     c2.metric("Work units", f"{n_units:,}")
     c3.metric("Estimated time", f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s",
-              help=f"Rough wall time with {settings.workers} local worker(s): start-up plus FLOPs at a "
-                   "typical sustained rate (tasks/planner.py); never a deadline.")
+              help=f"Rough wall time with {settings.workers} local worker(s): start-up plus FLOPs at the rate "
+                   "this machine's workers measured on their last units, scaled by the load now (a typical "
+                   "rate before the first one; tasks/planner.py); never a deadline.")
 if f"{P}.launched" in st.session_state:
     sweep_id = st.session_state[f"{P}.launched"]
     st.success(f"Launched sweep {sweep_id}.")

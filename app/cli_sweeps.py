@@ -146,6 +146,7 @@ def _confirmation(sweep_id: str, yes: bool) -> str:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    from storage.purge import PurgeError
     from storage.registry import Registry
     from tasks import api
     from tasks.access import local_actor, require
@@ -161,12 +162,18 @@ def cmd_purge(args: argparse.Namespace) -> int:
     active = sum(sweep["counts"].get(s, 0) for s in api.ACTIVE_STATUSES)
     if active:
         raise UserError(f"purge: {active} run(s) of sweep {sweep_id} are queued or running; cancel it first")
-    plan = api.purge_plan(settings, sweep_id)
+    try:
+        plan = api.purge_plan(settings, sweep_id)
+    except PurgeError as exc:
+        raise UserError(f"purge: nothing was deleted: {exc}") from None
     print("\n".join(describe_plan(plan, sweep)))
     confirm = _confirmation(sweep_id, args.yes)
     if confirm.strip() != sweep_id:
         raise UserError(f"purge: you typed {confirm.strip()!r}, not {sweep_id}; nothing was deleted")
-    done = api.purge(settings, sweep_id, confirm=confirm, actor=actor)
+    try:
+        done = api.purge(settings, sweep_id, confirm=confirm, actor=actor)
+    except PurgeError as exc:
+        raise UserError(f"purge: sweep {sweep_id} and its runs left the registry, but {exc}") from None
     points = "not confirmed (no recorder answered; it waits on the bus)" if done.points is None else f"{done.points:,}"
     print(f"purged sweep {sweep_id}: {len(done.runs_deleted)} run(s) deleted, {len(done.runs_kept)} shared run(s) "
           f"kept, points deleted: {points}")

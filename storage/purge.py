@@ -23,10 +23,14 @@ from typing import Any
 
 from storage.bus import open_publisher
 from storage.export import _write_text_atomic
-from storage.metric_store import MetricStore, StoreLocked, open_reader
+from storage.metric_store import MetricStore, StoreCorrupt, StoreLocked, open_reader
 from storage.settings import Settings
 
 PURGE_DIR = "purges"  # inside the data folder: where the recorder answers purge requests
+
+
+class PurgeError(RuntimeError):
+    """The recorder could not count or delete the points (its answer says why)."""
 
 
 def count_points(settings: Settings, run_ids: Sequence[str], *, timeout_s: float = 30.0) -> int | None:
@@ -67,9 +71,12 @@ def _ask_recorder(settings: Settings, run_ids: Sequence[str], *, dry_run: bool, 
     deadline = time.monotonic() + timeout_s
     while True:
         if answer.exists():
-            points = int(json.loads(answer.read_text())["points"])
+            reply = json.loads(answer.read_text())
             answer.unlink(missing_ok=True)
-            return points
+            if "error" in reply:
+                verb = "count" if dry_run else "delete"
+                raise PurgeError(f"the recorder could not {verb} the points: {reply['error']}")
+            return int(reply["points"])
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.05)
@@ -90,10 +97,20 @@ def _record_here(settings: Settings) -> None:
 
 
 def answer_request(settings: Settings, store: MetricStore, event: dict[str, Any]) -> None:
-    """The recorder's side: count or delete the points a `purge` event names and write the answer.
-    Raises SettingsError (a ValueError) for a path outside the data folder: that event is set aside."""
+    """The recorder's side: count or delete the points a `purge` event names and write the answer
+    (`{"error": ...}` when that failed: a request that fails again and again must not stop recording).
+    Raises SettingsError (a ValueError) for a path outside the data folder: that event is set aside;
+    and StoreCorrupt or DiskFull: the recorder pauses, the request waits on the bus."""
+    from storage.diskspace import DiskFull
+
     dest = settings.resolve_data_path(event["path"])
     ids = event["run_ids"]
-    points = store.count_runs_points(ids) if event.get("dry_run") else store.delete_runs(ids)
+    reply: dict[str, Any]
+    try:
+        reply = {"points": store.count_runs_points(ids) if event.get("dry_run") else store.delete_runs(ids)}
+    except (StoreCorrupt, DiskFull):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the requester hears why; the recorder goes on
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(dest, json.dumps({"points": points}) + "\n")
+    _write_text_atomic(dest, json.dumps(reply) + "\n")

@@ -150,3 +150,20 @@ def test_purge_records_here_when_nobody_records_and_refuses_while_running(lab: S
     done = api.purge(lab, a, confirm=a, actor=Actor("root", True, True))  # an admin may
     assert done.points == 80 and len(done.runs_deleted) == 4
     assert _points(lab, ids) == [0] * 4 + [20] * 4
+
+
+def test_a_request_the_store_cannot_carry_out_is_answered_with_the_reason(lab: Settings, make_configs) -> None:
+    """The recorder answers a purge it cannot carry out with the reason instead of failing its step
+    for ever (which would stop all recording)."""
+    import json
+
+    from storage.purge import PURGE_DIR, answer_request
+
+    _, _, ids = _two_sweeps(lab, make_configs)
+    event = {"type": "purge", "request_id": "r1", "run_ids": ids[:1], "path": f"{PURGE_DIR}/r1.json"}
+    with MetricStore(lab.metrics_path, read_only=True) as store:  # a store that refuses deletes
+        answer_request(lab, store, event)
+        assert answer_request(lab, store, {**event, "path": f"{PURGE_DIR}/r2.json", "dry_run": True}) is None
+    reply = json.loads((lab.data_dir / PURGE_DIR / "r1.json").read_text())
+    assert "read-only" in reply["error"]
+    assert json.loads((lab.data_dir / PURGE_DIR / "r2.json").read_text()) == {"points": 20}

@@ -10,7 +10,7 @@ whatever waits before it). A dry run counts instead of deleting: the confirmatio
 go.
 
 The event is durable on the bus: a recorder that answers too late, or starts only later, still deletes
-the points; the caller is told that they are pending (None).
+the points; the caller is told that the deletion is not confirmed (None).
 """
 
 from __future__ import annotations

@@ -31,7 +31,10 @@ from storage.metric_store import MetricStore, open_reader
 from storage.registry import Registry, runs_columns, runs_frame
 from storage.settings import Settings
 
-STATS = ("final", "best", "at_step", "steps_to")
+STATS = ("final", "best", "tail", "at_step", "steps_to")
+# tail: the mean over the last 10 % of a run's logged steps, as engine.analysis.tail_steps counts them
+# (the same number as the run summary's tail_train_loss; a test holds the two equal)
+TAIL_FRACTION = 0.1
 AGGS = ("mean", "median", "min")
 NAMED_X = {
     "t": "t",
@@ -184,6 +187,11 @@ def _values_sql(metric: str, stat: str, step: int | None, threshold: float | Non
         col = "last_value" if stat == "final" else ("max_value" if higher_is_better(metric) else "min_value")
         return (f"SELECT k.run_id, m.{col} AS v, m.last_step AS s FROM summaries m {join.format(t='m')} "
                 "WHERE m.metric = ?", [metric])
+    if stat == "tail":  # s: the last logged step, so a running run's provisional tail shows live
+        return (f"SELECT k.run_id, avg(p.value) AS v, max(m.last_step) AS s FROM points p {join.format(t='p')} "
+                "JOIN summaries m ON m.run_key = p.run_key AND m.attempt = p.attempt AND m.metric = p.metric "
+                "WHERE p.metric = ? AND p.step >= m.last_step + 1 - greatest(1, ceil(? * (m.last_step + 1) - 1e-9)) "
+                "GROUP BY k.run_id", [metric, TAIL_FRACTION])
     if stat == "at_step":  # the last logged value at or before `step` (eval metrics are sparse)
         return (f"SELECT k.run_id, arg_max(p.value, p.step) AS v, NULL::BIGINT AS s FROM points p "
                 f"{join.format(t='p')} WHERE p.metric = ? AND p.step <= ? GROUP BY k.run_id", [metric, int(step or 0)])
@@ -230,9 +238,10 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
             agg: str = "mean", step: int | None = None, threshold: float | None = None) -> pd.DataFrame:
     """One row per (γ, η) of the sweep, value aggregated over seeds (one DuckDB query).
 
-    Per seed: final -> last logged value; best -> min (max for *acc); at_step -> last value at or before
+    Per seed: final -> last logged value; best -> min (max for *acc); tail -> mean over the last 10 % of
+    the logged steps (one batch's loss is noisy; the default of the portrait); at_step -> last value at or before
     `step`; steps_to -> first step reaching `threshold` (+inf for a finished run that never did).
-    A seed counts toward `value` only if its number is final and finite: for final/best the run must
+    A seed counts toward `value` only if its number is final and finite: for final/best/tail the run must
     be `done`; for at_step/steps_to any run whose series answers the question counts (a run that
     diverged after step t has a value at t). Others are counted, never scored: n_diverged (diverged,
     or an infinite value), n_running (queued/running), n_missing (failed/lost/cancelled/no data).

@@ -13,6 +13,7 @@ from app.logic.grid import CELL_STATUSES, HeatmapGrid
 from engine import analysis
 
 STATS = {
+    "tail": "mean of the last 10 % of steps",
     "final": "final value",
     "best": "best value",
     "at_step": "value at step t",
@@ -32,11 +33,16 @@ class FitLabel:
     left_out: int = 0  # points of its side not fitted: η* at the edge of the η grid (not bracketed)
 
     def label(self) -> str:
-        err = self.fit.slope_stderr
-        err_text = "n/a" if not math.isfinite(err) else f"{err:.2f}"
+        """The slope ± its total error, then its two parts: the fit's scatter and the η grid's spacing."""
+
+        def text(err: float) -> str:
+            return "n/a" if not math.isfinite(err) else f"{err:.2f}"
+
+        parts = f"fit ± {text(self.fit.slope_stderr)}, grid ± {text(self.fit.grid_stderr)}; "
         theory = "" if self.theory is None else f"; theory {self.theory:.3g}"
         edge = "" if not self.left_out else f"; {self.left_out} η* at the grid edge left out"
-        return f"{self.name}: slope {self.fit.slope:.2f} ± {err_text} (n={self.fit.n}{theory}{edge})"
+        total = text(self.fit.total_stderr)
+        return f"{self.name}: slope {self.fit.slope:.2f} ± {total} ({parts}n={self.fit.n}{theory}{edge})"
 
 
 # The two regimes of design.md §2 meet near γ = 1: lazy nets have η*, η_max ∝ γ², rich ones
@@ -155,22 +161,23 @@ def boundary(grid: HeatmapGrid) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(gs), np.asarray(es)
 
 
-def _fit(name: str, x: np.ndarray, y: np.ndarray, theory: float | None = None) -> FitLabel | None:
+def _fit(name: str, x: np.ndarray, y: np.ndarray, theory: float | None = None, spacing: float = 0.0) -> FitLabel | None:
     try:
-        return FitLabel(name, analysis.fit_power_law(x, y), theory)
+        return FitLabel(name, analysis.fit_power_law(x, y, y_spacing=spacing), theory)
     except ValueError:  # fewer than two usable points: nothing to fit yet
         return None
 
 
-def regime_fits(name: str, gammas: np.ndarray, etas: np.ndarray, depth: int) -> list[FitLabel]:
+def regime_fits(name: str, gammas: np.ndarray, etas: np.ndarray, depth: int, spacing: float = 0.0) -> list[FitLabel]:
     """Power-law fits of η(γ) on each side of the crossover that has at least two points: the lazy
-    side (γ < 1, theory slope 2) and the rich side (γ > 1, theory 2/L). γ = 1 itself joins neither."""
+    side (γ < 1, theory slope 2) and the rich side (γ > 1, theory 2/L). γ = 1 itself joins neither.
+    spacing: the η grid's ln-spacing (engine.analysis.grid_spacing), carried into each slope's error."""
     out = []
     for side, keep, theory in (
         ("lazy, γ<1", gammas < CROSSOVER_GAMMA, 2.0),
         ("rich, γ>1", gammas > CROSSOVER_GAMMA, 2.0 / depth),
     ):
-        fit = _fit(f"{name} ({side})", gammas[keep], etas[keep], theory)
+        fit = _fit(f"{name} ({side})", gammas[keep], etas[keep], theory, spacing)
         if fit is not None:
             out.append(fit)
     return out
@@ -209,7 +216,7 @@ def overlay_curves(
         curves.append(Curve("η_max boundary", bg, be, colour="#ff6f61", markers=True, dash="dot"))
     if "fits" in show:
         for name, g, e, colour in (("fit η*", rg, re, "#ce93d8"), ("fit η_max", bg, be, "#ffb3a7")):
-            for fit in regime_fits(name, g, e, depth):
+            for fit in regime_fits(name, g, e, depth, analysis.grid_spacing(grid.etas)):
                 lazy = "lazy" in fit.name
                 if name == "fit η*":
                     edge_g = found.gammas[found.edge]

@@ -325,7 +325,9 @@ def test_eta_star_is_fitted_on_each_side_of_the_crossover_against_its_theory():
     lazy, rich = by_name["fit η* (lazy, γ<1)"], by_name["fit η* (rich, γ>1)"]
     assert lazy.fit.slope == pytest.approx(2.0, abs=1e-6) and lazy.fit.n == 4  # γ = 1 joins neither side
     assert rich.fit.slope == pytest.approx(2 / 3, abs=1e-6) and rich.fit.n == 4
-    assert lazy.label().endswith("(n=4; theory 2)") and rich.label().endswith("(n=4; theory 0.667)")
+    assert lazy.label().endswith("n=4; theory 2)") and rich.label().endswith("n=4; theory 0.667)")
+    # the slope's error states the η grid's share: a quarter decade, ln(10)/4/√12 per point
+    assert "grid ± " in lazy.label() and lazy.fit.grid_stderr > 0 and lazy.fit.total_stderr >= lazy.fit.grid_stderr
     # a sweep on one side only: one fit
     one_side = heatmap_grid(pd.DataFrame([r for r in rows if r["gamma"] < 1]))
     assert [f.name for f in overlay_curves(one_side, depth=depth, show=("fits",))[1]] == ["fit η* (lazy, γ<1)"]

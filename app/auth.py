@@ -12,6 +12,7 @@ functions, so tests check them without a browser.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import time
@@ -30,6 +31,7 @@ K_ACTOR, K_TOKEN, K_USER, K_COOKIE_JS, K_LOGGED_OUT = (
     "auth.cookie_js",
     "auth.logged_out",
 )
+NO_AUTHLIB = "Identity-provider login needs Authlib on the server: pip install 'streamlit[auth]'"
 DEFAULT_PROVIDER = "default"  # st.login's name for an [auth] section without named providers
 
 
@@ -164,7 +166,7 @@ def gate(settings: Any) -> Any:
     methods = login_methods(mode, oidc_providers(_secrets_auth()))
     if not methods.required:
         if mode == "oidc":
-            st.error("auth = oidc needs an [auth] section in .streamlit/secrets.toml (see README: logins).")
+            st.error("auth = oidc needs an [auth] section in .streamlit/secrets.toml (README: Accounts).")
             st.stop()
         actor = free_actor(settings)
         st.session_state[K_ACTOR] = actor
@@ -241,9 +243,13 @@ def _login_screen(settings: Any, methods: LoginMethods) -> None:
         st.warning("Your session expired or was ended: log in again.", icon=":material/schedule:")
     if methods.password:
         _password_form(settings)
+    # st.login needs Authlib (streamlit[auth]), which gamma-lab does not install for labs without a provider
+    no_authlib = None if importlib.util.find_spec("authlib") else NO_AUTHLIB
     for provider in methods.providers:
-        if st.button(provider_label(provider), key=f"auth.oidc.{provider}"):
+        if st.button(provider_label(provider), key=f"auth.oidc.{provider}", disabled=bool(no_authlib), help=no_authlib):
             st.login(provider)
+    if methods.providers and no_authlib:
+        st.caption(no_authlib)
 
 
 def _password_form(settings: Any) -> None:

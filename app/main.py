@@ -41,6 +41,7 @@ PAGES = [
     st.Page("views/diagnostics.py", title="Diagnostics", icon=":material/monitor_heart:", url_path="diagnostics"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("views/reports.py", title="Reports", icon=":material/science:", url_path="reports"),
+    st.Page("views/workers.py", title="Workers", icon=":material/dns:", url_path="workers"),
     LAUNCH_AT_URL,
 ]
 page = st.navigation(PAGES, position="hidden")

@@ -1,5 +1,5 @@
 """The dashboard's issue-12 parts without a browser: the session cookie's text, which login methods a
-lab asks for, whom a login acts as (admin from the users table of a real SQLite registry), the Runs
+lab asks for, whom a login acts as (admin from the users table: SQLite and PostgreSQL), the Runs
 page's sweep filters (app/logic/source.filter_sweeps), and the gate itself through AppTest (the
 identity-provider button, which the browser test cannot reach without a provider)."""
 
@@ -28,15 +28,18 @@ from app.logic.source import filter_sweeps, sweeps_frame
 from storage.accounts import Accounts, cookie_secret
 from storage.registry import Registry
 from storage.settings import load_settings
+from tests.storage.conftest import pg_registry  # noqa: F401 - the PostgreSQL fixture, by name
 
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 
 
-@pytest.fixture
-def accounts(tmp_path: Path) -> Accounts:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def accounts(request: pytest.FixtureRequest, tmp_path: Path) -> Accounts:
+    """Accounts on each registry backend: a SQLite file, and a fresh schema of the local PostgreSQL."""
     settings = load_settings(data_dir=tmp_path / "data", auth="local")
     settings.ensure_dirs()
-    return Accounts(Registry(settings.registry_url), cookie_secret(settings))
+    registry = Registry(settings.registry_url) if request.param == "sqlite" else request.getfixturevalue("pg_registry")
+    return Accounts(registry, cookie_secret(settings))
 
 
 def test_cookie_keeps_a_real_session_token_until_it_expires(accounts: Accounts) -> None:

@@ -74,3 +74,20 @@ def test_configure_logging_replaces_the_root_handler(monkeypatch: pytest.MonkeyP
         logging.captureWarnings(False)
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+
+
+def test_celery_task_lines_are_json_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery gives its task logger a handler and format of its own; in JSON mode it writes JSON."""
+    from tasks.celery_app import app
+
+    monkeypatch.delenv("GAMMA_LAB_LOG_FORMAT", raising=False)
+    root, task = logging.getLogger(), logging.getLogger("celery.task")
+    saved = (root.handlers[:], root.level, task.handlers[:], task.propagate)
+    try:
+        configure_logging("redis://h:6379/0", level="INFO")
+        logger = app.log.setup_task_loggers(loglevel="INFO")
+        assert logger.handlers and all(isinstance(h.formatter, JsonFormatter) for h in logger.handlers)
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:], _, task.handlers[:], task.propagate = saved
+        root.setLevel(saved[1])

@@ -34,7 +34,7 @@ from engine.analysis import DEFAULT_STATISTIC, tail_mean
 from engine.config import ConfigError
 
 SCALES = ("small", "paper")
-COMPARES = ("within", "at_most", "info")
+COMPARES = ("within", "at_most", "at_least", "info")
 VERDICTS = ("pass", "fail", "inconclusive", "info")
 REPORTS_DIR = "reports"
 
@@ -44,7 +44,8 @@ class Row:
     """One line of a report's table.
 
     compare: 'within' (pass when |measured − paper| ≤ tolerance), 'at_most' (pass when measured ≤
-    paper + tolerance), 'info' (a number shown for context, no verdict). stderr: the measurement's
+    paper + tolerance), 'at_least' (measured ≥ paper − tolerance), 'info' (a number shown for context,
+    no verdict). stderr: the measurement's
     standard error, grid spacing included; a 'within' row whose stderr exceeds its tolerance cannot
     decide and is 'inconclusive'. note: what the number is made of (range, curves, points)."""
 
@@ -68,6 +69,8 @@ class Row:
             return "fail"
         if self.compare == "at_most":
             return "pass" if self.measured <= self.paper + self.tolerance else "fail"
+        if self.compare == "at_least":
+            return "pass" if self.measured >= self.paper - self.tolerance else "fail"
         if math.isfinite(self.stderr) and self.stderr > self.tolerance:
             return "inconclusive"
         return "pass" if abs(self.measured - self.paper) <= self.tolerance else "fail"
@@ -80,6 +83,8 @@ class Row:
             return f"no measurement: {self.note}" if self.note else "no measurement"
         if v == "fail" and self.compare == "at_most":
             return f"{fmt(self.measured)} is above {fmt(self.paper + self.tolerance)}"
+        if v == "fail" and self.compare == "at_least":
+            return f"{fmt(self.measured)} is below {fmt(self.paper - self.tolerance)}"
         if v == "fail":
             return f"off by {fmt(abs(self.measured - self.paper))}, more than the tolerance {fmt(self.tolerance)}"
         if v == "inconclusive":
@@ -114,7 +119,7 @@ class Measurement:
 @dataclass
 class SweepData:
     """One finished sweep as a preset reads it: its spec and one row per run (γ, η, seed, status,
-    the summary statistics), the train-loss series loaded on demand."""
+    the summary statistics), the recorded series loaded on demand."""
 
     sweep_id: str
     spec: dict[str, Any]
@@ -122,13 +127,14 @@ class SweepData:
     load_series: Callable[[], pd.DataFrame] | None = None
     _series: pd.DataFrame | None = None
 
-    def series(self) -> pd.DataFrame:
-        """Every train_loss point of the shown attempts: run_id, step, value (sorted by step)."""
+    def series(self, metric: str = "train_loss") -> pd.DataFrame:
+        """Every point of `metric` of the shown attempts: run_id, step, value (sorted by run, step)."""
         if self._series is None:
             if self.load_series is None:
                 raise ValueError(f"sweep {self.sweep_id}: no series loader")
             self._series = self.load_series()
-        return self._series
+        points = self._series[self._series["metric"] == metric]
+        return points[["run_id", "step", "value"]].reset_index(drop=True)
 
     def statistic(self, key: str = DEFAULT_STATISTIC) -> pd.Series:
         """Per run the summary statistic `key` (NaN for a run that did not finish `done`). The tail
@@ -205,8 +211,7 @@ def load_sweep(settings: Any, sweep_id: str) -> SweepData:
             target = Path(folder) / "points.parquet"
             export_points(settings, None, target, sweep_id=sweep_id)
             points = pd.read_parquet(target)
-        points = points[points["metric"] == "train_loss"]
-        return points[["run_id", "step", "value"]].sort_values(["run_id", "step"]).reset_index(drop=True)
+        return points[["run_id", "metric", "step", "value"]].sort_values(["run_id", "step"]).reset_index(drop=True)
 
     return SweepData(sweep_id, dict(sweep["spec"]), frame, load)
 
@@ -225,7 +230,8 @@ def table_lines(rows: Sequence[Row]) -> list[list[str]]:
     """The table's cells as text, one list per row: what the CLI prints and the HTML shows."""
     out = []
     for r in rows:
-        paper = {"within": fmt(r.paper), "at_most": f"≤ {fmt(r.paper)}", "info": "—"}[r.compare]
+        paper = {"within": fmt(r.paper), "at_most": f"≤ {fmt(r.paper)}", "at_least": f"≥ {fmt(r.paper)}",
+                 "info": "—"}[r.compare]
         tol = "—" if r.compare == "info" else fmt(r.tolerance)
         out.append([r.quantity, paper, f"{fmt(r.measured)} ± {fmt(r.stderr)}", tol, r.verdict])
     return out

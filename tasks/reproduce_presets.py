@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -175,7 +176,7 @@ LAZY_SCALING = Preset(
     name="lazy-scaling",
     claim="for γ ≪ 1 the NTK scales as 1/γ², so η_max and η* both scale as γ² (slope 2)",
     paper_ref="lazy side of the γ–η phase diagram",
-    scales={s: (lambda s=s: _lazy_specs(s)) for s in ("ci", "small", "paper")},
+    scales={s: partial(_lazy_specs, s) for s in ("ci", "small", "paper")},
     measure=_measure_lazy,
 )
 
@@ -212,7 +213,7 @@ RICH_SCALING = Preset(
     name="rich-scaling",
     claim="for γ ≫ 1, η* and η_max scale as γ^(2/L) (L = 2: slope 1, L = 3: slope 2/3)",
     paper_ref="rich side of the γ–η phase diagram",
-    scales={s: (lambda s=s: _rich_specs(s)) for s in ("ci", "small", "paper")},
+    scales={s: partial(_rich_specs, s) for s in ("ci", "small", "paper")},
     measure=_measure_rich,
 )
 
@@ -322,8 +323,90 @@ COLLAPSE = Preset(
     name="collapse",
     claim="at large γ the plateau escape time scales as γ/η, so loss curves collapse against η·t/γ, not t or η·t",
     paper_ref="rich-regime time rescaling",
-    scales={s: (lambda s=s: _collapse_specs(s)) for s in ("ci", "small", "paper")},
+    scales={s: partial(_collapse_specs, s) for s in ("ci", "small", "paper")},
     measure=_measure_collapse,
 )
 
-PRESETS = (DEEP_LINEAR, LAZY_SCALING, RICH_SCALING, COLLAPSE)
+# ----------------------------------------------------------------------------- catapult
+
+EARLY = 0.1  # the early spike is looked for in the first 10 % of the steps
+
+
+def _catapult_specs(scale: str) -> list[dict[str, Any]]:
+    train = {"batch_size": 32, "dtype": "float64", "eval_points": 15, "metrics": ["sharpness"], "probe_size": 64}
+    model = {"width": 64, "depth": 3, "activation": "relu"}
+    if scale == "paper":
+        return [_spec("reproduce-catapult-paper", model | {"width": 1024}, {"dataset": "mnist1d"},
+                      train | {"batch_size": 128, "steps": 5000}, [0.003, 0.01, 0.03],
+                      {"from": 1e-6, "to": 1e-1, "per_decade": 16})]
+    steps, per_decade = (300, 8) if scale == "ci" else (1000, 16)
+    return [_spec(f"reproduce-catapult-{scale}", model, LAZY_DATA, train | {"steps": steps}, [0.01],
+                  {"from": 10.0**-3.25, "to": 10.0**-1.5, "per_decade": per_decade})]
+
+
+def _first(points: Any, run_id: str) -> np.ndarray:
+    return points[points["run_id"] == run_id].sort_values("step")["value"].to_numpy()
+
+
+def _measure_catapult(sweeps: list[SweepData], _scale: str) -> Measurement:
+    """Per γ: λ0, the loss Hessian's top eigenvalue at init, sets the lazy edge of stability η0 =
+    2/(N·λ0). Stable cells above η0 are the catapult window: their loss spikes early, the sharpness
+    falls to 2/(N·η) or below, and the loss comes down again (tail below the initial loss)."""
+    data = sweeps[0]
+    width = int((data.spec.get("model") or {}).get("width", 1))
+    loss, sharp = data.series("train_loss"), data.series("sharpness")
+    runs = data.runs.assign(tail=data.statistic())
+    rows: list[Row] = []
+    figures = []
+    for gamma, cells in runs.groupby("gamma"):
+        cells = cells.sort_values("eta")
+        lam0 = float(np.median(sharp[(sharp["step"] == 0) & sharp["run_id"].isin(cells["run_id"])]["value"]))
+        edge0 = 2.0 / (width * lam0)
+        diverged = cells.groupby("eta")["status"].agg(lambda s: bool((s == "diverged").any()))
+        lo, hi = eta_max_bracket(diverged.index.to_numpy(dtype=float), diverged.to_numpy())
+        window = cells[(cells["status"] == "done") & (cells["eta"] > edge0)]
+        spikes, ratios, settled, fig = [], [], [], go.Figure()
+        for _, run in window.iterrows():
+            series = _first(loss, run["run_id"])
+            early = series[: max(2, int(EARLY * series.size))]
+            spikes.append(float(early.max() / series[0]))
+            lam = _first(sharp, run["run_id"])
+            ratios.append(float(lam[-1] * width * run["eta"] / 2.0) if lam.size else math.nan)
+            settled.append(bool(run["tail"] < series[0]))
+            fig.add_trace(go.Scatter(y=series[::2], x=np.arange(series.size)[::2], mode="lines",
+                                     name=f"η={run['eta']:.3g}"))
+        fig.update_layout(title=f"catapult window at γ={gamma:g}: train loss", yaxis_type="log",
+                          xaxis_title="step", yaxis_title="train loss", height=420)
+        figures.append(fig)
+        n = len(window)
+        bracket = "not bracketed by the grid" if lo is None or hi is None else f"in [{lo:.3g}, {hi:.3g})"
+        note = f"{n} stable cells above η0 = 2/(N·λ0) = {edge0:.3g} (λ0 = {lam0:.3g}); η_max {bracket}"
+        spacing = grid_spacing(cells["eta"].to_numpy(dtype=float))
+        reach = (lo / edge0) if lo is not None and hi is not None else math.nan
+        rows += [
+            Row(f"η_max / η0 at γ={gamma:g} (stable past the initial edge)", 1.0, reach,
+                reach * spacing / math.sqrt(12), 0.0, "at_least", note=note),
+            Row(f"median early spike, max loss / initial (γ={gamma:g})", 2.0,
+                float(np.median(spikes)) if n else math.nan, math.nan, 0.0, "at_least",
+                note=f"max over the first {EARLY:.0%} of the steps, {n} window cells"),
+            Row(f"median final sharpness / (2/(N·η)) (γ={gamma:g})", 1.0,
+                float(np.nanmedian(ratios)) if n else math.nan, math.nan, 0.25, "at_most",
+                note="sharpness at the last eval step of each window cell against its edge of stability"),
+            Row(f"fraction of window cells ending below their initial loss (γ={gamma:g})", 0.5,
+                float(np.mean(settled)) if n else math.nan, math.nan, 0.0, "at_least",
+                note=f"tail statistic against the step-0 loss; budget {data.steps} steps"),
+        ]  # fmt: skip
+    notes = ["η0 is the edge of stability of the initial kernel: a lazy net without a catapult diverges above it."]
+    return Measurement(rows, figures, notes)
+
+
+CATAPULT = Preset(
+    name="catapult",
+    claim="small γ just under η_max: the loss spikes early, the sharpness falls to 2/(N·η) or below, then the loss "
+    "converges (a stable window above the initial edge of stability)",
+    paper_ref="lazy-side catapult window below η_max",
+    scales={s: partial(_catapult_specs, s) for s in ("ci", "small", "paper")},
+    measure=_measure_catapult,
+)
+
+PRESETS = (DEEP_LINEAR, LAZY_SCALING, RICH_SCALING, COLLAPSE, CATAPULT)

@@ -20,7 +20,7 @@ import pytest
 from tasks.reproduce import Row
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse")
+NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse", "catapult")
 
 
 def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -81,6 +81,8 @@ def test_verdicts_follow_the_numbers() -> None:
     assert Row("slope", 2.0, math.nan, math.nan, 0.3).verdict == "fail"
     assert Row("ratio", 0.5, 0.4, math.nan, 0.0, "at_most").verdict == "pass"
     assert Row("ratio", 0.5, 0.6, math.nan, 0.0, "at_most").verdict == "fail"
+    assert Row("spike", 2.0, 3.0, math.nan, 0.0, "at_least").verdict == "pass"
+    assert "is below 2" in Row("spike", 2.0, 1.5, math.nan, 0.0, "at_least").why
     assert Row("score", math.nan, 0.1, math.nan, 0.0, "info").verdict == "info"
     with pytest.raises(ValueError, match="compare"):
         Row("x", 1.0, 1.0, 0.0, 0.0, "about")
@@ -123,3 +125,15 @@ def test_collapse_in_eta_t_over_gamma(tmp_path: Path) -> None:
     for axis in ("t", "η·t", "η·t/γ"):  # the shared τ range and the curve count beside each score
         note = rows[f"collapse score in {axis}"]["note"]
         assert "curves" in note and "τ ∈" in note and "shared range holds" in note
+
+
+@pytest.mark.slow
+def test_catapult_spike_and_edge_of_stability(tmp_path: Path) -> None:
+    _, report = _run_ci(tmp_path, "catapult")
+    rows = _rows(report)
+    for quantity in ("η_max / η0 at γ=0.01 (stable past the initial edge)",
+                     "median early spike, max loss / initial (γ=0.01)",
+                     "median final sharpness / (2/(N·η)) (γ=0.01)"):  # fmt: skip
+        assert rows[quantity]["verdict"] == "pass", rows
+    # the convergence row is measured and judged like the others (300 ci steps are too few for most cells)
+    assert rows["fraction of window cells ending below their initial loss (γ=0.01)"]["verdict"] in ("pass", "fail")

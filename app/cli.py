@@ -404,6 +404,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = index
         env_device = "cuda"  # the only visible GPU is cuda:0 inside this process
     os.environ["GAMMA_LAB_WORKER_DEVICE"] = env_device
+    os.environ["GAMMA_LAB_WORKER_DEVICE_NAME"] = device  # as the operator named it (cuda:1), for status --workers
     concurrency = max(1, args.concurrency)
     if env_device == "cuda":
         concurrency = 1  # one process per GPU

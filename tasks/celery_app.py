@@ -154,7 +154,8 @@ def worker_record(node: str, queues: list[str], pids: list[int] | None = None) -
         "node": node,
         "queues": sorted(queues),
         "host": socket.gethostname(),
-        "device": os.environ.get("GAMMA_LAB_WORKER_DEVICE") or "cpu",
+        # the GPU as `gamma-lab worker --device` named it (cuda:1), though this process sees it as cuda
+        "device": os.environ.get("GAMMA_LAB_WORKER_DEVICE_NAME") or os.environ.get("GAMMA_LAB_WORKER_DEVICE") or "cpu",
         "pid": os.getpid(),
         "pids": pids or [os.getpid()],
         "seen": time.time(),

@@ -43,3 +43,12 @@ def test_runs_are_listed_under_the_worker_whose_process_trains_them(tmp_path: Pa
 
 def test_no_worker_says_how_to_start_one() -> None:
     assert workers_table([]).startswith("no worker is running")
+
+
+def test_a_gpu_worker_registers_the_device_it_was_given(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`gamma-lab worker --device cuda:1` trains on "cuda" (the one GPU it sees); the listing says cuda:1."""
+    from tasks.celery_app import worker_record
+
+    monkeypatch.setenv("GAMMA_LAB_WORKER_DEVICE", "cuda")
+    monkeypatch.setenv("GAMMA_LAB_WORKER_DEVICE_NAME", "cuda:1")
+    assert worker_record("n", ["gpu"])["device"] == "cuda:1"

@@ -20,7 +20,7 @@ import pytest
 from tasks.reproduce import Row
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse", "catapult")
+NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse", "catapult", "generalization")
 
 
 def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -137,3 +137,11 @@ def test_catapult_spike_and_edge_of_stability(tmp_path: Path) -> None:
         assert rows[quantity]["verdict"] == "pass", rows
     # the convergence row is measured and judged like the others (300 ci steps are too few for most cells)
     assert rows["fraction of window cells ending below their initial loss (γ=0.01)"]["verdict"] in ("pass", "fail")
+
+
+@pytest.mark.slow
+def test_generalization_large_gamma_matches_gamma_one(tmp_path: Path) -> None:
+    _, report = _run_ci(tmp_path, "generalization")
+    rows = _rows(report)
+    assert rows["best loss at γ=10 / at γ=1"]["verdict"] == "pass", rows
+    assert "seeds ± standard error" in rows["best online loss at γ=10"]["note"]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from engine.analysis import (
@@ -24,6 +26,7 @@ from engine.analysis import (
     fit_power_law,
     grid_spacing,
     reparameterize,
+    tail_mean,
 )
 from engine.toy import eta_max_theory, measure_eta_max
 from tasks.reproduce import Measurement, Preset, Row, SweepData
@@ -197,21 +200,79 @@ def _rich_specs(scale: str) -> list[dict[str, Any]]:
                   {"from": 10.0 ** -0.5, "to": 1e4, "per_decade": 4}) for d in (2, 3)]  # fmt: skip
 
 
+def _budget_tails(data: SweepData) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Per run that finished `done`: its step-0 loss, its tail statistic at the full budget T and at T/2
+    (the mean of the last 10 % of the first T/2 steps): the same runs read at half the budget."""
+    points = data.series("train_loss")
+    done = set(data.runs.loc[data.runs["status"] == "done", "run_id"])
+    first, full, half = {}, {}, {}
+    for run_id, run in points.groupby("run_id"):
+        if run_id not in done:
+            continue
+        values = run.sort_values("step")["value"].to_numpy()
+        first[run_id], full[run_id] = float(values[0]), tail_mean(values)
+        half[run_id] = tail_mean(values[: max(1, values.size // 2)])
+    return first, full, half
+
+
+def _eta_min(cells: pd.DataFrame) -> float:
+    """The smallest η whose cell left the plateau (mean tail ≤ half its step-0 loss), when a smaller η of
+    the grid did not: NaN when none left it or the smallest η already had (not bracketed)."""
+    cells = cells.sort_index()
+    escaped = (cells["tail"] <= 0.5 * cells["first"]).to_numpy()
+    if not escaped.any() or escaped[0]:
+        return math.nan
+    return float(cells.index[int(np.argmax(escaped))])
+
+
+def _budget_rows(data: SweepData) -> list[Row]:
+    """η_min ∝ γ/T: its slope against γ at the full budget, and η_min(T/2)/η_min(T) (2 for ∝ 1/T);
+    η*'s slope at T/2 beside T's (how much the budget moves it)."""
+    first, full, half = _budget_tails(data)
+    runs = data.runs.assign(first=data.runs["run_id"].map(first))
+    depth = int((data.spec.get("model") or {}).get("depth", 3))
+    spacing = grid_spacing(runs["eta"].to_numpy(dtype=float))
+    gammas = np.sort(runs["gamma"].unique())
+    mins: dict[str, list[float]] = {"full": [], "half": []}
+    stars_half = []
+    for g in gammas:
+        for key, tails in (("full", full), ("half", half)):
+            cells = runs[runs["gamma"] == g].assign(tail=runs["run_id"].map(tails)).groupby("eta")[["tail", "first"]]
+            table = cells.agg(lambda v: float(v.mean()) if v.notna().all() else math.nan)
+            mins[key].append(_eta_min(table))
+            if key == "half":
+                found = eta_star(table.index.to_numpy(dtype=float), table["tail"].to_numpy())
+                edge = found.index is None or found.index in (0, len(table) - 1)
+                stars_half.append(math.nan if edge or found.value is None else found.value)
+    row_min, _ = _slope_row(f"η_min slope vs γ (L={depth})", gammas, np.array(mins["full"]), spacing, 1.0, 0.2)
+    ratio = np.array(mins["half"]) / np.array(mins["full"])
+    ratio = ratio[np.isfinite(ratio)]
+    median = float(np.median(ratio)) if ratio.size else math.nan
+    # two grid reads, each uniform over one ln-spacing Δ: the ratio's ln has std Δ·√(2/12)
+    row_ratio = Row(f"η_min(T/2) / η_min(T) (L={depth})", 2.0, median, median * spacing * math.sqrt(2 / 12), 0.6,
+                    note=f"median over {ratio.size} γ; η_min ∝ 1/T gives 2; η grid step ×{math.exp(spacing):.3g}")
+    row_star, _ = _slope_row(f"η* slope vs γ at T/2 (L={depth})", gammas, np.array(stars_half), spacing,
+                             2.0 / depth, 0.15)
+    return [row_min, row_ratio, replace(row_star, compare="info")]
+
+
 def _measure_rich(sweeps: list[SweepData], _scale: str) -> Measurement:
     rows, figures = [], []
     for data in sweeps:
         depth = int((data.spec.get("model") or {}).get("depth", 3))
         r, fig = _scaling_rows(data, "rich, γ ≫ 1", 2.0 / depth, 0.15)
-        rows += r
+        rows += r + _budget_rows(data)
         figures.append(fig)
-    notes = [f"Budget: {sweeps[0].steps} steps. The rich-side η* slope moves with the step budget (issue 11 saw "
-             "0.60, 0.46, 0.60 at 500, 1000, 2000 steps): compare reports at one budget, or run --scale paper."]
+    notes = [f"Budget T = {sweeps[0].steps} steps; the same runs are also read at T/2 (the tail of their first half). "
+             "The rich-side η* slope moves with the budget (issue 11 saw 0.60, 0.46, 0.60 at 500, 1000, 2000 steps): "
+             "compare reports at one budget. η_min: the smallest η that leaves the plateau (tail loss below half "
+             "the step-0 loss) within the budget."]
     return Measurement(rows, figures, notes)
 
 
 RICH_SCALING = Preset(
     name="rich-scaling",
-    claim="for γ ≫ 1, η* and η_max scale as γ^(2/L) (L = 2: slope 1, L = 3: slope 2/3)",
+    claim="for γ ≫ 1, η* and η_max scale as γ^(2/L) (L = 2: slope 1, L = 3: slope 2/3); the lower edge η_min ∝ γ/T",
     paper_ref="rich side of the γ–η phase diagram",
     scales={s: partial(_rich_specs, s) for s in ("ci", "small", "paper")},
     measure=_measure_rich,

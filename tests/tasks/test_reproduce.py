@@ -20,7 +20,7 @@ import pytest
 from tasks.reproduce import Row
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse", "catapult", "generalization")
+NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse", "catapult", "generalization", "silent-alignment")
 
 
 def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -145,3 +145,11 @@ def test_generalization_large_gamma_matches_gamma_one(tmp_path: Path) -> None:
     rows = _rows(report)
     assert rows["best loss at γ=10 / at γ=1"]["verdict"] == "pass", rows
     assert "seeds ± standard error" in rows["best online loss at γ=10"]["note"]
+
+
+@pytest.mark.slow
+def test_silent_alignment_kernel_aligns_before_the_loss_drops(tmp_path: Path) -> None:
+    _, report = _run_ci(tmp_path, "silent-alignment")
+    rows = _rows(report)
+    assert rows["median t_align / t_loss"]["verdict"] == "pass", rows
+    assert "2 cells" in rows["median t_align / t_loss"]["note"]

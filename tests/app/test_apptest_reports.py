@@ -3,9 +3,11 @@ lists them with their verdicts, shows the opened one's table and links each swee
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -35,7 +37,8 @@ def test_reports_are_listed_and_one_opens(tmp_path: Path, monkeypatch: pytest.Mo
     rows = [Row("η_max slope", 2.0, 1.9, 0.05, 0.3), Row("η* slope", 2.0, 3.0, 0.05, 0.3),
             Row("score", math.nan, 0.1, math.nan, 0.0, "info", note="τ ∈ [1, 2], 3 curves")]  # fmt: skip
     spec = preset.specs("ci")
-    write_report(data, preset, "ci", ["abcdef012345"], spec, Measurement(rows), now=1_700_000_000.0)
+    figure = go.Figure(go.Scatter(x=[1.0, 10.0], y=[1.0, 100.0], name="η_max"))
+    write_report(data, preset, "ci", ["abcdef012345"], spec, Measurement(rows, [figure]), now=1_700_000_000.0)
     write_report(data, get_preset("deep-linear"), "ci", [], [], Measurement(rows[:1]), now=1_700_000_100.0)
     at = _page(monkeypatch, data)
     overview, table = (d.value for d in at.dataframe)
@@ -49,3 +52,5 @@ def test_reports_are_listed_and_one_opens(tmp_path: Path, monkeypatch: pytest.Mo
     links = [(e.proto.label, e.proto.query_string) for e in at.main if type(e).__name__ == "PageLink"]
     assert links == [("Phase portrait of sweep abcdef012345", "sweep=abcdef012345")]
     assert at.get("download_button")
+    (drawn,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]  # the figure, from report.json
+    assert drawn["data"][0]["name"] == "η_max"

@@ -9,14 +9,54 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from typing import Any
 
 from storage.bus import open_publisher
 from storage.logs import configure_logging
 from storage.settings import load_settings
 from tasks import local_queue
+from tasks.planner import measured_throughput, record_throughput, record_unit
 from tasks.worker import run_unit, set_torch_threads
 
 log = logging.getLogger("gamma_lab.local_worker")
+
+
+def process_age() -> float:
+    """Seconds since this process started (the kernel's start time; 0 without /proc)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            start_ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def calibrate(settings: Any) -> None:
+    """A warm worker on a data folder whose workers measured nothing yet trains a small ensemble once
+    (well under a second on a quiet laptop), so that the first launch's estimate is this machine's:
+    the constant rate is hundreds of times off for the small models a first launch trains."""
+    if measured_throughput(settings.data_dir, "cpu").rate is not None:
+        return
+    from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from engine.trainer import train_ensemble
+
+    train = TrainConfig(steps=100, batch_size=32, eval_points=0, metrics=())
+    data = DataConfig(dataset="teacher", input_dim=40, n_classes=10)
+    configs = [RunConfig(model=ModelConfig(width=32, depth=3), data=data, train=train, gamma=1.0, eta=0.01, seed=s)
+               for s in range(4)]
+    first: list[tuple[float, int]] = []
+    began = time.monotonic()
+    try:
+        train_ensemble(configs, device="cpu", data_root=settings.data_dir, flush_every=10,
+                       on_progress=lambda steps, _n: first.append((time.monotonic(), steps)) if not first else None)
+    except Exception as exc:  # noqa: BLE001 - a calibration that fails only leaves the constants in use
+        log.warning("could not measure this machine's throughput: %s", exc)
+        return
+    record_unit(settings.data_dir, "cpu", configs, began=began, first=first[0] if first else None,
+                ended=time.monotonic(), steps=train.steps)
 
 
 def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ignore[no-untyped-def]
@@ -33,8 +73,12 @@ def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ig
     set_torch_threads(None)
     publisher = open_publisher(settings)
     idle_s, parent = local_queue.warm_settings()
+    import engine.trainer  # noqa: F401 - torch and the models: a warm worker has them before the first unit
+
+    # what a cold start costs here (process, imports): the Launch page's estimate (tasks.planner)
+    record_throughput(settings.data_dir, "cpu", 0.0, 0.0, cold_start_s=process_age())
     if idle_s > 0:
-        import engine.trainer  # noqa: F401 - torch and the models imported before the first unit, not after it
+        calibrate(settings)
     done = 0
     try:
         while True:

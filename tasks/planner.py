@@ -150,23 +150,53 @@ def _load() -> float:
         return 0.0
 
 
-def record_throughput(data_dir: Any, device: str, flops: float, seconds: float) -> None:
-    """A worker's measurement after a unit: `flops` trained in `seconds`. Kept per device class,
-    normalized to a quiet machine (divided by the core share the load left), half old, half new."""
-    if flops <= 0 or seconds <= 0.2:
-        return
+def record_throughput(
+    data_dir: Any, device: str, flops: float, seconds: float, *, setup_s: float | None = None,
+    cold_start_s: float | None = None,
+) -> None:
+    """A worker's measurement: `flops` trained in `seconds` (0 to record only the times), the unit's
+    `setup_s` before its first step (data stream, model), a process's `cold_start_s` (start-up and
+    imports). Kept per device class, normalized to a quiet machine by the core share the load left,
+    half old, half new."""
     path = Path(data_dir) / THROUGHPUT_FILE
     cls = device_class(device)
+    share = _core_share(_load()) if cls == "cpu" else 1.0
+    entry = dict(_read_throughput(path).get(cls) or {})
+    new: dict[str, float] = {}
+    if flops > 0 and seconds > 0.005:
+        new["flops_per_s"] = flops / seconds / share
+    for key, value in (("setup_s", setup_s), ("cold_start_s", cold_start_s)):
+        if value is not None and value >= 0:
+            new[key] = value * share
+    if not new:
+        return
+    for key, value in new.items():
+        old = entry.get(key)
+        entry[key] = value if not isinstance(old, int | float) or old <= 0 else 0.5 * (float(old) + value)
+    entry["at"] = time.time()
     table = _read_throughput(path)
-    rate = flops / seconds / (_core_share(_load()) if cls == "cpu" else 1.0)
-    old = table.get(cls, {}).get("flops_per_s")
-    table[cls] = {"flops_per_s": rate if not old else 0.5 * (float(old) + rate), "at": time.time()}
+    table[cls] = entry
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(table, sort_keys=True))
         os.replace(tmp, path)  # atomic: a reader never sees half a file
-    except OSError:  # a full or read-only folder: the estimate keeps the constant
+    except OSError:  # a full or read-only folder: the estimate keeps the constants
         tmp.unlink(missing_ok=True)
+
+
+def record_unit(
+    data_dir: Any, device: str, configs: Sequence[RunConfig], *, began: float, first: tuple[float, int] | None,
+    ended: float, steps: int,
+) -> None:
+    """Measure a unit that trained `steps` steps between monotonic times `began` and `ended`, its first
+    flush at `first` = (time, steps by then): the rate from the first flush on (steady state), the
+    setup as what came before the first step."""
+    if first is not None and steps > first[1] and ended - first[0] > 0.005:
+        rate = unit_flops(configs, steps - first[1]) / (ended - first[0])
+        setup = max(0.0, first[0] - began - unit_flops(configs, first[1]) / rate)
+        record_throughput(data_dir, device, rate * (ended - first[0]), ended - first[0], setup_s=setup)
+    elif steps > 0:
+        record_throughput(data_dir, device, unit_flops(configs, steps), ended - began)
 
 
 def _read_throughput(path: Path) -> dict[str, dict[str, float]]:
@@ -177,18 +207,38 @@ def _read_throughput(path: Path) -> dict[str, dict[str, float]]:
     return table if isinstance(table, dict) else {}
 
 
-def measured_throughput(data_dir: Any, device: str) -> float | None:
-    """FLOPs per second a unit on `device` gets now: the workers' recent measurement scaled by the
-    core share the load leaves now (None: nothing measured in THROUGHPUT_MAX_AGE_S)."""
+@dataclass(frozen=True)
+class Measured:
+    """What this machine's workers measured, scaled to the load now (None: not measured yet)."""
+
+    rate: float | None  # FLOPs per second of training
+    setup_s: float | None  # a unit's time before its first step
+    cold_start_s: float | None  # a worker process's start-up, torch imported
+
+
+def measured_throughput(data_dir: Any, device: str) -> Measured:
+    """The workers' recent measurements (THROUGHPUT_MAX_AGE_S) scaled by the core share the load
+    leaves now."""
     cls = device_class(device)
     entry = _read_throughput(Path(data_dir) / THROUGHPUT_FILE).get(cls) or {}
     try:
-        rate, at = float(entry["flops_per_s"]), float(entry["at"])
+        fresh = time.time() - float(entry["at"]) <= THROUGHPUT_MAX_AGE_S
     except (KeyError, TypeError, ValueError):
-        return None
-    if not (rate > 0 and math.isfinite(rate)) or time.time() - at > THROUGHPUT_MAX_AGE_S:
-        return None
-    return rate * (_core_share(_load()) if cls == "cpu" else 1.0)
+        fresh = False
+    share = _core_share(_load()) if cls == "cpu" else 1.0
+
+    def get(key: str) -> float | None:
+        value = entry.get(key)
+        ok = fresh and isinstance(value, int | float) and math.isfinite(value) and value >= 0
+        return float(value) if ok else None
+
+    rate = get("flops_per_s")
+    setup, cold = get("setup_s"), get("cold_start_s")
+    return Measured(
+        rate * share if rate else None,
+        setup / share if setup is not None else None,
+        cold / share if cold is not None else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -313,10 +363,17 @@ def pack(
     return plan
 
 
-def plan(spec: Any, settings: Any, device: str = "cpu", **kwargs: Any) -> Plan:
+def plan(spec: Any, settings: Any, device: str = "cpu", *, warm: bool = False, **kwargs: Any) -> Plan:
     """Plan the spec's full grid (see `pack` for the keyword arguments). Registry reuse is tasks.api's job.
-    The time estimate uses the throughput measured in the data folder when there is one."""
+
+    The time estimate uses what the data folder's workers measured when there is something (rate, a
+    unit's setup, a worker's cold start); `warm`: the workers wait already, no start-up to pay."""
     kwargs.setdefault("parallelism", getattr(settings, "workers", 1))
-    if kwargs.get("rate") is None and getattr(settings, "data_dir", None) is not None:
-        kwargs["rate"] = measured_throughput(settings.data_dir, device)
+    if getattr(settings, "data_dir", None) is not None:
+        m = measured_throughput(settings.data_dir, device)
+        if kwargs.get("rate") is None:
+            kwargs["rate"] = m.rate
+        if kwargs.get("overhead") is None:
+            start = WARM_OVERHEAD_S if warm else (m.cold_start_s or UNIT_OVERHEAD_S[device_class(device)])
+            kwargs["overhead"] = start + (m.setup_s or 0.0)
     return pack(spec.cells(), device=device, **kwargs)

@@ -28,7 +28,7 @@ from engine.config import RunConfig
 from storage.bus import BrokerUnavailable
 from storage.diskspace import DiskFull, disk_full_message, release_reserve
 from tasks.cancel import CancelChecker
-from tasks.planner import WorkUnit, record_throughput, unit_flops
+from tasks.planner import WorkUnit, record_unit
 
 log = logging.getLogger("gamma_lab.worker")
 FLUSH_EVERY = 50
@@ -240,15 +240,20 @@ def _run_unit(unit_json: str, settings: Any, publisher: Any, *, device: str | No
 
     try:
         began = time.monotonic()
+        first: list[tuple[float, int]] = []  # (time, steps) of the first flush: the setup ends there
+
+        def on_progress(steps: int, _total: int) -> None:
+            if not first:
+                first.append((time.monotonic(), steps))
+
         results = train_ensemble(
             configs, device=device or unit.device, data_root=settings.data_dir, on_metrics=on_metrics,
-            should_cancel=should_cancel, flush_every=flush_every, on_result=on_result,
+            should_cancel=should_cancel, flush_every=flush_every, on_result=on_result, on_progress=on_progress,
         )
         beat.stop()
         # what this machine sustains now: the Launch page's estimate is based on it (tasks.planner)
-        trained = max((r.steps_done for r in results), default=0)
-        record_throughput(settings.data_dir, device or unit.device, unit_flops(configs, trained),
-                          time.monotonic() - began)
+        record_unit(settings.data_dir, device or unit.device, configs, began=began, first=first[0] if first else None,
+                    ended=time.monotonic(), steps=max((r.steps_done for r in results), default=0))
         for r in results:
             if r.run_id not in finished:
                 on_result(r)

@@ -132,10 +132,10 @@ if check or launch:
     if spec is None:
         st.rerun()  # show the errors at their fields
     from tasks.local_queue import warm_workers
-    from tasks.planner import WARM_OVERHEAD_S, plan
+    from tasks.planner import plan
 
     # the start-up is paid already when the dashboard's workers wait warm (tasks.local_queue.warm_up)
-    p = plan(spec, settings, device="cpu", overhead=WARM_OVERHEAD_S if warm_workers(settings) else None)
+    p = plan(spec, settings, device="cpu", warm=warm_workers(settings) > 0)
     st.session_state[f"{P}.plan"] = (p.n_cells, p.n_units, p.wall_seconds)
     if launch and not read_only:
         from tasks.api import submit

@@ -57,6 +57,9 @@ def test_warm_workers_wait_train_in_place_and_leave_with_their_dashboard(tmp_pat
     time.sleep(2)  # no work: a cold worker would have left by now
     assert local_queue.live_workers(settings) == [pid]
     assert local_queue.warm_workers(settings) == 1
+    # it measured this machine meanwhile (a cold start, a small calibration unit): the first estimate is ours
+    m = _wait(lambda: (m := planner.measured_throughput(settings.data_dir, "cpu")).rate and m, 60, "a calibration")
+    assert m.cold_start_s is not None and m.setup_s is not None
 
     sweep_id = api.submit(SweepSpec.from_dict(SPEC), settings, executor="local")
     from storage.recorder import Recorder
@@ -107,33 +110,39 @@ def test_the_estimate_uses_the_measured_throughput(tmp_path: Path) -> None:
     slow_rate = planner.THROUGHPUT_FLOPS["cpu"] / 100
     planner.record_throughput(tmp_path, "cpu", 50 * slow_rate, 50.0)
     measured = planner.measured_throughput(tmp_path, "cpu")
-    assert measured is not None and measured <= slow_rate * 1.0001  # (less when the machine is loaded now)
+    assert measured.rate is not None and measured.rate <= slow_rate * 1.0001  # (less when loaded now)
     slow = planner.plan(spec, settings).wall_seconds
     assert slow - planner.UNIT_OVERHEAD_S["cpu"] >= 0.999 * flops / slow_rate
     assert slow > constant
-    # the warm start-up replaces the cold one
-    warm = planner.plan(spec, settings, overhead=planner.WARM_OVERHEAD_S).wall_seconds
-    assert slow - warm == pytest.approx(planner.UNIT_OVERHEAD_S["cpu"] - planner.WARM_OVERHEAD_S)
+    # measured start-up and setup replace the constant overhead; warm workers pay no start-up
+    planner.record_throughput(tmp_path, "cpu", 0, 0, setup_s=2.0, cold_start_s=20.0)
+    m = planner.measured_throughput(tmp_path, "cpu")
+    assert m.cold_start_s is not None and m.cold_start_s >= 20.0 and m.setup_s is not None and m.setup_s >= 2.0
+    cold = planner.plan(spec, settings).wall_seconds
+    warm = planner.plan(spec, settings, warm=True).wall_seconds
+    assert cold - warm == pytest.approx(m.cold_start_s - planner.WARM_OVERHEAD_S, rel=0.05)
+    assert warm >= m.setup_s
 
 
 def test_a_damaged_or_stale_measurement_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / planner.THROUGHPUT_FILE
     path.write_text("{not json")
-    assert planner.measured_throughput(tmp_path, "cpu") is None
+    assert planner.measured_throughput(tmp_path, "cpu") == planner.Measured(None, None, None)
     path.write_text(json.dumps({"cpu": {"flops_per_s": 1e9, "at": time.time() - 30 * 86400}}))
-    assert planner.measured_throughput(tmp_path, "cpu") is None
-    path.write_text(json.dumps({"cpu": {"flops_per_s": -1, "at": time.time()}}))
-    assert planner.measured_throughput(tmp_path, "cpu") is None
-    planner.record_throughput(tmp_path, "cpu", 1e9, 1.0)  # a damaged file is replaced, not a crash
-    assert planner.measured_throughput(tmp_path, "cpu") is not None
+    assert planner.measured_throughput(tmp_path, "cpu").rate is None
+    path.write_text(json.dumps({"cpu": {"flops_per_s": -1, "setup_s": "x", "at": time.time()}}))
+    assert planner.measured_throughput(tmp_path, "cpu") == planner.Measured(None, None, None)
+    planner.record_throughput(tmp_path, "cpu", 1e9, 1.0)  # a damaged entry is replaced, not a crash
+    assert planner.measured_throughput(tmp_path, "cpu").rate is not None
 
 
 def test_a_worker_records_what_it_sustained(tmp_path: Path) -> None:
-    from tests.tasks.test_worker_unit import Recording, _unit
     from tasks.worker import run_unit
+    from tests.tasks.test_worker_unit import Recording, _unit
 
     settings = load_settings(data_dir=tmp_path)
-    assert planner.measured_throughput(tmp_path, "cpu") is None
+    assert planner.measured_throughput(tmp_path, "cpu").rate is None
     run_unit(_unit(400, [0.01, 0.02]), settings, Recording())
-    assert planner.measured_throughput(tmp_path, "cpu") is not None
+    m = planner.measured_throughput(tmp_path, "cpu")
+    assert m.rate is not None and m.setup_s is not None
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]

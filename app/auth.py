@@ -243,7 +243,7 @@ def _login_screen(settings: Any, methods: LoginMethods) -> None:
         st.warning("Your session expired or was ended: log in again.", icon=":material/schedule:")
     if methods.password:
         _password_form(settings)
-    # st.login needs Authlib (streamlit[auth]), which gamma-lab does not install for labs without a provider
+    # st.login needs Authlib (streamlit[auth], a dependency); an install without it says so here
     no_authlib = None if importlib.util.find_spec("authlib") else NO_AUTHLIB
     for provider in methods.providers:
         if st.button(provider_label(provider), key=f"auth.oidc.{provider}", disabled=bool(no_authlib), help=no_authlib):

@@ -76,6 +76,12 @@ class Resources:
             recorder = Recorder(self.settings, lock_wait_s=0.0, role="dashboard")
         except RecorderBusy:
             return False
+        except Exception as exc:  # noqa: BLE001 - e.g. the broker is down: the pages still read the registry
+            note = not_recording_note(exc)
+            if note != self.recorder_note:  # once per distinct problem, not at every page run
+                log.warning("cannot record in this dashboard now (%s); retrying every %.0f s", note, 10.0)
+            self.recorder_note = note
+            return False
         self.recorder, self.recorder_note = recorder.start(), "recording in this dashboard"
         log.info("recorder started: the other recorder has stopped or handed over")
         return True
@@ -94,6 +100,17 @@ class Resources:
                 except Exception as exc:  # noqa: BLE001 - e.g. the broker went down: the pages say so
                     log.warning("cannot take recording over: %s", exc)
                     return
+
+
+def not_recording_note(exc: Exception) -> str:
+    """The sidebar's word on why this dashboard does not record: another process does (RecorderBusy),
+    or something else stops it (the broker is down: the registry still answers the pages)."""
+    from storage.recorder import RecorderBusy
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, RecorderBusy):
+        return f"another process records ({text}); this dashboard only reads"
+    return f"not recording now ({type(exc).__name__}: {text}); retried every few seconds"
 
 
 _LIVE: list[Resources] = []  # every Resources this process made (shutdown stops their recorders)
@@ -149,8 +166,8 @@ def _resources(data_dir: str, registry_url: str) -> Resources:
         # Not "another process records": the file itself is broken. Raised (so not cached) for
         # app/main.py to show; once the user moves the file aside, a reload starts afresh.
         raise
-    except Exception as exc:  # noqa: BLE001 - any lock/ownership problem means: publish only
-        recorder, note = None, f"another process records ({exc}); this dashboard only reads"
+    except Exception as exc:  # noqa: BLE001 - another recorder, or the broker is down: read; retried per page
+        recorder, note = None, not_recording_note(exc)
         log.warning("recorder not started: %s", exc)
     res = Resources(settings=settings, source=DashboardSource(settings), recorder=recorder, recorder_note=note)
     from tasks.local_queue import Supervisor

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,31 @@ def redis_url(redis_server: str) -> str:
 
     redis.Redis.from_url(redis_server).flushall()
     return redis_server
+
+
+PG = "postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A registry URL for a process a test starts (GAMMA_LAB_REGISTRY_URL): an SQLite file in
+    tmp_path/data, then a schema of its own on the local PostgreSQL server (dropped afterwards), so
+    the same test runs on both backends."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'registry.sqlite'}"
+        return
+    import uuid
+
+    try:
+        import psycopg
+
+        conn = psycopg.connect(f"postgresql://{PG}", connect_timeout=3, autocommit=True)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {exc}")
+    schema = f"gl_test_{uuid.uuid4().hex[:10]}"
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:  # libpq's options put every connection of that process in this schema
+        yield f"postgresql+psycopg://{PG}?options=-csearch_path%3D{schema}"
+    finally:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.close()

@@ -29,10 +29,10 @@ LAB_ENV = {  # base_env's quiet single-worker lab, plus local accounts
 }
 
 
-def _lab(tmp_path: Path, data: Path) -> dict[str, str]:
+def _lab(tmp_path: Path, data: Path, registry_url: str) -> dict[str, str]:
     """Users alice and bob; one sweep each (different cells: runs are shared by cell). Returns
     launcher -> sweep id."""
-    env = base_env(data, **LAB_ENV)
+    env = base_env(data, **LAB_ENV, GAMMA_LAB_REGISTRY_URL=registry_url)
     for name, password in PASSWORDS.items():
         added = cli(env, "user", "add", name, stdin=password + "\n")
         assert added.returncode == 0, added.stderr
@@ -46,10 +46,10 @@ def _lab(tmp_path: Path, data: Path) -> dict[str, str]:
     return ids
 
 
-def _registry(data: Path):  # type: ignore[no-untyped-def]
+def _registry(url: str):  # type: ignore[no-untyped-def]
     from storage.registry import Registry
 
-    return Registry(f"sqlite:///{data / 'registry.sqlite'}")
+    return Registry(url)
 
 
 def _show_sweep(page, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -60,15 +60,16 @@ def _show_sweep(page, name: str) -> None:  # type: ignore[no-untyped-def]
     page.get_by_text("1 of 2 sweeps").wait_for()
 
 
-def test_login_owner_rules_cookie_and_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_owner_rules_cookie_and_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_url: str) -> None:
+    """On an SQLite registry and on PostgreSQL (tests/conftest.py registry_url)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     expect = sync_api.expect
     data = tmp_path / "data"
     try:
-        ids = _lab(tmp_path, data)
-        for key, value in LAB_ENV.items():  # _serve passes this process's environment on
+        ids = _lab(tmp_path, data, registry_url)
+        for key, value in {**LAB_ENV, "GAMMA_LAB_REGISTRY_URL": registry_url}.items():  # _serve passes them on
             monkeypatch.setenv(key, value)
         with _serve(data, tmp_path / "serve.log") as (url, _proc), sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -106,7 +107,7 @@ def test_login_owner_rules_cookie_and_audit(tmp_path: Path, monkeypatch: pytest.
             expect(cancel).to_be_enabled()
             cancel.click()
             expect(page.get_by_text(re.compile(f"Cancel requested for {ids['bob']}"))).to_be_visible()
-            with _registry(data) as reg:
+            with _registry(registry_url) as reg:
                 statuses = lambda sweep: {r["status"] for r in reg.list_runs(sweep)}  # noqa: E731
                 wait_for(lambda: statuses(ids["bob"]) == {"cancelled"}, 60, "bob's runs cancelled")
                 assert statuses(ids["alice"]) <= {"queued", "running"}
@@ -128,7 +129,7 @@ def test_login_owner_rules_cookie_and_audit(tmp_path: Path, monkeypatch: pytest.
 
         from storage.audit import trail
 
-        with _registry(data) as reg:
+        with _registry(registry_url) as reg:
             cancels = [(e["actor"], e["action"]) for e in trail(reg, target=ids["bob"])]
             logins = [(e["actor"], e["action"]) for e in trail(reg, actor="bob")]
         assert ("bob", "cancel") in cancels

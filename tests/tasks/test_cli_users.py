@@ -6,37 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from storage.accounts import Accounts, LoginRefused
 from storage.registry import Registry
-
-PG = "postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The registry the CLI is pointed at (GAMMA_LAB_REGISTRY_URL)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'data' / 'registry.sqlite'}"
-        return
-    try:
-        import psycopg
-
-        conn = psycopg.connect(f"postgresql://{PG}", connect_timeout=3, autocommit=True)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {exc}")
-    schema = f"gl_test_{uuid.uuid4().hex[:10]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:  # libpq's options put every connection of the CLI in this schema
-        yield f"postgresql+psycopg://{PG}?options=-csearch_path%3D{schema}"
-    finally:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.close()
 
 
 def _cli(tmp_path: Path, url: str, *args: str, stdin: str = "", user: str = "root") -> subprocess.CompletedProcess[str]:

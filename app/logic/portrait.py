@@ -183,6 +183,33 @@ def regime_fits(name: str, gammas: np.ndarray, etas: np.ndarray, depth: int, spa
     return out
 
 
+SIDES = (("lazy side (γ < 1)", "below 1", lambda g: g < CROSSOVER_GAMMA),
+         ("rich side (γ > 1)", "above 1", lambda g: g > CROSSOVER_GAMMA))
+
+
+def missing_fit_notes(grid: HeatmapGrid, *, lower_is_better: bool = True) -> list[str]:
+    """Why a power-law fit is not drawn, one line per side of the crossover: a fit needs points at two
+    or more γ on its side. The quick demo's 3 γ (one per side) showed no fit and no word why."""
+    notes = []
+    rg, _ = ridge_points(grid, lower_is_better=lower_is_better).bracketed
+    bg, _ = boundary(grid)
+    for side, where, on in SIDES:
+        in_grid = grid.gammas[on(grid.gammas)]
+        if in_grid.size < 2:
+            have = f"{in_grid.size} γ there" + (f" ({', '.join(f'{g:.3g}' for g in in_grid)})" if in_grid.size else "")
+            notes.append(f"No fits on the {side}: a fit needs 2 or more γ there and this grid has {have}; "
+                         f"add γ values {where}.")
+            continue
+        for what, found, fix in (
+            ("η*", rg, "the others' best η sits at the edge of the η range or is still unknown: widen η"),
+            ("η_max", bg, "the others have no diverged η above a stable one yet: extend η upward"),
+        ):
+            n = int(on(found).sum())
+            if n < 2:
+                notes.append(f"No {what} fit on the {side}: only {n} of its {in_grid.size} γ have one ({fix}).")
+    return notes
+
+
 def overlay_curves(
     grid: HeatmapGrid,
     depth: int,

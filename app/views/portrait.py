@@ -11,6 +11,7 @@ from app.logic.portrait import (
     AGGS,
     STATS,
     cell_key,
+    missing_fit_notes,
     overlay_curves,
     parse_cell,
     ridge_notes,
@@ -115,6 +116,9 @@ def draw() -> None:
     chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
     if {"ridge", "fits"} & set(st.session_state[f"{P}.show"]):
         for note in ridge_notes(ridge_points(grid, lower_is_better=not higher_better)):
+            st.caption(note)
+    if "fits" in st.session_state[f"{P}.show"]:  # say why a fit is missing rather than draw nothing
+        for note in missing_fit_notes(grid, lower_is_better=not higher_better):
             st.caption(note)
     rerun = int(grid.n_newer.sum()) if grid.n_newer is not None else 0
     if rerun:  # a finished attempt stays drawn while a newer one trains (circled dots)

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_STATISTIC",
     "REPARAMETERIZATIONS",
     "TAIL_FRACTION",
+    "DROP_HELD",
     "CollapseScore",
     "EtaStar",
     "PowerLawFit",
@@ -307,15 +308,32 @@ def reparameterize(
 # ----------------------------------------------------------------------------- collapse
 
 
+# The shared τ range "holds the drop" when the median curve falls below this fraction across it; a
+# range that holds only the plateau collapses under any axis and says little (issue 11).
+DROP_HELD = 0.5
+
+
 @dataclass(frozen=True)
 class CollapseScore:
     """score: mean over the τ grid of the across-curve std of ln(loss) (lower = tighter).
-    tau_min/tau_max: the common range compared; n_curves: curves that took part."""
+    tau_min/tau_max: the common range compared; n_curves: curves that took part. drop: the median
+    over curves of loss(tau_max)/loss(tau_min) — below DROP_HELD the range holds the loss's drop."""
 
     score: float
     tau_min: float
     tau_max: float
     n_curves: int
+    drop: float = math.nan
+
+    @property
+    def holds_drop(self) -> bool:
+        return self.drop < DROP_HELD
+
+    def range_text(self) -> str:
+        """The shared range, the curve count and whether the drop is in it, for a table beside the score."""
+        held = f"holds the drop (×{self.drop:.2g})" if self.holds_drop else (
+            f"holds NO drop (×{self.drop:.2g}: plateau only, the score says little)")
+        return f"τ ∈ [{self.tau_min:.3g}, {self.tau_max:.3g}], {self.n_curves} curves; the range {held}"
 
 
 def collapse_score(
@@ -363,4 +381,5 @@ def collapse_score(
         tau_min=math.exp(lo),
         tau_max=math.exp(hi),
         n_curves=len(cleaned),
+        drop=float(np.exp(np.median(stacked[:, -1] - stacked[:, 0]))),
     )

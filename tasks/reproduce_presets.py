@@ -316,15 +316,6 @@ def _escape_step(loss: np.ndarray) -> float:
     return float(below[0] + SMOOTH / 2) if below.size else math.nan  # the window's centre
 
 
-def _drop_note(curves: list[tuple[np.ndarray, np.ndarray]], lo: float, hi: float) -> str:
-    """Whether the curves' shared τ range holds the loss drop (a plateau alone collapses trivially)."""
-    ratios = [float(np.exp(np.interp(np.log(hi), np.log(t), np.log(v)) - np.interp(np.log(lo), np.log(t), np.log(v))))
-              for t, v in curves]  # fmt: skip
-    median = float(np.median(ratios))
-    held = "holds the drop" if median < 0.5 else "holds NO drop (plateau only: the score says little)"
-    return f"shared range {held}: loss falls to {median:.2g}× across it (median curve)"
-
-
 def _measure_collapse(sweeps: list[SweepData], _scale: str) -> Measurement:
     data = sweeps[0]
     depth = int((data.spec.get("model") or {}).get("depth", 3))
@@ -344,9 +335,8 @@ def _measure_collapse(sweeps: list[SweepData], _scale: str) -> Measurement:
             rows.append(Row(f"collapse score in {label}", math.nan, math.nan, math.nan, 0.0, "info", note=str(exc)))
             continue
         scores[kind] = score.score
-        note = (f"τ ∈ [{score.tau_min:.3g}, {score.tau_max:.3g}], {score.n_curves} curves; "
-                + _drop_note(curves, score.tau_min, score.tau_max))
-        rows.append(Row(f"collapse score in {label}", math.nan, score.score, math.nan, 0.0, "info", note=note))
+        rows.append(Row(f"collapse score in {label}", math.nan, score.score, math.nan, 0.0, "info",
+                        note=score.range_text()))
         fig = go.Figure([go.Scatter(x=tau[::5], y=loss[::5], mode="lines", name=f"γ={g:g}, η={e:g}")
                          for (tau, loss), (g, e, _) in zip(curves, cells, strict=True)])  # fmt: skip
         fig.update_layout(title=f"train loss against {label} (score {score.score:.3g})", xaxis_type="log",

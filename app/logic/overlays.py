@@ -28,28 +28,48 @@ def collapse_of(frame: pd.DataFrame) -> float | None:
 
 def collapse_with_reason(frame: pd.DataFrame) -> tuple[float | None, str]:
     """(score, "") or (None, why there is no score) — the table says why instead of showing "None"."""
+    found, why = collapse_details(frame)
+    return (found.score if found is not None else None), why
+
+
+def collapse_details(frame: pd.DataFrame) -> tuple[analysis.CollapseScore | None, str]:
+    """The whole collapse result (score, the shared τ range, the curve count, the drop in that range),
+    or None and why there is none."""
     curves = [(part["x"].to_numpy(dtype=float), part["value"].to_numpy(dtype=float))
               for _, part in frame.sort_values("x").groupby("run_id", sort=False)]
     curves = [(x, y) for x, y in curves if ((x > 0) & (y > 0)).sum() >= 2]
     if len(curves) < 2:
         return None, "fewer than 2 curves with positive values"
     try:
-        return analysis.collapse_score(curves).score, ""
+        return analysis.collapse_score(curves), ""
     except ValueError as exc:
         if "do not overlap" in str(exc):
             return None, "no common range: the curves do not overlap on this time axis"
         return None, str(exc)
 
 
-def score_table(scored: dict[str, tuple[float | None, str]], best: str | None) -> pd.DataFrame:
+def score_table(scored: dict[str, tuple[float | None, str]], best: str | None,
+                ranges: dict[str, str] | None = None) -> pd.DataFrame:
     """The Overlays page's table: one row per time variable with its score, whether it is the best,
-    and why a score is missing."""
-    return pd.DataFrame({
+    the τ range the score compares with its curve count and drop (`ranges`, by variable), and why a
+    score is missing. A score over a range that holds only the plateau says little (issue 11)."""
+    table = {
         "time variable": list(scored),
         "collapse score (lower = tighter)": [score for score, _ in scored.values()],
         "best": [name == best for name in scored],
-        "note": [why for _, why in scored.values()],
-    })
+    }
+    if ranges is not None:
+        table["shared range"] = [ranges.get(name, "") for name in scored]
+    table["note"] = [why for _, why in scored.values()]
+    return pd.DataFrame(table)
+
+
+def default_gamma_range(gammas: list[float]) -> tuple[float, float]:
+    """The rich side (γ > 1) when the runs reach it, else every γ: only large-γ curves are expected to
+    collapse in η·t/γ, and mixing lazy γ along the ridge made the score pick t (issue 11)."""
+    rich = [g for g in gammas if g > 1.0]
+    pool = rich if len(rich) >= 2 else gammas
+    return min(pool), max(pool)
 
 
 def best_time_variable(scores: dict[str, float | None]) -> str | None:

@@ -84,3 +84,16 @@ def test_fit_states_the_grid_spacing_in_its_uncertainty() -> None:
     assert math.isnan(two.slope_stderr) and two.total_stderr == pytest.approx(two.grid_stderr)
     with pytest.raises(ValueError, match="y_spacing"):
         fit_power_law(gammas, exact, y_spacing=-1.0)
+
+
+def test_collapse_says_whether_its_shared_range_holds_the_drop() -> None:
+    from engine.analysis import DROP_HELD, collapse_score
+
+    tau = np.logspace(-2, 2, 80)
+    drop = 0.5 / (1.0 + tau**4) + 1e-3  # plateau, then a drop around τ = 1
+    both = collapse_score([(tau, drop), (tau * 1.1, drop)])
+    assert both.drop < DROP_HELD and both.holds_drop and "holds the drop" in both.range_text()
+    early = tau[tau < 0.1]  # the shared range is the plateau alone
+    plateau = collapse_score([(early, 0.5 / (1.0 + early**4)), (early * 1.1, 0.5 / (1.0 + early**4))])
+    assert not plateau.holds_drop and "holds NO drop" in plateau.range_text()
+    assert "2 curves" in plateau.range_text()

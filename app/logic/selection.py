@@ -17,13 +17,21 @@ def _close(values: pd.Series, target: float) -> np.ndarray:
     return np.isclose(values.to_numpy(dtype=np.float64), target, rtol=1e-9, atol=0.0)
 
 
-def ridge_runs(runs: pd.DataFrame, metric_col: str = "final_train_loss") -> pd.DataFrame:
-    """Per γ, all seeds of the η whose seed-mean `metric_col` is lowest among finished, non-diverged runs."""
-    good = runs[(runs["status"] == "done") & np.isfinite(runs[metric_col].astype(float))]
+def ridge_runs(runs: pd.DataFrame, metric_col: str = "tail_train_loss") -> pd.DataFrame:
+    """Per γ, all seeds of the η whose seed-mean `metric_col` is lowest among finished, non-diverged runs.
+
+    By default the tail statistic (mean train loss over the last 10 % of steps: the last batch alone is
+    one noisy draw, issue 11); a run recorded before it existed, or a frame without it, falls back to
+    its final_train_loss."""
+    values = runs[metric_col].astype(float) if metric_col in runs else pd.Series(np.nan, index=runs.index)
+    if metric_col == "tail_train_loss" and "final_train_loss" in runs:
+        values = values.fillna(runs["final_train_loss"].astype(float))
+    scored = runs.assign(_stat=values)
+    good = scored[(scored["status"] == "done") & np.isfinite(scored["_stat"])]
     if good.empty:
         return runs.iloc[0:0]
-    means = good.groupby(["gamma", "eta"])[metric_col].mean().reset_index()
-    best = means.loc[means.groupby("gamma")[metric_col].idxmin(), ["gamma", "eta"]]
+    means = good.groupby(["gamma", "eta"])["_stat"].mean().reset_index()
+    best = means.loc[means.groupby("gamma")["_stat"].idxmin(), ["gamma", "eta"]]
     return runs.merge(best, on=["gamma", "eta"], how="inner")
 
 

@@ -73,6 +73,28 @@ def test_unknown_preset_is_one_line_naming_the_allowed_ones(tmp_path: Path) -> N
     assert not (tmp_path / "reports").exists()
 
 
+def test_every_scale_of_every_preset_is_a_valid_sweep(tmp_path: Path) -> None:
+    from storage.settings import load_settings
+    from tasks.reproduce import presets
+    from tasks.spec import SweepSpec, validate_spec
+
+    settings = load_settings(data_dir=tmp_path)
+    for preset in presets().values():
+        assert set(preset.scales) == {"ci", "small", "paper"}, preset.name
+        for scale in preset.scales:
+            for spec in preset.specs(scale):
+                parsed = SweepSpec.from_dict(spec)
+                validate_spec(parsed, settings)  # the cell limit, the data
+                assert parsed.name.startswith(f"reproduce-{preset.name}"), parsed.name
+
+
+def test_celery_without_a_broker_is_one_line(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "lazy-scaling", "--executor", "celery")
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "celery needs a broker" in err[0], err
+
+
 def test_verdicts_follow_the_numbers() -> None:
     assert Row("slope", 2.0, 2.1, 0.05, 0.3).verdict == "pass"
     assert Row("slope", 2.0, 2.5, 0.05, 0.3).verdict == "fail"

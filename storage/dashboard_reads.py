@@ -18,9 +18,10 @@ import sqlalchemy as sa
 from storage.registry import SWEEP_STATUS, VIEW_COLUMNS, Registry, newer_note, runs, sweep_runs
 
 RUN_TABLE_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "newer", "attempt", "shown_attempt", "worker",
-                     "steps_done", "diverged_step", "final_train_loss", "best_train_loss", "final_test_loss",
-                     "final_test_acc", "width", "depth", "error")
-SUMMARY_KEYS = ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
+                     "started", "ended", "duration_s", "steps_done", "diverged_step", "tail_train_loss",
+                     "final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc", "width", "depth",
+                     "error")
+SUMMARY_KEYS = ("tail_train_loss", "final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
 
 
 def _raw_rows(registry: Registry, query: Any) -> list[tuple[Any, ...]]:
@@ -64,12 +65,13 @@ def runs_table(registry: Registry, sweep_id: str) -> pd.DataFrame:
     v = VIEW_COLUMNS
     cols = [runs.c.run_id, runs.c.gamma, runs.c.eta, runs.c.seed, SWEEP_STATUS, runs.c.attempt,
             runs.c.worker, v["shown_steps_done"], v["shown_diverged_step"], v["shown_summary"], runs.c.width,
-            runs.c.depth, runs.c.error, v["shown_attempt"], v["shown_status"], v["newer_status"]]
+            runs.c.depth, runs.c.error, v["shown_attempt"], v["shown_status"], v["newer_status"], runs.c.started,
+            sa.case((v["shown_attempt"] == runs.c.attempt, runs.c.ended), else_=runs.c.result_ended)]
     q = (sa.select(*cols).join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
          .where(sweep_runs.c.sweep_id == sweep_id).order_by(runs.c.gamma, runs.c.eta, runs.c.seed))
     rows = _raw_rows(registry, q)
     names = ["run_id", "gamma", "eta", "seed", "status", "attempt", "worker", "steps_done", "diverged_step",
-             "summary", "width", "depth", "error", "shown_attempt", "shown_status", "newer_status"]
+             "summary", "width", "depth", "error", "shown_attempt", "shown_status", "newer_status", "started", "ended"]
     frame = pd.DataFrame.from_records(rows, columns=names)
     frame["newer"] = [newer_note({"newer_status": n, "shown_attempt": a, "shown_status": s}, att)
                       for n, a, s, att in zip(frame["newer_status"], frame["shown_attempt"], frame["shown_status"],
@@ -81,4 +83,10 @@ def runs_table(registry: Registry, sweep_id: str) -> pd.DataFrame:
     frame["gamma"] = frame["gamma"].astype("float64")
     frame["eta"] = frame["eta"].astype("float64")
     frame["seed"] = frame["seed"].astype("int64")
+    # start, end and duration of the attempt shown (a shown earlier attempt's start is not kept: no duration)
+    started, ended = (pd.to_numeric(frame[c], errors="coerce").astype("float64") for c in ("started", "ended"))
+    current = (frame["shown_attempt"] == frame["attempt"]).to_numpy()
+    frame["duration_s"] = (ended - started).where(current)
+    frame["started"] = pd.to_datetime(started.where(current), unit="s", utc=True)
+    frame["ended"] = pd.to_datetime(ended, unit="s", utc=True)
     return frame[list(RUN_TABLE_COLUMNS)]

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from storage.dashboard_reads import SUMMARY_KEYS
+
 RUN_COLUMNS = (
     "run_id",
     "gamma",
@@ -26,8 +28,12 @@ RUN_COLUMNS = (
     "attempt",
     "shown_attempt",
     "worker",
+    "started",
+    "ended",
+    "duration_s",
     "steps_done",
     "diverged_step",
+    "tail_train_loss",
     "final_train_loss",
     "best_train_loss",
     "final_test_loss",
@@ -180,21 +186,31 @@ def runs_frame(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "attempt": r.get("attempt"),
                 "shown_attempt": r.get("shown_attempt", r.get("attempt")),
                 "worker": r.get("worker"),
+                **_timing(r),
                 "steps_done": r.get("shown_steps_done", r.get("steps_done")),
                 "diverged_step": r.get("shown_diverged_step", r.get("diverged_step")),
-                **{
-                    k: summary.get(k)
-                    for k in ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
-                },
+                **{k: summary.get(k) for k in SUMMARY_KEYS},
                 "width": r.get("width"),
                 "depth": r.get("depth"),
                 "error": r.get("error"),
             }
         )
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    for col in ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc"):
+    for col in (*SUMMARY_KEYS, "duration_s"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    for col in ("started", "ended"):
+        frame[col] = pd.to_datetime(pd.to_numeric(frame[col], errors="coerce"), unit="s", utc=True)
     return frame
+
+
+def _timing(run: dict[str, Any]) -> dict[str, Any]:
+    """Start, end (unix seconds) and duration of the attempt a run dict shows (as storage.dashboard_reads:
+    a shown earlier attempt keeps its end, not its start)."""
+    current = run.get("shown_attempt", run.get("attempt")) == run.get("attempt")
+    started = run.get("started") if current else None
+    ended = run.get("ended") if current else run.get("result_ended")
+    duration = ended - started if started is not None and ended is not None else None
+    return {"started": started, "ended": ended, "duration_s": duration}
 
 
 LIVE = ("running", "lost")  # runs whose steps_done the registry does not know yet (a lost run may resume)
@@ -233,6 +249,25 @@ def progress_line(runs: pd.DataFrame, total_steps: int | None) -> str:
             text += f" ({int(done):,} of {n * int(total_steps):,} steps)"
         parts.append(text)
     return " · ".join(parts) if parts else "no runs"
+
+
+FINAL = ("done", "diverged", "failed", "cancelled", "lost")
+
+
+def eta_seconds(runs: pd.DataFrame, total_steps: int | None, now: float) -> float | None:
+    """Seconds left for a sweep at the pace so far (after with_progress): the fraction of its steps
+    done (a finished run counts whole) against the time since its first run started. None before
+    there is a pace to go by (under 2 % done, or nothing started) and once nothing is left."""
+    if not total_steps or runs.empty or not runs["status"].isin(("queued", "running")).any():
+        return None
+    steps = pd.to_numeric(runs["steps_done"], errors="coerce").fillna(0.0).clip(upper=total_steps)
+    steps = steps.where(~runs["status"].isin(FINAL), float(total_steps))
+    fraction = float(steps.sum()) / (len(runs) * float(total_steps))
+    started = pd.to_datetime(runs["started"], utc=True, errors="coerce").dropna()
+    if fraction < 0.02 or fraction >= 1.0 or started.empty:
+        return None
+    elapsed = now - started.min().timestamp()
+    return elapsed * (1.0 - fraction) / fraction if elapsed > 0 else None
 
 
 def filter_runs(
@@ -373,9 +408,6 @@ class DashboardSource:
             return last_steps(self.settings, list(run_ids))
         except StoreLocked:
             return None
-
-    def run_configs(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return {r["run_id"]: r["config"] for r in self.registry.get_runs(list(run_ids))}
 
     # -- metric queries (storage.queries; see docs/contracts.md)
 

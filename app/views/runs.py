@@ -7,6 +7,7 @@ user (app/auth.py); those only the launcher or an admin may take are disabled fo
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from app.auth import current_actor
-from app.logic.source import LIVE, filter_runs, filter_sweeps, newer_line, progress_line, with_progress
+from app.logic.source import LIVE, eta_seconds, filter_runs, filter_sweeps, newer_line, progress_line, with_progress
+from app.logic.spec_toml import spec_to_toml
 from app.logic.view_state import Field
 from app.ui import csv_bytes, labeler, read_only_help, read_only_notice, resources, sync_url, url_state
 from storage.liveness import overdue_line
@@ -49,6 +51,9 @@ RUN_ON_DEMAND = (
     "attempt",
     "shown_attempt",
     "worker",
+    "started",
+    "ended",
+    "tail_train_loss",
     "best_train_loss",
     "final_test_loss",
     "final_test_acc",
@@ -365,6 +370,11 @@ with st.expander("Details", icon=":material/info:"):
             steps.append(lambda: set_notes(settings, sweep_id, new_notes, actor=actor))
         act(f"Saved the details of {sweep_id}" if steps else "Nothing changed", *steps)
 
+with st.expander("Spec (TOML)", icon=":material/description:"):
+    st.caption("What this sweep was launched with, read-only: copy it (the button at the code's corner) into a file "
+               "for `gamma-lab sweep FILE`, or use Clone and edit above.")
+    st.code(spec_to_toml(sweep.get("spec") or {}), language="toml")
+
 with st.expander("History", icon=":material/history:"):
     from storage.audit import trail
 
@@ -394,7 +404,9 @@ def runs_table() -> None:
     runs = with_progress(runs, last, total_steps)
     shown = filter_runs(runs, statuses=st.session_state[f"{P}.status"], text=st.session_state[f"{P}.q"])
     st.caption(f"{len(shown):,} of {len(runs):,} runs")
-    st.caption(progress_line(runs, total_steps))
+    eta = eta_seconds(runs, total_steps, time.time())
+    left = f" · about {duration_text(eta)} left at the pace so far" if eta else ""
+    st.caption(progress_line(runs, total_steps) + left)
     if runs["newer"].astype(bool).any():  # the table shows a finished attempt; `newer` says which is newer
         st.caption(newer_line((source.sweep(sweep_id) or {}).get("newer") or {}))
     if live and last is None:
@@ -421,6 +433,10 @@ def runs_table() -> None:
                 format="percent",
                 help=f"steps done of {total_steps:,}" if total_steps else None,
             ),
+            "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm:ss"),
+            "ended": st.column_config.DatetimeColumn("ended", format="YYYY-MM-DD HH:mm:ss"),
+            "duration_s": st.column_config.NumberColumn("duration", format="%.1f s", width="small",
+                                                        help="of the attempt shown"),
         },
     )
     st.download_button(
@@ -429,6 +445,37 @@ def runs_table() -> None:
 
 
 runs_table()
+
+
+def failed_runs() -> None:
+    """Why runs failed: the error each one ended with (the traceback its worker sent) and, for local
+    workers, the end of their log (a Celery worker's log stays on its machine)."""
+    runs = source.runs(sweep_id)
+    bad = runs[runs["status"].isin(("failed", "lost")) & runs["error"].astype(bool)]
+    if bad.empty:
+        return
+    with st.expander(f"Failed runs ({len(bad)})", icon=":material/error:"):
+        labels = {r.run_id: f"{r.run_id} · γ={r.gamma:.3g} η={r.eta:.3g} seed={r.seed} ({r.status})"
+                  for r in bad.itertuples()}
+        run_id = st.selectbox("Run", list(labels), key=f"{P}.failed", format_func=labeler(labels))
+        st.code(str(bad.loc[bad["run_id"] == run_id, "error"].iloc[0]), language=None)
+        log_path = settings.data_dir / "queue" / "workers.log"
+        if sweep.get("executor") == "local" and log_path.is_file():
+            st.caption(f"The local workers' log, last lines ({log_path}):")
+            st.code(log_tail(log_path), language=None)
+
+
+def log_tail(path: Any, lines: int = 40, max_bytes: int = 64 * 1024) -> str:
+    """The last `lines` lines of a log file, reading at most its last `max_bytes`."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - max_bytes))
+        text = fh.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+failed_runs()
 st.page_link(
     "views/portrait.py",
     label="Phase portrait of this sweep",

@@ -58,6 +58,9 @@ class HeatmapGrid:
     # (E, G) int: seeds shown at an earlier finished attempt while a newer one is queued or running
     # (storage.queries.heatmap's n_newer); None for grids without it (a difference of two sweeps)
     n_newer: np.ndarray | None = None
+    # (E, G) int: seeds queued or running without a value yet (storage.queries.heatmap's n_running):
+    # a cell can be ok (one seed done) while others train, after Add seeds say; None where unknown
+    n_running: np.ndarray | None = None
 
     @property
     def gamma_edges(self) -> np.ndarray:
@@ -107,12 +110,14 @@ def heatmap_grid(frame: pd.DataFrame) -> HeatmapGrid:
     n_newer = np.zeros(shape, dtype=int)
     if "n_newer" in frame.columns:  # optional, as live_value
         n_newer[ei, gi] = frame["n_newer"].fillna(0).to_numpy(dtype=int)
+    n_running = np.zeros(shape, dtype=int)
+    n_running[ei, gi] = frame["n_running"].fillna(0).to_numpy(dtype=int)
     live[status != "running"] = np.nan  # provisional only while nothing final stands in the cell
     # An "ok" cell whose value is not finite cannot be drawn as good: show it as diverged. (Steps to a
     # threshold never reached arrive as not_reached, +inf: a state of their own, not a divergence.)
     bad = (status == "ok") & ~np.isfinite(value)
     status[bad] = "diverged"
-    return HeatmapGrid(gammas, etas, value, status, n_seeds, n_done, n_div, live, live_step, n_newer)
+    return HeatmapGrid(gammas, etas, value, status, n_seeds, n_done, n_div, live, live_step, n_newer, n_running)
 
 
 def nearest_index(values: np.ndarray, target: float) -> int:

@@ -115,6 +115,10 @@ def status_counts(grid: HeatmapGrid) -> str:
     (steps to a threshold) and cancelled only when some cell is, each apart from diverged/missing."""
     always = ("ok", "diverged", "running", "missing")
     parts = [f"{STATE_NAMES.get(s, s)}: {grid.count(s)}" for s in CELL_STATUSES if s in always or grid.count(s)]
+    if grid.n_running is not None:  # seeds training in cells that already show a value (Add seeds)
+        hidden = (grid.status != "running") & (grid.n_running > 0)
+        if hidden.any():
+            parts.append(f"{int(grid.n_running[hidden].sum())} more seed(s) training in {int(hidden.sum())} of them")
     return " · ".join(parts)
 
 

@@ -48,3 +48,15 @@ def test_a_side_without_a_diverged_cell_names_eta_max() -> None:
                                       [["ok", "ok"]] * 3))  # nothing diverged: no η_max anywhere
     notes = missing_fit_notes(grid)
     assert any("No η_max fit on the rich side" in n and "extend η upward" in n for n in notes), notes
+
+
+def test_seeds_training_in_cells_that_show_a_value_are_counted() -> None:
+    # #10 item 7: after Add seeds every cell was ok (its first seed done) and the caption said
+    # "running: 0" while 12 seeds trained
+    from app.logic.portrait import status_counts
+
+    frame = heatmap_frame([0.1, 1.0], [0.01, 0.1], [[0.05, 0.02], [0.04, 0.01]], [["ok", "ok"], ["ok", "ok"]])
+    assert status_counts(heatmap_grid(frame)) == "ok: 4 · diverged: 0 · running: 0 · missing: 0"
+    frame.loc[frame.gamma == 0.1, "n_running"] = 3  # three new seeds in each of the two γ = 0.1 cells
+    caption = status_counts(heatmap_grid(frame))
+    assert caption == "ok: 4 · diverged: 0 · running: 0 · missing: 0 · 6 more seed(s) training in 2 of them"

@@ -10,7 +10,7 @@ adjusts them to its result.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -32,6 +32,13 @@ from engine.toy import eta_max_theory, measure_eta_max
 from tasks.reproduce import Measurement, Preset, Row, SweepData
 
 # ----------------------------------------------------------------------------- shared helpers
+
+SCALE_NAMES = ("ci", "small", "paper")
+
+
+def _scales(make: Callable[[str], list[dict[str, Any]]]) -> dict[str, Callable[[], list[dict[str, Any]]]]:
+    """Preset.scales from a function of the scale's name."""
+    return {s: partial(make, s) for s in SCALE_NAMES}
 
 
 def _spec(name: str, model: dict[str, Any], data: dict[str, Any], train: dict[str, Any],
@@ -179,7 +186,7 @@ LAZY_SCALING = Preset(
     name="lazy-scaling",
     claim="for γ ≪ 1 the NTK scales as 1/γ², so η_max and η* both scale as γ² (slope 2)",
     paper_ref="lazy side of the γ–η phase diagram",
-    scales={s: partial(_lazy_specs, s) for s in ("ci", "small", "paper")},
+    scales=_scales(_lazy_specs),
     measure=_measure_lazy,
 )
 
@@ -274,7 +281,7 @@ RICH_SCALING = Preset(
     name="rich-scaling",
     claim="for γ ≫ 1, η* and η_max scale as γ^(2/L) (L = 2: slope 1, L = 3: slope 2/3); the lower edge η_min ∝ γ/T",
     paper_ref="rich side of the γ–η phase diagram",
-    scales={s: partial(_rich_specs, s) for s in ("ci", "small", "paper")},
+    scales=_scales(_rich_specs),
     measure=_measure_rich,
 )
 
@@ -374,7 +381,7 @@ COLLAPSE = Preset(
     name="collapse",
     claim="at large γ the plateau escape time scales as γ/η, so loss curves collapse against η·t/γ, not t or η·t",
     paper_ref="rich-regime time rescaling",
-    scales={s: partial(_collapse_specs, s) for s in ("ci", "small", "paper")},
+    scales=_scales(_collapse_specs),
     measure=_measure_collapse,
 )
 
@@ -456,7 +463,7 @@ CATAPULT = Preset(
     claim="small γ just under η_max: the loss spikes early, the sharpness falls to 2/(N·η) or below, then the loss "
     "converges (a stable window above the initial edge of stability)",
     paper_ref="lazy-side catapult window below η_max",
-    scales={s: partial(_catapult_specs, s) for s in ("ci", "small", "paper")},
+    scales=_scales(_catapult_specs),
     measure=_measure_catapult,
 )
 
@@ -529,7 +536,7 @@ GENERALIZATION = Preset(
     name="generalization",
     claim="at a fixed budget and the best η for each γ, large γ matches or beats γ = 1 in online test loss",
     paper_ref="performance across γ at the optimal learning rate",
-    scales={s: partial(_generalization_specs, s) for s in ("ci", "small", "paper")},
+    scales=_scales(_generalization_specs),
     measure=_measure_generalization,
 )
 
@@ -610,7 +617,7 @@ SILENT_ALIGNMENT = Preset(
     name="silent-alignment",
     claim="at large γ the kernel aligns with the task during the plateau, before the loss drops (silent alignment)",
     paper_ref="kernel-target alignment against loss in the rich regime",
-    scales={s: partial(_alignment_specs, s) for s in ("ci", "small", "paper")},
+    scales=_scales(_alignment_specs),
     measure=_measure_alignment,
 )
 

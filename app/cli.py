@@ -829,7 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--executor",
         choices=("local", "celery"),
         default=None,
-        help="default: celery when GAMMA_LAB_BROKER_URL is set, else local",
+        help="default: celery when a broker_url is set (GAMMA_LAB_BROKER_URL or settings.toml), else local",
     )
     s.add_argument("--device", default=None, help="cpu (default) or cuda")
     s.add_argument("--wait", action="store_true", help="show progress until every run ended")
@@ -893,17 +893,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    if getattr(args, "executor", "x") is None:
-        args.executor = "celery" if os.environ.get("GAMMA_LAB_BROKER_URL") else "local"
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from engine.config import ConfigError
+    from storage.accounts import AccountError
     from storage.metric_store import StoreCorrupt
+    from storage.registry import RegistryError
+    from storage.settings import SettingsError, load_settings
     from tasks.access import NotAllowed
     from tasks.spec import SpecError
 
     try:
+        if getattr(args, "executor", "x") is None:  # the settings decide: env, then settings.toml
+            args.executor = "celery" if load_settings().broker_url else "local"
         return int(args.fn(args) or 0)
     except SpecError as exc:
         _err(
@@ -911,19 +914,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(f"  {line}" for line in exc.lines()),
         )
         return EXIT_USAGE
-    except (UserError, ConfigError, StoreCorrupt, NotAllowed) as exc:  # NotAllowed: nothing was changed
-        _err(f"error: {exc}")
-        return EXIT_USAGE
-    except ValueError as exc:  # SettingsError, RegistryError (RegistryUnreadable too): named by field/file
-        _err(f"error: {exc}")
-        return EXIT_USAGE
+    except (UserError, ConfigError, SettingsError, RegistryError, AccountError, StoreCorrupt, NotAllowed) as exc:
+        _err(f"error: {exc}")  # bad input named by field or file (NotAllowed: nothing was changed); any
+        return EXIT_USAGE  # other ValueError is a bug, and its traceback shows
     except (RedisConnectionError, RedisTimeoutError) as exc:  # the broker is down or the URL is wrong
         from tasks.api import redact_url
 
-        url = redact_url(os.environ.get("GAMMA_LAB_BROKER_URL", "the broker"))
+        url = redact_url(load_settings().broker_url or "the broker")
         _err(
-            f"error: broker: cannot reach {url} ({exc}); start redis-server there or fix GAMMA_LAB_BROKER_URL "
-            "(unset it for embedded mode)"
+            f"error: broker: cannot reach {url} ({exc}); start redis-server there or fix broker_url "
+            "(GAMMA_LAB_BROKER_URL or settings.toml; unset it for embedded mode)"
         )
         return EXIT_USAGE
     except BrokenPipeError:

@@ -77,7 +77,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--list", action="store_true", help="list the presets and the claim each checks")
     s.add_argument("--scale", choices=("small", "paper"), default="small", help="small: a laptop CPU in minutes")
     s.add_argument("--executor", choices=("local", "celery"), default=None,
-                   help="default: celery when GAMMA_LAB_BROKER_URL is set, else local")
+                   help="default: celery when a broker_url is set (env or settings.toml), else local")
     s.set_defaults(fn=cmd_reproduce)
 
 

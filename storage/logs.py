@@ -18,6 +18,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from storage.settings import SettingsError
+
 FORMATS = ("json", "text")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 HOST = socket.gethostname()
@@ -54,7 +56,7 @@ def log_format(broker_url: str | None) -> str:
     """"json" or "text": GAMMA_LAB_LOG_FORMAT when set, else JSON in lab mode (a broker is set)."""
     chosen = os.environ.get("GAMMA_LAB_LOG_FORMAT", "").strip().lower()
     if chosen and chosen not in FORMATS:
-        raise ValueError(f"GAMMA_LAB_LOG_FORMAT: one of {', '.join(FORMATS)} (got {chosen!r})")
+        raise SettingsError("GAMMA_LAB_LOG_FORMAT", f"one of {', '.join(FORMATS)} (got {chosen!r})")
     return chosen or ("json" if broker_url else "text")
 
 

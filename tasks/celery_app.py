@@ -30,7 +30,8 @@ app = Celery("gamma_lab")
 
 
 def configure(broker_url: str | None = None) -> Celery:
-    """Apply the settings. The broker URL comes from storage.settings (GAMMA_LAB_BROKER_URL)."""
+    """Apply the settings. The broker URL comes from storage.settings (GAMMA_LAB_BROKER_URL, else
+    broker_url in settings.toml)."""
     if broker_url is None:
         from storage.settings import load_settings
 
@@ -102,11 +103,13 @@ def _json_celery_lines(logger: logging.Logger | None = None, **_: Any) -> None:
 
 
 def _broker_from_settings() -> str | None:
-    try:
-        from storage.settings import load_settings
+    """The broker of storage.settings (environment, then settings.toml), read at import: `celery -A
+    tasks.celery_app` starts a worker with no other say."""
+    from storage.settings import SettingsError, load_settings
 
+    try:
         return load_settings().broker_url
-    except ValueError:  # a bad settings file: the CLI reports it; importing this module must not fail
+    except SettingsError:  # a bad settings file: the CLI reports it; importing this module must not fail
         return os.environ.get("GAMMA_LAB_BROKER_URL") or None
 
 

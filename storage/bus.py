@@ -50,7 +50,7 @@ GROUP = "recorder"
 EVENT_TYPES = ("started", "points", "heartbeat", "finished", "export", "purge")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
-# Celery's queues on the same Redis (tasks.celery_app.QUEUES) and where kombu keeps delivered,
+# Celery's queues on the same Redis (tasks.celery_app.queue_for) and where kombu keeps delivered,
 # unacknowledged messages: read after a broker restart without persistence (RedisConsumer.queued_task_texts)
 CELERY_QUEUES = ("cpu", "gpu")
 KOMBU_UNACKED = "unacked"

@@ -31,7 +31,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 RUN_STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
-TERMINAL_STATUSES = ("done", "diverged", "failed", "cancelled", "lost")
 FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
 # An attempt that ended in one of these is a result: it stays the one shown until a newer attempt
 # ends in one of these too (a cancelled, failed or lost rerun never hides it).
@@ -855,12 +854,6 @@ class Registry:
             conn.execute(sweeps.delete().where(sweeps.c.id == sweep_id))
         return only_here, shared
 
-    def sweep_status(self, sweep_id: str) -> str:
-        sweep = self.get_sweep(sweep_id)
-        if sweep is None:
-            raise RegistryError(f"sweep_id: no sweep {sweep_id!r}")
-        return str(sweep["status"])
-
     def sweeps_of_run(self, run_id: str) -> list[str]:
         """The sweeps a run belongs to, the one it joined last first (a rerun of the run alone goes where
         that sweep's work goes)."""
@@ -1198,7 +1191,8 @@ class Registry:
         return n
 
     def is_cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
-        """The subset of run_ids whose cancel flag is set (workers poll this at every flush)."""
+        """The subset of run_ids whose cancel flag is set: the registry's record of a cancel request.
+        Workers do not poll it; they poll tasks.cancel's flags (files or Redis keys) at every flush."""
         out: set[str] = set()
         with self.engine.connect() as conn:
             for chunk in _chunks(list(run_ids), 500):

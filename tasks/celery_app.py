@@ -19,7 +19,6 @@ from celery import Celery, signals
 log = logging.getLogger("gamma_lab.celery")
 
 TASK_NAME = "gamma_lab.run_unit"
-QUEUES = ("cpu", "gpu")  # one queue per device class: a GPU worker never takes a CPU unit and vice versa
 # Redis redelivers a task not acknowledged within the visibility timeout (default 1 h). With
 # acks_late a task is acknowledged only when it ends, so a unit longer than the timeout would be
 # handed to a second worker and trained twice. 48 h is above any unit the planner makes (it splits
@@ -117,6 +116,7 @@ configure(_broker_from_settings())
 
 
 def queue_for(device: str) -> str:
+    """One queue per device class: a GPU worker never takes a CPU unit and vice versa."""
     return "cpu" if device == "cpu" else "gpu"
 
 
@@ -268,10 +268,3 @@ def _register_worker(sender: Any = None, **_: Any) -> None:
 def _unregister_worker(**_: Any) -> None:
     if _registration is not None:
         _registration.stop()
-
-
-@signals.worker_process_init.connect
-def _no_inherited_cuda(**_: Any) -> None:
-    # A forked pool child must not inherit an initialized CUDA context (it would crash on first use);
-    # GPU workers use the solo pool, and nothing here initializes CUDA in the parent.
-    os.environ.setdefault("GAMMA_LAB_FORKED_CHILD", "1")

@@ -20,12 +20,6 @@ def no_runs_message(mode: str, n_runs: int, picked: int) -> str:
     return "No finished runs to show yet."
 
 
-def collapse_of(frame: pd.DataFrame) -> float | None:
-    """engine.analysis.collapse_score of an overlay frame (run_id, x, value); None when fewer than two
-    curves share a usable range (the score is undefined there, not zero)."""
-    return collapse_with_reason(frame)[0]
-
-
 def collapse_with_reason(frame: pd.DataFrame) -> tuple[float | None, str]:
     """(score, "") or (None, why there is no score) — the table says why instead of showing "None"."""
     found, why = collapse_details(frame)

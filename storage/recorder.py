@@ -2,8 +2,8 @@
 
 DuckDB allows one read-write process per file (a second gets "Could not set lock on file"), and a
 second connect inside the same process would silently share the database, so ownership is decided
-first by an advisory flock on `<metrics>.recorder.lock` (flock locks conflict between two opens even
-in one process). The loser gets RecorderBusy("a recorder is already running (pid N)") and its caller
+first by an advisory flock on `<metrics>.recorder.lock` (storage.ownership: the lock, its owner and
+the hand-over protocol). The loser gets RecorderBusy("a recorder is already running (pid N)") and its caller
 only publishes.
 
 Crash safety, per batch of events: (1) points go to DuckDB in one transaction that also records
@@ -18,15 +18,12 @@ rejected/<name> + <name>.reason; Redis: the dead-letter stream) and ingestion go
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
-import os
 import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from storage.broker_loss import LostQueue, ingested_batches
@@ -42,6 +39,19 @@ from storage.metric_store import (
     check_file,
     is_damage,
 )
+from storage.ownership import (  # the ownership protocol lives there; its names are re-exported here
+    HANDOVER_FRESH_S,  # noqa: F401
+    ROLES,
+    Owner,  # noqa: F401
+    OwnerLock,
+    RecorderBusy,
+    lock_path,
+    pending_request,
+    pid_alive,
+    read_owner,
+    request_handover,  # noqa: F401
+    request_path,
+)
 from storage.purge import answer_request as answer_purge
 from storage.recorder_claim import ClaimHeld, RecorderClaim
 from storage.registry import FinishedEvent, HeartbeatEvent, Registry, StartedEvent
@@ -51,115 +61,6 @@ log = logging.getLogger(__name__)
 
 
 REQUESTS = ("export", "purge")  # events that ask the recorder for something (answered in a file)
-
-
-class RecorderBusy(RuntimeError):
-    """Another recorder holds the metrics file."""
-
-
-ROLES = ("dashboard", "cli", "recorder")
-_ROLE_WORDS = {
-    "dashboard": "another dashboard",
-    "cli": "a `gamma-lab` command recording while it waits (`sweep --wait`, `demo`, `status`, `export`)",
-    "recorder": "the standalone `gamma-lab recorder`",
-}
-
-
-def lock_path(settings: Settings) -> Path:
-    """The owner lock of the metric store: flocked by the recorder, "<pid> <role>" inside."""
-    return Path(str(settings.metrics_path) + ".recorder.lock")
-
-
-@dataclass(frozen=True)
-class Owner:
-    """What the owner lock file says about the process that records (it may have stopped since)."""
-
-    pid: int | None
-    role: str | None
-
-    def describe(self) -> str:
-        what = _ROLE_WORDS.get(self.role or "", "another process")
-        return f"{what} (pid {self.pid if self.pid is not None else 'unknown'})"
-
-
-def read_owner(settings: Settings) -> Owner:
-    """Parse the owner lock file ("<pid> <role>"; older files hold the pid alone)."""
-    try:
-        words = lock_path(settings).read_text().split()
-    except OSError:
-        words = []
-    pid = int(words[0]) if words and words[0].isdigit() else None
-    role = words[1] if len(words) > 1 and words[1] in ROLES else None
-    return Owner(pid, role)
-
-
-HANDOVER_FRESH_S = 30.0  # a hand-over request older than this is ignored (its dashboard did not follow up)
-
-
-def request_path(settings: Settings) -> Path:
-    """A dashboard's request that a yielding recorder hand recording over: "<pid> <unix time>"."""
-    return Path(str(settings.metrics_path) + ".recorder.handover")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def request_handover(settings: Settings) -> None:
-    """Ask the recorder of another role than "dashboard" to yield (atomic: written aside, renamed)."""
-    path = request_path(settings)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{os.getpid()} {time.time():.3f}\n")
-    os.replace(tmp, path)
-
-
-def pending_request(settings: Settings, now: float | None = None) -> int | None:
-    """The pid of a fresh hand-over request from another live process, else None. Cheap when there
-    is none (one failed open)."""
-    try:
-        words = request_path(settings).read_text().split()
-        pid, at = int(words[0]), float(words[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    now = time.time() if now is None else now
-    if pid == os.getpid() or not (-5.0 <= now - at <= HANDOVER_FRESH_S) or not pid_alive(pid):
-        return None
-    return pid
-
-
-class _OwnerLock:
-    """Advisory exclusive flock with the owner's pid and role written inside (for the loser's message)."""
-
-    def __init__(self, path: Path, role: str = "cli"):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            try:
-                pid = path.read_text().split()[0]
-            except (OSError, IndexError):
-                pid = "unknown"
-            raise RecorderBusy(
-                f"a recorder is already running (pid {pid}) and owns {str(path).removesuffix('.recorder.lock')}; "
-                "this process will only publish events"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()} {role}\n".encode())
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
 
 
 class Recorder:
@@ -186,7 +87,7 @@ class Recorder:
         if role != "dashboard" and (asker := pending_request(settings)) is not None:
             # recording is being handed to that dashboard: taking the free lock now would ping-pong
             raise RecorderBusy(f"recording is being handed over to the dashboard (pid {asker})")
-        self._lock = _OwnerLock(lock_path(settings), role)
+        self._lock = OwnerLock(lock_path(settings), role)
         if role == "dashboard":  # a request addressed to the previous owner is answered now
             request_path(settings).unlink(missing_ok=True)
         try:

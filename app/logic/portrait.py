@@ -13,7 +13,7 @@ from app.logic.grid import CELL_STATUSES, HeatmapGrid
 from engine import analysis
 
 STATS = {
-    "tail": "mean of the last 10 % of steps",
+    "tail": "tail mean (last 10 %)",  # the mean of the last 10 % of steps (engine.analysis.tail_steps)
     "final": "final value",
     "best": "best value",
     "at_step": "value at step t",

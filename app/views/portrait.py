@@ -48,7 +48,7 @@ url_state(SCHEMA, P)
 st.subheader("Phase portrait")
 if launched := st.session_state.pop("portrait.launched", None):  # arrived from Launch
     st.success(f"Launched sweep {launched}: its portrait fills in as its runs finish.")
-c0, c1, c2, c3, c4 = st.columns([2.4, 1.2, 2, 1.1, 0.9], vertical_alignment="bottom")
+c0, c1, c2, c3, c4 = st.columns([2.3, 1.1, 1.9, 1.0, 1.1], vertical_alignment="bottom")
 sweep_id = pick_sweep(source, f"{P}.sweep", where=c0)
 sweep = source.sweep(sweep_id) or {}
 spec = sweep.get("spec", {})

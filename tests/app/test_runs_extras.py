@@ -85,3 +85,36 @@ def test_runs_page_shows_timing_eta_spec_and_failures(seeded: dict, monkeypatch)
     assert any(c.splitlines()[-1] == "line 99" and "line 59" not in c for c in codes), codes  # the log's last 40 lines
     assert any(e.label.startswith("Failed runs (1)") for e in at.expander)
     assert any("left at the pace so far" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+@pytest.mark.slow
+def test_sweeps_table_fits_1280_with_runs_in_every_state(seeded: dict, tmp_path: Path) -> None:
+    """A sweep with done, failed, running, cancelled and queued runs: its per-status counts were a
+    column each and cut the sweeps table off at 1280 px; they are one `runs` column now."""
+    from storage.registry import Registry
+    from storage.settings import load_settings
+
+    from .test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, _serve
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from engine.config import ModelConfig, RunConfig, TrainConfig
+
+    settings = load_settings(data_dir=seeded["data"])
+    with Registry(settings.registry_url) as reg:  # one more cell cancelled while queued, one queued
+        extra = [RunConfig(model=ModelConfig(width=8, depth=2), train=TrainConfig(steps=STEPS), gamma=1.0, eta=e,
+                           seed=0) for e in (3.0, 10.0)]
+        reg.add_runs(seeded["sweep"], extra)
+        reg.request_cancel(extra[0].run_id)
+    with _serve(seeded["data"], tmp_path / "serve.log") as (url, _proc), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        page.goto(f"{url}/runs?sweep={seeded['sweep']}")
+        table = page.locator('[data-testid="stDataFrame"]').first
+        table.locator(".dvn-scroller").wait_for(state="attached")
+        page.wait_for_timeout(1500)
+        scroll, visible = table.locator(".dvn-scroller").evaluate("e => [e.scrollWidth, e.clientWidth]")
+        browser.close()
+    assert scroll <= visible + 1, (scroll, visible)  # no column cut off on the right

@@ -200,11 +200,12 @@ def _rich_specs(scale: str) -> list[dict[str, Any]]:
         return [_spec(f"reproduce-rich-scaling-L{d}-paper", {"width": 1024, "depth": d, "activation": "relu"},
                       {"dataset": "mnist1d"}, {"batch_size": 128, "steps": 10000},
                       _decades(1, 3, 0.25), {"from": 1e-1, "to": 1e4, "per_decade": 8}, seeds=(0, 1))
-                for d in (2, 3)]  # fmt: skip
+                for d in (2, 3, 4)]  # fmt: skip
     width, steps, gammas = (32, 600, _decades(1, 3, 1.0)) if scale == "ci" else (64, 2000, _decades(1, 3, 0.5))
+    depths = (2, 3) if scale == "ci" else (2, 3, 4)
     return [_spec(f"reproduce-rich-scaling-L{d}-{scale}", {"width": width, "depth": d, "activation": "relu"},
                   RICH_DATA, {"batch_size": 64, "steps": steps}, gammas,
-                  {"from": 10.0 ** -0.5, "to": 1e4, "per_decade": 4}) for d in (2, 3)]  # fmt: skip
+                  {"from": 10.0 ** -0.5, "to": 1e4, "per_decade": 4}) for d in depths]  # fmt: skip
 
 
 def _budget_tails(data: SweepData) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
@@ -279,7 +280,7 @@ def _measure_rich(sweeps: list[SweepData], _scale: str) -> Measurement:
 
 RICH_SCALING = Preset(
     name="rich-scaling",
-    claim="for γ ≫ 1, η* and η_max scale as γ^(2/L) (L = 2: slope 1, L = 3: slope 2/3); the lower edge η_min ∝ γ/T",
+    claim="for γ ≫ 1, η* and η_max scale as γ^(2/L) (L = 2, 3, 4: slopes 1, 2/3, 1/2); the lower edge η_min ∝ γ/T",
     paper_ref="rich side of the γ–η phase diagram",
     scales=_scales(_rich_specs),
     measure=_measure_rich,

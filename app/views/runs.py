@@ -53,6 +53,7 @@ RUN_ON_DEMAND = (
     "worker",
     "started",
     "ended",
+    "duration_s",
     "tail_train_loss",
     "best_train_loss",
     "final_test_loss",
@@ -226,7 +227,7 @@ f3.multiselect(
     "More columns",
     RUN_ON_DEMAND,
     key=f"{P}.cols",
-    placeholder="e.g. worker, best_train_loss",
+    placeholder="e.g. started, duration_s, worker",
     help="The runs table shows the columns that fit; the CSV has them all",
 )
 sync_url(SCHEMA, P, extra={b: (st.session_state[f"{P}.{b}"] or "") for b in ("since", "until")})

@@ -75,6 +75,8 @@ def test_runs_page_shows_timing_eta_spec_and_failures(seeded: dict, monkeypatch)
     at.run()
     at.switch_page("views/runs.py").run()
     assert not at.exception, at.exception
+    at.multiselect(key="runs.cols").set_value(["started", "ended", "duration_s"]).run()  # "More columns"
+    assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "run_id" in d.value.columns and "duration_s" in d.value.columns)
     done = table[table["status"] == "done"].iloc[0]
     assert pd.notna(done["started"]) and pd.notna(done["ended"]) and done["duration_s"] >= 0

@@ -67,13 +67,19 @@ def request_path(settings: Settings) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie (exited, its parent has not reaped it yet: the process
+    that started a worker may be that parent) counts as dead; another user's process as alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:  # no /proc: being there has to do
+        return True
 
 
 def request_handover(settings: Settings) -> None:

@@ -32,9 +32,9 @@ from typing import Any
 
 from engine.config import ConfigError, RunConfig
 from storage import audit
+from storage.ownership import pid_alive
 from storage.registry import Registry, RegistryError
 from tasks import cancel as cancel_flags
-from tasks import local_queue
 from tasks.access import Actor, local_actor, require, require_for_run
 from tasks.executors import CeleryExecutor, LocalExecutor
 from tasks.planner import Plan, device_class, pack
@@ -502,7 +502,7 @@ def adaptive_active(settings: Any, sweep_id: str) -> bool:
         pid = int(path.read_text())
     except (OSError, ValueError):
         return False
-    return local_queue._alive(pid)
+    return pid_alive(pid)
 
 
 def stop_adaptive(settings: Any, sweep_or_run_id: str) -> None:

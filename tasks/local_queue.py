@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage.ownership import pid_alive, read_owner
 from tasks.planner import WorkUnit, _unit_id
 
 log = logging.getLogger("gamma_lab.local_queue")
@@ -111,25 +112,10 @@ def release(path: Path) -> None:
         path.unlink()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of this process is dead too (the submitting process may be its parent)
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _is_worker(pid: int) -> bool:
     """Alive and a local worker: a dead worker's pid reused by another program must not look alive
     (its claim would never be recovered). Without /proc, being alive has to do."""
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -315,8 +301,6 @@ def _last_words_pending(settings: Any, pid: int) -> bool:
         return False
     if time.time() - newest_s > float(getattr(settings, "lost_after_s", 120)):
         return False
-    from storage.recorder import pid_alive, read_owner
-
     owner = read_owner(settings)
     return owner.pid is not None and pid_alive(owner.pid)
 
@@ -542,7 +526,7 @@ def wait_for_work(settings: Any, idle_s: float, parent: int | None) -> bool:
     or the parent process is gone (False: leave)."""
     deadline = time.monotonic() + idle_s
     while time.monotonic() < deadline:
-        if parent is not None and not _alive(parent):
+        if parent is not None and not pid_alive(parent):
             return False
         if pending_units(settings):
             return True

@@ -293,15 +293,22 @@ SMOOTH = 20  # steps in the running mean that finds the plateau escape (one batc
 
 
 def _collapse_specs(scale: str) -> list[dict[str, Any]]:
-    model = {"width": 64, "depth": 3, "activation": "tanh"}
-    if scale == "ci":
-        return [_spec("reproduce-collapse-ci", model | {"width": 32}, RICH_DATA,
-                      {"batch_size": 64, "steps": 1200, "dtype": "float64"}, [10.0, 30.0], [1.0, 3.0])]
-    if scale == "paper":
-        return [_spec("reproduce-collapse-paper", model | {"width": 1024}, {"dataset": "mnist1d"},
-                      {"batch_size": 128, "steps": 10000}, [10.0, 30.0, 100.0, 300.0], [0.5, 1.0, 2.0, 4.0])]
-    return [_spec("reproduce-collapse-small", model, RICH_DATA, {"batch_size": 128, "steps": 3000, "dtype": "float64"},
-                  [10.0, 30.0, 100.0], [1.0, 2.0, 4.0])]
+    """One sweep per activation: ReLU as in the paper's MLPs, and tanh (the engine's rich-side physics
+    test): the escape time's γ exponent differs between them (tanh: about 1.6 at these γ)."""
+    out = []
+    for act in ("relu", "tanh"):
+        model = {"width": 64, "depth": 3, "activation": act}
+        name = f"reproduce-collapse-{act}-{scale}"
+        if scale == "ci":
+            train = {"batch_size": 64, "steps": 1200, "dtype": "float64"}
+            out.append(_spec(name, model | {"width": 32}, RICH_DATA, train, [10.0, 30.0], [1.0, 3.0]))
+        elif scale == "paper":
+            out.append(_spec(name, model | {"width": 1024}, {"dataset": "mnist1d"}, {"batch_size": 128, "steps": 10000},
+                             [10.0, 30.0, 100.0, 300.0], [0.5, 1.0, 2.0, 4.0]))
+        else:
+            out.append(_spec(name, model, RICH_DATA, {"batch_size": 128, "steps": 3000, "dtype": "float64"},
+                             [10.0, 30.0, 100.0], [1.0, 2.0, 4.0]))
+    return out
 
 
 def _curves(data: SweepData) -> list[tuple[float, float, np.ndarray]]:
@@ -325,8 +332,22 @@ def _escape_step(loss: np.ndarray) -> float:
 
 
 def _measure_collapse(sweeps: list[SweepData], _scale: str) -> Measurement:
-    data = sweeps[0]
-    depth = int((data.spec.get("model") or {}).get("depth", 3))
+    rows: list[Row] = []
+    figures: list[Any] = []
+    notes = []
+    for data in sweeps:
+        r, f, note = _collapse_one(data)
+        rows += r
+        figures += f
+        notes.append(note)
+    return Measurement(rows, figures, notes + ["Each score compares only the τ range all curves share, shown beside "
+                                               "it with the curve count."])
+
+
+def _collapse_one(data: SweepData) -> tuple[list[Row], list[Any], str]:
+    """The rows, figures and note of one sweep (one activation), each row named with the activation."""
+    model = data.spec.get("model") or {}
+    depth, act = int(model.get("depth", 3)), str(model.get("activation", ""))
     cells = _curves(data)
     rows: list[Row] = []
     figures = []
@@ -340,24 +361,23 @@ def _measure_collapse(sweeps: list[SweepData], _scale: str) -> Measurement:
         try:
             score = collapse_score(curves)
         except ValueError as exc:
-            rows.append(Row(f"collapse score in {label}", math.nan, math.nan, math.nan, 0.0, "info", note=str(exc)))
+            rows.append(Row(f"collapse score in {label} ({act})", math.nan, math.nan, math.nan, 0.0, "info",
+                            note=str(exc)))
             continue
         scores[kind] = score.score
-        rows.append(Row(f"collapse score in {label}", math.nan, score.score, math.nan, 0.0, "info",
+        rows.append(Row(f"collapse score in {label} ({act})", math.nan, score.score, math.nan, 0.0, "info",
                         note=score.range_text()))
         fig = go.Figure([go.Scatter(x=tau[::5], y=loss[::5], mode="lines", name=f"γ={g:g}, η={e:g}")
                          for (tau, loss), (g, e, _) in zip(curves, cells, strict=True)])  # fmt: skip
-        fig.update_layout(title=f"train loss against {label} (score {score.score:.3g})", xaxis_type="log",
+        fig.update_layout(title=f"{act}: train loss against {label} (score {score.score:.3g})", xaxis_type="log",
                           yaxis_type="log", xaxis_title=label, yaxis_title="train loss", height=420)
         figures.append(fig)
     others = [scores[k] for k in ("t", "eta_t") if k in scores]
     ratio = scores["eta_t_over_gamma"] / min(others) if "eta_t_over_gamma" in scores and others else math.nan
-    rows.append(Row("score(η·t/γ) / best score of t, η·t", 0.5, ratio, math.nan, 0.0, "at_most",
+    rows.append(Row(f"score(η·t/γ) / best score of t, η·t ({act})", 0.5, ratio, math.nan, 0.0, "at_most",
                     note="η·t/γ must collapse the curves at least twice as tightly as the best other axis"))
-    rows += _escape_rows(cells)
-    notes = [f"{len(cells)} curves (γ, η cells that finished), budget {data.steps} steps; each score compares only "
-             "the τ range all curves share, shown beside it."]
-    return Measurement(rows, figures, notes)
+    rows += [replace(r, quantity=f"{r.quantity} ({act})") for r in _escape_rows(cells)]
+    return rows, figures, f"{act}: {len(cells)} curves (γ, η cells that finished), budget {data.steps} steps."
 
 
 def _escape_rows(cells: list[tuple[float, float, np.ndarray]]) -> list[Row]:

@@ -2,8 +2,9 @@
 and each preset's `ci` scale run for real (local workers, recorder, registry) with its report checked.
 
 Each preset's ci run asserts the paper's qualitative result within the tolerance the preset states, so
-a regression of the engine's physics fails here. Where a ci run's measurement is known to miss a claim
-at that scale (the collapse escape time's γ exponent), the test asserts only the rows it should pass.
+a regression of the engine's physics fails here. Rows whose measurement misses the claim at the ci
+scale (the tanh net's escape-time γ exponent, the catapult's convergence in 300 steps) are reported
+with their verdict and not asserted.
 """
 
 from __future__ import annotations
@@ -142,11 +143,16 @@ def test_rich_scaling_slope_two_over_L(tmp_path: Path) -> None:
 def test_collapse_in_eta_t_over_gamma(tmp_path: Path) -> None:
     _, report = _run_ci(tmp_path, "collapse")
     rows = _rows(report)
-    assert rows["score(η·t/γ) / best score of t, η·t"]["verdict"] == "pass", rows
-    assert rows["escape-time exponent of η"]["verdict"] == "pass", rows
-    for axis in ("t", "η·t", "η·t/γ"):  # the shared τ range and the curve count beside each score
-        note = rows[f"collapse score in {axis}"]["note"]
-        assert "curves" in note and "τ ∈" in note and "the range holds" in note
+    assert len(report["sweeps"]) == 2
+    for act in ("relu", "tanh"):
+        assert rows[f"score(η·t/γ) / best score of t, η·t ({act})"]["verdict"] == "pass", rows
+        assert rows[f"escape-time exponent of η ({act})"]["verdict"] == "pass", rows
+        for axis in ("t", "η·t", "η·t/γ"):  # the shared τ range and the curve count beside each score
+            note = rows[f"collapse score in {axis} ({act})"]["note"]
+            assert "curves" in note and "τ ∈" in note and "the range holds" in note
+    # the paper's ReLU MLP escapes the plateau in ∝ γ/η steps (the tanh net's γ exponent, ~1.6, is
+    # reported as measured and not asserted: the claim is the paper's, for its ReLU networks)
+    assert rows["escape-time exponent of γ (relu)"]["verdict"] == "pass", rows
 
 
 @pytest.mark.slow

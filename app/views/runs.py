@@ -16,7 +16,6 @@ import streamlit as st
 
 from app.auth import current_actor
 from app.logic.source import LIVE, eta_seconds, filter_runs, filter_sweeps, newer_line, progress_line, with_progress
-from app.logic.spec_toml import spec_to_toml
 from app.logic.view_state import Field
 from app.ui import csv_bytes, labeler, read_only_help, read_only_notice, resources, sync_url, url_state
 from storage.liveness import overdue_line
@@ -112,6 +111,20 @@ def duration_text(seconds: float | None) -> str:
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def spec_text(spec: dict[str, Any]) -> str:
+    """The stored spec as the TOML file `gamma-lab sweep` reads (SweepSpec.to_toml); a spec this
+    version no longer reads is shown as stored (JSON), with why."""
+    import json
+
+    from engine.config import ConfigError
+    from tasks.spec import SweepSpec
+
+    try:
+        return SweepSpec.from_dict(spec).to_toml()
+    except (ConfigError, TypeError) as exc:
+        return f"# not a spec this gamma-lab reads ({exc}); as stored:\n" + json.dumps(spec, indent=2)
 
 
 def when_text(stamp: Any) -> str:
@@ -386,7 +399,7 @@ with st.expander("Details", icon=":material/info:"):
 with st.expander("Spec (TOML)", icon=":material/description:"):
     st.caption("What this sweep was launched with, read-only: copy it (the button at the code's corner) into a file "
                "for `gamma-lab sweep FILE`, or use Clone and edit above.")
-    st.code(spec_to_toml(sweep.get("spec") or {}), language="toml")
+    st.code(spec_text(sweep.get("spec") or {}), language="toml")
 
 with st.expander("History", icon=":material/history:"):
     from storage.audit import trail

@@ -15,31 +15,20 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from storage.registry import SWEEP_STATUS, VIEW_COLUMNS, Registry, newer_note, runs, sweep_runs
+from storage.registry import (
+    SUMMARY_KEYS,
+    SWEEP_STATUS,
+    VIEW_COLUMNS,
+    Registry,
+    newer_note,
+    raw_rows,
+    runs,
+    sweep_runs,
+)
 
 RUN_TABLE_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "newer", "attempt", "shown_attempt", "worker",
-                     "started", "ended", "duration_s", "steps_done", "diverged_step", "tail_train_loss",
-                     "final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc", "width", "depth",
+                     "started", "ended", "duration_s", "steps_done", "diverged_step", *SUMMARY_KEYS, "width", "depth",
                      "error")
-SUMMARY_KEYS = ("tail_train_loss", "final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
-
-
-def _raw_rows(registry: Registry, query: Any) -> list[tuple[Any, ...]]:
-    """Rows of a Core SELECT on a raw DB-API cursor: no Row objects and, on SQLite, no BEGIN IMMEDIATE
-    (a read-only autocommit SELECT in WAL mode never waits for a writer); same trick as runs_columns."""
-    dialect = registry.engine.dialect
-    compiled = query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    params = compiled.params
-    args: Any = [params[k] for k in compiled.positiontup or ()] if compiled.positional else params
-    raw = registry.engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute(compiled.string, args)
-        rows = [tuple(r) for r in cur.fetchall()]
-        cur.close()
-    finally:
-        raw.close()
-    return rows
 
 
 def sweep_fingerprint(registry: Registry, sweep_id: str) -> tuple[tuple[Any, ...], ...]:
@@ -52,7 +41,7 @@ def sweep_fingerprint(registry: Registry, sweep_id: str) -> tuple[tuple[Any, ...
          .join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
          .where(sweep_runs.c.sweep_id == sweep_id)
          .group_by(runs.c.status).order_by(runs.c.status))
-    return tuple((str(s), int(n), int(a or 0), st, en, int(c or 0)) for s, n, a, st, en, c in _raw_rows(registry, q))
+    return tuple((str(s), int(n), int(a or 0), st, en, int(c or 0)) for s, n, a, st, en, c in raw_rows(registry, q))
 
 
 def runs_table(registry: Registry, sweep_id: str) -> pd.DataFrame:
@@ -69,7 +58,7 @@ def runs_table(registry: Registry, sweep_id: str) -> pd.DataFrame:
             sa.case((v["shown_attempt"] == runs.c.attempt, runs.c.ended), else_=runs.c.result_ended)]
     q = (sa.select(*cols).join(sweep_runs, sweep_runs.c.run_id == runs.c.run_id)
          .where(sweep_runs.c.sweep_id == sweep_id).order_by(runs.c.gamma, runs.c.eta, runs.c.seed))
-    rows = _raw_rows(registry, q)
+    rows = raw_rows(registry, q)
     names = ["run_id", "gamma", "eta", "seed", "status", "attempt", "worker", "steps_done", "diverged_step",
              "summary", "width", "depth", "error", "shown_attempt", "shown_status", "newer_status", "started", "ended"]
     frame = pd.DataFrame.from_records(rows, columns=names)

@@ -30,8 +30,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from storage.bus import FINISH_STATUSES  # the statuses a finished event may carry
+
 RUN_STATUSES = ("queued", "running", "done", "diverged", "failed", "cancelled", "lost")
-FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
+# The numbers of a run's summary (engine.trainer writes them; the runs table and export show them)
+SUMMARY_KEYS = ("tail_train_loss", "final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
 # An attempt that ended in one of these is a result: it stays the one shown until a newer attempt
 # ends in one of these too (a cancelled, failed or lost rerun never hides it).
 RESULT_STATUSES = ("done", "diverged")
@@ -1356,6 +1359,27 @@ def _sqlite_pragmas(engine: Engine, *, read_only: bool = False) -> None:
 RUN_COLUMNS = ("run_id", "gamma", "eta", "seed", "depth", "width", "status", "attempt", "diverged_step")
 
 
+def raw_rows(registry: Registry, *queries: Any) -> list[tuple[Any, ...]]:
+    """The rows of Core SELECTs, one after the other, on a raw DB-API cursor: no Row objects (half the
+    time at 10k rows) and, on SQLite, no BEGIN IMMEDIATE (a read-only autocommit SELECT in WAL mode
+    never waits for a writer)."""
+    rows: list[tuple[Any, ...]] = []
+    dialect = registry.engine.dialect
+    raw = registry.engine.raw_connection()  # pooled; returned (and rolled back) on close
+    try:
+        cur = raw.cursor()
+        for q in queries:
+            compiled = q.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+            params = compiled.params
+            args: Any = [params[k] for k in compiled.positiontup or ()] if compiled.positional else params
+            cur.execute(compiled.string, args)
+            rows.extend(tuple(r) for r in cur.fetchall())
+        cur.close()
+    finally:
+        raw.close()
+    return rows
+
+
 def runs_columns(
     registry: Registry,
     *,
@@ -1385,20 +1409,7 @@ def runs_columns(
             sa.select(*cols).where(runs.c.run_id.in_(chunk))
             for chunk in _chunks(list(dict.fromkeys(run_ids or [])), 500)
         ]
-    rows: list[Any] = []
-    dialect = registry.engine.dialect
-    raw = registry.engine.raw_connection()  # pooled; returned (and rolled back) on close
-    try:
-        cur = raw.cursor()
-        for q in queries:
-            compiled = q.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-            params = compiled.params
-            args: Any = [params[k] for k in compiled.positiontup or ()] if compiled.positional else params
-            cur.execute(compiled.string, args)
-            rows.extend(cur.fetchall())
-        cur.close()
-    finally:
-        raw.close()
+    rows = raw_rows(registry, *queries)
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in cols]
     return {name: list(v) for name, v in zip(fields, columns, strict=True)}
 

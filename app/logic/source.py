@@ -16,32 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from storage.dashboard_reads import SUMMARY_KEYS
+from storage.dashboard_reads import RUN_TABLE_COLUMNS
+from storage.registry import ACTIVE_STATUSES, FINISH_STATUSES, RUN_STATUSES, SUMMARY_KEYS
 
-RUN_COLUMNS = (
-    "run_id",
-    "gamma",
-    "eta",
-    "seed",
-    "status",
-    "newer",
-    "attempt",
-    "shown_attempt",
-    "worker",
-    "started",
-    "ended",
-    "duration_s",
-    "steps_done",
-    "diverged_step",
-    "tail_train_loss",
-    "final_train_loss",
-    "best_train_loss",
-    "final_test_loss",
-    "final_test_acc",
-    "width",
-    "depth",
-    "error",
-)
+RUN_COLUMNS = RUN_TABLE_COLUMNS  # the Runs page's table: storage.dashboard_reads.runs_table
 SWEEP_COLUMNS = (
     "sweep_id",
     "name",
@@ -68,10 +46,10 @@ SWEEP_COLUMNS = (
     "finished",
     "archived",
 )
-FINISHED = ("done", "diverged", "failed", "cancelled", "lost")
+FINISHED = tuple(s for s in RUN_STATUSES if s not in ACTIVE_STATUSES)
 # A run in one of these states gains no more points for its current attempt (a `lost` run can come
 # back to life with a heartbeat, so it is not frozen): its series may be cached.
-FROZEN = ("done", "diverged", "failed", "cancelled")
+FROZEN = FINISH_STATUSES
 CACHE_ENTRIES = 64  # results kept per DashboardSource (a 100-run trajectories frame is ~2 MB)
 
 

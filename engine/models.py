@@ -79,6 +79,8 @@ class EnsembleModel:
         self.act = model.activation
         # name -> (shape, kind) with kind 'w' (N(0,1) weight layer), 'b' (zero bias), 'e' (N(0,1), not a layer)
         self.specs: dict[str, tuple[tuple[int, ...], str]] = {}
+        # the fewest members an ensemble is compacted to (select_members): see ViT
+        self.min_members = 1
 
     # -- parameters
 
@@ -117,6 +119,12 @@ class EnsembleModel:
         """Put these members (indices (J,)) back at θ0 in place: diverged members must not hold NaN."""
         for name in params:
             params[name][members] = params0[name][members]
+
+    def select_members(self, params: Params, params0: Params, keep: Tensor) -> tuple[Params, Params]:
+        """(θ, θ0) of the members at positions `keep` (J,) only, laid out as `init_pair` would lay them
+        out: the trainer drops dead members from the batched computation this way. Every op is
+        per member, so the kept members compute bit for bit what they computed before."""
+        return {n: p[keep] for n, p in params.items()}, {n: p[keep] for n, p in params0.items()}
 
     # -- forward
 
@@ -322,6 +330,24 @@ class MLP(EnsembleModel):
                 # the padding of a member that diverged mid-step may hold 0·inf = NaN: clear it too
                 base[members, :, self.dims[layer - 1] + 1 :] = 0
         super().reset_members(params, params0, members)
+
+    def select_members(self, params: Params, params0: Params, keep: Tensor) -> tuple[Params, Params]:
+        found = self._packed(params, params0)
+        if found is None or found[1] is None:  # not laid out by init_pair: plain tensors
+            return super().select_members(params, params0, keep)
+        bases, index = found[0], found[1]
+        k, j = params["w1"].shape[0], keep.shape[0]
+        # the θ0 slots the kept members still use (a slot serving only dead members is dropped)
+        slots, index = torch.unique(index.index_select(0, keep), return_inverse=True)
+        rows = torch.cat([keep, k + slots])
+        sub: Params = {}
+        for layer, base in enumerate(bases, start=1):
+            packed = base.index_select(0, rows)  # (J + U', out, P), contiguous
+            fan = self.dims[layer - 1]
+            sub[f"w{layer}"], sub[f"b{layer}"] = packed[:j, :, :fan], packed[:j, :, fan]
+        sub0 = {n: p.index_select(0, keep) for n, p in params0.items()}
+        self._pair = (sub0, index, int(slots.shape[0]))
+        return sub, sub0
 
     def _packed(self, params: Params, params0: Params | None) -> tuple[list[Tensor], Tensor | None] | None:
         """(the (K + U, out, P) tensors behind params, θ0 slot of each member or None when not
@@ -599,6 +625,9 @@ def _layer_norm(x: Tensor) -> Tensor:
 class ViT(EnsembleModel):
     def __init__(self, model: ModelConfig, input_shape: Sequence[int], n_outputs: int):
         super().__init__(model, input_shape, n_outputs)
+        # vmap of the token matmuls over a single member takes another kernel path, which rounds
+        # differently: a compacted ViT ensemble keeps a frozen dead member beside a lone survivor
+        self.min_members = 2
         if len(self.input_shape) != 3:
             raise ConfigError("model.arch", f"vit needs image inputs (C, H, W) (got shape {self.input_shape})")
         c, hgt, wid = self.input_shape

@@ -21,6 +21,13 @@ those convergent runs diverged at small γ only and bends the measured lazy slop
 to ~2.5 (tests/engine/test_physics_lazy.py); scaling the threshold with 1/γ² keeps the catapults.
 Runs that really diverge grow geometrically and cross it a few steps later.
 
+Compaction: at the flush where members die (diverged or cancelled) the live ones are gathered into
+a smaller ensemble (EnsembleModel.select_members: every per-member tensor, the MLP's packed θ/θ0
+slots, γ, η, thresholds, the loss buffer, the sharpness eigenvectors), so a dead member stops
+costing GEMM time at the next flush, not at the end of the unit. Every op is per member, so the
+survivors compute bit for bit what they computed before (tests/engine/test_trainer_compaction.py);
+results, points and callbacks stay indexed by the original members.
+
 Cancellation: `should_cancel()` is called at each flush and returns True (stop every member) or the
 run ids to stop (those members are frozen, status 'cancelled'; the others go on). The loop ends
 early once no member is left training.
@@ -161,8 +168,12 @@ def train_on_stream(
     on_progress: Callable[[int, int], None] | None = None,
     flush_every: int = 50,
     on_result: Callable[[RunResult], None] | None = None,
+    compact: bool = True,
 ) -> list[RunResult]:
-    """train_ensemble on an already-built data stream (anything with the DataStream interface)."""
+    """train_ensemble on an already-built data stream (anything with the DataStream interface).
+
+    compact=False keeps dead members in the batched computation (frozen, as before compaction): the
+    reference for the bit-for-bit tests and the dead-member benchmark."""
     configs = _check(configs)
     if flush_every < 1:
         raise ConfigError("flush_every", f"must be an integer >= 1 (got {flush_every})")
@@ -176,22 +187,25 @@ def train_on_stream(
     # frozen θ0 for centering and movement; the MLP lays θ and θ0 out side by side so that one
     # batched GEMM per layer computes both forwards
     params, params0 = model.init_pair([c.seed for c in configs], dtype=dtype, device=device)
-    centered = params0 if mc.centered else None
     gamma = torch.tensor([c.gamma for c in configs], dtype=dtype, device=device)  # (K,)
-    lr = torch.tensor([c.learning_rate for c in configs], dtype=dtype, device=device)  # (K,) N·η
-    alive = torch.ones(k, dtype=torch.bool, device=device)
-    diverged_at = torch.full((k,), -1, dtype=torch.int64, device=device)
-    threshold = torch.full((k,), math.inf, dtype=dtype, device=device)
-    # catapult allowance (module docstring): divergence_factor × max(1, 1/γ²) × step-0 loss
+    ens = _Ensemble(
+        members=np.arange(k), params=params, params0=params0, centered=mc.centered, gamma=gamma,
+        lr=torch.tensor([c.learning_rate for c in configs], dtype=dtype, device=device),  # (K,) N·η
+        alive=torch.ones(k, dtype=torch.bool, device=device),
+        diverged_at=torch.full((k,), -1, dtype=torch.int64, device=device),
+        threshold=torch.full((k,), math.inf, dtype=dtype, device=device),
+        loss_buf=torch.empty(flush_every, k, dtype=dtype, device=device),  # on-device train_loss
+    )  # fmt: skip
+    # catapult allowance (module docstring): divergence_factor × max(1, 1/γ²) × step-0 loss; read at
+    # step 0 only, before any compaction
     allowance = tc.divergence_factor * torch.clamp(gamma**-2, min=1.0)  # (K,)
-    loss_buf = torch.empty(flush_every, k, dtype=dtype, device=device)  # on-device train_loss
 
     evals = set(eval_steps(tc.steps, tc.eval_points))
     wanted = set(tc.metrics)
     probe = stream.probe(tc.probe_size) if wanted & {"alignment", "sharpness"} else None
     test = stream.test_set() if "test" in wanted else None
-    eig_vec: Params | None = None
 
+    # host bookkeeping, indexed by the original member (configs, run ids, results)
     rows = _Rows()
     alive_host = np.ones(k, dtype=bool)
     diverged_host = np.full(k, -1, dtype=np.int64)
@@ -233,31 +247,30 @@ def train_on_stream(
 
     for t in range(tc.steps):
         if t in evals:
-            eig_vec = _evaluate(
-                model, params, params0, centered, gamma, test, probe, wanted, tc.loss, alive_host, t, rows,
-                last_test, eig_vec, mc.depth,
-            )  # fmt: skip
+            _evaluate(model, ens, test, probe, wanted, tc.loss, alive_host, t, rows, last_test)
         batch = stream.next_batch()
-        step_size = torch.where(alive, lr, torch.zeros((), dtype=dtype, device=device))
-        losses = model.train_step(params, centered, batch.x, batch.target, batch.label, gamma, step_size, tc.loss)
-        loss_buf[t - buf_start] = losses
+        step_size = torch.where(ens.alive, ens.lr, torch.zeros((), dtype=dtype, device=device))
+        losses = model.train_step(
+            ens.params, ens.theta0, batch.x, batch.target, batch.label, ens.gamma, step_size, tc.loss
+        )
+        ens.loss_buf[t - buf_start] = losses
         if t == 0:
-            threshold = torch.where(losses > 0, losses * allowance, threshold)
-        newly = alive & ~(torch.isfinite(losses) & (losses <= threshold))
-        diverged_at = torch.where(newly, t, diverged_at)
-        alive = alive & ~newly
+            ens.threshold = torch.where(losses > 0, losses * allowance, ens.threshold)
+        newly = ens.alive & ~(torch.isfinite(losses) & (losses <= ens.threshold))
+        ens.diverged_at = torch.where(newly, t, ens.diverged_at)
+        ens.alive = ens.alive & ~newly
 
         if (t + 1 - buf_start) == flush_every or t in evals or t == tc.steps - 1:
             # -- flush: the only host synchronization of the loop
-            chunk = loss_buf[: t + 1 - buf_start].double().cpu().numpy()  # (T, K)
-            div_now = diverged_at.cpu().numpy()
+            chunk = ens.loss_buf[: t + 1 - buf_start].double().cpu().numpy()  # (T, K')
+            div_pos = ens.diverged_at.cpu().numpy()  # (K',) by position in the current ensemble
             steps_idx = np.arange(buf_start, t + 1)
-            for i in range(k):
+            for pos, i in enumerate(ens.members):
                 if not alive_host[i] and (diverged_host[i] >= 0 or cancelled_at[i] >= 0):
                     continue  # frozen earlier (diverged or cancelled): nothing more to record
-                last = div_now[i] if div_now[i] >= 0 else t
+                last = div_pos[pos] if div_pos[pos] >= 0 else t
                 keep = steps_idx <= last
-                vals = chunk[keep, i]
+                vals = chunk[keep, pos]
                 rows.add(i, steps_idx[keep], "train_loss", vals)
                 in_tail = steps_idx[keep] >= tc.steps - n_tail
                 tail_sum[i] += float(vals[in_tail].sum())
@@ -267,13 +280,13 @@ def train_on_stream(
                     finite = vals[np.isfinite(vals)]
                     if finite.size:
                         best[i] = min(best[i], float(finite.min()))
-            newly_dead = (div_now >= 0) & alive_host
+            newly_dead = (div_pos >= 0) & alive_host[ens.members]
             if newly_dead.any():
-                dead = torch.as_tensor(np.flatnonzero(newly_dead), device=device)
-                with torch.no_grad():
-                    model.reset_members(params, params0, dead)  # back to finite values
-                alive_host &= ~newly_dead
-                diverged_host = div_now.copy()
+                with torch.no_grad():  # back to finite values (a dead member may stay as padding)
+                    model.reset_members(ens.params, ens.params0, torch.as_tensor(np.flatnonzero(newly_dead)))
+                dead = ens.members[newly_dead]
+                diverged_host[dead] = div_pos[newly_dead]
+                alive_host[dead] = False
             buf_start = t + 1
             if on_metrics is not None and len(rows):
                 on_metrics(rows.emit(run_ids))
@@ -289,16 +302,64 @@ def train_on_stream(
                         status, steps_done = "cancelled", t + 1
                         break
                 elif verdict:  # some run ids: freeze those members, the others go on
-                    stop = np.array([alive_host[i] and rid in verdict for i, rid in enumerate(run_ids)])
+                    stop = np.array([alive_host[i] and run_ids[i] in verdict for i in ens.members])
                     if stop.any():
-                        cancelled_at[stop] = t + 1
-                        alive_host &= ~stop
-                        alive &= torch.as_tensor(~stop, device=device)
+                        cancelled_at[ens.members[stop]] = t + 1
+                        alive_host[ens.members[stop]] = False
+                        ens.alive &= torch.as_tensor(~stop, device=device)
                         report_ended()
-            if not alive_host.any():
+            live = alive_host[ens.members]
+            if not live.any():
                 break  # every member diverged or was cancelled: nothing left to train
+            if compact and not live.all() and len(live) > model.min_members:
+                ens.keep(model, _positions_to_keep(live, model.min_members))  # dead members stop costing
 
     return [result(i) for i in range(k)]
+
+
+def _positions_to_keep(live: np.ndarray, at_least: int) -> np.ndarray:
+    """The live positions, padded with the first dead ones up to `at_least` (EnsembleModel.min_members;
+    a padding member stays frozen: its step size is 0 and nothing of it is recorded)."""
+    dead = np.flatnonzero(~live)[: max(0, at_least - int(live.sum()))]
+    return np.sort(np.concatenate([np.flatnonzero(live), dead]))
+
+
+@dataclass
+class _Ensemble:
+    """The members still in the batched computation and their per-member device state.
+
+    Position p holds the original member members[p]; configs, run ids, results and the host
+    bookkeeping stay indexed by the original member. `keep` gathers the live members into a smaller
+    ensemble at a flush, so a diverged or cancelled member stops costing GEMM time."""
+
+    members: np.ndarray  # (K',) original member indices
+    params: Params
+    params0: Params
+    centered: bool
+    gamma: Tensor  # (K',)
+    lr: Tensor  # (K',) N·η
+    alive: Tensor  # (K',) bool, cleared on the device the step a member diverges
+    diverged_at: Tensor  # (K',) int64, -1 while alive
+    threshold: Tensor  # (K',) the divergence threshold, set at step 0
+    loss_buf: Tensor  # (flush_every, K') train_loss between flushes
+    eig_vec: Params | None = None  # the sharpness eigenvectors, warm start of the next eval
+
+    @property
+    def theta0(self) -> Params | None:
+        """θ0 for centering, None when the model is not centered."""
+        return self.params0 if self.centered else None
+
+    def keep(self, model: EnsembleModel, positions: np.ndarray) -> None:
+        """Keep only the members at these positions (the others are dead: diverged or cancelled)."""
+        idx = torch.as_tensor(positions, dtype=torch.long, device=self.gamma.device)
+        with torch.no_grad():
+            self.params, self.params0 = model.select_members(self.params, self.params0, idx)
+        self.members = self.members[positions]
+        self.gamma, self.lr, self.alive = self.gamma[idx], self.lr[idx], self.alive[idx]
+        self.diverged_at, self.threshold = self.diverged_at[idx], self.threshold[idx]
+        self.loss_buf = self.loss_buf.new_empty(self.loss_buf.shape[0], len(positions))
+        if self.eig_vec is not None:
+            self.eig_vec = {n: v[idx] for n, v in self.eig_vec.items()}
 
 
 class _Rows:
@@ -339,10 +400,7 @@ class _Rows:
 @torch.no_grad()
 def _evaluate(
     model: EnsembleModel,
-    params: Params,
-    params0: Params,
-    centered: Params | None,
-    gamma: Tensor,
+    ens: _Ensemble,
     test: Any,
     probe: Any,
     wanted: set[str],
@@ -351,10 +409,10 @@ def _evaluate(
     t: int,
     rows: _Rows,
     last_test: dict[int, tuple[float, float]],
-    eig_vec: Params | None,
-    depth: int,
-) -> Params | None:
-    """The costly metrics at eval step t (parameters before update t), for the live members."""
+) -> None:
+    """The costly metrics at eval step t (parameters before update t), recorded for the live members
+    (alive: by original member); the sharpness eigenvectors are kept in ens for the next eval."""
+    params, centered, gamma = ens.params, ens.theta0, ens.gamma
     values: dict[str, Tensor] = {}
     if test is not None:
         out = _chunked_output(model, params, centered, test.x, gamma)  # (K, n_test, C)
@@ -379,19 +437,20 @@ def _evaluate(
         def probe_loss(p: Params) -> Tensor:
             return M.loss_fn(loss_kind, model.output(p, centered, px, gamma), py, pl)
 
-        iters = SHARPNESS_ITERS_COLD if eig_vec is None else SHARPNESS_ITERS_WARM
+        iters = SHARPNESS_ITERS_COLD if ens.eig_vec is None else SHARPNESS_ITERS_WARM
         gen = torch.Generator(device=gamma.device).manual_seed(0)
-        values["sharpness"], eig_vec = M.top_hessian_eigenvalue(probe_loss, params, iters, eig_vec, gen)
+        values["sharpness"], ens.eig_vec = M.top_hessian_eigenvalue(probe_loss, params, iters, ens.eig_vec, gen)
     if "movement" in wanted:
         for i, name in enumerate(model.weight_names):
-            values[f"movement_l{i + 1}"] = M.movement(params[name], params0[name])
+            values[f"movement_l{i + 1}"] = M.movement(params[name], ens.params0[name])
     host = {name: v.double().cpu().numpy() for name, v in values.items()}
-    for member in np.flatnonzero(alive).tolist():
+    for pos, member in enumerate(ens.members.tolist()):
+        if not alive[member]:
+            continue
         for name, v in host.items():
-            rows.add(member, t, name, float(v[member]))
+            rows.add(member, t, name, float(v[pos]))
         if "test_loss" in host:
-            last_test[member] = (float(host["test_loss"][member]), float(host["test_acc"][member]))
-    return eig_vec
+            last_test[member] = (float(host["test_loss"][pos]), float(host["test_acc"][pos]))
 
 
 def _chunked_output(model: EnsembleModel, params: Params, centered: Params | None, x: Tensor, gamma: Tensor) -> Tensor:

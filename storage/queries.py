@@ -301,44 +301,52 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
 
 # ----------------------------------------------------------------------------- trajectories
 
+# M4 downsampling per (run, metric): `want` holds the runs (o: their order, each one's shown attempt and
+# diverged_step), `mets` the metrics asked (mo: their order). Per bucket of x (log(1+step) or step) the
+# first and last points and the extremes; every run and metric with at most max_points points as is.
 _TRAJ_SQL = """
 WITH k AS (SELECT w.run_id, w.o, w.diverged_step, rk.run_key, w.attempt
            FROM want w LEFT JOIN run_keys rk USING (run_id)),
 p_all AS (
-    SELECT k.run_id, p.step, p.value FROM points p JOIN k ON p.run_key = k.run_key AND p.attempt = k.attempt
-    WHERE p.metric = ?
+    SELECT k.run_id, p.metric, p.step, p.value
+    FROM points p JOIN k ON p.run_key = k.run_key AND p.attempt = k.attempt
+    WHERE p.metric IN (SELECT metric FROM mets)
 ),
 p AS (SELECT * FROM p_all WHERE isfinite(value)),
-r AS (SELECT run_id, count(*) AS n, min({xf}) AS x0, max({xf}) AS x1 FROM p GROUP BY run_id),
+r AS (SELECT run_id, metric, count(*) AS n, min({xf}) AS x0, max({xf}) AS x1 FROM p GROUP BY run_id, metric),
 b AS (
-    SELECT p.run_id, p.step, p.value, r.n,
+    SELECT p.run_id, p.metric, p.step, p.value, r.n,
            CASE WHEN r.n <= ? THEN p.step
                 ELSE least(? - 1, floor(? * ({xf} - r.x0) / (r.x1 - r.x0 + 1e-12)))::BIGINT END AS bucket
-    FROM p JOIN r USING (run_id)
+    FROM p JOIN r USING (run_id, metric)
 ),
 agg AS (
-    SELECT run_id, max(n) > ? AS squeezed,
+    SELECT run_id, metric, max(n) > ? AS squeezed,
            min(step) AS fs, arg_min(value, step) AS fv, max(step) AS ls, arg_max(value, step) AS lv,
            arg_min(step, value) AS mins, min(value) AS minv, arg_max(step, value) AS maxs, max(value) AS maxv
-    FROM b GROUP BY run_id, bucket
+    FROM b GROUP BY run_id, metric, bucket
 ),
 u AS (
-    SELECT run_id, fs AS step, fv AS value, 'point' AS kind, 0 AS pr FROM agg
-    UNION ALL SELECT run_id, ls, lv, 'point', 0 FROM agg
-    UNION ALL SELECT run_id, mins, minv, CASE WHEN squeezed THEN 'min' ELSE 'point' END, 1 FROM agg
-    UNION ALL SELECT run_id, maxs, maxv, CASE WHEN squeezed THEN 'max' ELSE 'point' END, 1 FROM agg
-    -- non-finite values are kept as logged: the first one of each run
-    UNION ALL SELECT run_id, min(step), arg_min(value, step), 'nan', 2 FROM p_all
-              WHERE value IS NULL OR NOT isfinite(value) GROUP BY run_id
+    SELECT run_id, metric, fs AS step, fv AS value, 'point' AS kind, 0 AS pr FROM agg
+    UNION ALL SELECT run_id, metric, ls, lv, 'point', 0 FROM agg
+    UNION ALL SELECT run_id, metric, mins, minv, CASE WHEN squeezed THEN 'min' ELSE 'point' END, 1 FROM agg
+    UNION ALL SELECT run_id, metric, maxs, maxv, CASE WHEN squeezed THEN 'max' ELSE 'point' END, 1 FROM agg
+    -- non-finite values are kept as logged: the first one of each run and metric
+    UNION ALL SELECT run_id, metric, min(step), arg_min(value, step), 'nan', 2 FROM p_all
+              WHERE value IS NULL OR NOT isfinite(value) GROUP BY run_id, metric
 ),
-line AS (SELECT run_id, step, arg_max(value, pr) AS value, arg_max(kind, pr) AS kind FROM u GROUP BY run_id, step),
+line AS (SELECT run_id, metric, step, arg_max(value, pr) AS value, arg_max(kind, pr) AS kind
+         FROM u GROUP BY run_id, metric, step),
 marks AS (
-    SELECT k.run_id, k.diverged_step AS step, any_value(p_all.value) AS value, 'diverged' AS kind
-    FROM k LEFT JOIN p_all ON p_all.run_id = k.run_id AND p_all.step = k.diverged_step
-    WHERE k.diverged_step IS NOT NULL GROUP BY k.run_id, k.diverged_step
+    SELECT k.run_id, m.metric, k.diverged_step AS step, any_value(pa.value) AS value, 'diverged' AS kind
+    FROM k CROSS JOIN mets m
+    LEFT JOIN p_all pa ON pa.run_id = k.run_id AND pa.metric = m.metric AND pa.step = k.diverged_step
+    WHERE k.diverged_step IS NOT NULL GROUP BY k.run_id, m.metric, k.diverged_step
 ),
 allrows AS (SELECT *, 0 AS last FROM line UNION ALL SELECT *, 1 FROM marks)
-SELECT a.run_id, a.step, a.value, a.kind FROM allrows a JOIN k USING (run_id) ORDER BY k.o, a.step, a.last
+SELECT a.run_id, a.metric, a.step, a.value, a.kind
+FROM allrows a JOIN k USING (run_id) JOIN mets m ON m.metric = a.metric
+ORDER BY m.mo, k.o, a.step, a.last
 """
 
 
@@ -348,23 +356,37 @@ def trajectories(source: Settings | QuerySource, run_ids: Sequence[str], metric:
     buckets spaced on log(1+step) when log_x), plus a `nan` row at the first non-finite value and a
     `diverged` row at the registry's diverged_step. Columns run_id, step, value, kind; runs in the
     order asked, steps ascending. One DuckDB query does the bucketing."""
+    return trajectory_rows(source, run_ids, [metric], max_points, log_x)[["run_id", "step", "value", "kind"]]
+
+
+TRAJECTORY_COLUMNS = ["run_id", "metric", "step", "value", "kind"]
+
+
+def trajectory_rows(source: Settings | QuerySource, run_ids: Sequence[str], metrics: Sequence[str],
+                    max_points: int = 500, log_x: bool = True) -> pd.DataFrame:
+    """TRAJECTORY_COLUMNS: `trajectories` of each metric (in the order asked, each metric's rows
+    together), all in one query (_TRAJ_SQL)."""
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
         raise QueryError(f"max_points: must be an integer >= 4 (got {max_points!r})")
     run_ids = list(dict.fromkeys(run_ids))
-    columns = ["run_id", "step", "value", "kind"]
+    metrics = list(dict.fromkeys(str(m) for m in metrics))
+    empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+        TRAJECTORY_COLUMNS, (str, str, "int64", "float64", str), strict=True)})
+    if not metrics:
+        return empty
     with _open(source) as (cur, registry):
-        cols = runs_columns(registry, run_ids=run_ids, fields=SHOWN_FIELDS)
+        cols = runs_columns(registry, run_ids=run_ids, fields=SHOWN_FIELDS)  # each run's shown attempt
         if cur is None or not cols["run_id"]:
-            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-                columns, (str, "int64", "float64", str), strict=True)})
+            return empty
         want = _want(cols, run_ids)
+        mets = pa.table({"metric": pa.array(metrics, pa.string()), "mo": pa.array(range(len(metrics)), pa.int32())})
         buckets = max(1, max_points // 4)
         xf = "ln(1 + step)" if log_x else "step::DOUBLE"
-        with _registered(cur, "want", want):
-            out = _frame(cur, _TRAJ_SQL.format(xf=xf), [metric, max_points, buckets, buckets, max_points])
+        with _registered(cur, "want", want), _registered(cur, "mets", mets):
+            out = _frame(cur, _TRAJ_SQL.format(xf=xf), [max_points, buckets, buckets, max_points])
     out["step"] = out["step"].astype("int64")
     out["value"] = out["value"].astype("float64")
-    return out[columns]
+    return out[TRAJECTORY_COLUMNS]
 
 
 # ----------------------------------------------------------------------------- overlays

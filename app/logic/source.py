@@ -16,10 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from storage.dashboard_reads import RUN_TABLE_COLUMNS
-from storage.registry import ACTIVE_STATUSES, FINISH_STATUSES, RUN_STATUSES, SUMMARY_KEYS
+from storage.registry import ACTIVE_STATUSES, FINISH_STATUSES, RUN_STATUSES
 
-RUN_COLUMNS = RUN_TABLE_COLUMNS  # the Runs page's table: storage.dashboard_reads.runs_table
 SWEEP_COLUMNS = (
     "sweep_id",
     "name",
@@ -142,53 +140,6 @@ def filter_sweeps(
     if until is not None:
         keep &= (day <= pd.Timestamp(until)).to_numpy()
     return sweeps[keep]
-
-
-def runs_frame(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Registry run dicts -> one row per run as the views show it (storage.registry.VIEW_COLUMNS: the
-    effective status, the shown attempt's steps and summary, `newer` naming a newer attempt that is not
-    shown); summary metrics flattened to columns."""
-    from storage.registry import newer_note
-
-    rows = []
-    for r in runs:
-        summary = r.get("shown_summary", r.get("summary")) or {}
-        rows.append(
-            {
-                "run_id": r["run_id"],
-                "gamma": float(r["gamma"]),
-                "eta": float(r["eta"]),
-                "seed": int(r["seed"]),
-                "status": r.get("effective_status") or r["status"],
-                "newer": newer_note(r, int(r.get("attempt") or 0)),
-                "attempt": r.get("attempt"),
-                "shown_attempt": r.get("shown_attempt", r.get("attempt")),
-                "worker": r.get("worker"),
-                **_timing(r),
-                "steps_done": r.get("shown_steps_done", r.get("steps_done")),
-                "diverged_step": r.get("shown_diverged_step", r.get("diverged_step")),
-                **{k: summary.get(k) for k in SUMMARY_KEYS},
-                "width": r.get("width"),
-                "depth": r.get("depth"),
-                "error": r.get("error"),
-            }
-        )
-    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    for col in (*SUMMARY_KEYS, "duration_s"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    for col in ("started", "ended"):
-        frame[col] = pd.to_datetime(pd.to_numeric(frame[col], errors="coerce"), unit="s", utc=True)
-    return frame
-
-
-def _timing(run: dict[str, Any]) -> dict[str, Any]:
-    """Start, end (unix seconds) and duration of the attempt a run dict shows (as storage.dashboard_reads:
-    a shown earlier attempt keeps its end, not its start)."""
-    current = run.get("shown_attempt", run.get("attempt")) == run.get("attempt")
-    started = run.get("started") if current else None
-    ended = run.get("ended") if current else run.get("result_ended")
-    duration = ended - started if started is not None and ended is not None else None
-    return {"started": started, "ended": ended, "duration_s": duration}
 
 
 LIVE = ("running", "lost")  # runs whose steps_done the registry does not know yet (a lost run may resume)
@@ -354,7 +305,8 @@ class DashboardSource:
         return self.registry.get_sweep(sweep_id)
 
     def runs(self, sweep_id: str) -> pd.DataFrame:
-        """Runs of a sweep (RUN_COLUMNS), re-read from the registry only when its fingerprint changed."""
+        """Runs of a sweep (storage.dashboard_reads.RUN_TABLE_COLUMNS), re-read from the registry only when its
+        fingerprint changed."""
         from storage.dashboard_reads import runs_table
 
         key = ("runs", sweep_id, self.fingerprint(sweep_id))

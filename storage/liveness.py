@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from storage.settings import Settings
+
 OVERDUE_PERIODS = 2.5  # heartbeat periods of silence before a running run is called overdue
 
 
@@ -28,7 +30,7 @@ def overdue_runs(runs: Iterable[Mapping[str, Any]], heartbeat_s: float, now: flo
     return out
 
 
-def overdue_line(runs: Iterable[Mapping[str, Any]], settings: Any, now: float | None = None) -> str | None:
+def overdue_line(runs: Iterable[Mapping[str, Any]], settings: Settings, now: float | None = None) -> str | None:
     """The line "N run(s) overdue: no heartbeat for X s; marked lost after Y s ...", or None when none is."""
     over = overdue_runs(runs, settings.heartbeat_s, now)
     if not over:

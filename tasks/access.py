@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from storage.settings import Settings
+
 OWNER_ONLY = ("cancel", "archive", "restore", "purge", "rename", "notes", "tags")
 _VERBS = {"notes": "edit the notes of", "tags": "edit the tags of"}  # the others read as they are
 
@@ -31,7 +33,7 @@ class NotAllowed(PermissionError):
     """The actor may not do this; str() is the one-line reason naming who may."""
 
 
-def local_actor(settings: Any) -> Actor:
+def local_actor(settings: Settings) -> Actor:
     """The CLI's actor: settings.user, an admin when the registry's users table says so."""
     name = str(settings.user)
     if settings.auth_mode() == "none":

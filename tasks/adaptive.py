@@ -20,9 +20,9 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from engine.analysis import eta_max
+from storage.settings import Settings
 
 log = logging.getLogger("gamma_lab.adaptive")
 ETAS_PER_ROUND = 2
@@ -48,7 +48,7 @@ def plan_gamma(etas: Sequence[float], tried: dict[float, bool], below_max_decade
     return untried[:per_round], None
 
 
-def run(sweep_id: str, settings: Any, *, executor: str = "local", rerun: bool = False,
+def run(sweep_id: str, settings: Settings, *, executor: str = "local", rerun: bool = False,
         device: str | None = None, poll_s: float = 0.5) -> dict[float, float | None]:
     """Drive an adaptive sweep to the end. Returns η_max per γ."""
     from storage.registry import Registry

@@ -34,6 +34,7 @@ from engine.config import ConfigError, RunConfig
 from storage import audit
 from storage.ownership import pid_alive
 from storage.registry import Registry, RegistryError
+from storage.settings import Settings
 from tasks import cancel as cancel_flags
 from tasks.access import Actor, local_actor, require, require_for_run
 from tasks.executors import CeleryExecutor, LocalExecutor
@@ -48,12 +49,12 @@ ACTIVE_STATUSES = ("queued", "running")
 RETRY_STATUSES = ("failed", "cancelled", "lost")  # no result: a re-launch or a rerun trains them again
 
 
-def _check_executor(executor: str, settings: Any) -> None:
+def _check_executor(executor: str, settings: Settings) -> None:
     if executor not in EXECUTORS:
         raise ConfigError("executor", f"must be one of {', '.join(EXECUTORS)} (got {executor!r})")
-    if executor == "celery" and not settings.broker_url:
-        raise ConfigError("executor", "celery needs a broker: set GAMMA_LAB_BROKER_URL=redis://host:port/0")
     if executor == "celery":
+        if not settings.broker_url:
+            raise ConfigError("executor", "celery needs a broker: set GAMMA_LAB_BROKER_URL=redis://host:port/0")
         _check_broker(settings.broker_url)
 
 
@@ -106,7 +107,7 @@ def _default_device(executor: str) -> str:
 
 
 def dispatch(
-    settings: Any,
+    settings: Settings,
     configs: Sequence[RunConfig],
     attempts: dict[str, int],
     *,
@@ -131,7 +132,7 @@ def dispatch(
 
 def submit(
     spec: SweepSpec,
-    settings: Any,
+    settings: Settings,
     executor: str = "local",
     owner: str | None = None,
     rerun: bool = False,
@@ -158,7 +159,7 @@ def submit(
     return sweep_id
 
 
-def _audit(settings: Any, actor: Actor, action: str, target: str, detail: str = "") -> None:
+def _audit(settings: Settings, actor: Actor, action: str, target: str, detail: str = "") -> None:
     with Registry(settings.registry_url) as reg:
         audit.record(reg, actor.name, action, target, detail)
 
@@ -177,7 +178,7 @@ def _require_target(reg: Registry, actor: Actor, sweep_or_run_id: str, action: s
 
 
 def queue_cells(
-    settings: Any,
+    settings: Settings,
     sweep_id: str,
     cells: Sequence[RunConfig],
     *,
@@ -203,7 +204,7 @@ def queue_cells(
     return [c.run_id for c in to_run]
 
 
-def shared_active_runs(settings: Any, sweep_or_run_id: str) -> dict[str, int]:
+def shared_active_runs(settings: Settings, sweep_or_run_id: str) -> dict[str, int]:
     """Other sweeps holding queued/running runs of this sweep (or this run): sweep_id -> count. A run
     belongs to every sweep that launched its cell, so cancelling it stops it for all of them — say so
     before (the dashboard) or when (the CLI) cancelling."""
@@ -214,7 +215,7 @@ def shared_active_runs(settings: Any, sweep_or_run_id: str) -> dict[str, int]:
         return reg.sweeps_sharing(active, besides=besides) if active else {}
 
 
-def cancel(settings: Any, sweep_or_run_id: str, actor: Actor | None = None) -> int:
+def cancel(settings: Settings, sweep_or_run_id: str, actor: Actor | None = None) -> int:
     """Cooperative cancel: queued runs become cancelled at once, running ones stop at their next flush.
     Returns how many runs were asked to stop (shared runs stop for every sweep holding them:
     shared_active_runs tells which). Only the launcher or an admin (NotAllowed, nothing changed)."""
@@ -232,7 +233,7 @@ def cancel(settings: Any, sweep_or_run_id: str, actor: Actor | None = None) -> i
     return n
 
 
-def relaunch_target(settings: Any, sweep: dict[str, Any] | None, device: str | None) -> tuple[str, str]:
+def relaunch_target(settings: Settings, sweep: dict[str, Any] | None, device: str | None) -> tuple[str, str]:
     """Executor and device for more work on a stored sweep (a rerun, added seeds): the sweep's own
     executor (local when it was Celery and this process has no broker) and, unless `device` is given,
     the device it was launched on — a GPU sweep's rerun went to the cpu queue, where a GPU-only lab
@@ -241,8 +242,8 @@ def relaunch_target(settings: Any, sweep: dict[str, Any] | None, device: str | N
     executor = (sweep or {}).get("executor", "local")
     if executor == "celery" and not settings.broker_url:
         executor = "local"
-    if executor == "celery":  # else the runs were reset or stored, then sending them failed: queued for ever
-        _check_broker(settings.broker_url)
+    if executor == "celery" and settings.broker_url:  # else the runs were reset or stored, then sending
+        _check_broker(settings.broker_url)  # them failed: queued for ever
     if device is None and sweep is not None:
         _check_device(executor, sweep["device"], launched_on=sweep["id"])
         return executor, str(sweep["device"])
@@ -251,7 +252,7 @@ def relaunch_target(settings: Any, sweep: dict[str, Any] | None, device: str | N
 
 
 def rerun(
-    settings: Any,
+    settings: Settings,
     sweep_or_run_id: str,
     *,
     everything: bool = False,
@@ -283,7 +284,7 @@ def rerun(
 
 
 def add_seeds(
-    settings: Any, sweep_id: str, seeds: Iterable[int], device: str | None = None, actor: Actor | None = None
+    settings: Settings, sweep_id: str, seeds: Iterable[int], device: str | None = None, actor: Actor | None = None
 ) -> list[str]:
     """Add seeds to every (γ, η) of a sweep (the cells it already has), on the sweep's launch device
     unless `device` is given. Returns the run ids queued. Anyone may (audited)."""
@@ -317,7 +318,7 @@ def add_seeds(
     return queued
 
 
-def sweep_progress(settings: Any, sweep_id: str) -> dict[str, int]:
+def sweep_progress(settings: Settings, sweep_id: str) -> dict[str, int]:
     """Run counts per status (every status present, zeros included)."""
     with Registry(settings.registry_url) as reg:
         sweep = reg.get_sweep(sweep_id)
@@ -326,7 +327,7 @@ def sweep_progress(settings: Any, sweep_id: str) -> dict[str, int]:
     return dict(sweep["counts"])
 
 
-def is_settled(settings: Any, sweep_id: str) -> bool:
+def is_settled(settings: Settings, sweep_id: str) -> bool:
     """No run queued or running and no adaptive round still to come."""
     counts = sweep_progress(settings, sweep_id)
     return not any(counts.get(s, 0) for s in ACTIVE_STATUSES) and not adaptive_active(settings, sweep_id)
@@ -374,7 +375,7 @@ def check_notes(notes: Any) -> str:
     return notes
 
 
-def _edit(settings: Any, sweep_id: str, action: str, actor: Actor | None, detail: str, **values: Any) -> None:
+def _edit(settings: Settings, sweep_id: str, action: str, actor: Actor | None, detail: str, **values: Any) -> None:
     """Check who acts, change the sweep, record it in the audit trail."""
     actor = actor or local_actor(settings)
     with Registry(settings.registry_url) as reg:
@@ -386,30 +387,30 @@ def _edit(settings: Any, sweep_id: str, action: str, actor: Actor | None, detail
         audit.record(reg, actor.name, action, sweep_id, detail)
 
 
-def rename(settings: Any, sweep_id: str, name: str, actor: Actor | None = None) -> None:
+def rename(settings: Settings, sweep_id: str, name: str, actor: Actor | None = None) -> None:
     """Give a sweep a new name (the launcher or an admin)."""
     name = check_name(name)
     _edit(settings, sweep_id, "rename", actor, f"name {name!r}", name=name)
 
 
-def set_tags(settings: Any, sweep_id: str, tags: list[str], actor: Actor | None = None) -> None:
+def set_tags(settings: Settings, sweep_id: str, tags: list[str], actor: Actor | None = None) -> None:
     """Replace a sweep's tags (the launcher or an admin)."""
     tags = check_tags(tags)
     _edit(settings, sweep_id, "tags", actor, f"tags {', '.join(tags) or '(none)'}", tags=tags)
 
 
-def set_notes(settings: Any, sweep_id: str, notes: str, actor: Actor | None = None) -> None:
+def set_notes(settings: Settings, sweep_id: str, notes: str, actor: Actor | None = None) -> None:
     """Replace a sweep's notes (the launcher or an admin)."""
     notes = check_notes(notes)
     _edit(settings, sweep_id, "notes", actor, f"notes of {len(notes)} character(s)", notes=notes or None)
 
 
-def archive(settings: Any, sweep_id: str, actor: Actor | None = None) -> None:
+def archive(settings: Settings, sweep_id: str, actor: Actor | None = None) -> None:
     """Hide a sweep from lists (restorable; its runs and points stay). The launcher or an admin."""
     _edit(settings, sweep_id, "archive", actor, "", archived=time.time())
 
 
-def restore(settings: Any, sweep_id: str, actor: Actor | None = None) -> None:
+def restore(settings: Settings, sweep_id: str, actor: Actor | None = None) -> None:
     """Show an archived sweep in lists again. The launcher or an admin."""
     _edit(settings, sweep_id, "restore", actor, "", archived=None)
 
@@ -428,7 +429,7 @@ class PurgePlan:
     points: int | None = None
 
 
-def purge_plan(settings: Any, sweep_id: str) -> PurgePlan:
+def purge_plan(settings: Settings, sweep_id: str) -> PurgePlan:
     """What purge(sweep_id) would delete and keep; changes nothing (ConfigError for an unknown sweep)."""
     from storage.purge import count_points
 
@@ -440,7 +441,7 @@ def purge_plan(settings: Any, sweep_id: str) -> PurgePlan:
     return PurgePlan(sweep_id, sweep["name"], deleted, kept, count_points(settings, deleted))
 
 
-def purge(settings: Any, sweep_id: str, *, confirm: str, actor: Actor | None = None) -> PurgePlan:
+def purge(settings: Settings, sweep_id: str, *, confirm: str, actor: Actor | None = None) -> PurgePlan:
     """Delete a sweep for good: its row, its links, the runs no other sweep holds and their points
     (through the recorder, the metrics file's one writer: storage.purge); shared runs stay. `confirm`
     must be the sweep's id (the user typed it). The launcher or an admin; refused while any of its
@@ -474,11 +475,11 @@ def purge(settings: Any, sweep_id: str, *, confirm: str, actor: Actor | None = N
 # ----------------------------------------------------------------------------- adaptive driver process
 
 
-def _driver_file(settings: Any, sweep_id: str) -> Path:
+def _driver_file(settings: Settings, sweep_id: str) -> Path:
     return Path(settings.data_dir) / "adaptive" / f"{sweep_id}.pid"
 
 
-def start_adaptive(settings: Any, sweep_id: str, *, executor: str, rerun: bool, device: str | None) -> int:
+def start_adaptive(settings: Settings, sweep_id: str, *, executor: str, rerun: bool, device: str | None) -> int:
     """Start the detached round driver (tasks.adaptive) for a sweep. Returns its pid."""
     path = _driver_file(settings, sweep_id)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -496,7 +497,7 @@ def start_adaptive(settings: Any, sweep_id: str, *, executor: str, rerun: bool, 
     return proc.pid
 
 
-def adaptive_active(settings: Any, sweep_id: str) -> bool:
+def adaptive_active(settings: Settings, sweep_id: str) -> bool:
     path = _driver_file(settings, sweep_id)
     try:
         pid = int(path.read_text())
@@ -505,7 +506,7 @@ def adaptive_active(settings: Any, sweep_id: str) -> bool:
     return pid_alive(pid)
 
 
-def stop_adaptive(settings: Any, sweep_or_run_id: str) -> None:
+def stop_adaptive(settings: Settings, sweep_or_run_id: str) -> None:
     """A cancelled adaptive sweep queues no further rounds (the driver sees the flag file)."""
     path = _driver_file(settings, sweep_or_run_id)
     if path.exists():

@@ -14,18 +14,20 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from storage.settings import Settings
+
 FLAG_TTL_S = 7 * 24 * 3600
 KEY_PREFIX = "gamma-lab:cancel:"
 
 
-def _flag_dir(settings: Any) -> Path:
+def _flag_dir(settings: Settings) -> Path:
     return Path(settings.data_dir) / "cancel"
 
 
-def _redis(settings: Any) -> Any:
+def _redis(broker_url: str) -> Any:
     import redis
 
-    return redis.Redis.from_url(settings.broker_url, socket_timeout=10, socket_connect_timeout=10)
+    return redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=10)
 
 
 def _safe(run_id: str) -> str:
@@ -35,13 +37,13 @@ def _safe(run_id: str) -> str:
     return run_id
 
 
-def request(settings: Any, run_ids: Iterable[str]) -> int:
+def request(settings: Settings, run_ids: Iterable[str]) -> int:
     """Raise the cancel flag of each run. Returns how many flags were set."""
     ids = [_safe(r) for r in run_ids]
     if not ids:
         return 0
     if settings.broker_url:
-        client = _redis(settings)
+        client = _redis(settings.broker_url)
         with client.pipeline() as pipe:
             for rid in ids:
                 pipe.set(KEY_PREFIX + rid, b"1", ex=FLAG_TTL_S)
@@ -54,13 +56,13 @@ def request(settings: Any, run_ids: Iterable[str]) -> int:
     return len(ids)
 
 
-def clear(settings: Any, run_ids: Iterable[str]) -> None:
+def clear(settings: Settings, run_ids: Iterable[str]) -> None:
     """Lower the flags (before a rerun: a new attempt must not stop at once)."""
     ids = [_safe(r) for r in run_ids]
     if not ids:
         return
     if settings.broker_url:
-        _redis(settings).delete(*[KEY_PREFIX + r for r in ids])
+        _redis(settings.broker_url).delete(*[KEY_PREFIX + r for r in ids])
     else:
         folder = _flag_dir(settings)
         for rid in ids:
@@ -73,9 +75,9 @@ def clear(settings: Any, run_ids: Iterable[str]) -> None:
 class CancelChecker:
     """Polled by the worker at every flush: which of its runs have been asked to stop."""
 
-    def __init__(self, settings: Any, run_ids: Sequence[str]):
+    def __init__(self, settings: Settings, run_ids: Sequence[str]):
         self.run_ids = [_safe(r) for r in run_ids]
-        self._redis = _redis(settings) if settings.broker_url else None
+        self._redis = _redis(settings.broker_url) if settings.broker_url else None
         self._folder = _flag_dir(settings)
 
     def cancelled(self) -> set[str]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
+from storage.settings import Settings
 from tasks import local_queue
 from tasks.planner import WorkUnit
 
@@ -23,7 +23,7 @@ RUNS_HEADER = "gamma_lab_runs"  # a Celery task's header: its unit's run ids, co
 
 
 class LocalExecutor:
-    def __init__(self, settings: Any, workers: int | None = None):
+    def __init__(self, settings: Settings, workers: int | None = None):
         self.settings = settings
         self.workers = workers or settings.workers
 
@@ -37,12 +37,13 @@ class LocalExecutor:
 
 
 class CeleryExecutor:
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Settings):
         if not settings.broker_url:
             from engine.config import ConfigError
 
             raise ConfigError("executor", "celery needs a broker: set GAMMA_LAB_BROKER_URL=redis://host:port/0")
         self.settings = settings
+        self.broker_url: str = settings.broker_url
 
     def submit(self, units: Sequence[WorkUnit], max_unit_seconds: float = 0.0) -> None:
         from tasks.celery_app import VISIBILITY_TIMEOUT_S, configure, queue_for, run_unit_task
@@ -54,9 +55,9 @@ class CeleryExecutor:
                 max_unit_seconds,
                 VISIBILITY_TIMEOUT_S,
             )
-        app = configure(self.settings.broker_url)
+        app = configure(self.broker_url)
         # an explicit connection to *this* broker: the app's cached pool may point at an older URL
-        with app.connection_for_write(self.settings.broker_url) as conn:
+        with app.connection_for_write(self.broker_url) as conn:
             for unit in units:
                 # task_id = unit_id (a hash of run ids and attempts): one task per unit attempt
                 # the run ids ride in a header: after a broker restart without persistence the recorder
@@ -72,7 +73,7 @@ class CeleryExecutor:
         for unit in units:
             per_queue[queue_for(unit.device)] = per_queue.get(queue_for(unit.device), 0) + 1
         if per_queue:
-            self._warn_if_unserved(self.settings.broker_url, per_queue)
+            self._warn_if_unserved(self.broker_url, per_queue)
 
     @staticmethod
     def _warn_if_unserved(broker_url: str, per_queue: dict[str, int]) -> None:

@@ -45,9 +45,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from storage.ownership import pid_alive, read_owner
+from storage.settings import Settings
 from tasks.planner import WorkUnit, _unit_id
 
 log = logging.getLogger("gamma_lab.local_queue")
@@ -60,11 +60,11 @@ PARENT_ENV = "GAMMA_LAB_WORKER_PARENT"  # the dashboard's pid: its warm workers 
 WARM_POLL_S = 0.2
 
 
-def queue_dir(settings: Any) -> Path:
+def queue_dir(settings: Settings) -> Path:
     return Path(settings.data_dir) / "queue"
 
 
-def _dirs(settings: Any) -> tuple[Path, Path, Path]:
+def _dirs(settings: Settings) -> tuple[Path, Path, Path]:
     root = queue_dir(settings)
     dirs = (root / "pending", root / "claimed", root / "workers")
     for d in dirs:
@@ -78,7 +78,7 @@ def _write_pending(pending: Path, name: str, text: str) -> None:
     os.replace(tmp, pending / name)  # atomic: a worker never sees half a file
 
 
-def enqueue(settings: Any, units: Iterable[WorkUnit]) -> int:
+def enqueue(settings: Settings, units: Iterable[WorkUnit]) -> int:
     pending, _, _ = _dirs(settings)
     n = 0
     for unit in units:
@@ -88,12 +88,12 @@ def enqueue(settings: Any, units: Iterable[WorkUnit]) -> int:
     return n
 
 
-def pending_units(settings: Any) -> list[Path]:
+def pending_units(settings: Settings) -> list[Path]:
     pending, _, _ = _dirs(settings)
     return sorted(p for p in pending.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
 
 
-def claim(settings: Any) -> tuple[Path, str] | None:
+def claim(settings: Settings) -> tuple[Path, str] | None:
     """Take the oldest pending unit. Returns (claimed path, unit JSON) or None when the queue is empty."""
     _, claimed, _ = _dirs(settings)
     for path in pending_units(settings):
@@ -124,7 +124,7 @@ def _is_worker(pid: int) -> bool:
         return True
 
 
-def live_workers(settings: Any, *, prune: bool = True) -> list[int]:
+def live_workers(settings: Settings, *, prune: bool = True) -> list[int]:
     """PIDs of worker processes alive now; stale registrations (killed workers) are removed unless
     `prune` is False (a read-only folder)."""
     _, _, workers = _dirs(settings)
@@ -141,14 +141,14 @@ def live_workers(settings: Any, *, prune: bool = True) -> list[int]:
     return alive
 
 
-def register(settings: Any) -> Path:
+def register(settings: Settings) -> Path:
     _, _, workers = _dirs(settings)
     path = workers / str(os.getpid())
     path.touch()
     return path
 
 
-def remove_pending(settings: Any, run_ids: set[str]) -> int:
+def remove_pending(settings: Settings, run_ids: set[str]) -> int:
     """Drop pending units all of whose runs are in `run_ids` (cancelled before any worker took them)."""
     n = 0
     for path in pending_units(settings):
@@ -177,7 +177,7 @@ class QueueLock:
 
     _kept: list[int] = []  # noqa: RUF012 - descriptors held until exit, on purpose
 
-    def __init__(self, settings: Any, timeout_s: float = LOCK_TIMEOUT_S):
+    def __init__(self, settings: Settings, timeout_s: float = LOCK_TIMEOUT_S):
         self.path = queue_dir(settings) / ".lock"
         self.timeout_s = timeout_s
         self.fd: int | None = None
@@ -268,7 +268,7 @@ class Supervision:
         return out
 
 
-def _dead_claims(settings: Any) -> list[tuple[Path, int]]:
+def _dead_claims(settings: Settings) -> list[tuple[Path, int]]:
     claimed = queue_dir(settings) / "claimed"
     if not claimed.is_dir():
         return []
@@ -280,7 +280,7 @@ def _dead_claims(settings: Any) -> list[tuple[Path, int]]:
     return out
 
 
-def _last_words_pending(settings: Any, pid: int) -> bool:
+def _last_words_pending(settings: Settings, pid: int) -> bool:
     """The dead worker's events still wait in the spool for a recorder that is running: decide once
     they are stored (a run it finished is then `done`, not retrained or marked lost, and a late
     heartbeat cannot revive a run marked lost). Not waited for when nobody records, nor after
@@ -305,7 +305,7 @@ def _last_words_pending(settings: Any, pid: int) -> bool:
     return owner.pid is not None and pid_alive(owner.pid)
 
 
-def _recover_one(settings: Any, path: Path, pid: int) -> Recovery:
+def _recover_one(settings: Settings, path: Path, pid: int) -> Recovery:
     """Requeue (a new attempt) or mark lost the unfinished runs of a dead worker's unit; the caller
     holds the lock. The new pending file is written before the claim is removed."""
     from storage.registry import Registry
@@ -356,7 +356,7 @@ def _recover_one(settings: Any, path: Path, pid: int) -> Recovery:
     return Recovery(pid, unit.unit_id, unit.sweep_id, len(configs), "requeued")
 
 
-def _pending_runs(settings: Any) -> int:
+def _pending_runs(settings: Settings) -> int:
     n = 0
     for p in pending_units(settings):
         try:
@@ -366,7 +366,7 @@ def _pending_runs(settings: Any) -> int:
     return n
 
 
-def _start_workers_locked(settings: Any, n: int, env: dict[str, str] | None, *, warm: bool = False) -> list[int]:
+def _start_workers_locked(settings: Settings, n: int, env: dict[str, str] | None, *, warm: bool = False) -> list[int]:
     """Start workers until min(n, pending units) are alive (`warm`: n, work or not); the caller holds
     the lock. Returns the pids started."""
     alive = live_workers(settings)
@@ -400,7 +400,9 @@ def _start_workers_locked(settings: Any, n: int, env: dict[str, str] | None, *, 
     return [p.pid for p in procs]
 
 
-def _supervise_locked(settings: Any, result: Supervision, *, start: bool, n: int, env: dict[str, str] | None) -> None:
+def _supervise_locked(
+    settings: Settings, result: Supervision, *, start: bool, n: int, env: dict[str, str] | None
+) -> None:
     for path, pid in _dead_claims(settings):
         if _last_words_pending(settings, pid):
             result.deferred += 1
@@ -419,7 +421,7 @@ def _supervise_locked(settings: Any, result: Supervision, *, start: bool, n: int
 
 
 def supervise(
-    settings: Any, *, start: bool = True, n: int | None = None, env: dict[str, str] | None = None
+    settings: Settings, *, start: bool = True, n: int | None = None, env: dict[str, str] | None = None
 ) -> Supervision:
     """Recover dead workers' units, then (`start`) start workers for the work waiting. Never raises
     for a folder it cannot write or a registry it cannot reach: `Supervision.error` says why."""
@@ -445,7 +447,7 @@ def supervise(
     return result
 
 
-def ensure_workers(settings: Any, *, n: int | None = None, env: dict[str, str] | None = None) -> list[int]:
+def ensure_workers(settings: Settings, *, n: int | None = None, env: dict[str, str] | None = None) -> list[int]:
     """Recover dead workers' units and start workers until min(n, pending units) are alive. Returns
     the PIDs started now.
 
@@ -465,7 +467,7 @@ def ensure_workers(settings: Any, *, n: int | None = None, env: dict[str, str] |
 class Supervisor(threading.Thread):
     """`supervise` every `interval` seconds in a daemon thread (the dashboard runs one)."""
 
-    def __init__(self, settings: Any, interval: float | None = None):
+    def __init__(self, settings: Settings, interval: float | None = None):
         super().__init__(name="gamma-lab-supervisor", daemon=True)
         self.settings = settings
         self.interval = interval or max(1.0, float(getattr(settings, "heartbeat_s", 10)))
@@ -485,7 +487,7 @@ class Supervisor(threading.Thread):
         self.stop_event.set()
 
 
-def warm_up(settings: Any, idle_s: float, parent: int | None = None) -> list[int]:
+def warm_up(settings: Settings, idle_s: float, parent: int | None = None) -> list[int]:
     """Start settings.workers workers now, before any work, that wait `idle_s` seconds for it and leave
     when process `parent` (default: this one) is gone. The warm settings go into this process's
     environment too, so the workers it starts later (and their replacements) are warm as well.
@@ -511,7 +513,7 @@ def warm_settings() -> tuple[float, int | None]:
     return idle_s, int(parent) if parent.isdigit() else None
 
 
-def warm_workers(settings: Any) -> int:
+def warm_workers(settings: Settings) -> int:
     """Live local workers waiting warm for this process (it warmed them up: `gamma-lab serve`), else 0."""
     idle_s, _ = warm_settings()
     if idle_s <= 0 or not getattr(settings, "embedded", True) or not queue_dir(settings).is_dir():
@@ -521,7 +523,7 @@ def warm_workers(settings: Any) -> int:
     return 0
 
 
-def wait_for_work(settings: Any, idle_s: float, parent: int | None) -> bool:
+def wait_for_work(settings: Settings, idle_s: float, parent: int | None) -> bool:
     """A warm worker with nothing to do: wait until a unit is pending (True), or until `idle_s` passed
     or the parent process is gone (False: leave)."""
     deadline = time.monotonic() + idle_s
@@ -535,7 +537,7 @@ def wait_for_work(settings: Any, idle_s: float, parent: int | None) -> bool:
 
 
 @contextlib.contextmanager
-def worker_exit_check(settings: Any, registration: Path, n: int, *, keep: bool = True) -> Iterator[bool]:
+def worker_exit_check(settings: Settings, registration: Path, n: int, *, keep: bool = True) -> Iterator[bool]:
     """For a worker that found the queue empty: deregister under the lock and yield whether it should
     stay (work arrived and fewer than `n` workers are alive: it registers again). When it goes, the
     lock is kept until its process exits, so a launch cannot count it gone while it still runs."""

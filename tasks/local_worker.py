@@ -10,11 +10,10 @@ import logging
 import os
 import sys
 import time
-from typing import Any
 
 from storage.bus import open_publisher
 from storage.logs import configure_logging
-from storage.settings import load_settings
+from storage.settings import Settings, load_settings
 from tasks import local_queue
 from tasks.planner import measured_throughput, record_throughput, record_unit
 from tasks.worker import run_unit, set_torch_threads
@@ -34,7 +33,7 @@ def process_age() -> float:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def calibrate(settings: Any) -> None:
+def calibrate(settings: Settings) -> None:
     """A warm worker on a data folder whose workers measured nothing yet trains a small ensemble once
     (well under a second on a quiet laptop), so that the first launch's estimate is this machine's:
     the constant rate is hundreds of times off for the small models a first launch trains."""

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig
+from storage.settings import Settings
 
 THROUGHPUT_FILE = "throughput.json"
 THROUGHPUT_MAX_AGE_S = 7 * 86400.0  # an older measurement may be of another machine or torch build
@@ -229,8 +230,9 @@ def measured_throughput(data_dir: Any, device: str) -> Measured:
 
     def get(key: str) -> float | None:
         value = entry.get(key)
-        ok = fresh and isinstance(value, int | float) and math.isfinite(value) and value >= 0
-        return float(value) if ok else None
+        if fresh and isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+            return float(value)
+        return None
 
     rate = get("flops_per_s")
     setup, cold = get("setup_s"), get("cold_start_s")
@@ -363,7 +365,7 @@ def pack(
     return plan
 
 
-def plan(spec: Any, settings: Any, device: str = "cpu", *, warm: bool = False, **kwargs: Any) -> Plan:
+def plan(spec: Any, settings: Settings, device: str = "cpu", *, warm: bool = False, **kwargs: Any) -> Plan:
     """Plan the spec's full grid (see `pack` for the keyword arguments). Registry reuse is tasks.api's job.
 
     The time estimate uses what the data folder's workers measured when there is something (rate, a

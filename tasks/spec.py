@@ -33,6 +33,7 @@ from engine.config import (
     check_text,
     printable,
 )
+from storage.settings import Settings
 
 # A log range with per_decade = 1e9 must not allocate a billion floats before the cell limit says no.
 MAX_AXIS_VALUES = 10_000
@@ -385,7 +386,7 @@ def grid_size_error(n_gammas: int, n_etas: int, n_seeds: int, max_cells: int) ->
     )
 
 
-def validate_spec(spec: SweepSpec, settings: Any) -> list[str]:
+def validate_spec(spec: SweepSpec, settings: Settings) -> list[str]:
     """Checks that need the settings and the data folder. Returns warnings; raises SpecError.
 
     - the grid has at most settings.max_cells cells;

@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from engine.config import RunConfig
 from storage.bus import BrokerUnavailable
 from storage.diskspace import DiskFull, disk_full_message, release_reserve
+from storage.settings import Settings
 from tasks.cancel import CancelChecker
 from tasks.planner import WorkUnit, record_unit
 
@@ -93,7 +94,7 @@ def _publish_fn(publisher: Any) -> Callable[[dict[str, Any]], None]:
     raise TypeError("publisher: needs a publish(event) method")
 
 
-def _redelivered_attempts(settings: Any, unit: WorkUnit) -> dict[str, int]:
+def _redelivered_attempts(settings: Settings, unit: WorkUnit) -> dict[str, int]:
     """A redelivered unit (its first execution died) trains as a NEW attempt, so no point is
     duplicated. Runs that ended meanwhile, or were rerun (their attempt moved on), are skipped:
     the returned dict holds only the runs to train, run_id -> new attempt."""
@@ -120,7 +121,7 @@ def _report_failed(finish: Callable[..., None], configs: list[RunConfig], finish
 
 def run_unit(
     unit_json: str,
-    settings: Any,
+    settings: Settings,
     publisher: Any,
     *,
     device: str | None = None,
@@ -140,7 +141,7 @@ def run_unit(
         return _stop_on_full_disk(unit_json, settings)
 
 
-def _stop_on_full_disk(unit_json: str, settings: Any) -> list[dict[str, Any]]:
+def _stop_on_full_disk(unit_json: str, settings: Settings) -> list[dict[str, Any]]:
     """The bus (the spool, in the full data folder) cannot take the unit's events, `failed` ones
     included: release the space reserve (storage.diskspace), write `failed` with the reason straight
     into the registry for the unit's runs still active, and say so in ONE log line (the worker goes
@@ -167,7 +168,7 @@ def _stop_on_full_disk(unit_json: str, settings: Any) -> list[dict[str, Any]]:
             for e in events if e.run_id in applied]
 
 
-def _run_unit(unit_json: str, settings: Any, publisher: Any, *, device: str | None, redelivered: bool,
+def _run_unit(unit_json: str, settings: Settings, publisher: Any, *, device: str | None, redelivered: bool,
               flush_every: int) -> list[dict[str, Any]]:
     from engine.trainer import train_ensemble
 

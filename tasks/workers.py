@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.registry import Registry
+from storage.settings import Settings
 from tasks import local_queue
 from tasks.planner import WorkUnit
 
@@ -40,7 +41,7 @@ class WorkerRow:
         return busy if self.registered else f"not registered, {busy}"
 
 
-def celery_workers(settings: Any) -> list[dict[str, Any]]:
+def celery_workers(settings: Settings) -> list[dict[str, Any]]:
     """The Celery workers registered in the broker now ([] in embedded mode). Raises redis's
     ConnectionError or TimeoutError when the broker does not answer."""
     if not settings.broker_url:
@@ -50,7 +51,7 @@ def celery_workers(settings: Any) -> list[dict[str, Any]]:
     return sorted(live_workers(settings.broker_url), key=lambda w: (w.get("host", ""), w.get("node", "")))
 
 
-def _local_workers(settings: Any) -> list[tuple[int, str]]:
+def _local_workers(settings: Settings) -> list[tuple[int, str]]:
     """(pid, device) of the local worker processes alive now; the device of the unit each has
     claimed, "-" when it has none. Nothing is created or pruned (a read-only folder reads too)."""
     queue = local_queue.queue_dir(settings)
@@ -72,7 +73,7 @@ def _unit_device(path: Path) -> str:
 
 
 def list_workers(
-    settings: Any, registered: list[dict[str, Any]], registry: Registry | None = None, now: float | None = None
+    settings: Settings, registered: list[dict[str, Any]], registry: Registry | None = None, now: float | None = None
 ) -> list[WorkerRow]:
     """One row per worker: the Celery workers `registered` (celery_workers), the local workers, then
     the processes that hold running runs without being either. `registry`: an open one to read."""
@@ -107,7 +108,7 @@ def list_workers(
     return list(unique.values())
 
 
-def _running_runs(settings: Any, registry: Registry | None) -> list[dict[str, Any]]:
+def _running_runs(settings: Settings, registry: Registry | None) -> list[dict[str, Any]]:
     if registry is not None:
         return registry.running_runs()
     with Registry(settings.registry_url) as reg:

@@ -17,6 +17,7 @@ reported with every pair's ratio; the load average is printed too.
     python bench/engine.py --steps 50 --cells 18 --width 128
     python bench/engine.py --quick    # 4 cells, width 64, 20 steps: a smoke run
     python bench/engine.py --device cuda --repeat 5
+    python bench/engine.py --dead-half   # half the unit diverges early: compacted vs not vs survivors alone
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch import nn  # noqa: E402
 from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from engine.data import make_stream  # noqa: E402
 from engine.models import build_model  # noqa: E402
-from engine.trainer import train_ensemble  # noqa: E402
+from engine.trainer import train_ensemble, train_on_stream  # noqa: E402
 
 
 class ReferenceMLP(nn.Module):
@@ -188,24 +189,86 @@ def time_pair(configs: list[RunConfig], dims: list[int], device: str) -> dict[st
     }  # fmt: skip
 
 
+FLUSH_EVERY = 50  # tasks.worker's flush interval: compaction happens at flushes
+
+
+def _timed_unit(configs: list[RunConfig], device: str, compact: bool) -> tuple[float, list[Any]]:
+    """Wall time of one unit (its data stream included) and its results."""
+    first = configs[0]
+    t0 = time.perf_counter()
+    stream = make_stream(first.data, batch_size=first.train.batch_size, device=device, dtype=torch.float32)
+    results = train_on_stream(configs, stream, device=device, flush_every=FLUSH_EVERY, compact=compact)
+    _sync(device)
+    return time.perf_counter() - t0, results
+
+
+def dead_half(args: argparse.Namespace, repeat: int) -> dict[str, float]:
+    """Half the unit's cells diverge within the first steps (each survivor's twin at γ = 0.1 and an η of
+    10 … 1000, far past the lazy edge; interleaved with the survivors):
+    the unit with compaction, the same unit without it (dead members frozen but still in every GEMM)
+    and the surviving half alone, timed side by side `repeat` times; medians and ratios printed."""
+    survivors = make_grid(argparse.Namespace(**{**vars(args), "cells": max(1, args.cells // 2)}))
+    etas = np.geomspace(10, 1e3, len(survivors))
+    doomed = [c.replace(gamma=0.1, eta=float(e)) for c, e in zip(survivors, etas, strict=True)]
+    unit = [c for pair in zip(survivors, doomed, strict=True) for c in pair]
+    print(f"dead half: {len(unit)} cells (half at γ = 0.1, η ≥ 10), L=3 MLP width {args.width}, batch {args.batch}, "
+          f"{args.steps} steps, flush every {FLUSH_EVERY}, float32, {args.device}; "
+          f"{repeat} side-by-side triple(s)")  # fmt: skip
+    _timed_unit(unit[:4], args.device, True)  # warm-up: allocator, kernel selection
+    times: dict[str, list[float]] = {"compacted": [], "uncompacted": [], "alone": []}
+    for _ in range(repeat):
+        t_c, res_c = _timed_unit(unit, args.device, True)
+        t_u, res_u = _timed_unit(unit, args.device, False)
+        t_a, _ = _timed_unit(survivors, args.device, True)
+        for key, t in (("compacted", t_c), ("uncompacted", t_u), ("alone", t_a)):
+            times[key].append(t)
+        print(f"triple: compacted {t_c:.2f} s, uncompacted {t_u:.2f} s, survivors alone {t_a:.2f} s; "
+              f"ratios {t_c / t_a:.2f}x and {t_u / t_a:.2f}x")  # fmt: skip
+    died = [r.diverged_step for r in res_c if r.status == "diverged"]
+    lived = [r for r in res_c if r.status != "diverged"]
+    same = [r.summary for r in lived] == [r.summary for r in res_u if r.status != "diverged"]
+    print(f"diverged: {len(died)} of {len(unit)}, at steps {min(died, default=-1)}..{max(died, default=-1)} "
+          f"(the last by {(max(died, default=0) + 1) / args.steps:.1%} of the steps); survivors' summaries "
+          f"identical with and without compaction: {'yes' if same else 'NO'}")  # fmt: skip
+    med = {key: float(np.median(v)) for key, v in times.items()}
+    print(f"---------------------------------------------------------------- medians of {repeat} triple(s)")
+    alone = med["alone"]
+    print(f"unit, dead half compacted:   {med['compacted']:8.2f} s   {med['compacted'] / alone:5.2f}x survivors alone")
+    print(f"unit, dead half kept (old):  {med['uncompacted']:8.2f} s   {med['uncompacted'] / alone:5.2f}x")
+    print(f"survivors alone:             {med['alone']:8.2f} s")  # fmt: skip
+    return {"ratio": med["compacted"] / med["alone"], "ratio_uncompacted": med["uncompacted"] / med["alone"],
+            "same": float(same), "last_divergence": float(max(died, default=-1))}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 4 cells, width 64, 20 steps, 1 repeat")
     ap.add_argument("--cells", type=_positive_int, default=36, help="grid cells (6 γ × 3 η × seeds)")
     ap.add_argument("--width", type=_positive_int, default=256)
-    ap.add_argument("--steps", type=_positive_int, default=200)
+    ap.add_argument("--steps", type=_positive_int, default=None, help="default 200; 1000 with --dead-half")
     ap.add_argument("--batch", type=_positive_int, default=128)
     ap.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "teacher"])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both ways run there)")
     ap.add_argument("--repeat", type=_positive_int, default=None,
                     help="side-by-side pairs to time, medians reported (default 3; 1 with --quick)")  # fmt: skip
+    ap.add_argument("--threads", type=_positive_int, default=None,
+                    help="torch CPU threads (default torch's); 1 on a loaded shared machine, where two threads "
+                         "contend with other jobs")  # fmt: skip
+    ap.add_argument("--dead-half", action="store_true",
+                    help="half the cells diverge early: the unit compacted, not, and the survivors alone")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
-        args.cells, args.width, args.steps = 4, 64, 20
+        args.cells, args.width, args.steps = 4, 64, 4 * FLUSH_EVERY if args.dead_half else 20
+    elif args.steps is None:
+        args.steps = 20 * FLUSH_EVERY if args.dead_half else 200  # dead half: the first flush at 5 %
     repeat = args.repeat or (1 if args.quick else 3)
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {device}: torch {torch.__version__} sees no CUDA device here")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.dead_half:
+        return dead_half(args, repeat)
     configs = make_grid(args)
     in_dim = make_stream(configs[0].data, batch_size=1).input_shape[0]
     dims = [in_dim, args.width, args.width, 10]

@@ -30,6 +30,12 @@ Architectures:
 The non-MLP architectures are written for one member and batched with torch.func.vmap (grouped
 convolutions underneath); their SGD step uses autograd on the sum of member losses (members are
 independent, so each gets its own gradient).
+
+`select_members` gathers some members into a smaller ensemble laid out as `init_pair` lays it out
+(the MLP repacks θ and keeps only the θ0 slots still used): the trainer drops diverged and cancelled
+members that way. The kept members compute bit for bit what they did, at widths that fill whole SIMD
+blocks (multiples of 16; a width-3 CNN's channels round by their place in oneDNN's blocks) and, for
+the ViT, with at least two members (`min_members`).
 """
 
 from __future__ import annotations

@@ -189,6 +189,13 @@ _tree = st.recursive(_leaf, lambda kids: st.one_of(st.lists(kids, max_size=4),
                                                    st.dictionaries(_keys, kids, max_size=5)), max_leaves=20)
 
 
+def _accepted(spec: SweepSpec) -> None:
+    """What an accepted spec promises: at least one cell, and its own TOML (the Runs page shows it, a
+    relaunch reads it) reads back as the same spec, hence the same cells."""
+    assert spec.grid.n_cells >= 1
+    assert SweepSpec.from_toml(spec.to_toml()).to_dict() == spec.to_dict()
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_keys, _tree, max_size=6))
 def test_fuzz_dicts_only_raise_spec_error(raw: dict) -> None:
@@ -197,25 +204,29 @@ def test_fuzz_dicts_only_raise_spec_error(raw: dict) -> None:
     except SpecError as exc:
         assert exc.errors and all(e.field for e in exc.errors)
         return
-    assert spec.grid.n_cells >= 1
+    _accepted(spec)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200))
 def test_fuzz_text_only_raises_spec_error(text: str) -> None:
     try:
-        SweepSpec.from_toml(text)
-    except SpecError:
-        pass
+        spec = SweepSpec.from_toml(text)
+    except SpecError as exc:
+        assert exc.errors and all(e.field for e in exc.errors)
+        return
+    _accepted(spec)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.sampled_from(GOOD.splitlines()), st.text(max_size=30))
 def test_fuzz_mutated_good_spec(line: str, junk: str) -> None:
     try:
-        SweepSpec.from_toml(GOOD.replace(line, line + junk, 1))
-    except SpecError:
-        pass
+        spec = SweepSpec.from_toml(GOOD.replace(line, line + junk, 1))
+    except SpecError as exc:
+        assert exc.errors and all(e.field for e in exc.errors)
+        return
+    _accepted(spec)
 
 
 # -- checks that need the data folder

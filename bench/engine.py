@@ -216,27 +216,31 @@ def dead_half(args: argparse.Namespace, repeat: int) -> dict[str, float]:
           f"{repeat} side-by-side triple(s)")  # fmt: skip
     _timed_unit(unit[:4], args.device, True)  # warm-up: allocator, kernel selection
     times: dict[str, list[float]] = {"compacted": [], "uncompacted": [], "alone": []}
-    for _ in range(repeat):
-        t_c, res_c = _timed_unit(unit, args.device, True)
-        t_u, res_u = _timed_unit(unit, args.device, False)
-        t_a, _ = _timed_unit(survivors, args.device, True)
-        for key, t in (("compacted", t_c), ("uncompacted", t_u), ("alone", t_a)):
+    arms = {"compacted": (unit, True), "uncompacted": (unit, False), "alone": (survivors, True)}
+    results: dict[str, list[Any]] = {}
+    for i in range(repeat):
+        order = list(arms)[i % 3 :] + list(arms)[: i % 3]  # rotated: no arm always runs first
+        for key in order:
+            t, results[key] = _timed_unit(arms[key][0], args.device, arms[key][1])
             times[key].append(t)
+        t_c, t_u, t_a = (times[key][-1] for key in arms)
         print(f"triple: compacted {t_c:.2f} s, uncompacted {t_u:.2f} s, survivors alone {t_a:.2f} s; "
               f"ratios {t_c / t_a:.2f}x and {t_u / t_a:.2f}x")  # fmt: skip
-    died = [r.diverged_step for r in res_c if r.status == "diverged"]
-    lived = [r for r in res_c if r.status != "diverged"]
-    same = [r.summary for r in lived] == [r.summary for r in res_u if r.status != "diverged"]
+    died = [r.diverged_step for r in results["compacted"] if r.status == "diverged"]
+    lived = [r for r in results["compacted"] if r.status != "diverged"]
+    same = [r.summary for r in lived] == [r.summary for r in results["uncompacted"] if r.status != "diverged"]
     print(f"diverged: {len(died)} of {len(unit)}, at steps {min(died, default=-1)}..{max(died, default=-1)} "
           f"(the last by {(max(died, default=0) + 1) / args.steps:.1%} of the steps); survivors' summaries "
           f"identical with and without compaction: {'yes' if same else 'NO'}")  # fmt: skip
     med = {key: float(np.median(v)) for key, v in times.items()}
+    # the ratio within each triple (its arms ran back to back, under the same load), then the median
+    ratio = {key: sorted(a / b for a, b in zip(times[key], times["alone"], strict=True)) for key in times}
     print(f"---------------------------------------------------------------- medians of {repeat} triple(s)")
-    alone = med["alone"]
-    print(f"unit, dead half compacted:   {med['compacted']:8.2f} s   {med['compacted'] / alone:5.2f}x survivors alone")
-    print(f"unit, dead half kept (old):  {med['uncompacted']:8.2f} s   {med['uncompacted'] / alone:5.2f}x")
-    print(f"survivors alone:             {med['alone']:8.2f} s")  # fmt: skip
-    return {"ratio": med["compacted"] / med["alone"], "ratio_uncompacted": med["uncompacted"] / med["alone"],
+    for key, label in (("compacted", "dead half compacted:  "), ("uncompacted", "dead half kept (old): ")):
+        print(f"unit, {label} {med[key]:8.2f} s   {np.median(ratio[key]):5.2f}x the survivors alone "
+              f"(triples: {', '.join(f'{r:.2f}' for r in ratio[key])})")  # fmt: skip
+    print(f"survivors alone:             {med['alone']:8.2f} s")
+    return {"ratio": float(np.median(ratio["compacted"])), "ratio_uncompacted": float(np.median(ratio["uncompacted"])),
             "same": float(same), "last_divergence": float(max(died, default=-1))}  # fmt: skip
 
 

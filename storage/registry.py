@@ -455,7 +455,7 @@ class Registry:
             ids = [it.run_id for it in items]
             stored: dict[str, int] = {}  # run_id -> shown attempt: what a sweep linking the run finds
             shown = VIEW_COLUMNS["shown_attempt"]
-            for chunk in _chunks(ids, 500):
+            for chunk in _chunks(ids):
                 stored.update(
                     (rid, int(att))
                     for rid, att in conn.execute(sa.select(runs.c.run_id, shown).where(runs.c.run_id.in_(chunk)))
@@ -530,7 +530,7 @@ class Registry:
 
     def _refresh_for_runs(self, conn: Connection, run_ids: Sequence[str]) -> None:
         sids: set[str] = set()
-        for chunk in _chunks(list(run_ids), 500):
+        for chunk in _chunks(run_ids):
             sids |= set(conn.execute(sa.select(sweep_runs.c.sweep_id).where(sweep_runs.c.run_id.in_(chunk))).scalars())
         if sids:
             self._refresh_sweeps(conn, sorted(sids))
@@ -614,7 +614,7 @@ class Registry:
         """The sweep's runs no other sweep holds, and its shared runs: run_id -> the other sweeps."""
         mine = list(conn.execute(sa.select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_id)).scalars())
         shared: dict[str, list[str]] = {}
-        for chunk in _chunks(mine, 500):
+        for chunk in _chunks(mine):
             for rid, sid in conn.execute(
                 sa.select(sweep_runs.c.run_id, sweep_runs.c.sweep_id)
                 .where(sweep_runs.c.run_id.in_(chunk), sweep_runs.c.sweep_id != sweep_id)
@@ -648,7 +648,7 @@ class Registry:
                 )
             only_here, shared = self._split_shared(conn, sweep_id)
             conn.execute(sweep_runs.delete().where(sweep_runs.c.sweep_id == sweep_id))
-            for chunk in _chunks(only_here, 500):
+            for chunk in _chunks(only_here):
                 conn.execute(runs.delete().where(runs.c.run_id.in_(chunk)))
             conn.execute(sweeps.delete().where(sweeps.c.id == sweep_id))
         return only_here, shared
@@ -671,10 +671,10 @@ class Registry:
         ids = list(dict.fromkeys(run_ids))
         out: dict[str, int] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(ids), 500):
+            for chunk in _chunks(ids):
                 q = (
                     sa.select(sweep_runs.c.sweep_id, sa.func.count())
-                    .where(sweep_runs.c.run_id.in_(ids[i : i + 500]))
+                    .where(sweep_runs.c.run_id.in_(chunk))
                     .group_by(sweep_runs.c.sweep_id)
                 )
                 if besides is not None:
@@ -737,7 +737,7 @@ class Registry:
         """Runs in the order asked; unknown ids are left out."""
         found: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(run_ids), 500):
+            for chunk in _chunks(run_ids):
                 for r in conn.execute(sa.select(runs).where(runs.c.run_id.in_(chunk))):
                     found[r.run_id] = self._run_dict(r)
         return [found[i] for i in run_ids if i in found]
@@ -766,7 +766,7 @@ class Registry:
         ids = list(set(run_ids))
         out: set[str] = set()
         with self.engine.connect() as conn:
-            for chunk in _chunks(ids, 500):
+            for chunk in _chunks(ids):
                 out |= set(conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id.in_(chunk))).scalars())
         return out
 
@@ -837,7 +837,7 @@ class Registry:
         b = sa.bindparam
         with self.engine.begin() as conn:
             current: dict[str, tuple[int, str]] = {}  # run_id -> (attempt, status) inside this transaction
-            for chunk in _chunks(ids, 500):
+            for chunk in _chunks(ids):
                 for rid, att, status in conn.execute(
                     sa.select(runs.c.run_id, runs.c.attempt, runs.c.status).where(runs.c.run_id.in_(chunk))
                 ):
@@ -976,7 +976,7 @@ class Registry:
         with self.engine.begin() as conn:
             ids = self._resolve_ids(conn, sweep_or_run_id)
             n = 0
-            for chunk in _chunks(ids, 500):
+            for chunk in _chunks(ids):
                 active = runs.c.status.in_(("queued", "running"))
                 n += conn.execute(
                     runs.update().where(runs.c.run_id.in_(chunk), active).values(cancel_requested=True)
@@ -994,7 +994,7 @@ class Registry:
         Workers do not poll it; they poll tasks.cancel's flags (files or Redis keys) at every flush."""
         out: set[str] = set()
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(run_ids), 500):
+            for chunk in _chunks(run_ids):
                 out |= set(
                     conn.execute(
                         sa.select(runs.c.run_id).where(runs.c.run_id.in_(chunk), runs.c.cancel_requested.is_(True))
@@ -1009,7 +1009,7 @@ class Registry:
             stale = sa.func.coalesce(runs.c.heartbeat, runs.c.started, runs.c.created) < cutoff
             ids = list(conn.execute(sa.select(runs.c.run_id).where(runs.c.status == "running", stale)).scalars())
             if ids:
-                for chunk in _chunks(ids, 500):
+                for chunk in _chunks(ids):
                     conn.execute(
                         runs.update()
                         .where(runs.c.run_id.in_(chunk), runs.c.status == "running")
@@ -1053,7 +1053,7 @@ class Registry:
         the new one finishes done or diverged."""
         out: dict[str, int] = {}
         with self.engine.begin() as conn:
-            for chunk in _chunks(list(run_ids), 500):
+            for chunk in _chunks(run_ids):
                 current = sa.select(runs.c.attempt).where(runs.c.run_id == sweep_runs.c.run_id).scalar_subquery()
                 owners = sweep_runs.c.sweep_id == sweep_id if sweep_id is not None else sweep_runs.c.attempt == current
                 conn.execute(
@@ -1082,9 +1082,14 @@ class Registry:
         return out
 
 
-def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
+IN_CHUNK = 500  # ids per `IN (...)`: well below SQLite's bound-parameter limit (999 on old builds)
+
+
+def _chunks(items: Iterable[str], n: int = IN_CHUNK) -> Iterable[list[str]]:
+    """`items` in lists of at most n, for `IN (...)` clauses of any length."""
+    listed = list(items)
+    for i in range(0, len(listed), n):
+        yield listed[i : i + n]
 
 
 def _unreadable(url: str, exc: Exception) -> RegistryUnreadable:
@@ -1203,7 +1208,7 @@ def runs_columns(
     else:
         queries = [
             sa.select(*cols).where(runs.c.run_id.in_(chunk))
-            for chunk in _chunks(list(dict.fromkeys(run_ids or [])), 500)
+            for chunk in _chunks(dict.fromkeys(run_ids or []))
         ]
     rows = raw_rows(registry, *queries)
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in cols]

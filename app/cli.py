@@ -31,7 +31,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,6 @@ from storage.logs import configure_logging
 EXIT_USAGE = 2
 EXIT_UNFINISHED = 1
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
-SUMMARY_KEYS = ("final_train_loss", "best_train_loss", "final_test_loss", "final_test_acc")
-EXPORT_COLUMNS = ("run_id", "gamma", "eta", "seed", "status", "steps_done", "diverged_step") + SUMMARY_KEYS
-SERIES_COLUMNS = ("run_id", "gamma", "eta", "seed", "step", "metric", "value")  # export --series
 DEMO_SPEC = Path(__file__).resolve().parent / "examples" / "demo.toml"
 
 
@@ -133,6 +129,7 @@ def _read_spec(path: str) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from app.cli_wait import check_store, describe_cells, recorder_for_wait, stored_statuses, wait_interruptible
     from tasks import api
     from tasks.spec import SpecError, validate_spec
 
@@ -160,9 +157,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise UserError(f"{exc}; nothing was queued") from None
         specs.append(spec)
     # --wait records here: open the metric store before queueing, so a broken store stops us first
-    recorder = _recorder_for_wait(settings) if args.wait else None
+    recorder = recorder_for_wait(settings) if args.wait else None
     if not args.wait:
-        _check_store(settings)
+        check_store(settings)
     sweep_ids = []
     try:
         for spec in specs:
@@ -180,184 +177,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise
     code = 0
     if args.wait:
-        code = _wait_interruptible(settings, sweep_ids, recorder)
+        code = wait_interruptible(settings, sweep_ids, recorder)
     print("\n".join(sweep_ids), flush=True)
     return code
-
-
-def stored_statuses(settings: Any, spec: Any) -> dict[str, str]:
-    """run_id -> status of the spec's cells the registry already holds (before submitting)."""
-    from storage.registry import Registry
-
-    url = settings.registry_url
-    if spec.grid.adaptive or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()):
-        return {}  # adaptive: cells are chosen round by round; no registry file yet: nothing stored
-    with Registry(settings.registry_url) as reg:
-        return {r["run_id"]: r["effective_status"] for r in reg.get_runs([c.run_id for c in spec.cells()])}
-
-
-def describe_cells(spec: Any, before: dict[str, str], rerun: bool) -> str:
-    """What submitting did to the cells. A re-launched spec said "15 cells queued" when every cell
-    was reused from an earlier sweep and nothing trained; the user thought it had trained again."""
-    n = spec.grid.n_cells
-    if spec.grid.adaptive:
-        return f"adaptive, up to {n} cells queued round by round (η_max per γ first)"
-    reused = 0 if rerun else sum(s in ("done", "diverged") for s in before.values())
-    shared = sum(s in ("queued", "running") for s in before.values())
-    if not reused and not shared:
-        return f"{n} cells queued"
-    parts = [f"{n - reused - shared} queued"]
-    if reused:
-        parts.append(f"{reused} reused from earlier sweeps (--rerun trains them again)")
-    if shared:
-        parts.append(f"{shared} already being trained for another sweep")
-    return f"{n} cells: " + ", ".join(parts)
-
-
-def _wait_interruptible(settings: Any, sweep_ids: Sequence[str], recorder: Any) -> int:
-    """wait_for each sweep (the worst exit code), but Ctrl-C stops only the waiting: the runs go on
-    (local workers and Celery tasks outlive this command), so say so and how to follow or stop them.
-    A user who pressed Ctrl-C saw the bar vanish without a word and thought the sweep was stopped."""
-    code = 0
-    try:
-        for sweep_id in sweep_ids:
-            code = max(code, wait_for(settings, sweep_id, recorder=recorder))
-            recorder = None  # wait_for stopped it; the next wait_for records again if it can
-    except KeyboardInterrupt:
-        for sweep_id in sweep_ids:
-            _err(
-                f"stopped waiting; sweep {sweep_id} keeps running in the background "
-                f"(`gamma-lab status {sweep_id}` to follow it, `gamma-lab cancel {sweep_id}` to stop it)"
-            )
-        return EXIT_INTERRUPTED
-    return code
-
-
-def _check_store(settings: Any) -> None:
-    """Raise StoreCorrupt before queueing when the metric store is unreadable (unless another process
-    holds it: then it is readable). Runs queued anyway could never be recorded."""
-    from storage.recorder import Recorder, RecorderBusy
-
-    try:
-        Recorder(settings).close()
-    except RecorderBusy:
-        pass
-
-
-def _recorder_for_wait(settings: Any) -> Any:
-    """The recorder this process runs while it waits, or None when another process records.
-    Raises StoreCorrupt (a clear message, nothing queued yet) when the metric store is unreadable."""
-    from storage.recorder import start_if_free
-
-    return start_if_free(settings)
-
-
-def wait_for(settings: Any, sweep_id: str, poll_s: float = 0.5, recorder: Any = None) -> int:
-    """Progress bar until every run ended. 0 when all are done or diverged. `recorder`: one already
-    started by the caller (else one is started here if no other process records)."""
-    from tqdm import tqdm
-
-    from storage.recorder import start_if_free
-    from tasks import api
-
-    logging.getLogger("storage.recorder").setLevel(logging.INFO)  # "handed recording over to pid N"
-    if recorder is None:
-        recorder = start_if_free(settings)
-    full_since: float | None = None  # when this process's recorder found the data folder full
-    disk_full = None
-    counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder))
-    # in steps trained, not runs ended: a one-unit sweep sat at 0 % with a growing ETA until its end
-    bar = tqdm(total=max(total, 1), initial=done, file=sys.stderr, unit="step", desc=sweep_id, leave=True)
-    watch = WorkerWatch(settings, lambda line: bar.write(line, file=sys.stderr))  # a killed local worker
-    try:
-        while True:
-            counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder))
-            bar.total = max(total, 1)
-            if done != bar.n:
-                bar.update(done - bar.n)  # through update(): tqdm's smoothed rate, hence its ETA
-            bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
-            active = counts.get("queued", 0) + counts.get("running", 0)
-            if total and not active and not api.adaptive_active(settings, sweep_id):  # api.is_settled
-                break
-            if recorder is not None and recorder.store_damaged is not None:
-                raise recorder.store_damaged  # one line (main); the events wait unacknowledged on the bus
-            if recorder is not None and recorder.disk_full is not None:
-                # its running runs are failed with the reason; queued ones fail in their worker: wait for
-                # that a little (the registry may be unable to write), then stop waiting with the line
-                disk_full = recorder.disk_full
-                full_since = full_since or time.monotonic()
-                if time.monotonic() - full_since > settings.lost_after_s + 5:
-                    break
-            if recorder is not None and recorder.handed_over_to is not None:
-                recorder = None  # it yielded to a dashboard, whose recorder now updates the statuses
-            if recorder is None:  # the recorder elsewhere may have stopped: take over if we can
-                recorder = start_if_free(settings)
-            watch.check()
-            time.sleep(poll_s)
-    finally:
-        bar.close()
-        if recorder is not None:
-            recorder.stop()
-    counts = api.sweep_progress(settings, sweep_id)
-    bad = {k: v for k, v in counts.items() if v and k not in ("done", "diverged")}
-    why = _why_failed(settings, sweep_id) if bad else ""
-    if bad:
-        _err(f"sweep {sweep_id} ended with " + ", ".join(f"{v} {k}" for k, v in bad.items()) + why)
-    if disk_full is not None and str(disk_full) not in why:
-        _err(f"error: {disk_full}")
-    return EXIT_UNFINISHED if bad or disk_full is not None else 0
-
-
-def _live_store(recorder: Any) -> Any:
-    """This process's metric store while its recorder records (readers beside it are safe), else None:
-    another process's store is never opened here (a reader would block that recorder)."""
-    if recorder is None or recorder.handed_over_to is not None or recorder.store_damaged is not None:
-        return None
-    return getattr(recorder, "store", None)
-
-
-def steps_progress(settings: Any, sweep_id: str, store: Any = None) -> tuple[dict[str, int], int, int]:
-    """(runs per status as the sweep reads them, steps done, total steps) for the progress bar. Total:
-    runs × the spec's steps. Done: every step of the runs that ended (done, diverged, failed, cancelled,
-    lost), plus, given `store`, each running run's last logged step + 1 (storage.progress.last_steps:
-    one query); without it running runs count 0 (run counts, the fallback). One registry open."""
-    import duckdb
-
-    from storage.progress import last_steps
-    from storage.queries import QuerySource
-    from storage.registry import Registry, runs_columns
-
-    with Registry(settings.registry_url) as reg:
-        sweep = reg.get_sweep(sweep_id)
-        if sweep is None:
-            raise UserError(f"no sweep {sweep_id!r}")
-        counts = dict(sweep["counts"])
-        per_run = max(1, int((sweep["spec"].get("train") or {}).get("steps") or 1))
-        ended = sum(counts.values()) - counts.get("queued", 0) - counts.get("running", 0)
-        done = ended * per_run
-        if counts.get("running") and store is not None:
-            # a sweep reads a queued or running run by its current attempt, as last_steps does
-            cols = runs_columns(reg, sweep_id=sweep_id, fields=("run_id", "status"))
-            running = [r for r, status in zip(cols["run_id"], cols["status"], strict=True) if status == "running"]
-            try:
-                last = last_steps(QuerySource(store, reg), running)
-            except (RuntimeError, OSError, duckdb.Error):  # closed meanwhile, or damaged (the recorder says)
-                last = None
-            if last is not None:
-                done += int((last["last_step"] + 1).clip(upper=per_run).sum())
-    return counts, done, sum(counts.values()) * per_run
-
-
-def _why_failed(settings: Any, sweep_id: str) -> str:
-    """': <reason>' of the sweep's failed runs (the most common first line of their errors), or ''."""
-    from collections import Counter
-
-    from storage.registry import Registry
-
-    with Registry(settings.registry_url) as reg:
-        errors = [(r.get("error") or "").strip() for r in reg.list_runs(sweep_id, status="failed")]
-    first = Counter(e.splitlines()[0] for e in errors if e).most_common(1)
-    return f": {first[0][0]}" if first else ""
 
 
 # ----------------------------------------------------------------------------- worker / recorder
@@ -467,67 +289,6 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- status / cancel / rerun
 
 
-class WorkerWatch:
-    """Embedded mode's local workers, supervised by whoever is around (tasks.local_queue.supervise):
-    a killed worker's unit is queued again as a new attempt (or its runs marked lost when it had
-    killed a worker before) and workers are started for queued work that has none. Each line is said
-    once: `sweep --wait` checks every couple of seconds, `status` and `rerun` once."""
-
-    def __init__(self, settings: Any, say: Any = None, every_s: float = 2.0):
-        self.settings, self.say, self.every_s = settings, say or _err, every_s
-        self.next_at = 0.0
-        self.said: set[str] = set()
-
-    def check(self) -> Any:
-        if time.monotonic() < self.next_at:
-            return None
-        self.next_at = time.monotonic() + self.every_s
-        from tasks import local_queue
-
-        result = local_queue.supervise(self.settings)
-        for line in result.lines():
-            if line not in self.said:
-                self.said.add(line)
-                self.say(f"warning: {line}")
-        return result
-
-
-def catch_up(settings: Any, timeout_s: float = 30.0, *, strict: bool = False) -> None:
-    """Ingest the events waiting on the bus unless another process records (the dashboard, a
-    `sweep --wait`). Without this, `status` and `export` after a plain `gamma-lab sweep` showed runs
-    `queued` long after their workers had finished: nobody had recorded their events yet.
-    A damaged metric store or a full data folder is one warning line (`strict`: raised instead)."""
-    if (reason := settings.read_only_reason()) is not None:  # nothing can be recorded: show what is stored
-        _err(
-            f"note: the data folder {settings.data_dir} is read-only ({reason}): showing what it holds; "
-            "events still waiting in it are not recorded"
-        )
-        return
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from storage.diskspace import DiskFull
-    from storage.metric_store import StoreCorrupt
-    from storage.recorder import Recorder, RecorderBusy
-
-    try:
-        with Recorder(settings) as recorder:
-            recorder.drain(timeout_s=timeout_s)
-    except RecorderBusy:
-        pass
-    except (StoreCorrupt, DiskFull) as exc:  # the registry may still be fine: say so and show what it holds
-        if strict:
-            raise
-        _err(f"warning: {exc} (waiting events stay on the bus, unrecorded: run statuses may be out of date)")
-    except (RedisConnectionError, RedisTimeoutError) as exc:  # the broker is down: the registry still answers
-        from tasks.api import redact_url
-
-        _err(
-            f"warning: broker: cannot reach {redact_url(settings.broker_url or '')} ({exc})",
-            "warning: waiting events were not recorded; run statuses may be out of date",
-        )
-
-
 def resolve_id(settings: Any, text: str, command: str, kinds: Sequence[str] = ("sweep", "run")) -> str:
     """The full sweep or run id `text` names: the id, or a unique leading part of it of at least 4
     characters, as git takes a commit (Registry.resolve_prefix). One line, exit 2, when it matches
@@ -542,8 +303,9 @@ def resolve_id(settings: Any, text: str, command: str, kinds: Sequence[str] = ("
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from storage.liveness import overdue_line
-    from storage.registry import Registry, newer_line, newer_note
+    from app.cli_status import print_run, print_sweep, print_sweeps
+    from app.cli_wait import WorkerWatch, catch_up
+    from storage.registry import Registry
 
     settings = _settings()
     if args.workers:  # the broker is asked first: when it is down, main says so in one line
@@ -557,21 +319,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     with Registry(settings.registry_url) as reg:
         if args.sweep is None:
-            rows = reg.list_sweeps(limit=args.limit, archived=args.archived)  # archived ones: only with --archived
-            print(f"{'sweep':<14}{'name':<24}{'owner':<12}{'where':<14}{'status':<10}{'runs':>6}  counts")
-            for s in rows:
-                counts = " ".join(f"{k}={v}" for k, v in s["counts"].items() if v)
-                if s.get("newer"):  # runs showing a finished attempt while a newer one is not shown
-                    counts += " (newer attempts: " + " ".join(f"{k}={v}" for k, v in s["newer"].items()) + ")"
-                where = f"{s['executor']}/{s['device']}"  # reruns go back there
-                print(
-                    f"{s['id']:<14}{s['name'][:23]:<24}{s['owner'][:11]:<12}{where[:13]:<14}{s['status']:<10}"
-                    f"{s['n_runs']:>6}  {counts}"
-                )
-            for s in rows:  # running runs silent for a while: say so before they turn lost
-                if s["counts"].get("running") or (s.get("newer") or {}).get("running"):
-                    if line := overdue_line(reg.list_runs(s["id"]), settings):
-                        print(f"sweep {s['id']}: {line}")
+            # archived sweeps: only with --archived
+            print_sweeps(reg, settings, reg.list_sweeps(limit=args.limit, archived=args.archived))
             return 0
         args.sweep = resolve_id(settings, args.sweep, "status")  # a unique prefix names it too
         sweep = reg.get_sweep(args.sweep)
@@ -579,61 +328,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             run = reg.get_run(args.sweep)
             if run is None:
                 raise UserError(f"status: {args.sweep!r} is neither a sweep nor a run")
-            for k in (
-                "run_id",
-                "gamma",
-                "eta",
-                "seed",
-                "effective_status",
-                "attempt",
-                "worker",
-                "shown_steps_done",
-                "shown_diverged_step",
-                "error",
-            ):
-                print(f"{k.removeprefix('effective_').removeprefix('shown_'):>14}: {run[k]}")
-            if run["newer_status"]:  # steps and results below are the finished attempt's
-                print(f"{'note':>14}: {newer_note(run, run['attempt'])}")
-            for k, v in (run["shown_summary"] or {}).items():
-                print(f"{k:>14}: {v}")
+            print_run(run)
             return 0
         runs = reg.list_runs(args.sweep)
-    counts = " ".join(f"{k}={v}" for k, v in sweep["counts"].items() if v)
-    print(
-        f"sweep {sweep['id']} ({sweep['name']}, {sweep['owner']}, {sweep['executor']} on {sweep['device']}): "
-        f"{sweep['status']}  {counts}"
-    )
-    if sweep.get("newer"):
-        print(newer_line(sweep["newer"]))
-    from app.cli_sweeps import organization_lines
-
-    for line in organization_lines(sweep):  # tags, notes, archived, times
-        print(line)
-    print(_run_table(runs))
-    if line := overdue_line(runs, settings):  # running runs silent for a while: say so before they turn lost
-        print(line)
+    print_sweep(settings, sweep, runs)
     return 0
 
 
-def _run_table(runs: Sequence[dict[str, Any]]) -> str:
-    """Each run as the views show it: effective status, the shown attempt's steps and loss, and a note
-    when a newer attempt is not the one shown (storage.registry.VIEW_COLUMNS)."""
-    from storage.registry import newer_note
-
-    lines = [f"{'run_id':<18}{'gamma':>10}{'eta':>11}{'seed':>5}  {'status':<10}{'steps':>7}{'final_loss':>12}"]
-    for r in runs:
-        loss = (r.get("shown_summary") or {}).get("final_train_loss")
-        loss_s = f"{loss:.4g}" if isinstance(loss, float) else "-"
-        steps = r.get("shown_steps_done")
-        note = newer_note(r, r["attempt"])
-        lines.append(
-            f"{r['run_id']:<18}{r['gamma']:>10.4g}{r['eta']:>11.4g}{r['seed']:>5}  {r['effective_status']:<10}"
-            f"{steps if steps is not None else '-':>7}{loss_s:>12}" + (f"  {note}" if note else "")
-        )
-    return "\n".join(lines)
-
-
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from app.cli_wait import catch_up
     from tasks import api
 
     settings = _settings(writes="`gamma-lab cancel`")
@@ -649,6 +352,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
+    from app.cli_wait import WorkerWatch, catch_up, wait_interruptible
     from storage.registry import Registry
     from tasks import api
 
@@ -663,7 +367,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if ids and args.wait:  # the sweep (a run id: the sweep it joined last) until every run ended
         with Registry(settings.registry_url) as reg:
             sweep_id = args.id if reg.get_sweep(args.id) is not None else reg.sweeps_of_run(args.id)[0]
-        return _wait_interruptible(settings, [sweep_id], None)
+        return wait_interruptible(settings, [sweep_id], None)
     if not ids:
         with Registry(settings.registry_url) as reg:
             sweep = reg.get_sweep(args.id)
@@ -685,90 +389,17 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- export
 
 
-def runs_frame(settings: Any, sweep_id: str) -> Any:
-    """One row per run: EXPORT_COLUMNS, of its shown attempt (its newest finished one while a newer
-    attempt is not finished done or diverged: storage.registry.VIEW_COLUMNS)."""
-    import pandas as pd
-
-    from storage.registry import Registry
-
-    with Registry(settings.registry_url) as reg:
-        if reg.get_sweep(sweep_id) is None:
-            raise UserError(f"export: no sweep {sweep_id!r}")
-        runs = reg.list_runs(sweep_id)
-    rows = []
-    for r in runs:
-        row = {k: r.get(f"shown_{k}", r.get(k)) for k in EXPORT_COLUMNS[:7]}
-        summary = r.get("shown_summary") or {}
-        row.update({k: summary.get(k) for k in SUMMARY_KEYS})
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
-    for k in ("steps_done", "diverged_step"):
-        frame[k] = frame[k].astype("Int64")
-    for k in SUMMARY_KEYS:
-        frame[k] = frame[k].astype("float64")
-    return frame
-
-
-def series_frame(settings: Any, sweep_id: str) -> Any:
-    """Every stored point of the sweep's runs (their shown attempt): SERIES_COLUMNS, the run's γ, η and
-    seed beside its id (a table grouped by cell needs no join with the runs export).
-
-    Reads the DuckDB file directly when this process can open it; while another process records
-    (the dashboard, say) the recorder writes the points for us (storage.export.export_points)."""
-    import tempfile
-
-    import pandas as pd
-
-    from storage.export import ExportError, export_points
-    from storage.registry import Registry, runs_columns
-
-    with Registry(settings.registry_url) as reg:
-        if reg.get_sweep(sweep_id) is None:
-            raise UserError(f"export: no sweep {sweep_id!r}")
-        cells = pd.DataFrame(runs_columns(reg, sweep_id=sweep_id, fields=SERIES_COLUMNS[:4]))
-    cells = cells.astype({"run_id": str, "gamma": "float64", "eta": "float64", "seed": "int64"})
-    with tempfile.TemporaryDirectory(prefix="gamma-lab-export-") as folder:
-        target = Path(folder) / "series.parquet"
-        try:
-            export_points(settings, None, target, sweep_id=sweep_id)
-        except Exception as exc:  # a damaged block read for the first time: one line, not a DuckDB traceback
-            from storage.metric_store import StoreCorrupt, is_damage, is_damage_text
-
-            if isinstance(exc, ExportError) and is_damage_text(str(exc)):  # the recorder read it (its answer)
-                raise StoreCorrupt.of(settings.metrics_path, exc) from None
-            if isinstance(exc, ExportError):
-                raise UserError(f"export --series: {exc}") from None
-            if not is_damage(exc):
-                raise
-            raise StoreCorrupt.of(settings.metrics_path, exc) from None
-        points = pd.read_parquet(target)
-    return points.merge(cells, on="run_id", how="left")[list(SERIES_COLUMNS)]  # a left merge keeps the order
-
-
 def cmd_export(args: argparse.Namespace) -> int:
+    from app.cli_export import export_runs_frame, export_series_frame, write_frame
+    from app.cli_wait import catch_up
+
     settings = _settings()
     catch_up(settings, strict=True)  # so the export is complete (skipped if another process records)
     args.sweep = resolve_id(settings, args.sweep, "export", ("sweep",))  # a unique prefix names it too
-    frame = series_frame(settings, args.sweep) if args.series else runs_frame(settings, args.sweep)
-    out = args.out
-    if args.format == "parquet" and not out:
-        raise UserError("export: --format parquet needs --out FILE (binary output)")
-    if out and Path(out).is_dir():
-        raise UserError(f"export: --out {out!r} is a directory; give a file name")
-    try:
-        if args.format == "parquet":
-            frame.to_parquet(out, index=False)
-        elif out:
-            frame.to_csv(out, index=False)
-        else:
-            frame.to_csv(sys.stdout, index=False)
-    except BrokenPipeError:  # `gamma-lab export S | head`: the reader has what it wanted (see main)
-        raise
-    except OSError as exc:  # an unwritable or missing folder: say which, no traceback
-        raise UserError(f"export: cannot write {out!r}: {exc.strerror or exc}") from None
-    if out:
-        _err(f"wrote {len(frame)} rows to {out}")
+    frame = (export_series_frame if args.series else export_runs_frame)(settings, args.sweep)
+    write_frame(frame, args.format, args.out)
+    if args.out:
+        _err(f"wrote {len(frame)} rows to {args.out}")
     return 0
 
 
@@ -776,6 +407,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from app.cli_export import demo_table, export_runs_frame
+    from app.cli_wait import describe_cells, recorder_for_wait, stored_statuses, wait_interruptible
     from tasks import api
 
     settings = _settings(writes="`gamma-lab demo`")
@@ -785,7 +418,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         # another config, so another name: the sweep list told the two apart only by their ids
         spec = replace(spec, name=f"{spec.name}-{args.steps}steps", train=replace(spec.train, steps=args.steps))
-    recorder = _recorder_for_wait(settings)
+    recorder = recorder_for_wait(settings)
     before = stored_statuses(settings, spec)
     try:
         sweep_id = api.submit(spec, settings, executor="local")
@@ -796,17 +429,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # a second `gamma-lab demo` reuses the first one's cells (nothing trains): say so, as `sweep` does
     cells = describe_cells(spec, before, rerun=False)
     _err(f"demo sweep {sweep_id} ({spec.name}): {cells}, data in {settings.data_dir}")
-    code = _wait_interruptible(settings, [sweep_id], recorder)
+    code = wait_interruptible(settings, [sweep_id], recorder)
     if code == EXIT_INTERRUPTED:
         print(sweep_id, flush=True)
         return code
-    frame = runs_frame(settings, sweep_id)
-    table = frame.groupby(["gamma", "eta"]).agg(
-        status=("status", lambda s: "/".join(sorted(set(s)))),
-        final_train_loss=("final_train_loss", "mean"),
-        final_test_acc=("final_test_acc", "mean"),
-    )
-    print(table.to_string(float_format=lambda v: f"{v:.4g}"), file=sys.stderr)
+    print(demo_table(export_runs_frame(settings, sweep_id)), file=sys.stderr)
     print(sweep_id, flush=True)
     return code
 

@@ -18,7 +18,8 @@ import sys
 import time
 from typing import Any
 
-from app.cli import UserError, _err, _settings, catch_up, resolve_id
+from app.cli import UserError, _err, _settings, resolve_id
+from app.cli_wait import catch_up
 
 SHOWN_RUNS = 10  # run ids a purge's confirmation lists before "and N more"
 

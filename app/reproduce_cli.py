@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from app.cli import EXIT_INTERRUPTED, UserError, _err, _recorder_for_wait, _settings, _wait_interruptible
+from app.cli import EXIT_INTERRUPTED, UserError, _err, _settings
+from app.cli_wait import recorder_for_wait, wait_interruptible
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def submit_and_wait(settings: Any, specs: list[dict[str, Any]], executor: str) -
     if not specs:
         return []
     parsed = [SweepSpec.from_dict(s) for s in specs]  # every spec checked before any is queued
-    recorder = _recorder_for_wait(settings)
+    recorder = recorder_for_wait(settings)
     sweep_ids: list[str] = []
     try:
         for spec in parsed:
@@ -65,7 +66,7 @@ def submit_and_wait(settings: Any, specs: list[dict[str, Any]], executor: str) -
         if recorder is not None:
             recorder.stop()
         raise
-    if _wait_interruptible(settings, sweep_ids, recorder) == EXIT_INTERRUPTED:
+    if wait_interruptible(settings, sweep_ids, recorder) == EXIT_INTERRUPTED:
         return None
     return sweep_ids
 

@@ -258,23 +258,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_recorder(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from storage.recorder import RecorderBusy, open_when_free, record_until_stopped
+    from storage.recorder import RecorderBusy, open_when_free, record_until_stopped, stop_on_signals
 
     logging.getLogger("storage.recorder").setLevel(logging.INFO)  # hand-over and standby lines
     settings = _settings(writes="`gamma-lab recorder`")
     configure_logging(settings.broker_url)  # JSON lines in lab mode (storage.logs)
     # A dashboard that asks gets recording handed over; this process then stands by and records
     # again once that dashboard stops. SIGTERM/SIGINT end it (between steps: nothing half-stored).
-    stop = threading.Event()
-
-    def _on_signal(_sig: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals()
     try:  # a command recording for a moment (a rerun's catch-up) is waited for, not an error
         recorder = open_when_free(settings, stop, role="recorder")
     except RecorderBusy as exc:

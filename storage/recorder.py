@@ -536,6 +536,19 @@ def record_until_stopped(
         log.info("recording %s again", settings.metrics_path)
 
 
+def stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set, for a foreground recorder (`gamma-lab recorder`, `python -m
+    storage.recorder`): record_until_stopped ends between batches, nothing half-stored."""
+    stop = threading.Event()
+
+    def _on_signal(_sig: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return stop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m storage.recorder`: record in the foreground until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m storage.recorder", description=__doc__.splitlines()[0])
@@ -547,13 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
     settings = load_settings(**overrides)
     configure_logging(settings.broker_url, level=args.log_level.upper())  # JSON lines in lab mode
-    stop = threading.Event()
-
-    def _on_signal(_sig: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals()
     try:
         recorder = open_when_free(settings, stop, max_events=args.max_events, role="recorder")
     except RecorderBusy as exc:

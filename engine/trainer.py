@@ -283,7 +283,8 @@ def train_on_stream(
             newly_dead = (div_pos >= 0) & alive_host[ens.members]
             if newly_dead.any():
                 with torch.no_grad():  # back to finite values (a dead member may stay as padding)
-                    model.reset_members(ens.params, ens.params0, torch.as_tensor(np.flatnonzero(newly_dead)))
+                    dead_pos = torch.as_tensor(np.flatnonzero(newly_dead), device=device)
+                    model.reset_members(ens.params, ens.params0, dead_pos)
                 dead = ens.members[newly_dead]
                 diverged_host[dead] = div_pos[newly_dead]
                 alive_host[dead] = False

@@ -17,179 +17,44 @@ Design (why it looks like this):
 
 Datasets live in: this module (`teacher`), `engine.mnist1d`, `engine.data_digits` (`digits`) and
 `engine.data_files` (`cifar5m`, `mnist1m`, `npz`).
+They all build on `engine.data_stream` (Batch, HostChunk, DataStream); this module dispatches to them.
 """
+
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.config import ConfigError, DataConfig
+from engine.data_digits import make_digits_stream, n_train
+from engine.data_files import OPENERS, make_file_stream, open_file_dataset
+from engine.data_finite import reuse_warning
+from engine.data_stream import (  # the base every dataset module imports; re-exported here
+    CHUNK_ELEMENTS,  # noqa: F401
+    MAX_CHUNK_SAMPLES,  # noqa: F401
+    MIN_CHUNK_SAMPLES,  # noqa: F401
+    PROBE_STREAM,  # noqa: F401
+    TEACHER_CALIBRATION,
+    TEACHER_WEIGHTS,
+    TEST_STREAM,  # noqa: F401
+    TRAIN_STREAM,  # noqa: F401
+    Batch,  # noqa: F401
+    DataError,
+    DataStream,
+    HostChunk,
+    chunk_samples_for,
+    seeded_rng,
+)
+from engine.mnist1d import Mnist1dStream
 
 log = logging.getLogger(__name__)
 
-# Stream ids inside one data_seed: each gets its own SeedSequence branch.
-TRAIN_STREAM, TEST_STREAM, PROBE_STREAM, TEACHER_WEIGHTS, TEACHER_CALIBRATION = 0, 1, 2, 3, 4
-
-# A host chunk holds about this many input elements (16 MB in float64): many batches per transfer.
-CHUNK_ELEMENTS = 1 << 21
-MIN_CHUNK_SAMPLES, MAX_CHUNK_SAMPLES = 256, 1 << 16
-
 TEACHER_HIDDEN = 64  # hidden width of the random teacher network
 CALIBRATION_SAMPLES = 1 << 16  # samples used to normalize the teacher's outputs to unit variance
-
-
-class DataError(ConfigError):
-    """The data cannot be read or does not fit the config; `field` is 'data.path' or 'data.dataset'."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """x: (B, *input_shape) float; target: (B, n_outputs) float; label: (B,) long."""
-
-    x: torch.Tensor
-    target: torch.Tensor
-    label: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-
-@dataclass
-class HostChunk:
-    """Samples on the host, before the device transfer.
-
-    x: (n, ...) in the source's dtype (uint8 images stay uint8 until they reach the device);
-    label: (n,) int64; target: (n, n_outputs) float64, or None for class data (one-hot built on device).
-    """
-
-    x: np.ndarray
-    label: np.ndarray
-    target: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-
-def chunk_samples_for(sample_numel: int) -> int:
-    """Samples per host chunk: a fixed element budget, so the chunking depends only on the data shape."""
-    return int(min(MAX_CHUNK_SAMPLES, max(MIN_CHUNK_SAMPLES, CHUNK_ELEMENTS // max(1, sample_numel))))
-
-
-def seeded_rng(data_seed: int, stream: int, chunk: int = 0, part: int = 0) -> np.random.Generator:
-    """An independent generator per (data_seed, stream, chunk, part): reproducible on any machine."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([data_seed, stream, chunk, part])))
-
-
-class DataStream:
-    """An endless sequence of batches on one device and dtype.
-
-    Subclasses implement `_next_train_chunk()` (the next host chunk of the training sequence),
-    `_held_out(n, stream)` (n samples of the held-out distribution) and optionally `_finish_x`
-    (device-side conversion of x to the float dtype, e.g. uint8 → [0, 1]).
-    """
-
-    def __init__(
-        self,
-        *,
-        input_shape: tuple[int, ...],
-        n_outputs: int,
-        batch_size: int,
-        test_size: int,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError("train.batch_size", f"must be an integer >= 1 (got {batch_size!r})")
-        if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            raise ConfigError("train.dtype", f"must be a floating dtype (got {dtype})")
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.n_outputs = int(n_outputs)
-        self.batch_size = batch_size
-        self.test_size = test_size
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.reused = False
-        self._buffer: Batch | None = None  # current device chunk
-        self._offset = 0  # rows of _buffer already handed out
-        self._test: Batch | None = None
-        self._probes: dict[int, Batch] = {}
-
-    # -- subclass hooks
-
-    def _next_train_chunk(self) -> HostChunk:
-        raise NotImplementedError
-
-    def _held_out(self, n: int, stream: int) -> HostChunk:
-        raise NotImplementedError
-
-    def _finish_x(self, x: torch.Tensor) -> torch.Tensor:
-        """x on the device, any dtype → (n, *input_shape) in self.dtype."""
-        return x.to(self.dtype)
-
-    def _mark_reused(self, message: str) -> None:
-        """Called by finite streams when they wrap around: flag it and log once."""
-        if not self.reused:
-            self.reused = True
-            log.warning(message)
-
-    # -- public API
-
-    def to_device(self, chunk: HostChunk) -> Batch:
-        """Move a host chunk to the device in one transfer per array and finish it there."""
-        non_blocking = self.device.type == "cuda"
-        x = torch.from_numpy(np.ascontiguousarray(chunk.x))
-        label = torch.from_numpy(np.ascontiguousarray(chunk.label, dtype=np.int64))
-        if non_blocking:
-            x, label = x.pin_memory(), label.pin_memory()
-        x = self._finish_x(x.to(self.device, non_blocking=non_blocking))
-        label = label.to(self.device, non_blocking=non_blocking)
-        if chunk.target is not None:
-            target = torch.from_numpy(np.ascontiguousarray(chunk.target)).to(self.device).to(self.dtype)
-        else:
-            target = torch.nn.functional.one_hot(label, self.n_outputs).to(self.dtype)  # (n, n_outputs)
-        return Batch(x=x, target=target, label=label)
-
-    def next_batch(self) -> Batch:
-        """The next `batch_size` samples of the training sequence (never seen before unless `.reused`)."""
-        parts: list[Batch] = []
-        need = self.batch_size
-        while need > 0:
-            if self._buffer is None or self._offset >= len(self._buffer):
-                self._buffer, self._offset = self.to_device(self._next_train_chunk()), 0
-            take = min(need, len(self._buffer) - self._offset)
-            lo, hi = self._offset, self._offset + take
-            parts.append(Batch(self._buffer.x[lo:hi], self._buffer.target[lo:hi], self._buffer.label[lo:hi]))
-            self._offset += take
-            need -= take
-        if len(parts) == 1:
-            return parts[0]
-        return Batch(
-            x=torch.cat([p.x for p in parts]),
-            target=torch.cat([p.target for p in parts]),
-            label=torch.cat([p.label for p in parts]),
-        )
-
-    def test_set(self) -> Batch:
-        """The fixed held-out set (`test_size` samples), the same object on every call."""
-        if self._test is None:
-            self._test = self.to_device(self._held_out(self.test_size, TEST_STREAM))
-        return self._test
-
-    def probe(self, n: int) -> Batch:
-        """A fixed batch of n samples from the held-out distribution (same n → same batch)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError("train.probe_size", f"must be an integer >= 1 (got {n!r})")
-        if n not in self._probes:
-            self._probes[n] = self.to_device(self._held_out(n, PROBE_STREAM))
-        return self._probes[n]
-
-
-# ----------------------------------------------------------------------------- teacher
 
 
 class TeacherStream(DataStream):
@@ -280,15 +145,9 @@ def make_stream(
     if cfg.dataset == "teacher":
         return TeacherStream(cfg, batch_size=batch_size, device=device, dtype=dtype)
     if cfg.dataset == "mnist1d":
-        from engine.mnist1d import Mnist1dStream  # these modules import this one: import late
-
         return Mnist1dStream(cfg, batch_size=batch_size, device=device, dtype=dtype)
     if cfg.dataset == "digits":
-        from engine.data_digits import make_digits_stream
-
         return make_digits_stream(cfg, batch_size=batch_size, device=device, dtype=dtype)
-    from engine.data_files import OPENERS, make_file_stream
-
     if cfg.dataset in OPENERS:
         return make_file_stream(cfg, batch_size=batch_size, data_root=data_root, device=device, dtype=dtype)
     raise DataError("data.dataset", f"unknown dataset {cfg.dataset!r}")
@@ -302,15 +161,9 @@ def check_data(cfg: DataConfig, *, data_root: Path | None, batch_size: int, step
         raise ConfigError("data", f"must be a DataConfig (got {type(cfg).__name__})")
     if cfg.dataset in ("teacher", "mnist1d"):
         return []  # procedural: nothing to read, never reused
-    from engine.data_finite import reuse_warning
-
     if cfg.dataset == "digits":
-        from engine.data_digits import n_train
-
         name, train_rows = "digits", n_train(cfg)
     else:
-        from engine.data_files import open_file_dataset
-
         opened = open_file_dataset(cfg, data_root)
         name, train_rows = opened.name, len(opened.source) - cfg.test_size
         if train_rows <= 0:

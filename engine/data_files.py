@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from engine.config import DataConfig
-from engine.data import DataError
 from engine.data_finite import FiniteStream, RowSource, XLayout
+from engine.data_stream import DataError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from engine.config import ConfigError
-from engine.data import PROBE_STREAM, DataError, DataStream, HostChunk, chunk_samples_for
+from engine.data_stream import PROBE_STREAM, DataError, DataStream, HostChunk, chunk_samples_for
 
 
 class RowSource:

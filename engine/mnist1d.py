@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from engine.config import DataConfig
-from engine.data import TRAIN_STREAM, DataStream, HostChunk, chunk_samples_for, seeded_rng
+from engine.data_stream import TRAIN_STREAM, DataStream, HostChunk, chunk_samples_for, seeded_rng
 
 N_CLASSES = 10
 EPS = 1e-8  # the package adds 1e-8 before padding so the template (which starts and ends at 0) stays nonzero

@@ -192,56 +192,59 @@ def time_pair(configs: list[RunConfig], dims: list[int], device: str) -> dict[st
 FLUSH_EVERY = 50  # tasks.worker's flush interval: compaction happens at flushes
 
 
-def _timed_unit(configs: list[RunConfig], device: str, compact: bool) -> tuple[float, list[Any]]:
-    """Wall time of one unit (its data stream included) and its results."""
+def _timed_unit(configs: list[RunConfig], device: str, compact: bool) -> tuple[float, float, list[Any]]:
+    """(wall seconds, this process's CPU seconds, results) of one unit, its data stream included. On
+    a shared machine the CPU time is the steadier clock: other jobs' load stretches the wall time
+    (with one torch thread the CPU time is the work done; with more it also counts their spinning)."""
     first = configs[0]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     stream = make_stream(first.data, batch_size=first.train.batch_size, device=device, dtype=torch.float32)
     results = train_on_stream(configs, stream, device=device, flush_every=FLUSH_EVERY, compact=compact)
     _sync(device)
-    return time.perf_counter() - t0, results
+    return time.perf_counter() - t0, time.process_time() - c0, results
 
 
 def dead_half(args: argparse.Namespace, repeat: int) -> dict[str, float]:
     """Half the unit's cells diverge within the first steps (each survivor's twin at γ = 0.1 and an η of
     10 … 1000, far past the lazy edge; interleaved with the survivors):
     the unit with compaction, the same unit without it (dead members frozen but still in every GEMM)
-    and the surviving half alone, timed side by side `repeat` times; medians and ratios printed."""
+    and the surviving half alone, timed side by side `repeat` times; the ratio to the survivors alone
+    is taken within each triple (its arms ran back to back, order rotated), then the median."""
     survivors = make_grid(argparse.Namespace(**{**vars(args), "cells": max(1, args.cells // 2)}))
     etas = np.geomspace(10, 1e3, len(survivors))
     doomed = [c.replace(gamma=0.1, eta=float(e)) for c, e in zip(survivors, etas, strict=True)]
     unit = [c for pair in zip(survivors, doomed, strict=True) for c in pair]
     print(f"dead half: {len(unit)} cells (half at γ = 0.1, η ≥ 10), L=3 MLP width {args.width}, batch {args.batch}, "
-          f"{args.steps} steps, flush every {FLUSH_EVERY}, float32, {args.device}; "
-          f"{repeat} side-by-side triple(s)")  # fmt: skip
+          f"{args.steps} steps, flush every {FLUSH_EVERY}, float32, {args.device}, {torch.get_num_threads()} "
+          f"thread(s); {repeat} side-by-side triple(s)")  # fmt: skip
     _timed_unit(unit[:4], args.device, True)  # warm-up: allocator, kernel selection
-    times: dict[str, list[float]] = {"compacted": [], "uncompacted": [], "alone": []}
     arms = {"compacted": (unit, True), "uncompacted": (unit, False), "alone": (survivors, True)}
+    wall: dict[str, list[float]] = {key: [] for key in arms}
+    cpu: dict[str, list[float]] = {key: [] for key in arms}
     results: dict[str, list[Any]] = {}
     for i in range(repeat):
-        order = list(arms)[i % 3 :] + list(arms)[: i % 3]  # rotated: no arm always runs first
-        for key in order:
-            t, results[key] = _timed_unit(arms[key][0], args.device, arms[key][1])
-            times[key].append(t)
-        t_c, t_u, t_a = (times[key][-1] for key in arms)
-        print(f"triple: compacted {t_c:.2f} s, uncompacted {t_u:.2f} s, survivors alone {t_a:.2f} s; "
-              f"ratios {t_c / t_a:.2f}x and {t_u / t_a:.2f}x")  # fmt: skip
+        for key in list(arms)[i % 3 :] + list(arms)[: i % 3]:  # rotated: no arm always runs first
+            w, c, results[key] = _timed_unit(arms[key][0], args.device, arms[key][1])
+            wall[key].append(w)
+            cpu[key].append(c)
+        print("triple: " + ", ".join(f"{key} {wall[key][-1]:.2f} s wall / {cpu[key][-1]:.2f} s CPU" for key in arms))
     died = [r.diverged_step for r in results["compacted"] if r.status == "diverged"]
     lived = [r for r in results["compacted"] if r.status != "diverged"]
     same = [r.summary for r in lived] == [r.summary for r in results["uncompacted"] if r.status != "diverged"]
     print(f"diverged: {len(died)} of {len(unit)}, at steps {min(died, default=-1)}..{max(died, default=-1)} "
           f"(the last by {(max(died, default=0) + 1) / args.steps:.1%} of the steps); survivors' summaries "
           f"identical with and without compaction: {'yes' if same else 'NO'}")  # fmt: skip
-    med = {key: float(np.median(v)) for key, v in times.items()}
-    # the ratio within each triple (its arms ran back to back, under the same load), then the median
-    ratio = {key: sorted(a / b for a, b in zip(times[key], times["alone"], strict=True)) for key in times}
     print(f"---------------------------------------------------------------- medians of {repeat} triple(s)")
-    for key, label in (("compacted", "dead half compacted:  "), ("uncompacted", "dead half kept (old): ")):
-        print(f"unit, {label} {med[key]:8.2f} s   {np.median(ratio[key]):5.2f}x the survivors alone "
-              f"(triples: {', '.join(f'{r:.2f}' for r in ratio[key])})")  # fmt: skip
-    print(f"survivors alone:             {med['alone']:8.2f} s")
-    return {"ratio": float(np.median(ratio["compacted"])), "ratio_uncompacted": float(np.median(ratio["uncompacted"])),
-            "same": float(same), "last_divergence": float(max(died, default=-1))}  # fmt: skip
+    out = {"same": float(same), "last_divergence": float(max(died, default=-1))}
+    for clock, times in (("wall", wall), ("cpu", cpu)):
+        for key, label in (("compacted", "dead half compacted"), ("uncompacted", "dead half kept (old)")):
+            ratios = sorted(a / b for a, b in zip(times[key], times["alone"], strict=True))
+            out[f"{key}_{clock}"] = float(np.median(ratios))
+            each = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"{clock:>4} time, {label:<21} {np.median(times[key]):8.2f} s: {np.median(ratios):5.2f}x the "
+                  f"survivors alone ({np.median(times['alone']):.2f} s; triples {each})")  # fmt: skip
+    out["ratio"] = out["compacted_cpu"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -130,6 +130,7 @@ def test_runs_page_buttons_use_the_launch_device(
     _fail_all(celery_settings, sweep_id)
     monkeypatch.setenv("GAMMA_LAB_DATA", str(celery_settings.data_dir))
     monkeypatch.setenv("GAMMA_LAB_BROKER_URL", redis_url)
+    monkeypatch.setenv("GAMMA_LAB_AUTH", "none")  # a lab with a broker asks for a login; not what this tests
     at = AppTest.from_file(MAIN, default_timeout=60)
     with Recorder(celery_settings):  # ours, stopped at the end: the page in this process only reads
         at.switch_page("views/runs.py").run()

@@ -6,6 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@pytest.fixture
+def threads_restored():
+    """The benchmark sets torch's thread count (--threads 1): give the rest of the session its own back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 def _bench(monkeypatch):
@@ -20,7 +29,7 @@ def _bench(monkeypatch):
 
 
 @pytest.mark.slow
-def test_scaling_bench_quick_prints_every_regime_and_draws_the_png(tmp_path, capsys, monkeypatch):
+def test_scaling_bench_quick_prints_every_regime_and_draws_the_png(tmp_path, capsys, monkeypatch, threads_restored):
     png = tmp_path / "scaling.png"
     out = _bench(monkeypatch).main(["--quick", "--threads", "1", "--png", str(png)])
     printed = capsys.readouterr().out

@@ -287,7 +287,9 @@ def test_permission_bits_read_only_for_this_user(lab_folder, tmp_path):
         status = run("status", sweep_id)
         assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr[-2000:]
         assert status.stdout == cli(base_env(src), "status", sweep_id).stdout  # as on the writable original
-        assert [line.split()[4] for line in status.stdout.splitlines()[2:]] == ["done", "done"]
+        lines = status.stdout.splitlines()
+        rows = lines[next(i for i, line in enumerate(lines) if line.startswith("run_id")) + 1:]  # after the header
+        assert [line.split()[4] for line in rows] == ["done", "done"]
         out = tmp_path / "series.csv"
         series = run("export", sweep_id, "--series", "--out", str(out))
         assert series.returncode == 0, series.stderr[-2000:]

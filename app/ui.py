@@ -193,6 +193,19 @@ def _warm_up_workers(settings: Any) -> None:
         idle_s = 0.0
     if settings.embedded and idle_s > 0:
         threading.Thread(target=warm_up, args=(settings, idle_s), name="gamma-lab-warm-up", daemon=True).start()
+    # the Launch click validates the spec's data (engine.data imports torch): 1.3 s of a quick demo's
+    # 5 s when paid then; import it now, in the background, while the user reads the form
+    threading.Thread(target=_preimport, name="gamma-lab-preimport", daemon=True).start()
+
+
+def _preimport() -> None:
+    import importlib
+
+    for name in ("engine.data", "tasks.planner", "tasks.api", "storage.queries"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - an import that fails here fails again, visibly, where it is used
+            log.debug("pre-import of %s failed: %s", name, exc)
 
 
 def read_only_notice(res: Resources, what: str) -> bool:

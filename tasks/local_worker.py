@@ -42,7 +42,9 @@ def calibrate(settings: Settings) -> None:
     from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from engine.trainer import train_ensemble
 
-    train = TrainConfig(steps=100, batch_size=32, eval_points=0, metrics=())
+    # with the costly metrics at a few eval points, as the Launch presets record them: their cost is
+    # most of a small unit's (alignment and sharpness on a probe batch), so the rate must include it
+    train = TrainConfig(steps=100, batch_size=32, eval_points=4, metrics=("test", "alignment", "sharpness", "movement"))
     data = DataConfig(dataset="teacher", input_dim=40, n_classes=10)
     configs = [RunConfig(model=ModelConfig(width=32, depth=3), data=data, train=train, gamma=1.0, eta=0.01, seed=s)
                for s in range(4)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import streamlit as st
 
@@ -25,6 +27,7 @@ from app.logic.view_state import Field
 from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
 
 P = "portrait"
+YOUNG_S = 60.0  # a sweep this young refreshes every second while it runs
 METRICS = ("train_loss", "test_loss", "test_acc")
 SHOW = ("ridge", "boundary", "fits", "theory")
 SCHEMA = {
@@ -150,6 +153,8 @@ def draw() -> None:
 
 
 if st.session_state[f"{P}.live"] and sweep.get("status") in ("queued", "running"):
-    st.fragment(run_every=3.0)(draw)()
+    # every second for a young sweep (a quick demo ends in seconds: a 3 s tick showed it late), then 3 s
+    young = time.time() - float(sweep.get("created") or 0.0) < YOUNG_S
+    st.fragment(run_every=1.0 if young else 3.0)(draw)()
 else:
     draw()

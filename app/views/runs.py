@@ -47,6 +47,7 @@ SWEEP_FIRST = ("sweep_id", "name", "owner", "created", "status", "progress", "ru
 SWEEP_IF_VARIED = ("executor", "device", "arch", "dataset")
 SWEEP_DETAILS = ("started", "finished", "duration_s")  # shown in the Details expander, not the table
 RUN_ON_DEMAND = (
+    "steps_done",  # the progress column shows it (as a share; the number in its tooltip and the CSV)
     "attempt",
     "shown_attempt",
     "worker",
@@ -61,6 +62,7 @@ RUN_ON_DEMAND = (
     "depth",
 )  # the runs table's columns shown when picked under "More columns"
 RUN_IF_ANY = ("diverged_step", "error", "newer")  # shown when some row has one
+LOSS_COLUMNS = ("tail_train_loss", "final_train_loss", "best_train_loss", "final_test_loss")
 
 
 def _filled(frame: pd.DataFrame, column: str) -> bool:
@@ -457,8 +459,15 @@ def runs_table() -> None:
                 min_value=0.0,
                 max_value=1.0,
                 format="percent",
+                width="small",
                 help=f"steps done of {total_steps:,}" if total_steps else None,
             ),
+            "status": st.column_config.TextColumn("status", width="small"),
+            # a traceback or a note is long: cut in the table, whole under Failed runs and in the CSV
+            "error": st.column_config.TextColumn("error", width="small"),
+            "newer": st.column_config.TextColumn("newer", width="medium"),
+            # a diverged run's loss reaches 1e12: 4 significant digits keep the column narrow
+            **{c: st.column_config.NumberColumn(c, format="%.4g", width="small") for c in LOSS_COLUMNS},
             "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm:ss"),
             "ended": st.column_config.DatetimeColumn("ended", format="YYYY-MM-DD HH:mm:ss"),
             "duration_s": st.column_config.NumberColumn("duration", format="%.1f s", width="small",

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from engine.config import ConfigError, DataConfig
+from engine.data_digits import N_CLASSES as DIGITS_CLASSES
 from engine.data_digits import make_digits_stream, n_train
 from engine.data_files import OPENERS, make_file_stream, open_file_dataset
 from engine.data_finite import reuse_warning
@@ -49,6 +50,7 @@ from engine.data_stream import (  # the base every dataset module imports; re-ex
     chunk_samples_for,
     seeded_rng,
 )
+from engine.mnist1d import N_CLASSES as MNIST1D_CLASSES
 from engine.mnist1d import Mnist1dStream
 
 log = logging.getLogger(__name__)
@@ -174,3 +176,13 @@ def check_data(cfg: DataConfig, *, data_root: Path | None, batch_size: int, step
             )
     message = reuse_warning(name, train_rows, batch_size, steps)
     return [message] if message else []
+
+
+def n_outputs(cfg: DataConfig) -> int:
+    """C, the network's outputs for this data (what the MSE loss averages over): mnist1d and digits
+    always have 10 classes; teacher and the file datasets have `n_classes`."""
+    if cfg.dataset == "mnist1d":
+        return MNIST1D_CLASSES
+    if cfg.dataset == "digits":
+        return DIGITS_CLASSES
+    return cfg.n_classes

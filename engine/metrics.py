@@ -38,6 +38,19 @@ def loss_fn(kind: str, output: Tensor, target: Tensor, label: Tensor) -> Tensor:
     raise ValueError(f"train.loss: must be one of mse, xent (got {kind!r})")
 
 
+def loss_convention(kind: str, n_outputs: int) -> str:
+    """How the logged losses (train_loss, test_loss) are normalized, in words, with the factor that
+    turns them into the authors' convention (their code sums the squared error over the outputs)."""
+    if kind == "mse":
+        return (
+            f"MSE, the mean over batch × {n_outputs} outputs; "
+            f"the paper's code sums over the outputs: multiply by {n_outputs} to compare"
+        )
+    if kind == "xent":
+        return "cross-entropy (natural log), the mean over the batch"
+    raise ValueError(f"train.loss: must be one of mse, xent (got {kind!r})")
+
+
 def accuracy(output: Tensor, label: Tensor) -> Tensor:
     """Fraction of points whose argmax output is the label. output (K, B, C), label (B,) → (K,)."""
     return (output.argmax(dim=-1) == label).to(output.dtype).mean(dim=-1)

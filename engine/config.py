@@ -25,7 +25,8 @@ FILE_DATASETS = ("cifar5m", "mnist1m", "npz")
 IMAGE_ARCHS = ("cnn", "resnet", "vit")
 LOSSES = ("mse", "xent")
 DTYPES = ("auto", "float32", "float64")
-METRICS = ("test", "alignment", "sharpness", "movement")
+# "function" (opt-in, not in TrainConfig's default): a snapshot of the final function, engine.function_probe
+METRICS = ("test", "alignment", "sharpness", "movement", "function")
 
 # Below this γ the signal f = (network output)/γ·(small change) drowns in float32 round-off:
 # design.md §2 asks for float64 automatically.

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine import function_probe
 from engine import metrics as M
 from engine.analysis import tail_steps
 from engine.config import ConfigError, RunConfig
@@ -85,6 +86,8 @@ class RunResult:
     steps_done: int
     diverged_step: int | None
     summary: dict[str, float] = field(default_factory=dict)  # finite values only (JSON-safe)
+    # metric "function" only, runs that trained to the end: engine.function_probe (output (P, C), gram (P, P))
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _Batch(Protocol):
@@ -315,7 +318,11 @@ def train_on_stream(
             if compact and not live.all() and len(live) > model.min_members:
                 ens.keep(model, _positions_to_keep(live, model.min_members))  # dead members stop costing
 
-    return [result(i) for i in range(k)]
+    snaps: dict[int, dict[str, np.ndarray]] = {}  # final functions of members that trained to the end
+    if "function" in wanted and status == "done":
+        snaps = function_probe.final_snapshots(model, ens.params, ens.theta0, ens.gamma, ens.members, alive_host,
+                                               stream.test_set().x)
+    return [replace(result(i), arrays=snaps[i]) if i in snaps else result(i) for i in range(k)]
 
 
 def _positions_to_keep(live: np.ndarray, at_least: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,18 @@ class GridSpec:
         return len(self.gammas) * len(self.etas) * len(self.seeds)
 
 
+def loss_conventions(specs: Iterable[Any]) -> str:
+    """The loss conventions of these stored specs (SweepSpec.loss_convention), each stated once and
+    '; '-joined; a spec this gamma-lab cannot read is left out; '' when none is left."""
+    found: dict[str, None] = {}
+    for spec in specs:
+        try:
+            found[SweepSpec.from_dict(spec).loss_convention()] = None
+        except SpecError:
+            continue
+    return "; ".join(found)
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     name: str = "sweep"
@@ -111,6 +124,13 @@ class SweepSpec:
             raise SpecError([ConfigError("spec", f"could not be read: {exc}")]) from None
 
     # -- output
+
+    def loss_convention(self) -> str:
+        """How this sweep's logged losses are normalized, and the factor to the paper's convention."""
+        from engine.data import n_outputs
+        from engine.metrics import loss_convention
+
+        return loss_convention(self.train.loss, n_outputs(self.data))
 
     def to_dict(self) -> dict[str, Any]:
         train = dataclasses.asdict(self.train)

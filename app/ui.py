@@ -9,7 +9,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,6 +335,16 @@ def labeler(labels: Mapping[Any, str]) -> Callable[[Any], str]:
 def sweep_labels(sweeps: pd.DataFrame) -> dict[str, str]:
     """sweep id -> "name · owner · id" for the rows of source.sweeps(), newest first."""
     return {row.sweep_id: f"{row.name} · {row.owner} · {row.sweep_id}" for row in sweeps.itertuples()}
+
+
+def loss_caption(source: DashboardSource, sweep_ids: Iterable[str], where: Any = st) -> None:
+    """One caption saying how the shown losses are normalized and the factor to the paper's
+    convention (tasks.spec.loss_conventions of the sweeps' stored specs); nothing when none reads."""
+    from tasks.spec import loss_conventions
+
+    text = loss_conventions((source.sweep(s) or {}).get("spec") or {} for s in dict.fromkeys(sweep_ids))
+    if text:
+        where.caption(f"Loss: {text}.")
 
 
 def pick_sweep(source: DashboardSource, key: str, label: str = "Sweep", default_index: int = 0, where: Any = st) -> str:

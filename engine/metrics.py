@@ -41,6 +41,8 @@ def loss_fn(kind: str, output: Tensor, target: Tensor, label: Tensor) -> Tensor:
 def loss_convention(kind: str, n_outputs: int) -> str:
     """How the logged losses (train_loss, test_loss) are normalized, in words, with the factor that
     turns them into the authors' convention (their code sums the squared error over the outputs)."""
+    if kind == "mse" and n_outputs == 1:
+        return "MSE, the mean over the batch (one output: the paper's code's sum over outputs is the same)"
     if kind == "mse":
         return (
             f"MSE, the mean over batch × {n_outputs} outputs; "

@@ -264,13 +264,10 @@ def budget_text(specs: Sequence[dict[str, Any]]) -> str:
 
 
 def loss_factor(specs: Sequence[dict[str, Any]]) -> str:
-    classes = sorted({int((s.get("data") or {}).get("n_classes", 10)) for s in specs})
-    if not classes:
-        return "no network loss in this report"
-    return (
-        "losses are MSE means over batch × classes; the authors' code sums over the classes: multiply by "
-        f"{', '.join(map(str, classes))} (the number of classes) to compare"
-    )
+    """The loss convention of the report's sweeps, each stated once."""
+    from tasks.spec import loss_conventions
+
+    return loss_conventions(specs) or "no network loss in this report"
 
 
 def report_dict(preset: Preset, scale: str, sweep_ids: Sequence[str], specs: Sequence[dict[str, Any]],

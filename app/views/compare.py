@@ -11,7 +11,7 @@ from app.logic.grid import difference_grid, heatmap_grid, shared_log_range
 from app.logic.portrait import AGGS
 from app.logic.portrait import STATS as STAT_LABELS
 from app.logic.view_state import Field
-from app.ui import chart, labeler, pick_sweep, resources, sweep_labels, sync_url, url_state
+from app.ui import chart, labeler, loss_caption, pick_sweep, resources, sweep_labels, sync_url, url_state
 
 P = "compare"
 STATS = ("final", "best")
@@ -76,3 +76,5 @@ else:
         centre_zero=True,  # white at 0, blue = A better; diverged cells black, off the scale
     )
     chart(fig, data, key=f"{P}.diff", filename=f"compare-{a}-{b}.csv")
+if stat != "steps_to":
+    loss_caption(source, [a, b])

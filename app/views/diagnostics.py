@@ -17,7 +17,7 @@ from app.logic.diagnostics import (
 from app.logic.figures import lines_figure, twin_axes_figure
 from app.logic.selection import MODES, nearest, select_runs
 from app.logic.view_state import Field
-from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
+from app.ui import chart, labeler, loss_caption, pick_sweep, resources, sync_url, url_state
 
 P = "diag"
 SCHEMA = {
@@ -80,6 +80,7 @@ chart(
     key=f"{P}.align",
     filename=f"alignment-{sweep_id}.csv",
 )
+loss_caption(source, [sweep_id])
 
 st.subheader("Sharpness against the edge of stability 2/(N·η)")
 sharp = label_series(series["sharpness"], chosen)

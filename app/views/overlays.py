@@ -21,7 +21,7 @@ from app.logic.overlays import (
 from app.logic.selection import MODES, nearest, select_runs
 from app.logic.source import points_budget
 from app.logic.view_state import Field
-from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
+from app.ui import chart, labeler, loss_caption, pick_sweep, resources, sync_url, url_state
 
 P = "overlay"
 CHOICES = (*TIME_VARIABLES, "custom")
@@ -114,3 +114,4 @@ series = frame.assign(kind="point")
 fig = trajectories_figure(series, chosen, colour_by="gamma", log_x=True, log_y=True, y_label=metric,
                           x_label=TIME_VARIABLES.get(x_choice, x_key))
 chart(fig, frame, key=f"{P}.chart", filename=f"overlay-{sweep_id}.csv")
+loss_caption(source, [sweep_id])

@@ -24,7 +24,7 @@ from app.logic.portrait import (
 )
 from app.logic.source import newer_line
 from app.logic.view_state import Field
-from app.ui import chart, labeler, pick_sweep, resources, sync_url, url_state
+from app.ui import chart, labeler, loss_caption, pick_sweep, resources, sync_url, url_state
 
 P = "portrait"
 YOUNG_S = 60.0  # a sweep this young refreshes every second while it runs
@@ -117,6 +117,8 @@ def draw() -> None:
         + " · ".join(f.label() for f in fits)
     )
     chart(fig, frame, key=f"{P}.chart", filename=f"portrait-{sweep_id}.csv", select=True)
+    if metric != "test_acc" and stat != "steps_to":
+        loss_caption(source, [sweep_id])
     if {"ridge", "fits"} & set(st.session_state[f"{P}.show"]):
         for note in ridge_notes(ridge_points(grid, lower_is_better=not higher_better)):
             st.caption(note)

@@ -11,7 +11,7 @@ from app.logic.overlays import no_runs_message
 from app.logic.selection import MODES, nearest, picked_from, select_runs
 from app.logic.source import points_budget
 from app.logic.view_state import Field
-from app.ui import chart, labeler, pick_sweep, resources, sweep_labels, sync_url, url_state
+from app.ui import chart, labeler, loss_caption, pick_sweep, resources, sweep_labels, sync_url, url_state
 
 P = "traj"
 METRICS = ("train_loss", "test_loss", "test_acc")
@@ -95,5 +95,7 @@ if bands:
 fig = trajectories_figure(series, chosen, colour_by=colour, log_x=log_x, log_y=metric != "test_acc",
                           y_label=metric, x_label="step t + 1", bands=band_frame)
 chart(fig, series.drop(columns=["x"]), key=f"{P}.chart", filename=f"trajectories-{sweep_id}.csv")
+if metric != "test_acc":
+    loss_caption(source, chosen.get("source_sweep", pd.Series(dtype=object)).dropna().tolist() or [sweep_id])
 with st.expander("Runs shown"):
     st.dataframe(chosen, hide_index=True)

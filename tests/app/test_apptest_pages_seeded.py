@@ -183,3 +183,19 @@ def test_diagnostics_reads_every_curve_in_one_query(data_dir: Path, monkeypatch)
     # the demo logs no alignment/sharpness/movement: the loss chart only, and a note instead of blank charts
     assert len(figs) == 1 and figs[0]["data"]
     assert any("did not record" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("page", ["portrait", "trajectories", "overlays", "diagnostics", "compare"])
+def test_loss_pages_state_the_loss_convention(app: AppTest, page: str):
+    """Where a loss is drawn the page says how it is normalized (the demo: MLP on mnist1d, 10 outputs)
+    and the factor to the paper's code, which sums the squared error over the outputs."""
+    app.switch_page(f"views/{page}.py").run()
+    captions = [c.value for c in app.caption]
+    assert any("mean over batch × 10 outputs" in c and "multiply by 10" in c for c in captions), captions
+
+
+def test_trajectories_of_accuracy_state_no_loss_convention(app: AppTest):
+    app.switch_page("views/trajectories.py").run()
+    app.selectbox(key="traj.metric").set_value("test_acc").run()
+    assert not app.exception
+    assert not any(c.value.startswith("Loss:") for c in app.caption)

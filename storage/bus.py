@@ -5,10 +5,11 @@ Events are JSON dicts (docs/contracts.md):
   {"type": "points",    "run_id", "attempt", "seq", "step": [...], "metric": [...], "value": [...]}
   {"type": "heartbeat", "run_ids": [...], "attempt", "worker", "time"}
   {"type": "finished",  "run_id", "attempt", "status", "steps_done", "diverged_step", "summary", "error",
-   "batches"}
+   "batches", "arrays"}
 A points event is one columnar batch (one message per flush, not per point); (run_id, attempt, seq)
 identifies it, so a replayed message is stored once. `batches` (optional) is how many points events
 the attempt published: the recorder never records `done` for a run whose batches did not all arrive.
+`arrays` (optional): the run's final-function snapshot, encoded as storage.run_arrays says.
 
 Backends
 - spool directory (embedded mode): each event is one file, written to spool/tmp/ then os.replace()d
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from storage import run_arrays
 from storage.diskspace import DiskFull, below_low_water, is_disk_full
 from storage.settings import Settings
 
@@ -149,6 +151,11 @@ def validate_event(ev: Any) -> dict[str, Any]:
         err = ev.get("error")
         if err is not None and not isinstance(err, str):
             raise BadEvent(f"error: must be a string or null (got {type(err).__name__})")
+        if ev.get("arrays") is not None:  # the final-function snapshot: names, shapes and lengths checked
+            try:
+                run_arrays.validate(ev["arrays"])
+            except ValueError as exc:
+                raise BadEvent(f"arrays: {exc}") from None
     return ev
 
 

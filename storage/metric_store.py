@@ -26,6 +26,9 @@ the store damaged (`<file>.damaged`): it closes without a checkpoint and is neve
 `summaries` keeps, per (run, attempt, metric), the count, last step/value, min and max (finite values
 only) with their steps, and the first non-finite step: heatmaps read this small table instead of
 scanning millions of points.
+
+`run_arrays` keeps a run's final-function snapshot (storage.run_arrays), one row per (run, attempt,
+name), exactly once by its primary key; a purge deletes it with the points.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import json
 import struct
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,8 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+
+from storage import run_arrays
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS run_keys (run_key INTEGER NOT NULL, run_id VARCHAR NOT NULL)",
@@ -56,6 +61,7 @@ _SCHEMA = [
     "min_value DOUBLE, min_step BIGINT, max_value DOUBLE, max_step BIGINT, first_nonfinite_step BIGINT, "
     "PRIMARY KEY (run_key, attempt, metric))",
     "CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    run_arrays.DDL,  # created on the first read-write open of a store from before it
 ]
 STORE_VERSION = "1"
 _COUNT_RUNS_POINTS = "SELECT count(*) FROM points WHERE list_contains(?, run_key)"  # ? = a list of run keys
@@ -284,7 +290,7 @@ class MetricStore:
         tables = {r[0] for r in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         self.conn.execute("BEGIN TRANSACTION")
         try:
-            for table in ("summaries", "store_meta"):
+            for table in ("summaries", "store_meta", "run_arrays"):
                 if table in tables:
                     self.conn.execute(f"INSERT INTO {table} SELECT * FROM {table} ON CONFLICT DO NOTHING")
             if "summaries" in tables:  # and a key past every stored one (where the next run's go)
@@ -295,7 +301,7 @@ class MetricStore:
 
     def _has_schema(self) -> bool:
         names = {r[0] for r in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        return {"run_keys", "points", "ingested", "summaries", "store_meta"} <= names
+        return {"run_keys", "points", "ingested", "summaries", "store_meta", "run_arrays"} <= names
 
     def _read_small_tables(self) -> None:
         """Read every row and column of the tables whose size follows runs and batches, not points
@@ -544,6 +550,52 @@ class MetricStore:
                 raise
         return n
 
+    def ingest_arrays(self, items: Sequence[tuple[str, int, str, list[int], bytes]]) -> int:
+        """Store (run_id, attempt, name, shape, float32 bytes) rows not stored before, in ONE transaction
+        (storage.run_arrays: a replayed finished event stores nothing twice). Returns the rows new."""
+        if self.read_only:
+            raise RuntimeError("MetricStore: opened read-only; only the recorder ingests")
+        if not items:
+            return 0
+        if self.damaged is not None:
+            raise self.damaged
+        try:
+            with self._write_lock:
+                self.conn.execute("BEGIN TRANSACTION")
+                try:
+                    self._assign_keys(r[0] for r in items)
+                    table = pa.table({
+                        "run_key": pa.array([self._keys[r[0]] for r in items], pa.int32()),
+                        "attempt": pa.array([r[1] for r in items], pa.int32()),
+                        "name": pa.array([r[2] for r in items], pa.string()),
+                        "shape": pa.array([r[3] for r in items], pa.list_(pa.int32())),
+                        "data": pa.array([r[4] for r in items], pa.binary()),
+                    })
+                    self.conn.register("incoming_arrays", table)
+                    try:
+                        before = int(self.conn.execute("SELECT count(*) FROM run_arrays").fetchall()[0][0])
+                        self.conn.execute("INSERT INTO run_arrays SELECT * FROM incoming_arrays ON CONFLICT DO NOTHING")
+                        n = int(self.conn.execute("SELECT count(*) FROM run_arrays").fetchall()[0][0]) - before
+                    finally:
+                        self.conn.unregister("incoming_arrays")
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    try:
+                        self.conn.execute("ROLLBACK")
+                        self._load_keys()
+                    except duckdb.Error:
+                        self._keys_stale = True
+                    raise
+        except duckdb.Error as exc:
+            raise self._classified(exc) from exc
+        return n
+
+    def run_arrays(self, attempts: Mapping[str, int]) -> dict[str, dict[str, np.ndarray]]:
+        """run_id -> {name: float32 array} of the given attempt of each run (storage.queries.run_arrays
+        picks each run's shown attempt). Runs without stored arrays are left out."""
+        with self.reader() as cur:
+            return read_run_arrays(cur, attempts)
+
     def checkpoint(self) -> None:
         """Fold the WAL into the file (called when a run ends)."""
         if self.read_only:
@@ -600,7 +652,7 @@ class MetricStore:
                 self.conn.execute("BEGIN TRANSACTION")
                 try:
                     n = int(self.conn.execute(_COUNT_RUNS_POINTS, [keys]).fetchall()[0][0])
-                    for table in ("points", "summaries", "ingested", "run_keys"):
+                    for table in ("points", "summaries", "ingested", "run_arrays", "run_keys"):
                         self.conn.execute(f"DELETE FROM {table} WHERE list_contains(?, run_key)", [keys])
                     self.conn.execute("COMMIT")
                 except BaseException:
@@ -651,6 +703,33 @@ def _to_arrow(fresh: list[tuple[tuple[int, int, int], PointsBatch]]) -> pa.Table
     return pa.table({
         "run_key": run_key, "attempt": attempt, "seq": seq, "step": step, "metric": metric_arr, "value": value,
     })
+
+
+def read_run_arrays(cur: duckdb.DuckDBPyConnection, attempts: Mapping[str, int]) -> dict[str, dict[str, np.ndarray]]:
+    """run_id -> {name: array} of run_arrays at the given attempt of each run, on a reader cursor ({} from a
+    store from before the table, opened read-only)."""
+    if not attempts:
+        return {}
+    tables = {r[0] for r in cur.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if not {"run_arrays", "run_keys"} <= tables:  # checked first: DuckDB would scan a Python object of that name
+        return {}
+    want = pa.table({"run_id": pa.array(list(attempts), pa.string()),
+                     "attempt": pa.array([int(a) for a in attempts.values()], pa.int32())})
+    cur.register("want_arrays", want)
+    try:
+        found = cur.execute(
+            "SELECT k.run_id, a.name, a.shape, a.data FROM run_arrays a JOIN run_keys k USING (run_key) "
+            "JOIN want_arrays w ON w.run_id = k.run_id AND w.attempt = a.attempt ORDER BY k.run_id, a.name"
+        ).fetchall()
+    finally:
+        try:
+            cur.unregister("want_arrays")
+        except duckdb.Error:
+            pass
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for run_id, name, shape, data in found:
+        out.setdefault(run_id, {})[name] = run_arrays.to_array(list(shape), bytes(data))
+    return out
 
 
 def open_reader(path: str | Path) -> tuple[MetricStore | None, bool]:

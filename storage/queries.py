@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from storage.expression import ExpressionError, compile_expression  # noqa: F401 - re-exported
-from storage.metric_store import MetricStore, open_reader
+from storage.metric_store import MetricStore, open_reader, read_run_arrays
 from storage.registry import Registry, runs_columns, runs_frame
 from storage.settings import Settings
 
@@ -357,6 +357,17 @@ def trajectories(source: Settings | QuerySource, run_ids: Sequence[str], metric:
     `diverged` row at the registry's diverged_step. Columns run_id, step, value, kind; runs in the
     order asked, steps ascending. One DuckDB query does the bucketing."""
     return trajectory_rows(source, run_ids, [metric], max_points, log_x)[["run_id", "step", "value", "kind"]]
+
+
+def run_arrays(source: Settings | QuerySource, run_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """run_id -> {name: float32 array}: the final-function snapshot (storage.run_arrays) of each run's
+    shown attempt (module docstring). Runs without one (not asked for, not done) are left out."""
+    run_ids = list(dict.fromkeys(run_ids))
+    with _open(source) as (cur, registry):
+        cols = runs_columns(registry, run_ids=run_ids, fields=("run_id", "shown_attempt"))
+        if cur is None or not cols["run_id"]:
+            return {}
+        return read_run_arrays(cur, dict(zip(cols["run_id"], cols["shown_attempt"], strict=True)))
 
 
 TRAJECTORY_COLUMNS = ["run_id", "metric", "step", "value", "kind"]

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from storage import run_arrays
 from storage.broker_loss import LostQueue, ingested_batches
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
 from storage.diskspace import DiskFull, below_low_water, ensure_reserve, has_room, is_disk_full, release_reserve
@@ -213,6 +214,8 @@ class Recorder:
                     self._reject(d, f"cannot store points: {type(one).__name__}: {one}")
                     kept.remove(d)
 
+        self._ingest_arrays(kept)  # final-function snapshots: stored before the registry hears of the end
+
         # registry transitions of the whole batch: one transaction, one sweep recount per touched sweep
         started, beats, finished = [], [], []
         for d in kept:
@@ -266,6 +269,28 @@ class Recorder:
         self.stats["points"] += stored
         self.stats["batches"] += 1
         return stored
+
+    def _ingest_arrays(self, kept: Sequence[Delivery]) -> None:
+        """Store the `arrays` of finished events (storage.run_arrays), once per (run, attempt, name). A
+        snapshot that cannot be stored is logged and left out; the run's end is recorded all the same."""
+        carrying = [d.event for d in kept if d.event and d.event["type"] == "finished" and d.event.get("arrays")]
+
+        def items(ev: dict[str, Any]) -> list[tuple[str, int, str, list[int], bytes]]:
+            return [(ev["run_id"], ev["attempt"], *row) for row in run_arrays.rows(ev["arrays"])]
+
+        try:
+            self.store.ingest_arrays([item for ev in carrying for item in items(ev)])
+        except (StoreCorrupt, DiskFull):
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolate the poison snapshot, keep the rest
+            log.warning("arrays ingest failed (%s); retrying event by event", exc)
+            for ev in carrying:
+                try:
+                    self.store.ingest_arrays(items(ev))
+                except (StoreCorrupt, DiskFull):
+                    raise
+                except Exception as one:  # noqa: BLE001
+                    log.warning("run %s: its final-function snapshot was not stored: %s", ev["run_id"], one)
 
     def _no_gaps(self, finished: list[FinishedEvent]) -> list[FinishedEvent]:
         """A run is never recorded `done` (or `diverged`) with a gap: when its finished event says how

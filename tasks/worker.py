@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.config import RunConfig
+from storage import run_arrays
 from storage.bus import BrokerUnavailable
 from storage.diskspace import DiskFull, disk_full_message, release_reserve
 from storage.settings import Settings
@@ -187,13 +188,16 @@ def _run_unit(unit_json: str, settings: Settings, publisher: Any, *, device: str
     seq: dict[str, int] = {}  # run_id -> points events published so far (the next seq)
 
     def finish(run_id: str, status: str, steps_done: int = 0, diverged_step: int | None = None,
-               summary: dict[str, float] | None = None, error: str | None = None) -> None:
+               summary: dict[str, float] | None = None, error: str | None = None, arrays: Any = None) -> None:
         event = {"type": "finished", "run_id": run_id, "attempt": attempt_of[run_id], "status": status,
                  "steps_done": int(steps_done), "diverged_step": diverged_step, "summary": summary or {},
                  "error": error}
         if run_id in seq:  # how many points batches were sent: the recorder checks that all arrived
             event["batches"] = seq[run_id]
-        publish(event)
+        if arrays:  # the final-function snapshot (metric "function"): through the bus, never the task result
+            publish(event | {"arrays": run_arrays.encode(arrays)})
+        else:
+            publish(event)
         finished[run_id] = event
 
     checker = CancelChecker(settings, unit.run_ids)
@@ -236,7 +240,7 @@ def _run_unit(unit_json: str, settings: Settings, publisher: Any, *, device: str
         status = r.status
         if status == "done" and r.run_id in flagged and r.steps_done < configs[0].train.steps:
             status = "cancelled"
-        finish(r.run_id, status, r.steps_done, r.diverged_step, dict(r.summary))
+        finish(r.run_id, status, r.steps_done, r.diverged_step, dict(r.summary), arrays=r.arrays)
         beat.finish(r.run_id)
 
     try:

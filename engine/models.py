@@ -69,6 +69,33 @@ def _expand(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
+# -- the μP scale rule, once (every layer of every architecture goes through one of these)
+
+
+def dense(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """A μP hidden layer: (x Wᵀ + b) / sqrt(fan_in). x (..., fan_in), w (out, fan_in) → (..., out)."""
+    return (x @ w.T + b) / math.sqrt(w.shape[1])
+
+
+def readout(feats: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """The μP readout without its 1/γ (applied where f is formed): (φ Wᵀ + b) / fan_in.
+    feats (B, F), w (C, F) → (B, C)."""
+    return (feats @ w.T + b) / w.shape[1]
+
+
+def conv(x: Tensor, w: Tensor, b: Tensor, stride: int = 1) -> Tensor:
+    """μP conv: divide by sqrt(C_in), not sqrt(C_in·k²). x (B, C_in, H, W) → (B, C_out, H', W')."""
+    pad = w.shape[-1] // 2
+    return F.conv2d(x, w, b, stride=stride, padding=pad) / math.sqrt(w.shape[1])
+
+
+def layer_scales(dims: Sequence[int]) -> list[float]:
+    """dense's and readout's divisors as multipliers for a layer stack dims [D, N, …, N, C] (the MLP's
+    batched path folds them into its GEMMs' alpha): 1/sqrt(fan_in) per hidden layer, 1/fan_in last."""
+    depth = len(dims) - 1
+    return [1.0 / math.sqrt(dims[i]) for i in range(depth - 1)] + [1.0 / dims[depth - 1]]
+
+
 class EnsembleModel:
     """A μP-γ network whose parameters are stacked along a leading member axis K.
 
@@ -217,10 +244,10 @@ class MLP(EnsembleModel):
         hs = []
         depth = self.config.depth
         for layer in range(1, depth):
-            h = (a @ p[f"w{layer}"].T + p[f"b{layer}"]) / math.sqrt(self.dims[layer - 1])  # (B, N)
+            h = dense(a, p[f"w{layer}"], p[f"b{layer}"])  # (B, N)
             hs.append(h)
             a = activation(self.act, h)
-        g = (a @ p[f"w{depth}"].T + p[f"b{depth}"]) / self.dims[depth - 1]  # (B, C)
+        g = readout(a, p[f"w{depth}"], p[f"b{depth}"])  # (B, C)
         return g, a, hs
 
     def _forward_cols(self, params: Params, x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
@@ -229,16 +256,18 @@ class MLP(EnsembleModel):
         depth = self.config.depth
         k = params["w1"].shape[0]
         xt = x.reshape(x.shape[0], -1).T  # (D, B), a view
-        s = 1.0 / math.sqrt(self.dims[0])
+        scale = layer_scales(self.dims)
         n1 = self.dims[1]
         # one GEMM for all members: (K·N, D) @ (D, B) → (K·N, B); bias folded in with beta
-        h = torch.addmm(params["b1"].reshape(k * n1, 1), params["w1"].reshape(k * n1, -1), xt, beta=s, alpha=s)
+        h = torch.addmm(
+            params["b1"].reshape(k * n1, 1), params["w1"].reshape(k * n1, -1), xt, beta=scale[0], alpha=scale[0]
+        )
         h = h.view(k, n1, -1)  # (K, N, B)
         hs, acts = [h], [xt]
         for layer in range(2, depth + 1):
             a = activation(self.act, h)
             acts.append(a)
-            s = 1.0 / math.sqrt(self.dims[layer - 1]) if layer < depth else 1.0 / self.dims[layer - 1]
+            s = scale[layer - 1]
             h = torch.baddbmm(params[f"b{layer}"].unsqueeze(-1), params[f"w{layer}"], a, beta=s, alpha=s)
             if layer < depth:
                 hs.append(h)
@@ -261,24 +290,24 @@ class MLP(EnsembleModel):
         p_pts = x.shape[0]
         _, hs, acts = self._forward_cols(params, x)
         a_rows = [acts[0].T.expand(k, -1, -1)] + [a.transpose(1, 2) for a in acts[1:]]  # [(K, P, fan)]
-        s_out = 1.0 / self.dims[depth - 1]
+        scale = layer_scales(self.dims)
         eye = torch.eye(self.n_outputs, dtype=x.dtype, device=x.device)
         # E for the readout's u: ∂f_c/∂u_L[c'] = s_L/γ δ_cc' → (K, C, P, C)
-        e = (s_out / gamma).view(k, 1, 1, 1) * eye.view(1, self.n_outputs, 1, self.n_outputs).expand(k, -1, p_pts, -1)
+        eye = eye.view(1, self.n_outputs, 1, self.n_outputs).expand(k, -1, p_pts, -1)
+        e = (scale[depth - 1] / gamma).view(k, 1, 1, 1) * eye
         kernel = torch.zeros(k, p_pts, p_pts, dtype=x.dtype, device=x.device)
         for layer in range(depth, 0, -1):
             a = a_rows[layer - 1]  # (K, P, fan)
             ee = torch.einsum("kcpo,kcqo->kpq", e, e)  # Σ_c E_c E_cᵀ
             kernel += ee * (a @ a.transpose(1, 2) + 1)
             if layer > 1:
-                s_prev = 1.0 / math.sqrt(self.dims[layer - 2])
                 e = torch.einsum("kcpo,koi->kcpi", e, params[f"w{layer}"])  # ∂f/∂a_l
                 h = hs[layer - 2].transpose(1, 2).unsqueeze(1)  # (K, 1, P, N)
                 if self.act == "relu":
                     e = e * (h > 0)
                 elif self.act == "tanh":
                     e = e * (1 - torch.tanh(h) ** 2)
-                e = e * s_prev
+                e = e * scale[layer - 2]
         return kernel
 
     # -- the training hot loop
@@ -485,7 +514,7 @@ class MLP(EnsembleModel):
         buf = self._buffers(m, k, b, x.dtype, x.device)
         x_aug, acts, h, g, grads = buf["x_aug"], buf["acts"], buf["h"], buf["g"], buf["grads"]
         x_aug[: self.in_dim].copy_(x.reshape(b, -1).T)  # (D, B); the ones row stays
-        scale = [1.0 / math.sqrt(self.dims[i]) for i in range(depth - 1)] + [1.0 / self.dims[depth - 1]]
+        scale = layer_scales(self.dims)
 
         # forward θ and the θ0 slots together. Layer 1 (shared input): one (M·N, P) @ (P, B) GEMM.
         torch.addmm(
@@ -539,12 +568,6 @@ class MLP(EnsembleModel):
 # ----------------------------------------------------------------------------- CNN
 
 
-def _conv(x: Tensor, w: Tensor, b: Tensor, stride: int = 1) -> Tensor:
-    """μP conv: divide by sqrt(C_in), not sqrt(C_in·k²). x (B, C_in, H, W) → (B, C_out, H', W')."""
-    pad = w.shape[-1] // 2
-    return F.conv2d(x, w, b, stride=stride, padding=pad) / math.sqrt(w.shape[1])
-
-
 class CNN(EnsembleModel):
     def __init__(self, model: ModelConfig, input_shape: Sequence[int], n_outputs: int):
         super().__init__(model, input_shape, n_outputs)
@@ -563,13 +586,13 @@ class CNN(EnsembleModel):
         }  # fmt: skip
 
     def forward_one(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        h1 = _conv(x, p["conv1"], p["conv1_b"])  # (B, N, H, W)
+        h1 = conv(x, p["conv1"], p["conv1_b"])  # (B, N, H, W)
         a = F.avg_pool2d(activation(self.act, h1), 2)
-        h2 = _conv(a, p["conv2"], p["conv2_b"])  # (B, 2N, H/2, W/2)
+        h2 = conv(a, p["conv2"], p["conv2_b"])  # (B, 2N, H/2, W/2)
         a = F.avg_pool2d(activation(self.act, h2), 2).flatten(1)  # (B, 2N·H/4·W/4)
-        h3 = (a @ p["dense"].T + p["dense_b"]) / math.sqrt(a.shape[1])  # (B, 8N)
+        h3 = dense(a, p["dense"], p["dense_b"])  # (B, 8N)
         feats = activation(self.act, h3)
-        g = (feats @ p["readout"].T + p["readout_b"]) / feats.shape[1]  # (B, C)
+        g = readout(feats, p["readout"], p["readout_b"])  # (B, C)
         return g, feats, [h1, h2, h3]
 
 
@@ -608,16 +631,16 @@ class ResNet(EnsembleModel):
 
     def forward_one(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         branch_scale = 1.0 / math.sqrt(self.config.depth)
-        h = _conv(x, p["stem"], p["stem_b"])  # (B, N, H, W)
+        h = conv(x, p["stem"], p["stem_b"])  # (B, N, H, W)
         hs = [h]
         for pre, stride, proj in self.blocks:
-            u = _conv(activation(self.act, h), p[f"{pre}.conv1"], p[f"{pre}.conv1_b"], stride)
-            u = _conv(activation(self.act, u), p[f"{pre}.conv2"], p[f"{pre}.conv2_b"])
-            skip = _conv(h, p[f"{pre}.proj"], p[f"{pre}.proj_b"], stride) if proj else h
+            u = conv(activation(self.act, h), p[f"{pre}.conv1"], p[f"{pre}.conv1_b"], stride)
+            u = conv(activation(self.act, u), p[f"{pre}.conv2"], p[f"{pre}.conv2_b"])
+            skip = conv(h, p[f"{pre}.proj"], p[f"{pre}.proj_b"], stride) if proj else h
             h = skip + branch_scale * u  # (B, C_stage, H_s, W_s)
             hs.append(h)
         feats = activation(self.act, h).mean(dim=(-2, -1))  # (B, 8N) global average pool
-        g = (feats @ p["readout"].T + p["readout_b"]) / feats.shape[1]
+        g = readout(feats, p["readout"], p["readout_b"])  # (B, C)
         return g, feats, hs
 
 
@@ -664,23 +687,25 @@ class ViT(EnsembleModel):
         d = n // heads
         bsz = x.shape[0]
         patches = F.unfold(x, kernel_size=ps, stride=ps).transpose(1, 2)  # (B, T, C·p²)
-        h = (patches @ p["embed"].T + p["embed_b"]) / math.sqrt(patches.shape[-1]) + p["pos"]  # (B, T, N)
+        h = dense(patches, p["embed"], p["embed_b"]) + p["pos"]  # (B, T, N)
         hs = [h]
         branch_scale = 1.0 / math.sqrt(cfg.depth)
         for i in range(cfg.depth):
             pre = f"block{i + 1}"
-            qkv = (_layer_norm(h) @ p[f"{pre}.qkv"].T + p[f"{pre}.qkv_b"]) / math.sqrt(n)  # (B, T, 3N)
+            qkv = dense(_layer_norm(h), p[f"{pre}.qkv"], p[f"{pre}.qkv_b"])  # (B, T, 3N)
             q, k, v = qkv.view(bsz, -1, 3, heads, d).permute(2, 0, 3, 1, 4)  # each (B, H, T, d)
             scores = q @ k.transpose(-1, -2) / d  # μP: 1/d_head keeps updates O(1) as d grows
             att = torch.softmax(scores, dim=-1) @ v  # (B, H, T, d)
             att = att.transpose(1, 2).reshape(bsz, -1, n)
+            # not branch_scale * dense(...): (s·y)/√N rounds differently from s·(y/√N), and stored
+            # runs were computed this way
             h = h + branch_scale * (att @ p[f"{pre}.proj"].T + p[f"{pre}.proj_b"]) / math.sqrt(n)
-            u = (_layer_norm(h) @ p[f"{pre}.fc1"].T + p[f"{pre}.fc1_b"]) / math.sqrt(n)  # (B, T, 2N)
-            u = (activation(self.act, u) @ p[f"{pre}.fc2"].T + p[f"{pre}.fc2_b"]) / math.sqrt(2 * n)
+            u = dense(_layer_norm(h), p[f"{pre}.fc1"], p[f"{pre}.fc1_b"])  # (B, T, 2N)
+            u = dense(activation(self.act, u), p[f"{pre}.fc2"], p[f"{pre}.fc2_b"])  # (B, T, N)
             h = h + branch_scale * u
             hs.append(h)
         feats = _layer_norm(h).mean(dim=1)  # (B, N)
-        g = (feats @ p["readout"].T + p["readout_b"]) / n
+        g = readout(feats, p["readout"], p["readout_b"])  # (B, C)
         return g, feats, hs
 
 

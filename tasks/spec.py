@@ -425,7 +425,9 @@ def validate_spec(spec: SweepSpec, settings: Settings) -> list[str]:
         except ValueError as exc:  # SettingsError
             errors.append(ConfigError("data.path", getattr(exc, "message", str(exc))))
             data_ok = False
-    if data_ok:
+    # A grid over the limit is refused before torch is imported (seconds on a busy machine): the data
+    # check waits until the grid is one that could be queued.
+    if data_ok and too_big is None:
         from engine.data import check_data  # lazily: torch import is slow and only needed here
 
         try:

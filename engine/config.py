@@ -27,6 +27,7 @@ LOSSES = ("mse", "xent")
 DTYPES = ("auto", "float32", "float64")
 # "function" (opt-in, not in TrainConfig's default): a snapshot of the final function, engine.function_probe
 METRICS = ("test", "alignment", "sharpness", "movement", "function")
+OPTIMIZERS = ("sgd", "adam")  # adam: engine/optim.py (per-layer μP rates, design.md §2 "Adam")
 
 # Below this γ the signal f = (network output)/γ·(small change) drowns in float32 round-off:
 # design.md §2 asks for float64 automatically.
@@ -183,8 +184,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Online SGD. The step size of a run is width·η; `eval_points` log-spaced steps get the
-    costly metrics (the subset named in `metrics`); train_loss is logged every step."""
+    """Online training. `optimizer` "sgd" (default): plain SGD with step size width·η; "adam": Adam
+    with per-layer rates η/sqrt(fan_in) before the readout and η at the readout (engine/optim.py).
+    `eval_points` log-spaced steps get the costly metrics (the subset named in `metrics`);
+    train_loss is logged every step."""
 
     loss: str = "mse"
     batch_size: int = 128
@@ -194,6 +197,7 @@ class TrainConfig:
     metrics: tuple[str, ...] = ("test", "alignment", "sharpness", "movement")
     divergence_factor: float = 1e3
     probe_size: int = 128
+    optimizer: str = "sgd"  # left out of the canonical JSON when "sgd": ids from before it stay valid
 
     def __post_init__(self) -> None:
         _choice("train.loss", self.loss, LOSSES)
@@ -208,6 +212,7 @@ class TrainConfig:
         _positive("train.divergence_factor", self.divergence_factor)
         object.__setattr__(self, "divergence_factor", float(self.divergence_factor))
         _int("train.probe_size", self.probe_size, 1, 1 << 16)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass(frozen=True)
@@ -251,12 +256,14 @@ class RunConfig:
 
     @property
     def learning_rate(self) -> float:
-        """The SGD step size actually used: N·η."""
-        return self.model.width * self.eta
+        """The base step size: N·η for SGD; η for Adam (engine/optim.py scales it per layer)."""
+        return self.eta if self.train.optimizer == "adam" else self.model.width * self.eta
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"]["metrics"] = list(self.train.metrics)
+        if self.train.optimizer == "sgd":
+            del d["train"]["optimizer"]  # the default is not written: run_id and shape_key stay as they were
         return d
 
     def to_json(self) -> str:

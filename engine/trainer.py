@@ -53,7 +53,10 @@ from engine import function_probe
 from engine import metrics as M
 from engine.analysis import tail_steps
 from engine.config import ConfigError, RunConfig
-from engine.models import MLP, EnsembleModel, Params, build_model
+from engine.ensemble import EnsembleModel, Params
+from engine.mlp import MLP
+from engine.models import build_model
+from engine.optim import AdamState, adam_step
 
 NTK_PROBE_MAX = 64  # NTK cost grows with P² (MLP) or P·C backward passes (others): cap the probe
 SHARPNESS_ITERS_COLD = 20
@@ -199,6 +202,8 @@ def train_on_stream(
         threshold=torch.full((k,), math.inf, dtype=dtype, device=device),
         loss_buf=torch.empty(flush_every, k, dtype=dtype, device=device),  # on-device train_loss
     )  # fmt: skip
+    if tc.optimizer == "adam":  # lr is η then (RunConfig.learning_rate); engine/optim.py scales it per layer
+        ens.adam = AdamState.zeros(model, params)
     # catapult allowance (module docstring): divergence_factor × max(1, 1/γ²) × step-0 loss; read at
     # step 0 only, before any compaction
     allowance = tc.divergence_factor * torch.clamp(gamma**-2, min=1.0)  # (K,)
@@ -253,9 +258,13 @@ def train_on_stream(
             _evaluate(model, ens, test, probe, wanted, tc.loss, alive_host, t, rows, last_test)
         batch = stream.next_batch()
         step_size = torch.where(ens.alive, ens.lr, torch.zeros((), dtype=dtype, device=device))
-        losses = model.train_step(
-            ens.params, ens.theta0, batch.x, batch.target, batch.label, ens.gamma, step_size, tc.loss
-        )
+        if ens.adam is None:
+            losses = model.train_step(
+                ens.params, ens.theta0, batch.x, batch.target, batch.label, ens.gamma, step_size, tc.loss
+            )
+        else:
+            losses = adam_step(model, ens.adam, ens.params, ens.theta0, batch.x, batch.target, batch.label,
+                               ens.gamma, step_size, tc.loss)  # fmt: skip
         ens.loss_buf[t - buf_start] = losses
         if t == 0:
             ens.threshold = torch.where(losses > 0, losses * allowance, ens.threshold)
@@ -288,6 +297,8 @@ def train_on_stream(
                 with torch.no_grad():  # back to finite values (a dead member may stay as padding)
                     dead_pos = torch.as_tensor(np.flatnonzero(newly_dead), device=device)
                     model.reset_members(ens.params, ens.params0, dead_pos)
+                    if ens.adam is not None:
+                        ens.adam.reset(dead_pos)
                 dead = ens.members[newly_dead]
                 diverged_host[dead] = div_pos[newly_dead]
                 alive_host[dead] = False
@@ -351,6 +362,7 @@ class _Ensemble:
     threshold: Tensor  # (K',) the divergence threshold, set at step 0
     loss_buf: Tensor  # (flush_every, K') train_loss between flushes
     eig_vec: Params | None = None  # the sharpness eigenvectors, warm start of the next eval
+    adam: AdamState | None = None  # train.optimizer = "adam": per-member m, v, steps (engine/optim.py)
 
     @property
     def theta0(self) -> Params | None:
@@ -368,6 +380,8 @@ class _Ensemble:
         self.loss_buf = self.loss_buf.new_empty(self.loss_buf.shape[0], len(positions))
         if self.eig_vec is not None:
             self.eig_vec = {n: v[idx] for n, v in self.eig_vec.items()}
+        if self.adam is not None:
+            self.adam = self.adam.select(idx)
 
 
 class _Rows:

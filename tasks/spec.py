@@ -4,7 +4,7 @@
     [model] / [data] / [train]    -- engine.config's ModelConfig, DataConfig, TrainConfig fields
     [grid]
     gamma = [0.001, 0.01, 0.1, 1.0]                   # a list, one number, or a log range:
-    eta = { from = 1e-4, to = 10.0, per_decade = 2 }  # raw η; the SGD step is width·η
+    eta = { from = 1e-4, to = 10.0, per_decade = 2 }  # raw η; the SGD step is width·η (adam: η per layer)
     seeds = [0, 1]                                    # a list, or a count (3 -> 0, 1, 2)
     adaptive = false                                  # true: find η_max per γ in rounds (tasks.api)
     below_max_decades = 3                             # adaptive: run down to η_max / 10^this
@@ -135,6 +135,8 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         train = dataclasses.asdict(self.train)
         train["metrics"] = list(self.train.metrics)
+        if self.train.optimizer == "sgd":
+            del train["optimizer"]  # the default stays unwritten, as in RunConfig.to_dict
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if v is not None}
         return {
             "name": self.name,

@@ -10,7 +10,7 @@ from app.auth import current_actor
 from app.logic.launch import check_form, errors_by_field, spec_to_form
 from app.logic.presets import available_presets
 from app.ui import read_only_help, read_only_notice, resources
-from engine.config import ACTIVATIONS, ARCHS, DATASETS, DTYPES, LOSSES, METRICS, ConfigError
+from engine.config import ACTIVATIONS, ARCHS, DATASETS, DTYPES, LOSSES, METRICS, OPTIMIZERS, ConfigError
 
 P = "launch"
 res = resources()
@@ -71,6 +71,8 @@ with st.form(f"{P}.form"):
     field(d[1], "text_input", "Path in the data folder (file-backed sets)", "data.path")
     t = st.columns(5)
     field(t[0], "selectbox", "Loss", "train.loss", LOSSES)
+    field(t[0], "selectbox", "Optimizer", "train.optimizer", OPTIMIZERS,
+          help="sgd: step N·η; adam: rate η/sqrt(fan_in) per layer before the readout, η at the readout")
     field(t[1], "number_input", "Batch size", "train.batch_size", 1, 1 << 20)
     field(t[2], "number_input", "Steps", "train.steps", 1, 100_000_000)
     field(t[3], "selectbox", "Precision", "train.dtype", DTYPES)

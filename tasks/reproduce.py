@@ -126,6 +126,13 @@ class SweepData:
     runs: pd.DataFrame  # columns run_id, gamma, eta, seed, status, final_train_loss, tail_train_loss, ...
     load_series: Callable[[], pd.DataFrame] | None = None
     _series: pd.DataFrame | None = None
+    load_arrays: Callable[[], dict[str, dict[str, np.ndarray]]] | None = None  # storage.queries.run_arrays
+
+    def arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """run_id -> {name: array}: the final-function snapshots (metric "function") of the shown attempts."""
+        if self.load_arrays is None:
+            raise ValueError(f"sweep {self.sweep_id}: no arrays loader")
+        return self.load_arrays()
 
     def series(self, metric: str = "train_loss") -> pd.DataFrame:
         """Every point of `metric` of the shown attempts: run_id, step, value (sorted by run, step)."""
@@ -213,7 +220,12 @@ def load_sweep(settings: Any, sweep_id: str) -> SweepData:
             points = pd.read_parquet(target)
         return points[["run_id", "metric", "step", "value"]].sort_values(["run_id", "step"]).reset_index(drop=True)
 
-    return SweepData(sweep_id, dict(sweep["spec"]), frame, load)
+    def arrays() -> dict[str, dict[str, np.ndarray]]:
+        from storage.queries import run_arrays
+
+        return run_arrays(settings, [r["run_id"] for r in runs])
+
+    return SweepData(sweep_id, dict(sweep["spec"]), frame, load, load_arrays=arrays)
 
 
 # ----------------------------------------------------------------------------- the report

@@ -21,7 +21,8 @@ import pytest
 from tasks.reproduce import Row
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse", "catapult", "generalization", "silent-alignment")
+NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse", "catapult", "generalization", "silent-alignment",
+         "same-function")
 
 
 def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:

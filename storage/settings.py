@@ -114,6 +114,13 @@ class Settings:
     session_hours -- a dashboard login expires after this many hours.
     cookie_secret -- the key that signs session cookies; None = <data_dir>/secret.key, made on first use
                      (storage.accounts.cookie_secret). Every dashboard of a lab must share it.
+    device_memory -- bytes one work unit may take on a worker's device (an integer, or text such as
+                     "2GiB", "512MiB"). The planner sizes units by the engine's estimate (engine/memory.py)
+                     against it, and a worker splits a unit that does not fit. None: measured where it is
+                     needed, CUDA: the device's free memory × memory_fraction; CPU: the RAM ×
+                     memory_fraction / workers (the local workers share it).
+    memory_fraction -- the share of the measured memory a unit may take; the rest is headroom for the
+                     allocator's caches, the library's workspaces and what the estimate misses.
     """
 
     data_dir: Path
@@ -129,6 +136,8 @@ class Settings:
     user: str = field(default_factory=_local_user)
     session_hours: float = 12.0
     cookie_secret: str | None = None
+    device_memory: int | None = None
+    memory_fraction: float = 0.7
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_s", "lost_after_s"):
@@ -154,6 +163,16 @@ class Settings:
         if self.broker_url is not None and not str(self.broker_url).startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("broker_url", f"must be a redis:// URL or unset (got {self.broker_url!r})")
         self._check_accounts()
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Validate device_memory (bytes or text like "2GiB") and memory_fraction."""
+        if self.device_memory is not None:
+            object.__setattr__(self, "device_memory", parse_bytes("device_memory", self.device_memory))
+        frac = self.memory_fraction
+        if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 < frac <= 1:
+            raise SettingsError("memory_fraction", f"must be a number in (0, 1] (got {frac!r})")
+        object.__setattr__(self, "memory_fraction", float(frac))
 
     def _check_accounts(self) -> None:
         """Validate auth, user, session_hours and cookie_secret."""
@@ -242,7 +261,24 @@ class Settings:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)}
-_NUMERIC = {"heartbeat_s": float, "lost_after_s": float, "max_cells": int, "workers": int, "session_hours": float}
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_bytes(name: str, value: Any) -> int:
+    """A size in bytes from an integer or text such as "2GiB", "512 MiB", "1.5GB" (at least 1 MiB:
+    a smaller budget is a typo for a bigger one)."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", value)
+        if m is None or m.group(2).lower() not in _BYTE_UNITS:
+            raise SettingsError(name, f"must be a number of bytes or a size like 2GiB, 512MiB (got {value!r})")
+        value = int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2**20:
+        raise SettingsError(name, f"must be at least 1MiB, as bytes or a size like 2GiB (got {value!r})")
+    return value
+
+_NUMERIC = {"heartbeat_s": float, "lost_after_s": float, "max_cells": int, "workers": int, "session_hours": float,
+            "memory_fraction": float}
 
 
 def _env_value(name: str, raw: str) -> Any:
@@ -251,7 +287,7 @@ def _env_value(name: str, raw: str) -> Any:
             return _NUMERIC[name](raw)
         except ValueError:
             raise SettingsError(name, f"environment {ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
-    if name in ("broker_url", "cookie_secret") and raw.strip() == "":
+    if name in ("broker_url", "cookie_secret", "device_memory") and raw.strip() == "":
         return None
     return raw
 

@@ -38,7 +38,7 @@ from storage.settings import Settings
 from tasks import cancel as cancel_flags
 from tasks.access import Actor, local_actor, require, require_for_run
 from tasks.executors import CeleryExecutor, LocalExecutor
-from tasks.planner import Plan, device_class, pack
+from tasks.planner import Plan, device_class, memory_budget, pack
 from tasks.spec import SweepSpec, validate_spec
 
 log = logging.getLogger("gamma_lab.api")
@@ -122,7 +122,11 @@ def dispatch(
         return Plan()
     cancel_flags.clear(settings, [c.run_id for c in configs])
     parallelism = settings.workers if executor == "local" else 1
-    plan = pack(configs, device=device, attempts=attempts, sweep_id=sweep_id, parallelism=parallelism)
+    budget, source = memory_budget(settings, device)
+    plan = pack(configs, device=device, attempts=attempts, sweep_id=sweep_id, parallelism=parallelism,
+                memory_budget=budget)
+    if plan.memory_note:  # `sweep` prints warnings: say why there are more units than workers
+        log.warning("%s; the budget is %s", plan.memory_note, source)
     if executor == "local":
         LocalExecutor(settings).submit(plan.units)
     else:

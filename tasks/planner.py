@@ -1,14 +1,11 @@
 """Pack a sweep's cells into work units: groups of equal shape trained as one ensemble on one device.
 
-Sizing. A unit's memory is estimated as
-
-    members × (parameters × PARAM_COPIES + batch × activations_per_example × ACTIVATION_COPIES) × dtype bytes
-
-PARAM_COPIES = 4 (weights, gradients, the frozen θ0 copy centering keeps, one temporary of the update);
-ACTIVATION_COPIES = 6 (forward pre/post-activations kept for backward, their gradients, and the centered
-copy's forward pass). Probe-batch metrics (NTK alignment, Hessian-vector products) reuse buffers of the
-same order. The estimate is deliberately rough and generous: a unit that does not fit fails on the
-device, one that is too small only costs a little batching efficiency.
+Sizing. A unit's memory is engine.memory's estimate (parameters, θ0 per distinct seed, activations
+of one batch, the costly metrics' probes; calibrated against measured peaks) against the worker's
+budget, `memory_budget`: the device_memory setting, or measured (CUDA: free memory × memory_fraction;
+CPU: RAM × memory_fraction / workers). `pack` caps a group's units at the members that fit, on top of
+MAX_MEMBERS and the parallelism split, and `Plan.memory_note` says when the budget was what limited
+them. A unit that still runs out of memory is split by the worker (tasks.worker), never lost.
 
 Time. FLOPs per step ≈ 6 × parameters × batch per member (forward 2, backward 4; the centered
 θ0 forward adds a third of that again: factor 8), × members × steps; divided by a sustained throughput
@@ -35,17 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import memory
 from engine.config import ConfigError, RunConfig
 from storage.settings import Settings
 
 THROUGHPUT_FILE = "throughput.json"
 THROUGHPUT_MAX_AGE_S = 7 * 86400.0  # an older measurement may be of another machine or torch build
 
-PARAM_COPIES = 4
-ACTIVATION_COPIES = 6
 FLOPS_PER_PARAM_PER_EXAMPLE = 8.0
-# Memory a unit may take by device class (bytes). CPU: stay well inside a laptop's RAM with other
-# workers beside it; GPU: leave headroom on a 16 GB card (bigger cards just run more units at once).
+# Memory a unit may take by device class (bytes) where nothing can be measured: `pack` without a
+# budget, a machine that does not say its RAM, a GPU sweep planned on a machine without one (12 GiB:
+# headroom on a 16 GB card; bigger cards just run more units at once).
 MEMORY_BUDGET = {"cpu": 2 * 2**30, "cuda": 12 * 2**30}
 # Upper bound on members per unit: past this a batched matmul is already at peak, and smaller units
 # let several workers share a sweep and cancel/retry at a finer grain.
@@ -100,19 +97,33 @@ def parameter_count(cfg: RunConfig) -> int:
     return depth * 12 * n * n + (m.patch**2) * channels * n + n * c
 
 
-def activations_per_example(cfg: RunConfig) -> int:
-    m = cfg.model
-    d_in, c = _input_size(cfg)
-    if m.arch == "mlp":
-        return d_in + m.depth * m.width + c
-    # convolutional/attention nets keep feature maps: ≈ width × pixels per layer
-    return m.depth * m.width * max(d_in // 3, 1) * 2
-
-
 def member_bytes(cfg: RunConfig) -> int:
-    b = DTYPE_BYTES[cfg.resolved_dtype]
-    activations = cfg.train.batch_size * activations_per_example(cfg)
-    return b * (parameter_count(cfg) * PARAM_COPIES + activations * ACTIVATION_COPIES)
+    """Estimated bytes one more member of `cfg`'s shape adds to a unit (engine.memory: with its own θ0)."""
+    est = memory.estimate(cfg)
+    return est.per_member + est.per_seed
+
+
+def memory_budget(settings: Any, device: str = "cpu") -> tuple[int, str]:
+    """(bytes a unit may take on `device`, where that number comes from: for messages). The
+    device_memory setting when set; else measured: a CUDA device's free memory (on this machine) or
+    the RAM shared by the local workers, times memory_fraction; else MEMORY_BUDGET."""
+    cls = device_class(device)
+    explicit = getattr(settings, "device_memory", None)
+    if explicit:
+        return int(explicit), "the device_memory setting (GAMMA_LAB_DEVICE_MEMORY)"
+    fraction = float(getattr(settings, "memory_fraction", 0.7))
+    if cls == "cuda":
+        free = memory.cuda_free_memory(device if device != "cuda" else "cuda:0")
+        if free is None:
+            return MEMORY_BUDGET[cls], "a 16 GB card's default (no GPU here to measure; set GAMMA_LAB_DEVICE_MEMORY)"
+        return int(free * fraction), f"{fraction:g} × the free memory of {device} (GAMMA_LAB_DEVICE_MEMORY sets it)"
+    ram = memory.physical_memory()
+    if ram is None:
+        return MEMORY_BUDGET[cls], "the default (this system does not say its RAM; set GAMMA_LAB_DEVICE_MEMORY)"
+    workers = max(int(getattr(settings, "workers", 1) or 1), 1)
+    return int(ram * fraction / workers), (
+        f"{fraction:g} × the RAM / {workers} worker(s) (GAMMA_LAB_DEVICE_MEMORY sets it)"
+    )
 
 
 def unit_flops(configs: Sequence[RunConfig], steps: int | None = None) -> float:
@@ -296,6 +307,7 @@ class Plan:
     estimated_seconds: float = 0.0  # all units one after another
     max_unit_seconds: float = 0.0
     workers: int = 1  # units that run at once (local workers, GPUs)
+    memory_note: str = ""  # when the memory budget, not the other rules, limited some unit's size
 
     @property
     def wall_seconds(self) -> float:
@@ -316,11 +328,14 @@ def _unit_id(configs: Sequence[RunConfig], attempts: Sequence[int]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def max_members(cfg: RunConfig, device: str = "cpu", memory_budget: int | None = None) -> int:
-    """Members of `cfg`'s shape that fit one unit on `device` (at least 1)."""
+def max_members(
+    cfg: RunConfig, device: str = "cpu", memory_budget: int | None = None, seeds: int | None = None
+) -> int:
+    """Members of `cfg`'s shape that fit one unit on `device` (at least 1: a member that does not fit
+    alone is the worker's to report). `seeds`: distinct seeds among them, when known (θ0 is per seed)."""
     cls = device_class(device)
     budget = memory_budget if memory_budget is not None else MEMORY_BUDGET[cls]
-    return max(1, min(MAX_MEMBERS[cls], budget // max(member_bytes(cfg), 1)))
+    return max(1, min(MAX_MEMBERS[cls], memory.estimate(cfg).max_members(budget, seeds)))
 
 
 def pack(
@@ -346,11 +361,23 @@ def pack(
     for c in configs:
         groups[c.shape_key].append(c)
     plan = Plan(workers=max(parallelism, 1))
+    cls = device_class(device)
+    budget = memory_budget if memory_budget is not None else MEMORY_BUDGET[cls]
+    notes: list[str] = []
     for group in groups.values():
-        cap = max_members(group[0], device, memory_budget)
-        if member_limit is not None:
-            cap = max(1, min(cap, member_limit))
-        n_units = max(math.ceil(len(group) / cap), min(max(parallelism, 1), len(group)))
+        seeds = len({c.seed for c in group})
+        cap = max_members(group[0], device, budget, seeds)
+        limit = MAX_MEMBERS[cls] if member_limit is None else max(1, min(MAX_MEMBERS[cls], member_limit))
+        cap = min(cap, limit)
+        spread = min(max(parallelism, 1), len(group))  # at least one unit per worker
+        n_units = max(math.ceil(len(group) / cap), spread)
+        if n_units > max(math.ceil(len(group) / limit), spread):  # the budget, not the other rules, split it
+            est = memory.estimate(group[0])
+            notes.append(
+                f"{len(group)} cells of width {group[0].model.width} in units of at most {cap} members "
+                f"(about {memory.describe(est.total(cap, min(cap, seeds)))} a unit "
+                f"of a {memory.describe(budget)} memory budget)"
+            )
         size, extra = divmod(len(group), n_units)
         start = 0
         for i in range(n_units):
@@ -362,6 +389,8 @@ def pack(
             plan.units.append(unit)
             plan.estimated_seconds += seconds
             plan.max_unit_seconds = max(plan.max_unit_seconds, seconds)
+    if notes:
+        plan.memory_note = "memory limited the unit size: " + "; ".join(notes)
     return plan
 
 
@@ -371,6 +400,8 @@ def plan(spec: Any, settings: Settings, device: str = "cpu", *, warm: bool = Fal
     The time estimate uses what the data folder's workers measured when there is something (rate, a
     unit's setup, a worker's cold start); `warm`: the workers wait already, no start-up to pay."""
     kwargs.setdefault("parallelism", getattr(settings, "workers", 1))
+    if kwargs.get("memory_budget") is None:
+        kwargs["memory_budget"] = memory_budget(settings, device)[0]
     if getattr(settings, "data_dir", None) is not None:
         m = measured_throughput(settings.data_dir, device)
         if kwargs.get("rate") is None:

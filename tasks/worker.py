@@ -8,6 +8,17 @@ within (run, attempt) so a replayed event is stored once; `heartbeat` every sett
 a background thread (so a long eval step does not look like a dead worker); `finished` per run with
 status, summary and error. A failing unit publishes `failed` with the error text for every run it
 had not finished, then returns (the executor moves on to the next unit).
+
+Out of memory (torch.OutOfMemoryError, the CPU allocator's error, or engine.memory.UnitTooBig: the
+estimate above this worker's budget, checked before anything is allocated) is not a failure: the
+runs not finished yet are split in halves, trained one half after the other in this process, and
+each split is noted on its runs ("split after out of memory: 8 → 4 + 4", the error column of the Runs
+page). In-process, so the unit's queue entry (the local queue's claimed file, Celery's unacknowledged
+message) stays the whole unit at its attempts: a worker that dies meanwhile leaves its unfinished
+runs to the usual recovery. A half retried after it had sent points keeps its attempt and sends only
+the points batches it had not sent (same seeds, same batches, same flushes: the first try's points
+stand). One member that still does not fit ends `failed`, naming the estimate, the budget and the
+setting to raise.
 """
 
 from __future__ import annotations
@@ -24,13 +35,14 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from engine import memory
 from engine.config import RunConfig
 from storage import run_arrays
 from storage.bus import BrokerUnavailable
 from storage.diskspace import DiskFull, disk_full_message, release_reserve
 from storage.settings import Settings
 from tasks.cancel import CancelChecker
-from tasks.planner import WorkUnit, record_unit
+from tasks.planner import WorkUnit, memory_budget, record_unit
 
 log = logging.getLogger("gamma_lab.worker")
 FLUSH_EVERY = 50
@@ -186,9 +198,13 @@ def _run_unit(unit_json: str, settings: Settings, publisher: Any, *, device: str
     finished: dict[str, dict[str, Any]] = {}
 
     seq: dict[str, int] = {}  # run_id -> points events published so far (the next seq)
+    sent: dict[str, int] = {}  # run_id -> points events a try that ran out of memory had published
+    notes: dict[str, list[str]] = {}  # run_id -> "split after out of memory: 8 → 4 + 4", for the Runs page
 
     def finish(run_id: str, status: str, steps_done: int = 0, diverged_step: int | None = None,
                summary: dict[str, float] | None = None, error: str | None = None, arrays: Any = None) -> None:
+        if notes.get(run_id):
+            error = "; ".join([*notes[run_id], *([error] if error else [])])
         event = {"type": "finished", "run_id": run_id, "attempt": attempt_of[run_id], "status": status,
                  "steps_done": int(steps_done), "diverged_step": diverged_step, "summary": summary or {},
                  "error": error}
@@ -223,6 +239,9 @@ def _run_unit(unit_json: str, settings: Settings, publisher: Any, *, device: str
             step, metric, value = batch.for_run(i)
             if len(step) == 0:
                 continue
+            if seq[rid] < sent.get(rid, 0):  # a retry after out of memory: this batch was sent by the first try
+                seq[rid] += 1
+                continue
             publish({"type": "points", "run_id": rid, "attempt": attempt_of[rid], "seq": seq[rid],
                      "step": [int(s) for s in step], "metric": list(metric), "value": [float(v) for v in value]})
             seq[rid] += 1
@@ -243,7 +262,11 @@ def _run_unit(unit_json: str, settings: Settings, publisher: Any, *, device: str
         finish(r.run_id, status, r.steps_done, r.diverged_step, dict(r.summary), arrays=r.arrays)
         beat.finish(r.run_id)
 
-    try:
+    dev = device or unit.device
+    budget, source = memory_budget(settings, dev)
+
+    def train(part: list[RunConfig]) -> None:
+        """Train `part` as one ensemble; out of memory, its unfinished runs in halves (module docstring)."""
         began = time.monotonic()
         first: list[tuple[float, int]] = []  # (time, steps) of the first flush: the setup ends there
 
@@ -251,17 +274,55 @@ def _run_unit(unit_json: str, settings: Settings, publisher: Any, *, device: str
             if not first:
                 first.append((time.monotonic(), steps))
 
-        results = train_ensemble(
-            configs, device=device or unit.device, data_root=settings.data_dir, on_metrics=on_metrics,
-            should_cancel=should_cancel, flush_every=flush_every, on_result=on_result, on_progress=on_progress,
-        )
-        beat.stop()
+        for c in part:  # a retry starts its points from seq 0 again; sent ones are skipped
+            sent[c.run_id], seq[c.run_id] = max(sent.get(c.run_id, 0), seq[c.run_id]), 0
+        oom = ""  # why the try ran out of memory: the estimate's check, or the device's own error
+        try:
+            memory.require_fits(part, budget, f"this worker's budget, {source}")
+            results = train_ensemble(
+                part, device=dev, data_root=settings.data_dir, on_metrics=on_metrics, should_cancel=should_cancel,
+                flush_every=flush_every, on_result=on_result, on_progress=on_progress,
+            )  # fmt: skip
+        except Exception as exc:
+            if not memory.is_out_of_memory(exc):
+                raise
+            oom = "the estimate is above the budget" if isinstance(exc, memory.UnitTooBig) else (
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        if oom:  # outside the except block: the failed try's frames and tensors are gone
+            _split(part, oom)
+            return
         # what this machine sustains now: the Launch page's estimate is based on it (tasks.planner)
-        record_unit(settings.data_dir, device or unit.device, configs, began=began, first=first[0] if first else None,
+        record_unit(settings.data_dir, dev, part, began=began, first=first[0] if first else None,
                     ended=time.monotonic(), steps=max((r.steps_done for r in results), default=0))
         for r in results:
             if r.run_id not in finished:
                 on_result(r)
+
+    def _split(part: list[RunConfig], oom: str) -> None:
+        memory.release_cached(dev)
+        left = [c for c in part if c.run_id not in finished]
+        if len(left) == 1:
+            need = memory.unit_bytes(left)
+            reason = (
+                f"out of memory with one member ({oom}): it needs about {memory.describe(need)} (the estimate, "
+                f"engine/memory.py) and this worker's budget is {memory.describe(budget)}, {source}; raise "
+                "device_memory (GAMMA_LAB_DEVICE_MEMORY) or train on a bigger device, or a smaller width, batch "
+                "or probe_size"
+            )
+            log.error("unit %s: run %s %s", unit.unit_id, left[0].run_id, reason)
+            finish(left[0].run_id, "failed", error=reason)
+            beat.finish(left[0].run_id)
+            return
+        halves = [left[: len(left) // 2], left[len(left) // 2 :]]
+        note = f"split after out of memory: {len(left)} → {len(halves[0])} + {len(halves[1])}"
+        log.warning("unit %s: %s (%s)", unit.unit_id, note, oom)
+        for c in left:
+            notes.setdefault(c.run_id, []).append(note)
+        for half in halves:
+            train(half)
+
+    try:
+        train(configs)
     except DiskFull:  # run_unit says it in one line and records the runs failed
         raise
     except BrokerUnavailable as exc:  # the bus is gone for longer than the publisher waits: say it in one line

@@ -1,0 +1,130 @@
+"""Units sized by memory (issue #13 item 3), on CPU with a small memory budget.
+
+- the planner caps units so that each unit's estimate fits `device_memory`, and says so;
+- a unit planned for more memory than its worker has (a real local worker process whose
+  GAMMA_LAB_DEVICE_MEMORY is smaller than the submitter's) is split in halves, then halves again,
+  and every run ends done with every point stored once; the runs say "split after out of memory";
+- one member that does not fit alone ends failed, naming the estimate, the budget and the setting.
+
+The worker's check is the real one: it refuses a unit whose estimate exceeds its budget before
+allocating anything, through the same path as the device's own out-of-memory error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.memory import unit_bytes
+from storage.settings import load_settings
+from tasks.planner import memory_budget, plan
+from tasks.spec import SweepSpec
+from tests.faults.conftest import base_env, cli, kill_local_workers, registry_runs, stop, store_counts, wait_for
+
+STEPS = 30
+EVALS = 2  # steps 0 and STEPS - 1: movement_l1..l3 at each
+
+
+def spec_text(name: str, width: int, *, gammas: int = 2, etas: int = 2, seeds: int = 2) -> str:
+    g = ", ".join(str(10.0**i) for i in range(gammas))
+    e = ", ".join(str(0.01 * 2**i) for i in range(etas))
+    s = ", ".join(str(i) for i in range(seeds))
+    return f"""
+name = "{name}"
+[model]
+width = {width}
+depth = 3
+[data]
+dataset = "teacher"
+input_dim = 8
+n_classes = 10
+[train]
+steps = {STEPS}
+batch_size = 256
+eval_points = {EVALS}
+metrics = ["movement"]
+[grid]
+gamma = [{g}]
+eta = [{e}]
+seeds = [{s}]
+"""
+
+
+def cells(text: str) -> list:
+    return SweepSpec.from_toml(text).cells()
+
+
+def test_the_planner_caps_units_by_the_estimate_and_says_so(tmp_path: Path) -> None:
+    spec = SweepSpec.from_toml(spec_text("cap", 256, gammas=2, etas=4, seeds=2))
+    roomy = load_settings(data_dir=tmp_path, workers=1, device_memory="1GiB")
+    one = plan(spec, roomy)
+    assert one.n_units == 1 and one.memory_note == ""
+
+    budget = unit_bytes(spec.cells()[:4]) + 1  # four members (two seeds) fit, not more
+    small = load_settings(data_dir=tmp_path, workers=1, device_memory=budget)
+    assert memory_budget(small)[0] == budget and "device_memory" in memory_budget(small)[1]
+    capped = plan(spec, small)
+    assert capped.n_cells == 16 and capped.n_units == 4
+    assert all(unit_bytes(u.configs) <= budget for u in capped.units)
+    assert "memory limited the unit size" in capped.memory_note and "at most 4 members" in capped.memory_note
+
+    # unset: measured, a share of this machine's RAM for each local worker
+    measured, source = memory_budget(load_settings(data_dir=tmp_path, workers=2))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert measured == int(ram * 0.7 / 2) and "RAM" in source
+
+
+@pytest.mark.slow
+def test_a_unit_too_big_for_its_worker_is_split_and_every_run_ends_done(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    fits_text, alone_text = spec_text("split", 256), spec_text("alone", 1024, gammas=1, seeds=1)
+    grid, alone = cells(fits_text), cells(alone_text)
+    # the worker's budget: two members of the first sweep fit, four do not, one of the second does not
+    budget = unit_bytes(grid[:2]) + 1
+    assert unit_bytes(grid[:4]) > budget and unit_bytes(alone[:1]) > budget
+    worker_env = base_env(data, GAMMA_LAB_DEVICE_MEMORY=str(budget), GAMMA_LAB_WARM_WORKERS="300")
+    log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen([sys.executable, "-m", "tasks.local_worker"], env=worker_env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: list((data / "queue" / "workers").glob("*")) if (data / "queue").is_dir() else [],
+                 120, "the small worker to register")
+        # submitted where 1 GiB is the budget: each sweep is planned as one unit
+        submit_env = base_env(data, GAMMA_LAB_DEVICE_MEMORY="1GiB")
+        for name, text in (("split", fits_text), ("alone", alone_text)):
+            path = tmp_path / f"{name}.toml"
+            path.write_text(text)
+            done = cli(submit_env, "sweep", str(path), "--wait", timeout=600)
+            assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        runs = {r["run_id"]: r for r in registry_runs(data)}
+    finally:
+        stop(worker)
+        log.close()
+        kill_local_workers(data)
+    worker_log = (tmp_path / "worker.log").read_text()
+
+    split = [runs[c.run_id] for c in grid]
+    assert [r["status"] for r in split] == ["done"] * 8, [(r["status"], r["error"]) for r in split]
+    for r in split:  # the Runs page's error column: both splits each run went through
+        assert r["error"] == "split after out of memory: 8 → 4 + 4; split after out of memory: 4 → 2 + 2"
+        assert r["attempt"] == 0 and r["steps_done"] == STEPS
+    # the worker's log: 8 → 4 + 4, then each 4 → 2 + 2 (and the second sweep's 2 → 1 + 1)
+    assert worker_log.count("split after out of memory: 8 → 4 + 4") == 1
+    assert worker_log.count("split after out of memory: 4 → 2 + 2") == 2
+
+    counts = store_counts(data / "metrics.duckdb")
+    expected = STEPS + 3 * EVALS  # train_loss every step, movement_l1..l3 at the eval steps
+    assert {counts.per_run.get((c.run_id, 0)) for c in grid} == {expected}
+    assert counts.duplicates == 0
+
+    for c in alone:  # one member that does not fit: failed, with what to do
+        r = runs[c.run_id]
+        assert r["status"] == "failed"
+        assert r["error"].startswith("split after out of memory: 2 → 1 + 1; out of memory with one member")
+        assert "GAMMA_LAB_DEVICE_MEMORY" in r["error"] and "estimate" in r["error"]
+        assert f"budget is {budget / 2**20:.3g} MiB" in r["error"]

@@ -77,7 +77,11 @@ def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ig
     import engine.trainer  # noqa: F401 - torch and the models: a warm worker has them before the first unit
 
     # what a cold start costs here (process, imports): the Launch page's estimate (tasks.planner)
-    record_throughput(settings.data_dir, "cpu", 0.0, 0.0, cold_start_s=process_age())
+    age = process_age()
+    record_throughput(settings.data_dir, "cpu", 0.0, 0.0, cold_start_s=age)
+    now = time.time()  # wall-clock times in the record: bench/end_to_end.py breaks a sweep's time down
+    log.info("worker ready %.2f s after its start (interpreter, torch and engine imports)", age,
+             extra={"process_start": now - age, "ready": now})
     if idle_s > 0:
         calibrate(settings)
     done = 0
@@ -98,8 +102,11 @@ def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ig
                 break
             path, text = item
             try:
+                began = time.time()
                 run_unit(text, settings, publisher)
                 done += 1
+                log.info("unit %s trained in %.2f s (data, model, training, events)", path.name,
+                         time.time() - began, extra={"unit_began": began, "unit_ended": time.time()})
             except Exception:  # a unit that cannot even be read: logged, the queue goes on
                 log.exception("unit %s could not run", path.name)
             finally:

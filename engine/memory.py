@@ -23,9 +23,10 @@ other architectures by running one member's forward on the `meta` device (shapes
 allocated) and adding up what autograd saves for the backward, per example.
 
 It is an estimate, calibrated against measured peaks (tests/engine/test_memory_estimate.py: the
-ratio estimate / measured resident-memory growth of a real unit, MLP and CNN, lies between 0.5 and
-3), not an exact account: allocator caches, the data stream's host chunks and the library's own
-workspaces come on top. Nothing here imports anything but torch.
+ratio estimate / resident memory a real unit grew by, on CPU, was 0.8 to 1.2 for an MLP and 1.0 to 1.2
+for a CNN; the test asserts 0.5 to 3), not an exact account: allocator caches, the data stream's host
+chunks and the libraries' workspaces come on top, which memory_fraction leaves room for. Nothing here
+imports anything but torch.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ TEST_SLICE = 1024  # engine.trainer._chunked_output evaluates the test set this 
 NTK_PROBE_MAX = 64  # engine.trainer.NTK_PROBE_MAX
 # Autograd's saved tensors are not the whole of a step's peak: the forward's unsaved intermediates,
 # vmap's batched copies and the backward's gradients of activations live beside them for a while.
-# Measured on a CNN step (K = 8, B = 128, 32×32 images): the resident memory grew 4.1× the saved
-# tensors' bytes (the test: tests/engine/test_memory_estimate.py).
+# Measured on a CNN unit (width 16, 32×32 images, K = 8, B = 128): with 2 here the estimate was 0.54
+# of the resident memory the unit grew by; with 4 it is 1.0 to 1.2 (B = 64, tests/engine/test_memory_estimate.py).
 AUTOGRAD_PEAK = 4.0
 # Sharpness differentiates twice: the create_graph backward saves about as much again as the
 # forward, and the Hessian-vector products walk it once per power iteration.

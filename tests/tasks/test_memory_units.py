@@ -128,3 +128,44 @@ def test_a_unit_too_big_for_its_worker_is_split_and_every_run_ends_done(tmp_path
         assert r["error"].startswith("split after out of memory: 2 → 1 + 1; out of memory with one member")
         assert "GAMMA_LAB_DEVICE_MEMORY" in r["error"] and "estimate" in r["error"]
         assert f"budget is {budget / 2**20:.3g} MiB" in r["error"]
+
+
+def test_out_of_memory_mid_run_retries_the_halves_without_sending_a_point_twice(tmp_path: Path) -> None:
+    """The device runs out of memory after the unit sent points (a real failed allocation of torch's
+    CPU allocator, made from inside the training loop): the halves train again from step 0 under the
+    same attempt and send only the points batches not sent before, so each run's seq runs 0, 1, ...
+    without a repeat and every step's train_loss arrives once."""
+    import torch
+
+    from storage.bus import validate_event
+    from tasks.planner import pack
+    from tasks.worker import run_unit
+
+    spec = SweepSpec.from_toml(spec_text("mid", 16, gammas=2, etas=2, seeds=1))
+    unit = pack(spec.cells()).units[0]
+    assert len(unit.configs) == 4
+    events: list[dict] = []
+    tries = {"points": 0}
+
+    class Publisher:
+        def publish(self, event: dict) -> None:
+            validate_event(dict(event))
+            if event["type"] == "points":
+                tries["points"] += 1
+                if tries["points"] == 9:  # after two flushes of the four-member try, before its third
+                    torch.empty(2**50, dtype=torch.uint8)  # RuntimeError: DefaultCPUAllocator: can't allocate
+            events.append(event)
+
+    settings = load_settings(data_dir=tmp_path, device_memory="1GiB")
+    out = run_unit(unit.to_json(), settings, Publisher(), flush_every=5)
+    assert [e["status"] for e in out] == ["done"] * 4
+    assert {e["error"] for e in out} == {"split after out of memory: 4 → 2 + 2"}
+    for rid in unit.run_ids:
+        points = [e for e in events if e["type"] == "points" and e["run_id"] == rid]
+        assert [e["seq"] for e in points] == list(range(len(points)))
+        steps = [s for e in points for s, m in zip(e["step"], e["metric"], strict=True) if m == "train_loss"]
+        assert sorted(steps) == list(range(STEPS))
+        assert {e["attempt"] for e in points} == {unit.attempts[0]}  # no new attempt
+        finished = [e for e in events if e["type"] == "finished" and e["run_id"] == rid]
+        assert len(finished) == 1 and finished[0]["batches"] == len(points)
+    assert tries["points"] > 9  # it did run out of memory mid-run, after points were sent

@@ -35,6 +35,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from engine.config import RunConfig
 
@@ -214,15 +215,12 @@ def _estimate(
     return MemoryEstimate(fixed=int(fixed), per_member=per_member, per_seed=int(per_seed), parameters=n_params)
 
 
-def _trace(model: object, shape: tuple[int, ...]) -> tuple[int, int]:
+def _trace(model: Any, shape: tuple[int, ...]) -> tuple[int, int]:
     """(bytes autograd saves, the largest of them) for one member's centered forward and MSE loss on
     ONE float32 example, run on the meta device (shapes only). Two batch sizes, so that what does not
     grow with the batch (a weight's transposed view) is left out."""
     import torch
 
-    from engine.models import EnsembleModel
-
-    assert isinstance(model, EnsembleModel)
     totals, largest = [], 0
     for n in (1, 2):
         p = {k: torch.empty(s, device="meta", requires_grad=True) for k, (s, _) in model.specs.items()}

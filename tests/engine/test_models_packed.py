@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from engine.config import ModelConfig
-from engine.models import EnsembleModel, build_model
+from engine.ensemble import EnsembleModel
+from engine.models import build_model
 
 D64 = torch.float64
 

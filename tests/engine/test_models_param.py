@@ -7,7 +7,8 @@ import torch
 
 from engine import metrics as M
 from engine.config import ConfigError, ModelConfig
-from engine.models import EnsembleModel, build_model
+from engine.ensemble import EnsembleModel
+from engine.models import build_model
 
 D64 = torch.float64
 

@@ -395,6 +395,10 @@ def _toml_value(v: Any) -> str:
 # ----------------------------------------------------------------------------- needs the data folder
 
 
+# Generated in the worker, never read from the data folder: engine.data.check_data has nothing to check
+PROCEDURAL_DATASETS = frozenset({"teacher", "mnist1d"})
+
+
 def grid_size_error(n_gammas: int, n_etas: int, n_seeds: int, max_cells: int) -> ConfigError | None:
     """The cell limit, counted from the axes' sizes: a 10^7-cell grid is refused before any cell is
     built (every caller checks this first: listing the cells took minutes and gigabytes)."""
@@ -428,8 +432,9 @@ def validate_spec(spec: SweepSpec, settings: Settings) -> list[str]:
             errors.append(ConfigError("data.path", getattr(exc, "message", str(exc))))
             data_ok = False
     # A grid over the limit is refused before torch is imported (seconds on a busy machine): the data
-    # check waits until the grid is one that could be queued.
-    if data_ok and too_big is None:
+    # check waits until the grid is one that could be queued. A procedural dataset has nothing to
+    # check: importing torch for it cost `sweep --wait` seconds before its worker was even started.
+    if data_ok and too_big is None and spec.data.dataset not in PROCEDURAL_DATASETS:
         from engine.data import check_data  # lazily: torch import is slow and only needed here
 
         try:

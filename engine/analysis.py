@@ -29,8 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.toy import eta_max_theory, eta_star_theory
-
 __all__ = [
     "DEFAULT_STATISTIC",
     "REPARAMETERIZATIONS",
@@ -42,9 +40,7 @@ __all__ = [
     "collapse_score",
     "eta_max",
     "eta_max_bracket",
-    "eta_max_theory",
     "eta_star",
-    "eta_star_theory",
     "fit_power_law",
     "grid_spacing",
     "reparameterize",

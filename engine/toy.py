@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.analysis import eta_max_bracket
+
 __all__ = [
     "ChainRun",
     "default_steps",
@@ -266,8 +268,6 @@ def measure_eta_max(
     failure), then `refine` bisection rounds in ln η between it and the first failure. steps:
     None picks `default_steps` of the largest γ.
     """
-    from engine.analysis import eta_max_bracket  # analysis imports this module at load time
-
     gammas = np.atleast_1d(_positive_array("gamma", gamma))
     grid = np.sort(_positive_array("etas", etas).ravel())
     if grid.size < 2:

@@ -97,40 +97,76 @@ def portrait_figure(
     marker at each cell centre makes cells clickable (plotly selection events need points).
     `selected` (γ, η): that cell of the grid is outlined (nothing when it is not a cell of it).
     `centre_zero` (a difference): a diverging scale with white at 0 over a range symmetric about 0,
-    diverged cells drawn in a colour off that scale."""
+    diverged cells drawn in a colour off that scale.
+
+    Drawn in layers, bottom to top (each step below adds one): values, diverged cells, state markers,
+    click targets, curves, the selected cell's outline; then the axes."""
     fig = go.Figure()
     if grid.gammas.size == 0:
         fig.update_layout(title=title or "no cells yet", uirevision=UIREVISION)
         return fig
-    gx, ey = grid.gamma_edges, grid.eta_edges  # (G+1,), (E+1,) log10 units
+    z, z_live = _portrait_values(grid, log_value)
+    zmin, zmax = _colour_limits(z, z_live, colour_range, centre_zero)
+    _add_value_layers(fig, grid, z, z_live, (zmin, zmax), value_label, log_value, show_scale, centre_zero)
+    _add_diverged_layer(fig, grid, DIVERGED_ON_DIFFERENCE if centre_zero else DIVERGED_COLOUR)
+    cx, cy = np.meshgrid(np.log10(grid.gammas), np.log10(grid.etas))  # (E, G) cell centres
+    _add_state_markers(fig, grid, cx, cy)
+    _add_click_targets(fig, grid, cx, cy, value_label)
+    for curve in curves:
+        _add_curve(fig, curve)
+    outline = _cell_outline(grid, selected)
+    if outline is not None:
+        # black under white: reads on every Viridis colour, the dark red of diverged cells included
+        for colour, width in (("black", 5), ("white", 2.5)):
+            fig.add_shape(
+                type="rect", **outline, line={"color": colour, "width": width}, layer="above", name="selected cell"
+            )
+    _portrait_layout(fig, grid, title)
+    return fig
+
+
+def _portrait_values(grid: HeatmapGrid, log_value: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(finished values of `ok` cells, provisional values of running cells), both (E, G), NaN
+    elsewhere, in log10 when `log_value` (non-positive values then NaN)."""
     ok = grid.ok_values()  # (E, G)
     live = np.where(np.isfinite(grid.live), grid.live, np.nan)  # (E, G) provisional, running cells only
-    z, z_live = ok, live
-    if log_value:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(ok > 0, np.log10(ok), np.nan)
-            z_live = np.where(live > 0, np.log10(live), np.nan)
-    zmin: float | None
-    zmax: float | None
+    if not log_value:
+        return ok, live
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok > 0, np.log10(ok), np.nan), np.where(live > 0, np.log10(live), np.nan)
+
+
+def _colour_limits(
+    z: np.ndarray, z_live: np.ndarray, colour_range: tuple[float, float] | None, centre_zero: bool
+) -> tuple[float | None, float | None]:
+    """(zmin, zmax) of the colour scale: symmetric about 0 for a difference, else the caller's range,
+    else the span of the finished and provisional values together (None, None when there are none)."""
     if centre_zero:
         spread = np.abs(np.concatenate([z[np.isfinite(z)], np.asarray(colour_range or (), dtype=np.float64)]))
         half = float(spread.max()) if spread.size and spread.max() > 0 else 1.0
-        zmin, zmax = -half, half
-    elif colour_range:
-        zmin, zmax = colour_range
-    else:  # one scale for final and provisional values, so a colour means the same in both layers
-        both = np.concatenate([z[np.isfinite(z)], z_live[np.isfinite(z_live)]])
-        zmin, zmax = (float(both.min()), float(both.max())) if both.size else (None, None)
+        return -half, half
+    if colour_range:
+        return colour_range
+    # one scale for final and provisional values, so a colour means the same in both layers
+    both = np.concatenate([z[np.isfinite(z)], z_live[np.isfinite(z_live)]])
+    return (float(both.min()), float(both.max())) if both.size else (None, None)
+
+
+def _add_value_layers(
+    fig: go.Figure,
+    grid: HeatmapGrid,
+    z: np.ndarray,
+    z_live: np.ndarray,
+    limits: tuple[float | None, float | None],
+    value_label: str,
+    log_value: bool,
+    show_scale: bool,
+    centre_zero: bool,
+) -> None:
+    """The heatmap of finished values and, when some cells are running, their latest values faded."""
+    gx, ey = grid.gamma_edges, grid.eta_edges  # (G+1,), (E+1,) log10 units
+    zmin, zmax = limits
     label = f"log10 {value_label}" if log_value else value_label
-    customdata = np.dstack(
-        [
-            np.broadcast_to(grid.gammas[None, :], ok.shape),
-            np.broadcast_to(grid.etas[:, None], ok.shape),
-            grid.value,
-            grid.n_done,
-            grid.n_seeds,
-        ]
-    )  # (E, G, 5)
     fig.add_trace(
         go.Heatmap(
             x=gx,
@@ -142,7 +178,7 @@ def portrait_figure(
             name=value_label,
             colorbar={"title": {"text": label}} if show_scale else None,
             showscale=show_scale,
-            hoverinfo="skip",  # the click targets below carry the hover: a hovered heatmap is not clickable
+            hoverinfo="skip",  # the click targets carry the hover: a hovered heatmap is not clickable
         )
     )
     if np.isfinite(z_live).any():
@@ -162,36 +198,42 @@ def portrait_figure(
                 hoverinfo="skip",
             )
         )
-    diverged = np.where(grid.status == "diverged", 1.0, np.nan)
-    div_colour = DIVERGED_ON_DIFFERENCE if centre_zero else DIVERGED_COLOUR
-    if np.any(grid.status == "diverged"):
-        fig.add_trace(
-            go.Heatmap(
-                x=gx,
-                y=ey,
-                z=diverged,
-                zmin=0,
-                zmax=1,
-                showscale=False,
-                name="diverged",
-                colorscale=[[0, div_colour], [1, div_colour]],
-                hoverinfo="skip",
-            )
+
+
+def _add_diverged_layer(fig: go.Figure, grid: HeatmapGrid, div_colour: str) -> None:
+    """Diverged cells in one colour off the value scale, with a legend entry (when there are any)."""
+    if not np.any(grid.status == "diverged"):
+        return
+    fig.add_trace(
+        go.Heatmap(
+            x=grid.gamma_edges,
+            y=grid.eta_edges,
+            z=np.where(grid.status == "diverged", 1.0, np.nan),
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            name="diverged",
+            colorscale=[[0, div_colour], [1, div_colour]],
+            hoverinfo="skip",
         )
-        # Heatmaps have no legend entry: without this one the dark red cells were unexplained.
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                name="diverged",
-                legendgroup="diverged",
-                hoverinfo="skip",
-                marker={"symbol": "square", "size": 12, "color": div_colour},
-            )
+    )
+    # Heatmaps have no legend entry: without this one the dark red cells were unexplained.
+    fig.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="markers",
+            name="diverged",
+            legendgroup="diverged",
+            hoverinfo="skip",
+            marker={"symbol": "square", "size": 12, "color": div_colour},
         )
-    lg, le = np.log10(grid.gammas), np.log10(grid.etas)
-    cx, cy = np.meshgrid(lg, le)  # (E, G) cell centres
+    )
+
+
+def _add_state_markers(fig: go.Figure, grid: HeatmapGrid, cx: np.ndarray, cy: np.ndarray) -> None:
+    """A marker at the centre (cx, cy) of each running, not-reached, cancelled or missing cell, and of
+    each cell a newer attempt is training."""
     for status, name, symbol, colour in MARKED_STATES:
         mask = grid.status == status
         if np.any(mask):
@@ -218,11 +260,24 @@ def portrait_figure(
                 marker={"symbol": "circle-open-dot", "size": 11, "color": RUNNING_COLOUR, "line": {"width": 2}},
             )
         )
+
+
+def _add_click_targets(fig: go.Figure, grid: HeatmapGrid, cx: np.ndarray, cy: np.ndarray, value_label: str) -> None:
+    """One transparent marker per cell, carrying the cell's γ, η, value, seeds done, status and notes
+    for the hover. Plotly selects the hovered point on click, and with hoverdistance=-1 (the layout)
+    the hovered point is the nearest centre, i.e. the cell under the pointer: a click anywhere in a
+    cell selects it (users clicked off the 18 px centre marker and nothing happened)."""
+    shape = grid.status.shape  # (E, G)
+    customdata = np.dstack(
+        [
+            np.broadcast_to(grid.gammas[None, :], shape),
+            np.broadcast_to(grid.etas[:, None], shape),
+            grid.value,
+            grid.n_done,
+            grid.n_seeds,
+        ]
+    )  # (E, G, 5)
     # Hover numbers use d3's trimmed format (~): plain ".3g" keeps trailing zeros ("γ=1.00").
-    # Click targets: one transparent marker per cell, carrying the cell's γ, η. Plotly selects the
-    # hovered point on click, and with hoverdistance=-1 (below) the hovered point is the nearest
-    # centre, i.e. the cell under the pointer: a click anywhere in a cell selects it (users clicked
-    # off the 18 px centre marker and nothing happened).
     fig.add_trace(
         go.Scatter(
             x=cx.ravel(),
@@ -244,29 +299,30 @@ def portrait_figure(
             + "%{customdata[6]}<extra></extra>",
         )
     )
-    for curve in curves:
-        keep = (curve.gammas > 0) & (curve.etas > 0) & np.isfinite(curve.gammas) & np.isfinite(curve.etas)
-        fig.add_trace(
-            go.Scatter(
-                x=np.log10(curve.gammas[keep]),
-                y=np.log10(curve.etas[keep]),
-                name=curve.name,
-                mode=("lines+markers" if curve.markers else "lines") if curve.lines else "markers",
-                line={"dash": curve.dash, "color": curve.colour, "width": 2},
-                marker={"size": 13, "symbol": curve.symbol, "line": {"width": 2, "color": curve.colour}}
-                if curve.symbol != "circle"
-                else {"size": 7},
-                hovertemplate=curve.name + ": γ=%{customdata[0]:~.3g}, η=%{customdata[1]:~.3g}<extra></extra>",
-                customdata=np.column_stack([curve.gammas[keep], curve.etas[keep]]),
-            )
+
+
+def _add_curve(fig: go.Figure, curve: Curve) -> None:
+    """A ridge, edge, fit or theory line in log10 coordinates (points outside the log axes dropped)."""
+    keep = (curve.gammas > 0) & (curve.etas > 0) & np.isfinite(curve.gammas) & np.isfinite(curve.etas)
+    fig.add_trace(
+        go.Scatter(
+            x=np.log10(curve.gammas[keep]),
+            y=np.log10(curve.etas[keep]),
+            name=curve.name,
+            mode=("lines+markers" if curve.markers else "lines") if curve.lines else "markers",
+            line={"dash": curve.dash, "color": curve.colour, "width": 2},
+            marker={"size": 13, "symbol": curve.symbol, "line": {"width": 2, "color": curve.colour}}
+            if curve.symbol != "circle"
+            else {"size": 7},
+            hovertemplate=curve.name + ": γ=%{customdata[0]:~.3g}, η=%{customdata[1]:~.3g}<extra></extra>",
+            customdata=np.column_stack([curve.gammas[keep], curve.etas[keep]]),
         )
-    outline = _cell_outline(grid, selected)
-    if outline is not None:
-        # black under white: reads on every Viridis colour, the dark red of diverged cells included
-        for colour, width in (("black", 5), ("white", 2.5)):
-            fig.add_shape(
-                type="rect", **outline, line={"color": colour, "width": width}, layer="above", name="selected cell"
-            )
+    )
+
+
+def _portrait_layout(fig: go.Figure, grid: HeatmapGrid, title: str | None) -> None:
+    """Axes in log10 units with decade ticks over the grid's edges, click and hover behaviour, legend."""
+    gx, ey = grid.gamma_edges, grid.eta_edges
     xt, xl = _decade_ticks(gx[0], gx[-1])
     yt, yl = _decade_ticks(ey[0], ey[-1])
     fig.update_layout(
@@ -293,7 +349,6 @@ def portrait_figure(
         legend={"orientation": "h", "y": -0.18},
         margin={"t": 40 if title else 10},
     )
-    return fig
 
 
 def _cell_outline(grid: HeatmapGrid, cell: tuple[float, float] | None) -> dict[str, float] | None:

@@ -374,9 +374,9 @@ def pack(
         if n_units > max(math.ceil(len(group) / limit), spread):  # the budget, not the other rules, split it
             est = memory.estimate(group[0])
             notes.append(
-                f"{len(group)} cells of width {group[0].model.width} in units of at most {cap} members "
-                f"(about {memory.describe(est.total(cap, min(cap, seeds)))} a unit "
-                f"of a {memory.describe(budget)} memory budget)"
+                f"{len(group)} cells of width {group[0].model.width} in units of at most {cap} member(s) "
+                f"(about {memory.describe(est.total(cap, min(cap, seeds)))} a unit, against a memory budget of "
+                f"{memory.describe(budget)})"
             )
         size, extra = divmod(len(group), n_units)
         start = 0

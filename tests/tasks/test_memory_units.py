@@ -4,7 +4,9 @@
 - a unit planned for more memory than its worker has (a real local worker process whose
   GAMMA_LAB_DEVICE_MEMORY is smaller than the submitter's) is split in halves, then halves again,
   and every run ends done with every point stored once; the runs say "split after out of memory";
-- one member that does not fit alone ends failed, naming the estimate, the budget and the setting.
+- one member that does not fit alone is planned alone (the sweep says memory limited its units) and
+  ends failed, naming the estimate, the budget and the setting;
+- the device running out of memory mid-run: the halves train again without a point sent twice.
 
 The worker's check is the real one: it refuses a unit whose estimate exceeds its budget before
 allocating anything, through the same path as the device's own out-of-memory error.
@@ -58,6 +60,22 @@ def cells(text: str) -> list:
     return SweepSpec.from_toml(text).cells()
 
 
+def test_device_memory_reads_sizes_and_refuses_nonsense(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage.settings import SettingsError
+
+    assert load_settings(data_dir=tmp_path).device_memory is None  # unset: measured where needed
+    assert load_settings(data_dir=tmp_path, device_memory="2GiB").device_memory == 2 * 2**30
+    monkeypatch.setenv("GAMMA_LAB_DEVICE_MEMORY", "512 MiB")
+    monkeypatch.setenv("GAMMA_LAB_MEMORY_FRACTION", "0.5")
+    got = load_settings(data_dir=tmp_path)
+    assert got.device_memory == 512 * 2**20 and got.memory_fraction == 0.5
+    for bad, field in (("lots", "device_memory"), ("10", "device_memory"), ("2 parsecs", "device_memory")):
+        with pytest.raises(SettingsError, match=field):
+            load_settings(data_dir=tmp_path, device_memory=bad)
+    with pytest.raises(SettingsError, match="memory_fraction"):
+        load_settings(data_dir=tmp_path, memory_fraction=1.5)
+
+
 def test_the_planner_caps_units_by_the_estimate_and_says_so(tmp_path: Path) -> None:
     spec = SweepSpec.from_toml(spec_text("cap", 256, gammas=2, etas=4, seeds=2))
     roomy = load_settings(data_dir=tmp_path, workers=1, device_memory="1GiB")
@@ -70,7 +88,7 @@ def test_the_planner_caps_units_by_the_estimate_and_says_so(tmp_path: Path) -> N
     capped = plan(spec, small)
     assert capped.n_cells == 16 and capped.n_units == 4
     assert all(unit_bytes(u.configs) <= budget for u in capped.units)
-    assert "memory limited the unit size" in capped.memory_note and "at most 4 members" in capped.memory_note
+    assert "memory limited the unit size" in capped.memory_note and "at most 4 member(s)" in capped.memory_note
 
     # unset: measured, a share of this machine's RAM for each local worker
     measured, source = memory_budget(load_settings(data_dir=tmp_path, workers=2))
@@ -94,13 +112,15 @@ def test_a_unit_too_big_for_its_worker_is_split_and_every_run_ends_done(tmp_path
     try:
         wait_for(lambda: list((data / "queue" / "workers").glob("*")) if (data / "queue").is_dir() else [],
                  120, "the small worker to register")
-        # submitted where 1 GiB is the budget: each sweep is planned as one unit
-        submit_env = base_env(data, GAMMA_LAB_DEVICE_MEMORY="1GiB")
-        for name, text in (("split", fits_text), ("alone", alone_text)):
+        # the first sweep submitted where 1 GiB is the budget: planned as one unit of 8; the second
+        # with the worker's budget: planned one member a unit, and the sweep says memory limited them
+        said = {}
+        for name, text, submitted in (("split", fits_text, "1GiB"), ("alone", alone_text, str(budget))):
             path = tmp_path / f"{name}.toml"
             path.write_text(text)
-            done = cli(submit_env, "sweep", str(path), "--wait", timeout=600)
+            done = cli(base_env(data, GAMMA_LAB_DEVICE_MEMORY=submitted), "sweep", str(path), "--wait", timeout=600)
             assert "Traceback" not in done.stderr, done.stderr[-3000:]
+            said[name] = (done.stdout.strip().splitlines()[-1], done.stderr)
         runs = {r["run_id"]: r for r in registry_runs(data)}
     finally:
         stop(worker)
@@ -113,19 +133,30 @@ def test_a_unit_too_big_for_its_worker_is_split_and_every_run_ends_done(tmp_path
     for r in split:  # the Runs page's error column: both splits each run went through
         assert r["error"] == "split after out of memory: 8 → 4 + 4; split after out of memory: 4 → 2 + 2"
         assert r["attempt"] == 0 and r["steps_done"] == STEPS
-    # the worker's log: 8 → 4 + 4, then each 4 → 2 + 2 (and the second sweep's 2 → 1 + 1)
+    # the worker's log: 8 → 4 + 4, then each 4 → 2 + 2
     assert worker_log.count("split after out of memory: 8 → 4 + 4") == 1
     assert worker_log.count("split after out of memory: 4 → 2 + 2") == 2
+    assert worker_log.count("split after out of memory") == 3
 
     counts = store_counts(data / "metrics.duckdb")
     expected = STEPS + 3 * EVALS  # train_loss every step, movement_l1..l3 at the eval steps
     assert {counts.per_run.get((c.run_id, 0)) for c in grid} == {expected}
     assert counts.duplicates == 0
 
+    # the Runs page's table (storage.dashboard_reads.runs_table) shows the note in its error column
+    from storage.dashboard_reads import runs_table
+    from storage.registry import Registry
+
+    with Registry(f"sqlite:///{data / 'registry.sqlite'}") as reg:
+        table = runs_table(reg, said["split"][0])
+    assert set(table["error"]) == {split[0]["error"]}
+
+    assert "memory limited the unit size: 2 cells of width 1024 in units of at most 1 member(s)" in said["alone"][1]
+    assert "memory limited" not in said["split"][1]
     for c in alone:  # one member that does not fit: failed, with what to do
         r = runs[c.run_id]
         assert r["status"] == "failed"
-        assert r["error"].startswith("split after out of memory: 2 → 1 + 1; out of memory with one member")
+        assert r["error"].startswith("out of memory with one member (the estimate is above the budget)")
         assert "GAMMA_LAB_DEVICE_MEMORY" in r["error"] and "estimate" in r["error"]
         assert f"budget is {budget / 2**20:.3g} MiB" in r["error"]
 

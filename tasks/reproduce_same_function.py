@@ -123,8 +123,9 @@ def _heatmap(matrix: np.ndarray, labels: list[str], title: str) -> Any:
 Run = tuple[float, int, str, float, int]  # (γ, seed, run id, tail train loss, steps)
 
 
-def _collect(sweeps: list[SweepData]) -> tuple[list[Run], dict[str, dict[str, np.ndarray]], int]:
-    """The runs that finished done with a snapshot, sorted by (γ, seed, steps); their arrays; all runs."""
+def _collect(sweeps: list[SweepData]) -> tuple[list[Run], dict[str, dict[str, np.ndarray]], dict[int, int]]:
+    """The runs that finished done with a snapshot, sorted by (γ, seed, steps); their arrays; how many runs
+    (any status) each budget in steps has."""
     runs: list[Run] = []
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for data in sweeps:
@@ -134,7 +135,10 @@ def _collect(sweeps: list[SweepData]) -> tuple[list[Run], dict[str, dict[str, np
             if r["run_id"] in found:
                 runs.append((float(r["gamma"]), int(r["seed"]), str(r["run_id"]),
                              float(r.get("tail_train_loss", math.nan)), data.steps))
-    return sorted(runs), arrays, sum(len(d.runs) for d in sweeps)
+    totals: dict[int, int] = {}
+    for d in sweeps:
+        totals[d.steps] = totals.get(d.steps, 0) + len(d.runs)
+    return sorted(runs), arrays, totals
 
 
 def _compare(runs: list[Run], arrays: dict[str, dict[str, np.ndarray]]) -> tuple[dict[tuple[str, str], list[float]],
@@ -179,7 +183,7 @@ def _measure(sweeps: list[SweepData], _scale: str) -> Measurement:
     base_steps = min((r[4] for r in runs if r[0] == gammas[0]), default=0)
     same_t = [r for r in runs if r[4] == base_steps]
     same_tau = [r for r in runs if gammas and r[4] == steps_for(r[0], base_steps, gammas[0])]
-    note_runs = (f"{len(same_t)} of {total} runs done with a snapshot at {base_steps} steps, "
+    note_runs = (f"{len(same_t)} of the {total.get(base_steps, 0)} runs of {base_steps} steps done with a snapshot, "
                  f"γ = {', '.join(f'{g:g}' for g in sorted({r[0] for r in same_t}))}")
     values, matrices = _compare(same_t, arrays)
     rows = _ratio_rows(values, f"{base_steps} steps", "at_most", note_runs)

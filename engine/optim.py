@@ -49,8 +49,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.ensemble import EnsembleModel, Params
 from engine.metrics import loss_fn
-from engine.models import EnsembleModel, Params
 
 BETA1 = 0.9
 BETA2 = 0.999

@@ -642,6 +642,8 @@ SILENT_ALIGNMENT = Preset(
     measure=_measure_alignment,
 )
 
+from tasks.reproduce_adam import ADAM  # noqa: E402 - it imports the helpers above when it runs
 from tasks.reproduce_same_function import SAME_FUNCTION  # noqa: E402 - below the helpers it reuses
 
-PRESETS = (DEEP_LINEAR, LAZY_SCALING, RICH_SCALING, COLLAPSE, CATAPULT, GENERALIZATION, SILENT_ALIGNMENT, SAME_FUNCTION)
+PRESETS = (DEEP_LINEAR, LAZY_SCALING, RICH_SCALING, COLLAPSE, CATAPULT, GENERALIZATION, SILENT_ALIGNMENT, SAME_FUNCTION,
+           ADAM)

@@ -22,7 +22,7 @@ from tasks.reproduce import Row
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("deep-linear", "lazy-scaling", "rich-scaling", "collapse", "catapult", "generalization", "silent-alignment",
-         "same-function")
+         "same-function", "adam")
 
 
 def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -131,7 +131,8 @@ def _measure_adam(sweeps: list[SweepData], _scale: str) -> Measurement:
         "the readout and η at the readout (engine/optim.py). SGD: step N·η.",
         "The lazy Adam η_max slope of 0 belongs to the engine's divergence rule (threshold ∝ max(1, 1/γ²) × the "
         "step-0 loss): a bounded sign-like step cannot run away as SGD's does, it only throws the loss up by "
-        "(η/γ)². A threshold that did not scale with 1/γ² would be crossed at η ∝ γ instead (slope 1; not measured here).",
+        "(η/γ)². A threshold that did not scale with 1/γ² would be crossed at η ∝ γ instead (slope 1; not "
+        "measured here).",
         f"η* reads the tail statistic (mean train loss over the last 10 % of the {steps} steps); η* on the grid's "
         "edge and η_max not bracketed by the grid are left out of the fits. The rich-side η* valley is flat under "
         "Adam, so its slope is the noisiest number here.",

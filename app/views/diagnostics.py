@@ -86,6 +86,9 @@ st.subheader("Sharpness against the edge of stability 2/(N·η)")
 sharp = label_series(series["sharpness"], chosen)
 x_range = (1.0, float(sharp["x"].max()) if not sharp.empty else 1.0)
 eos = edge_of_stability(chosen.drop_duplicates("eta"), x_range)
+if ((spec or {}).get("train") or {}).get("optimizer") == "adam":  # 2/(N·η) is plain SGD's edge
+    eos = eos.iloc[0:0]
+    st.caption("An Adam sweep: the edge of stability 2/(N·η) belongs to SGD's step N·η and is not drawn.")
 if "sharpness" in missing:
     st.info(NOT_DRAWN.format("sharpness"))
 else:

@@ -1,6 +1,7 @@
 """The batched ensemble trainer: K (γ, η, seed) cells that share shapes, trained as one computation.
 
-Online SGD, step size N·η per member, every member sees the same fresh batch at step t.
+Online SGD, step size N·η per member (train.optimizer = "adam": engine/optim.py's batched Adam, its
+state in _Ensemble), every member sees the same fresh batch at step t.
 train_loss (the fresh batch's loss *before* the update) is logged every step, accumulated on the
 device and copied to the host only at flushes (every `flush_every` steps and at eval steps), so the
 hot loop has no host synchronization. The costly diagnostics run on the log-spaced `eval_steps`.

@@ -220,3 +220,14 @@ def test_an_unknown_optimizer_is_refused_by_name():
     assert spec.cells()[0].train.optimizer == "adam" and spec.to_dict()["train"]["optimizer"] == "adam"
     default = SweepSpec.from_dict({"name": "x", "grid": {"gamma": [1.0], "eta": [0.1]}})
     assert "optimizer" not in default.to_dict()["train"]
+
+
+def test_the_launch_form_round_trips_the_optimizer_and_names_a_bad_one_at_its_field():
+    from app.logic.launch import check_form, errors_by_field, spec_to_form
+
+    form = spec_to_form({"name": "x", "train": {"optimizer": "adam"}, "grid": {"gamma": [1.0], "eta": [0.1]}})
+    spec, errors = check_form(form)
+    assert errors == [] and spec.train.optimizer == "adam"
+    assert spec_to_form({"name": "x"})["train.optimizer"] == "sgd"  # a spec without it: the default
+    spec, errors = check_form(form | {"train.optimizer": "lion"})
+    assert spec is None and "sgd, adam" in errors_by_field(errors)["train.optimizer"][0]

@@ -258,22 +258,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_recorder(args: argparse.Namespace) -> int:
-    from storage.recorder import RecorderBusy, open_when_free, record_until_stopped, stop_on_signals
+    from storage.recorder import RecorderBusy, record_in_foreground
 
     logging.getLogger("storage.recorder").setLevel(logging.INFO)  # hand-over and standby lines
     settings = _settings(writes="`gamma-lab recorder`")
     configure_logging(settings.broker_url)  # JSON lines in lab mode (storage.logs)
-    # A dashboard that asks gets recording handed over; this process then stands by and records
-    # again once that dashboard stops. SIGTERM/SIGINT end it (between steps: nothing half-stored).
-    stop = stop_on_signals()
-    try:  # a command recording for a moment (a rerun's catch-up) is waited for, not an error
-        recorder = open_when_free(settings, stop, role="recorder")
+    try:
+        record_in_foreground(settings)  # until SIGTERM/SIGINT, between batches: nothing half-stored
     except RecorderBusy as exc:
         raise UserError(str(exc)) from None
-    if recorder is None:
-        return 0
-    logging.getLogger("storage.recorder").info("recording %s (Ctrl-C to stop)", settings.metrics_path)  # a log line
-    record_until_stopped(settings, recorder, stop, role="recorder")
     return 0
 
 

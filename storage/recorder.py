@@ -562,8 +562,8 @@ def record_until_stopped(
 
 
 def stop_on_signals() -> threading.Event:
-    """An event SIGTERM and SIGINT set, for a foreground recorder (`gamma-lab recorder`, `python -m
-    storage.recorder`): record_until_stopped ends between batches, nothing half-stored."""
+    """An event SIGTERM and SIGINT set, for a foreground recorder (record_in_foreground):
+    record_until_stopped ends between batches, nothing half-stored."""
     stop = threading.Event()
 
     def _on_signal(_sig: int, _frame: Any) -> None:
@@ -572,6 +572,25 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     return stop
+
+
+def record_in_foreground(settings: Settings, *, max_events: int = 2000, once: bool = False) -> None:
+    """The one foreground recorder, behind `gamma-lab recorder` and `python -m storage.recorder`:
+    waits for a command recording for a moment (a rerun's catch-up), then records until SIGTERM or
+    SIGINT, standing by while a dashboard that asked has recording handed over. `once`: record what
+    is on the bus, then return. Raises RecorderBusy when another process keeps the store."""
+    stop = stop_on_signals()
+    recorder = open_when_free(settings, stop, max_events=max_events, role="recorder")
+    if recorder is None:
+        return
+    if once:
+        recorder.drain()
+        recorder.close()
+        return
+    log.info(
+        "recording %s from %s (Ctrl-C to stop)", settings.metrics_path, settings.broker_url or settings.spool_dir
+    )
+    record_until_stopped(settings, recorder, stop, max_events=max_events, role="recorder")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -585,20 +604,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
     settings = load_settings(**overrides)
     configure_logging(settings.broker_url, level=args.log_level.upper())  # JSON lines in lab mode
-    stop = stop_on_signals()
     try:
-        recorder = open_when_free(settings, stop, max_events=args.max_events, role="recorder")
+        record_in_foreground(settings, max_events=args.max_events, once=args.once)
     except RecorderBusy as exc:
         log.error("%s", exc)
         return 2
-    if recorder is None:
-        return 0
-    if args.once:
-        recorder.drain()
-        recorder.close()
-        return 0
-    log.info("recording %s from %s", settings.metrics_path, settings.broker_url or settings.spool_dir)
-    record_until_stopped(settings, recorder, stop, max_events=args.max_events, role="recorder")
     return 0
 
 

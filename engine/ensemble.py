@@ -199,4 +199,3 @@ class EnsembleModel:
                 s = _expand(step_size, g)
                 p.sub_(torch.where(s > 0, g * s, torch.zeros((), dtype=g.dtype, device=g.device)))
         return losses.detach()
-

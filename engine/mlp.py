@@ -359,4 +359,3 @@ class MLP(EnsembleModel):
         # shared input: one (K·N, B) @ (B, P) GEMM updates every member's first layer and bias
         packed[0][:k].view(k * n, -1).addmm_(delta.reshape(k * n, b), x_aug.T, alpha=-scale[0])
         return losses
-

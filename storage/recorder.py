@@ -587,9 +587,7 @@ def record_in_foreground(settings: Settings, *, max_events: int = 2000, once: bo
         recorder.drain()
         recorder.close()
         return
-    log.info(
-        "recording %s from %s (Ctrl-C to stop)", settings.metrics_path, settings.broker_url or settings.spool_dir
-    )
+    log.info("recording %s from %s (Ctrl-C to stop)", settings.metrics_path, settings.broker_url or settings.spool_dir)
     record_until_stopped(settings, recorder, stop, max_events=max_events, role="recorder")
 
 

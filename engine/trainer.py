@@ -4,7 +4,8 @@ Online SGD, step size N·η per member (train.optimizer = "adam": engine/optim.p
 state in _Ensemble), every member sees the same fresh batch at step t.
 train_loss (the fresh batch's loss *before* the update) is logged every step, accumulated on the
 device and copied to the host only at flushes (every `flush_every` steps and at eval steps), so the
-hot loop has no host synchronization. The costly diagnostics run on the log-spaced `eval_steps`.
+hot loop has no host synchronization. The costly diagnostics run on the log-spaced `eval_schedule`
+(engine/diagnostics_cost.py): eval_points of them, at most one per 20 steps of the run (at least 5).
 Each run's summary holds final_train_loss (the last batch: one noisy draw), best_train_loss,
 tail_train_loss (the mean over the last 10 % of the steps, engine.analysis.tail_steps: what η* and
 the fits read by default) and, with the test metric, final_test_loss and final_test_acc.
@@ -54,6 +55,7 @@ from engine import function_probe
 from engine import metrics as M
 from engine.analysis import tail_steps
 from engine.config import ConfigError, RunConfig
+from engine.diagnostics_cost import eval_schedule, eval_steps  # noqa: F401 - eval_steps: tests, bench
 from engine.ensemble import EnsembleModel, Params
 from engine.mlp import MLP
 from engine.models import build_model
@@ -107,18 +109,6 @@ class _Stream(Protocol):
     def next_batch(self) -> Any: ...
     def test_set(self) -> Any: ...
     def probe(self, n: int) -> Any: ...
-
-
-def eval_steps(steps: int, points: int) -> list[int]:
-    """Log-spaced 0-based steps for the costly metrics, always with step 0 and the last step.
-
-    About `points` distinct steps (fewer when `steps` is small); [] when points is 0."""
-    if points <= 0 or steps <= 0:
-        return []
-    if points == 1:
-        return [steps - 1]
-    grid = np.unique(np.round(np.geomspace(1, steps, points)).astype(np.int64) - 1)
-    return sorted({0, steps - 1, *(int(s) for s in grid)})
 
 
 def _dtype_of(configs: Sequence[RunConfig]) -> torch.dtype:
@@ -209,7 +199,7 @@ def train_on_stream(
     # step 0 only, before any compaction
     allowance = tc.divergence_factor * torch.clamp(gamma**-2, min=1.0)  # (K,)
 
-    evals = set(eval_steps(tc.steps, tc.eval_points))
+    evals = set(eval_schedule(tc.steps, tc.eval_points))
     wanted = set(tc.metrics)
     probe = stream.probe(tc.probe_size) if wanted & {"alignment", "sharpness"} else None
     test = stream.test_set() if "test" in wanted else None
@@ -364,6 +354,9 @@ class _Ensemble:
     loss_buf: Tensor  # (flush_every, K') train_loss between flushes
     eig_vec: Params | None = None  # the sharpness eigenvectors, warm start of the next eval
     adam: AdamState | None = None  # train.optimizer = "adam": per-member m, v, steps (engine/optim.py)
+    # θ0's readout on the fixed eval inputs ("test", "probe"), (K, n, C) by original member: θ0 is
+    # frozen, so its forward runs once per unit instead of at every eval (_readout0)
+    readout0: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def theta0(self) -> Params | None:
@@ -438,7 +431,7 @@ def _evaluate(
     params, centered, gamma = ens.params, ens.theta0, ens.gamma
     values: dict[str, Tensor] = {}
     if test is not None:
-        out = _chunked_output(model, params, centered, test.x, gamma)  # (K, n_test, C)
+        out = _output(model, params, _readout0(model, ens, "test", test.x), test.x, gamma)  # (K, n_test, C)
         values["test_loss"] = M.loss_fn(loss_kind, out, test.target, test.label)
         values["test_acc"] = M.accuracy(out, test.label)
     if "alignment" in wanted and probe is not None:
@@ -456,9 +449,10 @@ def _evaluate(
         values["alignment_ntk_centered"] = M.kernel_alignment(kn, ys, centered=True)
     if "sharpness" in wanted and probe is not None:
         px, py, pl = probe.x, probe.target, probe.label
+        g0 = _readout0(model, ens, "probe", px)  # θ0 takes no part in the Hessian
 
         def probe_loss(p: Params) -> Tensor:
-            return M.loss_fn(loss_kind, model.output(p, centered, px, gamma), py, pl)
+            return M.loss_fn(loss_kind, _output(model, p, g0, px, gamma), py, pl)
 
         iters = SHARPNESS_ITERS_COLD if ens.eig_vec is None else SHARPNESS_ITERS_WARM
         gen = torch.Generator(device=gamma.device).manual_seed(0)
@@ -476,12 +470,35 @@ def _evaluate(
             last_test[member] = (float(host["test_loss"][pos]), float(host["test_acc"][pos]))
 
 
-def _chunked_output(model: EnsembleModel, params: Params, centered: Params | None, x: Tensor, gamma: Tensor) -> Tensor:
-    """f on a large held-out set in slices, to bound memory (K × slice × widths). → (K, n, C)."""
-    size = 1024
-    return torch.cat(
-        [model.output(params, centered, x[s : s + size], gamma) for s in range(0, x.shape[0], size)], dim=1
-    )
+EVAL_CHUNK = 1024  # points per forward on the held-out set: bounds memory (K × chunk × widths; engine.memory)
+
+
+def _chunked_raw(model: EnsembleModel, params: Params, x: Tensor) -> Tensor:
+    """The readout g (K, n, C) on a large input in slices of EVAL_CHUNK."""
+    return torch.cat([model.raw(params, x[s : s + EVAL_CHUNK])[0] for s in range(0, x.shape[0], EVAL_CHUNK)], dim=1)
+
+
+def _output(model: EnsembleModel, params: Params, g0: Tensor | None, x: Tensor, gamma: Tensor) -> Tensor:
+    """f = (g_θ − g_θ0) / γ with θ0's readout g0 given (_readout0): the same floats as
+    model.output(params, θ0, x, gamma), one forward instead of two. → (K, n, C)"""
+    g = _chunked_raw(model, params, x)
+    if g0 is not None:
+        g = g - g0
+    return g / gamma.view(-1, *([1] * (g.dim() - 1)))
+
+
+def _readout0(model: EnsembleModel, ens: _Ensemble, key: str, x: Tensor) -> Tensor | None:
+    """θ0's readout on a fixed eval input for the current members (None when not centered). Computed
+    at the unit's first eval for the members then present and kept by original member; compaction only
+    drops members, and every op is per member, so a later eval reads the floats it would compute."""
+    if ens.theta0 is None:
+        return None
+    if key not in ens.readout0:
+        g0 = _chunked_raw(model, ens.params0, x)  # (K', n, C)
+        full = g0.new_zeros(int(ens.members.max()) + 1, *g0.shape[1:])
+        full[torch.as_tensor(ens.members, device=g0.device)] = g0
+        ens.readout0[key] = full
+    return ens.readout0[key][torch.as_tensor(ens.members, device=x.device)]
 
 
 def _generic_ntk(model: EnsembleModel, params: Params, centered: Params | None, x: Tensor, gamma: Tensor) -> Tensor:

@@ -1,0 +1,124 @@
+"""The costly metrics' schedule and cost (engine/diagnostics_cost.py) and the cached θ0 readout that
+halves the test set's forward (engine/trainer.py, issue #13 item 5)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from engine import diagnostics_cost as DC
+from engine import trainer
+from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from engine.models import build_model
+from engine.trainer import _Ensemble, _output, _readout0, eval_schedule, eval_steps, train_on_stream
+from tests.engine.test_trainer_ensemble import SHAPES, SyntheticStream, make_configs
+
+MODELS = {"mlp": ModelConfig(arch="mlp", width=32, depth=3), "cnn": ModelConfig(arch="cnn", width=16, depth=4)}
+
+
+def _ensemble(arch: str, seeds: list[int]) -> tuple[object, _Ensemble]:
+    model = build_model(MODELS[arch], SHAPES[arch], 3)
+    params, params0 = model.init_pair(seeds, dtype=torch.float32)
+    k = len(seeds)
+    gamma = torch.linspace(0.1, 3.0, k)
+    ens = _Ensemble(members=np.arange(k), params=params, params0=params0, centered=True, gamma=gamma,
+                    lr=torch.zeros(k), alive=torch.ones(k, dtype=torch.bool),
+                    diverged_at=torch.full((k,), -1), threshold=torch.full((k,), np.inf),
+                    loss_buf=torch.empty(3, k))  # fmt: skip
+    with torch.no_grad():  # members that moved away from θ0, so that f is not 0
+        for p in params.values():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    return model, ens
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_cached_theta0_readout_gives_model_output_bit_for_bit_before_and_after_compaction(arch):
+    model, ens = _ensemble(arch, [0, 1, 0, 2, 1, 3])
+    x = torch.randn(40, *SHAPES[arch], generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model.output(ens.params, ens.params0, x, ens.gamma)
+        got = _output(model, ens.params, _readout0(model, ens, "test", x), x, ens.gamma)
+        assert torch.equal(got, want)
+        ens.keep(model, np.array([1, 3, 4]))  # members 0, 2, 5 died: the cache is read by original member
+        want = model.output(ens.params, ens.params0, x, ens.gamma)
+        got = _output(model, ens.params, _readout0(model, ens, "test", x), x, ens.gamma)
+        assert torch.equal(got, want)
+
+
+def test_uncentered_members_have_no_theta0_readout():
+    model, ens = _ensemble("mlp", [0, 1])
+    ens.centered = False
+    assert _readout0(model, ens, "test", torch.zeros(4, 6)) is None
+
+
+def test_theta0_forward_runs_once_per_unit_not_at_every_eval(monkeypatch):
+    configs = make_configs("mlp", [(1.0, 0.1, 0), (0.5, 0.1, 1)], steps=30, metrics=("test",), eval_points=5)
+    model_cls = type(build_model(configs[0].model, SHAPES["mlp"], 3))
+    calls = {"n": 0}
+    original = model_cls.raw
+
+    def spy(self, params, x):
+        calls["n"] += 1
+        return original(self, params, x)
+
+    monkeypatch.setattr(model_cls, "raw", spy)
+    train_on_stream(configs, SyntheticStream(SHAPES["mlp"]), flush_every=7)
+    evals = len(eval_schedule(30, 5))
+    assert calls["n"] == evals + 1  # θ at every eval, θ0 once (it was 2 per eval)
+
+
+def test_eval_schedule_follows_the_run_length():
+    assert eval_schedule(2000, 30) == eval_steps(2000, 30)  # long runs keep every point asked for
+    assert eval_schedule(600, 30) == eval_steps(600, 30)
+    short = eval_schedule(200, 30)
+    assert len(short) <= 200 // DC.EVAL_STEPS_PER_POINT < len(eval_steps(200, 30))
+    assert short[0] == 0 and short[-1] == 199 and short == sorted(set(short))
+    assert eval_schedule(30, 5) == eval_steps(30, 5)  # a few points stay on short runs
+    assert eval_schedule(10, 30) == eval_steps(10, DC.EVAL_MIN_POINTS)
+    assert eval_schedule(100, 0) == []
+
+
+def test_the_trainer_evaluates_on_the_schedule():
+    configs = make_configs("mlp", [(1.0, 0.1, 0)], steps=240, metrics=("movement",), eval_points=30)
+    steps: set[int] = set()
+
+    def keep(batch):
+        steps.update(int(s) for s, m in zip(batch.step, batch.metric, strict=True) if m == "movement_l1")
+
+    train_on_stream(configs, SyntheticStream(SHAPES["mlp"]), flush_every=50, on_metrics=keep)
+    assert sorted(steps) == eval_schedule(240, 30) != eval_steps(240, 30)
+
+
+def test_the_cost_model_constants_are_the_trainers():
+    assert (DC.NTK_PROBE_MAX, DC.SHARPNESS_ITERS_COLD, DC.SHARPNESS_ITERS_WARM) == (
+        trainer.NTK_PROBE_MAX, trainer.SHARPNESS_ITERS_COLD, trainer.SHARPNESS_ITERS_WARM)  # fmt: skip
+
+
+def _config(**train: object) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(width=256, depth=3),
+        data=DataConfig(dataset="mnist1d"),
+        train=TrainConfig(batch_size=128, **train),
+        gamma=1.0,
+        eta=0.01,
+        seed=0,
+    )  # type: ignore[arg-type]
+
+
+def test_diagnostics_cost_per_metric_follows_the_selection_and_the_schedule():
+    cost = DC.diagnostics_cost(_config(steps=200))
+    assert set(cost) == {"test", "alignment", "sharpness", "movement"}
+    assert cost["movement"] == 0 and cost["sharpness"] > cost["test"] > 0 and cost["alignment"] > 0
+    assert set(DC.diagnostics_cost(_config(steps=200, metrics=("test",)))) == {"test"}
+    assert DC.diagnostics_cost(_config(steps=200, eval_points=0)) == {}
+    fewer = DC.diagnostics_cost(_config(steps=200, eval_points=5))
+    assert all(fewer[m] < cost[m] for m in ("test", "alignment", "sharpness"))
+    # per step of training, a longer run with the same points costs less
+    longer = DC.diagnostics_cost(_config(steps=20_000))
+    assert all(longer[m] < cost[m] for m in ("test", "alignment", "sharpness"))
+    cnn = dataclasses.replace(_config(steps=200), model=ModelConfig(arch="cnn", width=16, depth=4),
+                              data=DataConfig(dataset="teacher", image_size=8))  # fmt: skip
+    assert DC.diagnostics_cost(cnn)["alignment"] > cost["alignment"]  # jacobians, not the MLP's closed form

@@ -139,6 +139,9 @@ if check or launch:
     # the start-up is paid already when the dashboard's workers wait warm (tasks.local_queue.warm_up)
     p = plan(spec, settings, device="cpu", warm=warm_workers(settings) > 0)
     st.session_state[f"{P}.plan"] = (p.n_cells, p.n_units, p.wall_seconds)
+    from app.logic.eval_cost import cost_caption
+
+    st.session_state[f"{P}.cost"] = cost_caption(spec)  # what the chosen costly metrics add to training
     if launch and not read_only:
         from tasks.api import submit
 
@@ -159,6 +162,8 @@ if f"{P}.plan" in st.session_state:
               help=f"Rough wall time with {settings.workers} local worker(s): start-up plus FLOPs at the rate "
                    "this machine's workers measured on their last units, scaled by the load now (a typical "
                    "rate before the first one; tasks/planner.py); never a deadline.")
+    if st.session_state.get(f"{P}.cost"):
+        st.caption(st.session_state[f"{P}.cost"])
 if f"{P}.launched" in st.session_state:
     sweep_id = st.session_state[f"{P}.launched"]
     st.success(f"Launched sweep {sweep_id}.")

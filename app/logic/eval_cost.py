@@ -1,0 +1,29 @@
+"""What the costly metrics cost, said on the Launch page: a caption from engine.diagnostics_cost's
+model for the spec's settings (no Streamlit here, so it is testable without a browser)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.config import RunConfig
+from engine.diagnostics_cost import EVAL_STEPS_PER_POINT, diagnostics_cost, eval_schedule, eval_steps
+
+
+def cost_caption(spec: Any) -> str | None:
+    """One line: each chosen costly metric's estimated time as a share of training, the total, and how
+    many eval steps they run at. None when the spec asks for none."""
+    cfg = RunConfig(model=spec.model, data=spec.data, train=spec.train, gamma=1.0, eta=1.0, seed=0)
+    cost = diagnostics_cost(cfg)
+    if not cost:
+        return None
+    t = spec.train
+    n_evals = len(eval_schedule(t.steps, t.eval_points))
+    capped = n_evals < len(eval_steps(t.steps, t.eval_points))
+    capped_text = f" (of {t.eval_points} asked: at most one per {EVAL_STEPS_PER_POINT} steps)" if capped else ""
+    parts = ", ".join(f"{m} +{share:.0%}" for m, share in sorted(cost.items(), key=lambda kv: -kv[1]))
+    return (
+        f"Costly metrics at {n_evals} eval steps{capped_text}, estimated on top of the training time: {parts}; "
+        f"in all +{sum(cost.values()):.0%}. A cost model fitted on a width-256 MLP on the CPU "
+        "(engine/diagnostics_cost.py), not a measurement: sharpness is power iteration on the probe, "
+        "alignment an NTK on up to 64 probe points, test a forward of the held-out set, movement nearly free."
+    )

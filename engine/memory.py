@@ -16,9 +16,9 @@ per_member  θ, θ0 (a copy per member: movement, resets), the gradient and the 
             probe) — they run between steps, after autograd freed the step's activations, but
             beside the MLP's buffers, which are kept from step to step;
 per_seed    the MLP's packed θ0 slot and its forward buffers: θ0 depends on the seed only, so a grid
-            of many (γ, η) and few seeds keeps few copies (engine.models.MLP.init_pair).
+            of many (γ, η) and few seeds keeps few copies (engine.mlp.MLP.init_pair).
 
-Activations: the MLP from its buffers' shapes ((K + U, N, B) per layer, models.MLP._buffers); the
+Activations: the MLP from its buffers' shapes ((K + U, N, B) per layer, mlp.MLP._buffers); the
 other architectures by running one member's forward on the `meta` device (shapes only, nothing
 allocated) and adding up what autograd saves for the backward, per example.
 

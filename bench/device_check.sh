@@ -11,6 +11,9 @@
 #      batches on cuda in both dtypes (tests/engine/test_data_devices.py).
 #   2. The issue #2 speed ratio on the GPU: bench/engine.py's grid, reference and ensemble both on
 #      cuda, 3 side-by-side pairs; then a wider grid where the ensemble fills more of the chip.
+#   3. Units sized by memory: the estimate against max_memory_allocated per architecture
+#      (bench/memory_estimate.py --device cuda) and, where the worker's packages are installed, a
+#      real torch.OutOfMemoryError splitting a unit (tests/tasks/test_memory_units.py -k cuda).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-device-check}"
@@ -33,4 +36,14 @@ echo "== 2. speed ratio on the GPU" | tee "$out/bench_cuda.log"
 timeout 150 python3 bench/engine.py --device cuda --repeat 3 2>&1 | tee -a "$out/bench_cuda.log" || status=1
 timeout 90 python3 bench/engine.py --device cuda --repeat 1 --width 1024 --cells 72 2>&1 |
     tee -a "$out/bench_cuda.log" || status=1
+
+echo "== 3. units sized by memory on the GPU" | tee "$out/memory.log"
+if python3 -c "import redis, sqlalchemy, duckdb" 2>/dev/null; then  # the worker's own packages
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" --import-mode=importlib \
+        tests/tasks/test_memory_units.py -k cuda -rA 2>&1 | tail -20 | tee -a "$out/memory.log" || status=1
+else
+    echo "the out-of-memory split test needs redis, sqlalchemy and duckdb (not in this image): skipped" |
+        tee -a "$out/memory.log"
+fi
+timeout 150 python3 bench/memory_estimate.py --device cuda 2>&1 | tee -a "$out/memory.log" || status=1
 exit $status

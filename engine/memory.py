@@ -133,14 +133,17 @@ def physical_memory() -> int | None:
 
 
 def cuda_free_memory(device: str) -> int | None:
-    """Free bytes on a CUDA device now (torch.cuda.mem_get_info), None without CUDA."""
+    """Bytes this process could allocate on a CUDA device now, None without CUDA: the driver's free
+    memory (torch.cuda.mem_get_info) plus what torch's caching allocator holds without a tensor in
+    it (a worker's second unit would otherwise see its first unit's cache as taken)."""
     import torch
 
     if not torch.cuda.is_available():
         return None
     index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
     free, _total = torch.cuda.mem_get_info(index)
-    return int(free)
+    cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+    return int(free + max(cached, 0))
 
 
 @lru_cache(maxsize=256)

@@ -113,7 +113,7 @@ def memory_budget(settings: Any, device: str = "cpu") -> tuple[int, str]:
         return int(explicit), "the device_memory setting (GAMMA_LAB_DEVICE_MEMORY)"
     fraction = float(getattr(settings, "memory_fraction", 0.7))
     if cls == "cuda":
-        free = memory.cuda_free_memory(device if device != "cuda" else "cuda:0")
+        free = memory.cuda_free_memory(device)
         if free is None:
             return MEMORY_BUDGET[cls], "a 16 GB card's default (no GPU here to measure; set GAMMA_LAB_DEVICE_MEMORY)"
         return int(free * fraction), f"{fraction:g} × the free memory of {device} (GAMMA_LAB_DEVICE_MEMORY sets it)"

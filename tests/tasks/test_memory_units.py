@@ -200,3 +200,44 @@ def test_out_of_memory_mid_run_retries_the_halves_without_sending_a_point_twice(
         finished = [e for e in events if e["type"] == "finished" and e["run_id"] == rid]
         assert len(finished) == 1 and finished[0]["batches"] == len(points)
     assert tries["points"] > 9  # it did run out of memory mid-run, after points were sent
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device (bench/device_check.sh runs it where one is lent)")
+def test_a_real_cuda_out_of_memory_splits_the_unit(tmp_path: Path) -> None:
+    """On a GPU the device itself runs out: torch's allocator is held to a little more than four
+    members' estimate (set_per_process_memory_fraction) while the budget lets the unit of 16 start,
+    so torch.OutOfMemoryError splits it; every run ends without failing and each says so."""
+    import torch
+
+    from tasks.planner import pack
+    from tasks.worker import run_unit
+
+    spec = SweepSpec.from_toml(spec_text("cuda", 2048, gammas=4, etas=4, seeds=1))
+    unit = pack(spec.cells(), device="cuda", memory_budget=2**40).units[0]
+    assert len(unit.configs) == 16
+    limit = 1.2 * unit_bytes(unit.configs[:4])
+    events: list[dict] = []
+
+    class Publisher:
+        def publish(self, event: dict) -> None:
+            events.append(event)
+
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(limit / torch.cuda.get_device_properties(0).total_memory)
+    try:
+        settings = load_settings(data_dir=tmp_path, device_memory="1TiB")  # the estimate's check lets it start
+        out = run_unit(unit.to_json(), settings, Publisher(), device="cuda")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    assert {e["status"] for e in out} <= {"done", "diverged"}, [e["error"] for e in out]
+    assert all(e["error"].startswith("split after out of memory: 16 → 8 + 8") for e in out)
+    for rid in unit.run_ids:
+        seqs = [e["seq"] for e in events if e["type"] == "points" and e["run_id"] == rid]
+        assert seqs == list(range(len(seqs)))

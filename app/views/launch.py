@@ -139,6 +139,7 @@ if check or launch:
     # the start-up is paid already when the dashboard's workers wait warm (tasks.local_queue.warm_up)
     p = plan(spec, settings, device="cpu", warm=warm_workers(settings) > 0)
     st.session_state[f"{P}.plan"] = (p.n_cells, p.n_units, p.wall_seconds)
+    st.session_state[f"{P}.memory"] = p.memory_note  # more units than workers because of device_memory
     from app.logic.eval_cost import cost_caption
 
     st.session_state[f"{P}.cost"] = cost_caption(spec)  # what the chosen costly metrics add to training
@@ -164,6 +165,9 @@ if f"{P}.plan" in st.session_state:
                    "rate before the first one; tasks/planner.py); never a deadline.")
     if st.session_state.get(f"{P}.cost"):
         st.caption(st.session_state[f"{P}.cost"])
+    if st.session_state.get(f"{P}.memory"):
+        note = st.session_state[f"{P}.memory"]
+        st.caption(f"{note[0].upper()}{note[1:]} (the device_memory setting, tasks/planner.py).")
 if f"{P}.launched" in st.session_state:
     sweep_id = st.session_state[f"{P}.launched"]
     st.success(f"Launched sweep {sweep_id}.")

@@ -241,3 +241,17 @@ def test_a_real_cuda_out_of_memory_splits_the_unit(tmp_path: Path) -> None:
     for rid in unit.run_ids:
         seqs = [e["seq"] for e in events if e["type"] == "points" and e["run_id"] == rid]
         assert seqs == list(range(len(seqs)))
+
+
+def test_the_launch_page_says_when_memory_limited_the_units(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GAMMA_LAB_DATA", str(tmp_path))
+    monkeypatch.setenv("GAMMA_LAB_AUTH", "none")
+    monkeypatch.setenv("GAMMA_LAB_DEVICE_MEMORY", "1MiB")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app" / "main.py"), default_timeout=60)
+    at.run()
+    next(b for b in at.button if b.label == "Check plan").click().run()
+    assert not at.exception, at.exception
+    said = [c.value for c in at.caption if c.value.startswith("Memory limited the unit size")]
+    assert len(said) == 1 and "against a memory budget of 1 MiB" in said[0], [c.value for c in at.caption]

@@ -22,9 +22,10 @@ Activations: the MLP from its buffers' shapes ((K + U, N, B) per layer, mlp.MLP.
 other architectures by running one member's forward on the `meta` device (shapes only, nothing
 allocated) and adding up what autograd saves for the backward, per example.
 
-It is an estimate, calibrated against measured peaks (tests/engine/test_memory_estimate.py: the
-ratio estimate / resident memory a real unit grew by, on CPU, was 0.8 to 1.2 for an MLP and 1.0 to 1.2
-for a CNN; the test asserts 0.5 to 3), not an exact account: allocator caches, the data stream's host
+It is an estimate, calibrated against measured peaks (bench/memory_estimate.py and
+tests/engine/test_memory_estimate.py: estimate / the resident memory a real unit grew by, on CPU,
+was 0.68 to 1.17 for an MLP, 0.70 to 1.27 for a CNN, 0.69 for a ResNet, 0.96 to 1.73 for a ViT; the
+test asserts 0.5 to 3), not an exact account: allocator caches, the data stream's host
 chunks and the libraries' workspaces come on top, which memory_fraction leaves room for. Nothing here
 imports anything but torch.
 """

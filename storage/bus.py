@@ -1,6 +1,7 @@
 """Event bus: the only way workers write. Two backends behind one Publisher/Consumer pair.
 
-Events are JSON dicts (docs/contracts.md):
+Events are JSON dicts (docs/contracts.md); started, heartbeat and finished are the wire form of
+storage.events' types:
   {"type": "started",   "run_id", "attempt", "worker", "time"}
   {"type": "points",    "run_id", "attempt", "seq", "step": [...], "metric": [...], "value": [...]}
   {"type": "heartbeat", "run_ids": [...], "attempt", "worker", "time"}
@@ -42,6 +43,7 @@ from typing import Any, Protocol
 
 from storage import run_arrays
 from storage.diskspace import DiskFull, below_low_water, is_disk_full
+from storage.events import FINISH_STATUSES, FinishedEvent, HeartbeatEvent, StartedEvent
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,6 @@ DEAD_LETTER_STREAM = "gamma-lab:events:dead"
 GROUP = "recorder"
 EVENT_TYPES = ("started", "points", "heartbeat", "finished", "export", "purge")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-FINISH_STATUSES = ("done", "diverged", "failed", "cancelled")
 # Celery's queues on the same Redis (tasks.celery_app.queue_for) and where kombu keeps delivered,
 # unacknowledged messages: read after a broker restart without persistence (RedisConsumer.queued_task_texts)
 CELERY_QUEUES = ("cpu", "gpu")
@@ -200,12 +201,10 @@ class Publisher:
     # -- builders (validated before they leave, so a worker's bug shows up in the worker)
 
     def started(self, run_id: str, attempt: int, worker: str) -> None:
-        self.publish(validate_event(
-            {"type": "started", "run_id": run_id, "attempt": attempt, "worker": worker, "time": time.time()}))
+        self.publish(validate_event(StartedEvent(run_id, attempt, worker, time.time()).wire()))
 
     def heartbeat(self, run_ids: Sequence[str], attempt: int, worker: str) -> None:
-        self.publish(validate_event({"type": "heartbeat", "run_ids": list(run_ids), "attempt": attempt,
-                                     "worker": worker, "time": time.time()}))
+        self.publish(validate_event(HeartbeatEvent(list(run_ids), attempt, worker, time.time()).wire()))
 
     def next_seq(self, run_id: str, attempt: int) -> int:
         with self._lock:
@@ -237,14 +236,9 @@ class Publisher:
         diverged_step: int | None = None, summary: Mapping[str, float] | None = None, error: str | None = None,
         batches: int | None = None,
     ) -> None:
-        ev = {
-            "type": "finished", "run_id": run_id, "attempt": attempt, "status": status,
-            "steps_done": steps_done, "diverged_step": diverged_step,
-            "summary": {k: float(v) for k, v in (summary or {}).items()}, "error": error,
-        }
-        if batches is not None:
-            ev["batches"] = batches
-        self.publish(validate_event(ev))
+        self.publish(validate_event(FinishedEvent(run_id, attempt, status, steps_done=steps_done,
+                                                  diverged_step=diverged_step, summary=summary, error=error,
+                                                  batches=batches).wire()))
 
 
 class _MonotonicNames:

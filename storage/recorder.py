@@ -30,6 +30,7 @@ from storage import run_arrays
 from storage.broker_loss import LostQueue, ingested_batches
 from storage.bus import Delivery, RedisConsumer, SpoolConsumer, open_consumer
 from storage.diskspace import DiskFull, below_low_water, ensure_reserve, has_room, is_disk_full, release_reserve
+from storage.events import FinishedEvent, HeartbeatEvent, StartedEvent
 from storage.export import answer_request
 from storage.logs import configure_logging
 from storage.metric_store import (
@@ -55,7 +56,7 @@ from storage.ownership import (  # the ownership protocol lives there; its names
 )
 from storage.purge import answer_request as answer_purge
 from storage.recorder_claim import ClaimHeld, RecorderClaim
-from storage.registry import FinishedEvent, HeartbeatEvent, Registry, StartedEvent
+from storage.registry import Registry
 from storage.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -222,23 +223,14 @@ class Recorder:
             ev = d.event or {}
             kind = ev["type"]
             if kind == "started":
-                started.append(StartedEvent(ev["run_id"], ev["attempt"], ev["worker"], float(ev["time"])))
+                started.append(StartedEvent.from_wire(ev))
             elif kind == "heartbeat":
-                beats.append(HeartbeatEvent(ev["run_ids"], ev["attempt"], ev["worker"], float(ev["time"])))
+                beats.append(HeartbeatEvent.from_wire(ev))
             elif kind == "finished":
-                finished.append(
-                    FinishedEvent(
-                        ev["run_id"],
-                        ev["attempt"],
-                        ev["status"],
-                        steps_done=ev.get("steps_done"),
-                        diverged_step=ev.get("diverged_step"),
-                        summary=ev.get("summary"),
-                        error=ev.get("error"),
-                    )
-                )
-                if ev.get("batches") is not None:
-                    self._sent_batches[(ev["run_id"], ev["attempt"])] = ev["batches"]
+                fin = FinishedEvent.from_wire(ev)
+                finished.append(fin)
+                if fin.batches is not None:
+                    self._sent_batches[(fin.run_id, fin.attempt)] = fin.batches
         finished = self._no_gaps(finished)
         if started or beats or finished:
             self.registry.apply_events(started=started, heartbeats=beats, finished=finished)

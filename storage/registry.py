@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from storage.bus import FINISH_STATUSES  # the statuses a finished event may carry
+from storage.events import FINISH_STATUSES, FinishedEvent, HeartbeatEvent, StartedEvent  # noqa: F401 (re-exported)
 from storage.schema import (  # the tables and migrations live there; their names are re-exported here
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -117,40 +117,6 @@ class NewRun:
 class AddResult:
     new: list[str]  # run_ids inserted as queued
     existing: list[str]  # run_ids already stored (linked to the sweep, result reused)
-
-
-@dataclass(frozen=True)
-class StartedEvent:
-    """A worker began `attempt` of a run (the bus's `started` event)."""
-
-    run_id: str
-    attempt: int
-    worker: str
-    time: float
-
-
-@dataclass(frozen=True)
-class HeartbeatEvent:
-    """A worker is alive and training these runs (the bus's `heartbeat` event)."""
-
-    run_ids: list[str]
-    attempt: int
-    worker: str
-    time: float
-
-
-@dataclass(frozen=True)
-class FinishedEvent:
-    """The outcome of `attempt` of a run (the bus's `finished` event); time None = now."""
-
-    run_id: str
-    attempt: int
-    status: str
-    steps_done: int | None = None
-    diverged_step: int | None = None
-    summary: Mapping[str, Any] | None = None
-    error: str | None = None
-    time: float | None = None
 
 
 @dataclass

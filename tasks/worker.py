@@ -40,6 +40,7 @@ from engine.config import RunConfig
 from storage import run_arrays
 from storage.bus import BrokerUnavailable
 from storage.diskspace import DiskFull, disk_full_message, release_reserve
+from storage.events import FinishedEvent
 from storage.settings import Settings
 from tasks.cancel import CancelChecker
 from tasks.planner import WorkUnit, memory_budget, record_unit
@@ -160,7 +161,7 @@ def _stop_on_full_disk(unit_json: str, settings: Settings) -> list[dict[str, Any
     into the registry for the unit's runs still active, and say so in ONE log line (the worker goes
     on with the next unit). Their points already published wait in the spool and are recorded once
     there is room; `gamma-lab rerun SWEEP` trains them again as a new attempt."""
-    from storage.registry import FinishedEvent, Registry
+    from storage.registry import Registry
 
     unit = WorkUnit.from_json(unit_json)
     release_reserve(settings.data_dir)
@@ -205,11 +206,10 @@ def _run_unit(unit_json: str, settings: Settings, publisher: Any, *, device: str
                summary: dict[str, float] | None = None, error: str | None = None, arrays: Any = None) -> None:
         if notes.get(run_id):
             error = "; ".join([*notes[run_id], *([error] if error else [])])
-        event = {"type": "finished", "run_id": run_id, "attempt": attempt_of[run_id], "status": status,
-                 "steps_done": int(steps_done), "diverged_step": diverged_step, "summary": summary or {},
-                 "error": error}
-        if run_id in seq:  # how many points batches were sent: the recorder checks that all arrived
-            event["batches"] = seq[run_id]
+        # batches: how many points batches were sent (the recorder checks that all arrived)
+        event = FinishedEvent(run_id, attempt_of[run_id], status, steps_done=int(steps_done),
+                              diverged_step=diverged_step, summary=summary, error=error,
+                              batches=seq.get(run_id)).wire()
         if arrays:  # the final-function snapshot (metric "function"): through the bus, never the task result
             publish(event | {"arrays": run_arrays.encode(arrays)})
         else:

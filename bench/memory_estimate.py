@@ -1,6 +1,6 @@
 """The memory estimate (engine/memory.py) against what a real unit takes, per architecture.
 
-    python bench/memory_estimate.py                 # CPU: resident memory a unit grows by (ru_maxrss)
+    python bench/memory_estimate.py                 # CPU: resident memory a unit grows by (VmHWM)
     python bench/memory_estimate.py --device cuda   # GPU: torch.cuda.max_memory_allocated
 
 Each row trains one small unit (a few steps, the costly metrics at two eval points) and prints the
@@ -32,21 +32,29 @@ CASES: dict[str, tuple[ModelConfig, DataConfig, int, int]] = {  # model, data, b
 }
 
 MEASURE = """
-import json, resource, sys
+import json, sys
 import torch
 torch.set_num_threads(1)
 from engine.config import RunConfig
 from engine.trainer import train_ensemble
 configs = [RunConfig.from_dict(c) for c in json.loads(sys.argv[1])]
 device = sys.argv[2]
+def rss(field):  # /proc's VmHWM is this process image's peak; ru_maxrss is kept across fork and exec
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(field + ":"))
 if device == "cpu":
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # the peak back to the current size
+        before = rss("VmRSS")
+    except OSError:
+        before = rss("VmHWM")
 else:
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
 train_ensemble(configs, device=device, flush_every=10)
 if device == "cpu":
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = rss("VmHWM")
 else:
     peak = torch.cuda.max_memory_allocated()
 print(json.dumps({"measured": peak - before}))

@@ -77,7 +77,9 @@ with st.form(f"{P}.form"):
     field(t[2], "number_input", "Steps", "train.steps", 1, 100_000_000)
     field(t[3], "selectbox", "Precision", "train.dtype", DTYPES)
     field(t[4], "number_input", "Eval points", "train.eval_points", 0, 10_000)
-    field(st.container(), "multiselect", "Costly metrics on the eval schedule", "train.metrics", METRICS)
+    field(st.container(), "multiselect", "Costly metrics on the eval schedule", "train.metrics", METRICS,
+          help="test, alignment, sharpness, movement: at the log-spaced eval steps; function: once, at the end "
+          "(the outputs and the last layer's Gram matrix on 256 test inputs, for comparing runs' functions)")
     g = st.columns([2, 2, 1])
     field(g[0], "text_input", "γ values (list, or log range from .. to / per decade)", "grid.gamma")
     field(g[1], "text_input", "η values (raw; SGD step = N·η)", "grid.eta")

@@ -104,7 +104,9 @@ def validate_event(ev: Any) -> dict[str, Any]:
         if not isinstance(ev.get("dry_run", False), bool):
             raise BadEvent(f"dry_run: must be true or false (got {ev.get('dry_run')!r})")
         return ev
-    if kind == "export":  # a reader asks the recorder to write points to a Parquet file (storage.export)
+    if kind == "export":  # a reader asks the recorder to write points (Parquet) or arrays (.npz) to a file
+        if ev.get("what", "points") not in ("points", "arrays"):
+            raise BadEvent(f"what: must be points or arrays (got {ev.get('what')!r})")
         ids, sweep = ev.get("run_ids"), ev.get("sweep_id")
         if (ids is None) == (sweep is None):
             raise BadEvent("run_ids, sweep_id: give exactly one of them")

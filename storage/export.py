@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.bus import open_publisher
-from storage.metric_store import MetricStore, StoreLocked, open_reader
+from storage.metric_store import MetricStore, StoreLocked, open_reader, read_run_arrays
 from storage.registry import Registry, RegistryError, runs_columns
 from storage.settings import Settings
 
@@ -108,7 +111,10 @@ def answer_request(settings: Settings, store: MetricStore, registry: Registry, e
     error = dest.with_name(dest.name + ".error")
     try:
         wanted = resolve_runs(registry, run_ids=event.get("run_ids"), sweep_id=event.get("sweep_id"))
-        write_points(store, wanted, dest)
+        if event.get("what") == "arrays":
+            write_arrays(store, wanted, dest)
+        else:
+            write_points(store, wanted, dest)
     except (ExportError, RegistryError) as exc:
         _write_text_atomic(error, str(exc))
     except Exception as exc:  # noqa: BLE001 - the requester must hear about it, the recorder goes on
@@ -140,20 +146,76 @@ def export_points(settings: Settings, run_ids: Sequence[str] | None, out_path: s
                 if owned and store is not None:
                     store.close()
             return ExportResult(out, rows, "direct")
-    return _through_recorder(settings, run_ids, sweep_id, out, timeout_s)
+    _through_recorder(settings, {"run_ids": None if run_ids is None else list(run_ids), "sweep_id": sweep_id},
+                      out, timeout_s)
+    return ExportResult(out, pq.read_metadata(out).num_rows, "recorder")
 
 
-def _through_recorder(settings: Settings, run_ids: Sequence[str] | None, sweep_id: str | None, out: Path,
-                      timeout_s: float) -> ExportResult:
+def export_arrays(
+    settings: Settings, run_ids: Sequence[str], timeout_s: float = 120.0
+) -> dict[str, dict[str, np.ndarray]]:
+    """run_id -> {name: float32 array}: the final-function snapshots (storage.run_arrays) of the runs'
+    shown attempts, read as export_points reads points: directly when this process can, else through
+    the recorder that holds the file (an `export` event with `"what": "arrays"`, answered in an .npz
+    file). Runs without a snapshot are left out."""
+    with Registry(settings.registry_url) as registry:
+        wanted = resolve_runs(registry, run_ids=list(run_ids))
+        try:
+            store, owned = open_reader(settings.metrics_path)
+        except StoreLocked:
+            pass
+        else:
+            try:
+                return _read_arrays(store, wanted)
+            finally:
+                if owned and store is not None:
+                    store.close()
+    with tempfile.TemporaryDirectory(prefix="gamma-lab-arrays-") as folder:
+        out = Path(folder) / "arrays.npz"
+        _through_recorder(settings, {"run_ids": list(run_ids), "what": "arrays"}, out, timeout_s)
+        with np.load(out, allow_pickle=False) as npz:  # never unpickle: plain float32 arrays only
+            found: dict[str, dict[str, np.ndarray]] = {}
+            for key in npz.files:
+                run_id, name = key.split("/", 1)
+                found.setdefault(run_id, {})[name] = npz[key]
+        return found
+
+
+def _read_arrays(store: MetricStore | None, wanted: pa.Table) -> dict[str, dict[str, np.ndarray]]:
+    if store is None:
+        return {}
+    with store.reader() as cur:
+        return read_run_arrays(cur, dict(zip(wanted["run_id"].to_pylist(), wanted["attempt"].to_pylist(),
+                                             strict=True)))
+
+
+def write_arrays(store: MetricStore | None, wanted: pa.Table, dest: Path) -> int:
+    """Write the snapshots of `wanted` (run_id, attempt) to `dest` (.npz, keys 'run_id/name'),
+    atomically. Returns the number of arrays."""
+    found = _read_arrays(store, wanted)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        payload: dict[str, Any] = {f"{rid}/{name}": a for rid, arrays in found.items() for name, a in arrays.items()}
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return sum(len(a) for a in found.values())
+
+
+def _through_recorder(settings: Settings, ask: dict[str, Any], out: Path, timeout_s: float) -> None:
+    """Ask the recorder holding the metrics file to write an export (`ask`: run_ids or sweep_id, and
+    `what`), wait for its answer and move it to `out`; ExportError with the reason."""
     request_id = uuid.uuid4().hex
-    rel = f"{EXPORT_DIR}/{request_id}.parquet"
+    suffix = "npz" if ask.get("what") == "arrays" else "parquet"
+    rel = f"{EXPORT_DIR}/{request_id}.{suffix}"
     dest = settings.resolve_data_path(rel)
     error = dest.with_name(dest.name + ".error")
-    event: dict = {"type": "export", "request_id": request_id, "path": rel}
-    if sweep_id is not None:
-        event["sweep_id"] = sweep_id
-    else:
-        event["run_ids"] = list(run_ids or [])
+    event: dict[str, Any] = {"type": "export", "request_id": request_id, "path": rel,
+                             **{k: v for k, v in ask.items() if v is not None}}
     with open_publisher(settings) as pub:
         pub.publish(event)
     deadline = time.monotonic() + timeout_s
@@ -161,7 +223,7 @@ def _through_recorder(settings: Settings, run_ids: Sequence[str] | None, sweep_i
         if dest.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(dest), str(out))
-            return ExportResult(out, pq.read_metadata(out).num_rows, "recorder")
+            return
         if error.exists():
             reason = error.read_text()
             error.unlink(missing_ok=True)

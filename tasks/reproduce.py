@@ -220,10 +220,10 @@ def load_sweep(settings: Any, sweep_id: str) -> SweepData:
             points = pd.read_parquet(target)
         return points[["run_id", "metric", "step", "value"]].sort_values(["run_id", "step"]).reset_index(drop=True)
 
-    def arrays() -> dict[str, dict[str, np.ndarray]]:
-        from storage.queries import run_arrays
+    def arrays() -> dict[str, dict[str, np.ndarray]]:  # through the recorder when a dashboard records
+        from storage.export import export_arrays
 
-        return run_arrays(settings, [r["run_id"] for r in runs])
+        return export_arrays(settings, [r["run_id"] for r in runs])
 
     return SweepData(sweep_id, dict(sweep["spec"]), frame, load, load_arrays=arrays)
 

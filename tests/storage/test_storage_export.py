@@ -14,7 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from storage import run_arrays
 from storage.bus import open_publisher
+from storage.events import FinishedEvent
 from storage.export import ExportError, export_points
 from storage.metric_store import MetricStore, StoreLocked
 from storage.recorder import Recorder
@@ -115,3 +117,46 @@ def test_export_times_out_with_a_clear_message_when_no_recorder_answers(settings
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_final_function_snapshots_read_directly_and_through_the_recorder_process(
+    settings: Settings, make_configs, tmp_path: Path
+) -> None:
+    """`gamma-lab reproduce same-function` run beside a dashboard: the dashboard's recorder holds the
+    metrics file, so the snapshots come back through it (an .npz answer), equal to a direct read."""
+    from storage.export import export_arrays
+
+    configs = make_configs()[:3]
+    ids = [c.run_id for c in configs]
+    with Registry(settings.registry_url) as reg:
+        reg.add_runs(reg.create_sweep("arrays", "t", {}), configs)
+    rng = np.random.default_rng(0)
+    sent = {rid: {"output": rng.standard_normal((4, 2)).astype(np.float32),
+                  "gram": rng.standard_normal((4, 4)).astype(np.float32)} for rid in ids[:2]}
+    pub = open_publisher(settings)
+    for rid in ids:
+        pub.publish(FinishedEvent(rid, 0, "done", steps_done=1).wire()
+                    | ({"arrays": run_arrays.encode(sent[rid])} if rid in sent else {}))
+    with Recorder(settings) as rec:
+        rec.drain()
+    direct = export_arrays(settings, ids)
+    assert set(direct) == set(ids[:2])  # the third run kept no snapshot
+    for rid, arrays in sent.items():
+        assert set(direct[rid]) == {"output", "gram"}
+        assert all(np.array_equal(direct[rid][n], a) for n, a in arrays.items())
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("GAMMA_LAB_BROKER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "storage.recorder", "--data-dir", str(settings.data_dir),
+                             "--log-level", "WARNING"], env=env, cwd=REPO)
+    try:
+        _wait_locked(settings, proc)
+        remote = export_arrays(settings, ids, timeout_s=60)
+        assert set(remote) == set(direct)
+        for rid in remote:
+            assert all(np.array_equal(remote[rid][n], direct[rid][n]) for n in direct[rid])
+        assert list((settings.data_dir / "exports").iterdir()) == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    pub.close()

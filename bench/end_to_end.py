@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -101,14 +102,15 @@ def spec_text(configs: list[RunConfig], costly: bool) -> str:
     )
 
 
-def engine_alone(configs: list[RunConfig]) -> tuple[float, float]:
-    """(data stream seconds, training seconds) of the unit in this process, as the worker trains it."""
+def engine_alone(configs: list[RunConfig]) -> tuple[float, float, float]:
+    """(data stream seconds, training seconds, CPU seconds) of the unit in this process, as the worker
+    trains it."""
     first = configs[0]
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     stream = make_stream(first.data, batch_size=first.train.batch_size, dtype=torch.float32)
     t1 = time.perf_counter()
     train_on_stream(configs, stream, flush_every=FLUSH_EVERY)
-    return t1 - t0, time.perf_counter() - t1
+    return t1 - t0, time.perf_counter() - t1, time.process_time() - c0
 
 
 def _log_times(path: Path) -> dict[str, float]:
@@ -120,10 +122,10 @@ def _log_times(path: Path) -> dict[str, float]:
             record = json.loads(line)
         except ValueError:
             continue
-        for key in ("process_start", "ready", "unit_began", "unit_ended"):
+        for key in ("process_start", "ready", "unit_began", "unit_ended", "cpu_s"):
             if isinstance(record, dict) and isinstance(record.get(key), int | float):
                 marks.setdefault(key, []).append(float(record[key]))
-    return {key: (max(v) if key == "unit_ended" else min(v)) for key, v in marks.items()}
+    return {key: (max(v) if key in ("unit_ended", "cpu_s") else min(v)) for key, v in marks.items()}
 
 
 def sweep_wait(configs: list[RunConfig], costly: bool, threads: int) -> dict[str, float]:
@@ -143,10 +145,11 @@ def sweep_wait(configs: list[RunConfig], costly: bool, threads: int) -> dict[str
         env = {k: v for k, v in os.environ.items() if not k.startswith("GAMMA_LAB_")}
         env.update(GAMMA_LAB_DATA=str(data), GAMMA_LAB_WORKERS="1", GAMMA_LAB_TORCH_THREADS=str(threads),
                    GAMMA_LAB_LOG_FORMAT="json")  # fmt: skip
-        t0 = time.time()
+        t0, cli0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run([sys.executable, "-m", "app.cli", "sweep", str(spec), "--wait"], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=1800)  # fmt: skip
-        t_exit = time.time()
+        t_exit, cli1 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cli_cpu = (cli1.ru_utime + cli1.ru_stime) - (cli0.ru_utime + cli0.ru_stime)
         if done.returncode != 0:
             raise SystemExit(f"gamma-lab sweep --wait failed ({done.returncode}): {done.stderr.strip()[-600:]}")
         marks = _log_times(data / "queue" / "workers.log")
@@ -154,7 +157,9 @@ def sweep_wait(configs: list[RunConfig], costly: bool, threads: int) -> dict[str
             rows = reg.get_runs([c.run_id for c in configs])
         statuses = {r["status"] for r in rows}
         recorded = max(float(r["ended"]) for r in rows)
-    out = {"wall": t_exit - t0, "statuses": statuses}
+    out = {"wall": t_exit - t0, "statuses": statuses, "cli_cpu": cli_cpu}
+    if "cpu_s" in marks:  # the CLI's CPU time and the worker's up to its unit's end (its teardown aside)
+        out["cpu"] = cli_cpu + marks["cpu_s"]
     need = ("process_start", "ready", "unit_began", "unit_ended")
     if all(k in marks for k in need):
         out.update(
@@ -171,14 +176,16 @@ def sweep_wait(configs: list[RunConfig], costly: bool, threads: int) -> dict[str
 def one_round(configs: list[RunConfig], dims: list[int], threads: int) -> dict[str, Any]:
     """Every arm once, back to back."""
     r: dict[str, Any] = {}
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     data = reference_data(configs[0], "cpu")
     for c in configs:
         reference_run(c, dims, data, "cpu")
-    r["reference"] = time.perf_counter() - t0
+    r["reference"], r["reference_cpu"] = time.perf_counter() - t0, time.process_time() - c0
     for costly in (False, True):
         key = "defaults" if costly else "none"
-        r[f"engine_data_{key}"], r[f"engine_train_{key}"] = engine_alone(with_metrics(configs, costly))
+        r[f"engine_data_{key}"], r[f"engine_train_{key}"], r[f"engine_cpu_{key}"] = engine_alone(
+            with_metrics(configs, costly)
+        )
         r[f"engine_{key}"] = r[f"engine_data_{key}"] + r[f"engine_train_{key}"]
         r[f"sweep_{key}"] = sweep_wait(with_metrics(configs, costly), costly, threads)
     return r
@@ -251,6 +258,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"   {PHASE_LABELS[p]:<62} {v:7.2f} s  {v / total:6.1%}{beside}")
         overhead = total - out[f"engine_{key}_s"]
         print(f"   beyond the engine's own time: {overhead:.2f} s ({overhead / out[f'engine_{key}_s']:.0%} of it)")
+    if all("cpu" in r[f"sweep_{k}"] for r in rounds for k in ("none", "defaults")):
+        # the steadier clock on a shared machine: other jobs' load stretches wall time, not CPU time
+        # (with one torch thread the CPU time is the work done; with more it counts their spinning too)
+        print("-- CPU seconds (this process for the reference and the engine; the CLI plus its worker for the "
+              "sweep), ratios to the reference's")
+        out["reference_cpu_s"] = med(lambda r: r["reference_cpu"])
+        for key, label in (("none", "no costly metrics"), ("defaults", "default costly metrics")):
+            out[f"engine_{key}_cpu_ratio"] = med(lambda r, k=key: r["reference_cpu"] / r[f"engine_cpu_{k}"])
+            out[f"sweep_{key}_cpu_ratio"] = med(lambda r, k=key: r["reference_cpu"] / r[f"sweep_{k}"]["cpu"])
+            out[f"sweep_{key}_cli_cpu_s"] = med(lambda r, k=key: r[f"sweep_{k}"]["cli_cpu"])
+            eng_cpu = med(lambda r, k=key: r[f"engine_cpu_{k}"])
+            e2e_cpu = med(lambda r, k=key: r[f"sweep_{k}"]["cpu"])
+            print(f"   {label:<24} engine {eng_cpu:7.2f} s {out[f'engine_{key}_cpu_ratio']:5.2f}x;  sweep --wait "
+                  f"{e2e_cpu:7.2f} s {out[f'sweep_{key}_cpu_ratio']:5.2f}x "
+                  f"(the CLI's share {out[f'sweep_{key}_cli_cpu_s']:.2f} s)")  # fmt: skip
+        print(f"   reference {out['reference_cpu_s']:.2f} s")
     statuses = sorted({s for r in rounds for k in ("none", "defaults") for s in r[f"sweep_{k}"]["statuses"]})
     print(f"run statuses in the sweeps: {', '.join(statuses)}")
     out = {k: v for k, v in out.items() if math.isfinite(v)}

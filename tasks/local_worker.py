@@ -106,7 +106,8 @@ def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ig
                 run_unit(text, settings, publisher)
                 done += 1
                 log.info("unit %s trained in %.2f s (data, model, training, events)", path.name,
-                         time.time() - began, extra={"unit_began": began, "unit_ended": time.time()})
+                         time.time() - began,
+                         extra={"unit_began": began, "unit_ended": time.time(), "cpu_s": time.process_time()})
             except Exception:  # a unit that cannot even be read: logged, the queue goes on
                 log.exception("unit %s could not run", path.name)
             finally:

@@ -54,7 +54,7 @@ from torch import Tensor
 from engine import function_probe
 from engine import metrics as M
 from engine.analysis import tail_steps
-from engine.config import ConfigError, RunConfig
+from engine.config import ConfigError, RunConfig, TrainConfig
 from engine.diagnostics_cost import eval_schedule, eval_steps  # noqa: F401 - eval_steps: tests, bench
 from engine.ensemble import EnsembleModel, Params
 from engine.mlp import MLP
@@ -200,9 +200,7 @@ def train_on_stream(
     allowance = tc.divergence_factor * torch.clamp(gamma**-2, min=1.0)  # (K,)
 
     evals = set(eval_schedule(tc.steps, tc.eval_points))
-    wanted = set(tc.metrics)
-    probe = stream.probe(tc.probe_size) if wanted & {"alignment", "sharpness"} else None
-    test = stream.test_set() if "test" in wanted else None
+    evaluator = _Evaluator.for_unit(model, stream, tc)
 
     # host bookkeeping, indexed by the original member (configs, run ids, results)
     rows = _Rows()
@@ -246,7 +244,7 @@ def train_on_stream(
 
     for t in range(tc.steps):
         if t in evals:
-            _evaluate(model, ens, test, probe, wanted, tc.loss, alive_host, t, rows, last_test)
+            evaluator.evaluate(ens, t, alive=alive_host, rows=rows, last_test=last_test)
         batch = stream.next_batch()
         step_size = torch.where(ens.alive, ens.lr, torch.zeros((), dtype=dtype, device=device))
         if ens.adam is None:
@@ -321,7 +319,7 @@ def train_on_stream(
                 ens.keep(model, _positions_to_keep(live, model.min_members))  # dead members stop costing
 
     snaps: dict[int, dict[str, np.ndarray]] = {}  # final functions of members that trained to the end
-    if "function" in wanted and status == "done":
+    if "function" in evaluator.wanted and status == "done":
         snaps = function_probe.final_snapshots(model, ens.params, ens.theta0, ens.gamma, ens.members, alive_host,
                                                stream.test_set().x)
     return [replace(result(i), arrays=snaps[i]) if i in snaps else result(i) for i in range(k)]
@@ -354,9 +352,6 @@ class _Ensemble:
     loss_buf: Tensor  # (flush_every, K') train_loss between flushes
     eig_vec: Params | None = None  # the sharpness eigenvectors, warm start of the next eval
     adam: AdamState | None = None  # train.optimizer = "adam": per-member m, v, steps (engine/optim.py)
-    # θ0's readout on the fixed eval inputs ("test", "probe"), (K, n, C) by original member: θ0 is
-    # frozen, so its forward runs once per unit instead of at every eval (_readout0)
-    readout0: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def theta0(self) -> Params | None:
@@ -413,61 +408,101 @@ class _Rows:
         return batch
 
 
-@torch.no_grad()
-def _evaluate(
-    model: EnsembleModel,
-    ens: _Ensemble,
-    test: Any,
-    probe: Any,
-    wanted: set[str],
-    loss_kind: str,
-    alive: np.ndarray,
-    t: int,
-    rows: _Rows,
-    last_test: dict[int, tuple[float, float]],
-) -> None:
-    """The costly metrics at eval step t (parameters before update t), recorded for the live members
-    (alive: by original member); the sharpness eigenvectors are kept in ens for the next eval."""
-    params, centered, gamma = ens.params, ens.theta0, ens.gamma
-    values: dict[str, Tensor] = {}
-    if test is not None:
-        out = _output(model, params, _readout0(model, ens, "test", test.x), test.x, gamma)  # (K, n_test, C)
-        values["test_loss"] = M.loss_fn(loss_kind, out, test.target, test.label)
-        values["test_acc"] = M.accuracy(out, test.label)
-    if "alignment" in wanted and probe is not None:
+class _Evaluator:
+    """The costly metrics of one unit at its eval steps, created once per unit: what every eval reads
+    (the model, the held-out set, the probe, the wanted metrics, the loss) and θ0's readouts on those
+    fixed inputs, computed at the first eval that needs them (θ0 is frozen: _readout0)."""
+
+    def __init__(self, model: EnsembleModel, *, test: Any, probe: Any, wanted: Collection[str], loss_kind: str):
+        self.model, self.test, self.probe, self.wanted, self.loss_kind = model, test, probe, set(wanted), loss_kind
+        # θ0's readout on the fixed eval inputs ("test", "probe"), (K, n, C) by original member
+        self.readout0: dict[str, Tensor] = {}
+
+    @classmethod
+    def for_unit(cls, model: EnsembleModel, stream: _Stream, tc: TrainConfig) -> _Evaluator:
+        """The evaluator of a unit with train config tc; takes the probe and the test set from the
+        stream only when a wanted metric reads them."""
+        wanted = set(tc.metrics)
+        probe = stream.probe(tc.probe_size) if wanted & {"alignment", "sharpness"} else None
+        test = stream.test_set() if "test" in wanted else None
+        return cls(model, test=test, probe=probe, wanted=wanted, loss_kind=tc.loss)
+
+    @torch.no_grad()
+    def evaluate(
+        self, ens: _Ensemble, t: int, *, alive: np.ndarray, rows: _Rows, last_test: dict[int, tuple[float, float]]
+    ) -> None:
+        """The costly metrics at eval step t (parameters before update t), recorded in rows for the live
+        members (alive: by original member), their test loss and accuracy in last_test; the sharpness
+        eigenvectors are kept in ens for the next eval."""
+        values: dict[str, Tensor] = {}
+        if self.test is not None:
+            values.update(self._test(ens))
+        if "alignment" in self.wanted and self.probe is not None:
+            values.update(self._alignment(ens))
+        if "sharpness" in self.wanted and self.probe is not None:
+            values["sharpness"] = self._sharpness(ens)
+        if "movement" in self.wanted:
+            for i, name in enumerate(self.model.weight_names):
+                values[f"movement_l{i + 1}"] = M.movement(ens.params[name], ens.params0[name])
+        host = {name: v.double().cpu().numpy() for name, v in values.items()}
+        for pos, member in enumerate(ens.members.tolist()):
+            if not alive[member]:
+                continue
+            for name, v in host.items():
+                rows.add(member, t, name, float(v[pos]))
+            if "test_loss" in host:
+                last_test[member] = (float(host["test_loss"][pos]), float(host["test_acc"][pos]))
+
+    def _test(self, ens: _Ensemble) -> dict[str, Tensor]:
+        test = self.test
+        out = _output(self.model, ens.params, self._readout0(ens, "test", test.x), test.x, ens.gamma)  # (K, n, C)
+        return {"test_loss": M.loss_fn(self.loss_kind, out, test.target, test.label),
+                "test_acc": M.accuracy(out, test.label)}  # fmt: skip
+
+    def _alignment(self, ens: _Ensemble) -> dict[str, Tensor]:
+        model, params, probe, gamma = self.model, ens.params, self.probe, ens.gamma
         feats = model.features(params, probe.x)  # (K, P, F)
         kf = M.feature_kernel(feats)
-        values["alignment_feature"] = M.kernel_alignment(kf, probe.target)
-        values["alignment_feature_centered"] = M.kernel_alignment(kf, probe.target, centered=True)
+        values = {
+            "alignment_feature": M.kernel_alignment(kf, probe.target),
+            "alignment_feature_centered": M.kernel_alignment(kf, probe.target, centered=True),
+        }
         n_ntk = min(NTK_PROBE_MAX, probe.x.shape[0])
         xs, ys = probe.x[:n_ntk], probe.target[:n_ntk]
         if isinstance(model, MLP):
             kn = model.ntk(params, xs, gamma)
         else:
-            kn = _generic_ntk(model, params, centered, xs, gamma)
+            kn = _generic_ntk(model, params, ens.theta0, xs, gamma)
         values["alignment_ntk"] = M.kernel_alignment(kn, ys)
         values["alignment_ntk_centered"] = M.kernel_alignment(kn, ys, centered=True)
-    if "sharpness" in wanted and probe is not None:
-        px, py, pl = probe.x, probe.target, probe.label
-        g0 = _readout0(model, ens, "probe", px)  # θ0 takes no part in the Hessian
+        return values
+
+    def _sharpness(self, ens: _Ensemble) -> Tensor:
+        """The top Hessian eigenvalue of the probe loss; its eigenvectors go to ens.eig_vec (warm start)."""
+        model, gamma, loss_kind = self.model, ens.gamma, self.loss_kind
+        px, py, pl = self.probe.x, self.probe.target, self.probe.label
+        g0 = self._readout0(ens, "probe", px)  # θ0 takes no part in the Hessian
 
         def probe_loss(p: Params) -> Tensor:
             return M.loss_fn(loss_kind, _output(model, p, g0, px, gamma), py, pl)
 
         iters = SHARPNESS_ITERS_COLD if ens.eig_vec is None else SHARPNESS_ITERS_WARM
         gen = torch.Generator(device=gamma.device).manual_seed(0)
-        values["sharpness"], ens.eig_vec = M.top_hessian_eigenvalue(probe_loss, params, iters, ens.eig_vec, gen)
-    if "movement" in wanted:
-        for i, name in enumerate(model.weight_names):
-            values[f"movement_l{i + 1}"] = M.movement(params[name], ens.params0[name])
-    host = {name: v.double().cpu().numpy() for name, v in values.items()}
-    for pos, member in enumerate(ens.members.tolist()):
-        if not alive[member]:
-            continue
-        for name, v in host.items():
-            rows.add(member, t, name, float(v[pos]))
-        if "test_loss" in host:
-            last_test[member] = (float(host["test_loss"][pos]), float(host["test_acc"][pos]))
+        sharpness, ens.eig_vec = M.top_hessian_eigenvalue(probe_loss, ens.params, iters, ens.eig_vec, gen)
+        return sharpness
+
+    def _readout0(self, ens: _Ensemble, key: str, x: Tensor) -> Tensor | None:
+        """θ0's readout on a fixed eval input for the current members (None when not centered). Computed
+        at the unit's first eval for the members then present and kept by original member; compaction
+        only drops members, and every op is per member, so a later eval reads the floats it would compute."""
+        if ens.theta0 is None:
+            return None
+        if key not in self.readout0:
+            g0 = _chunked_raw(self.model, ens.params0, x)  # (K', n, C)
+            full = g0.new_zeros(int(ens.members.max()) + 1, *g0.shape[1:])
+            full[torch.as_tensor(ens.members, device=g0.device)] = g0
+            self.readout0[key] = full
+        return self.readout0[key][torch.as_tensor(ens.members, device=x.device)]
 
 
 EVAL_CHUNK = 1024  # points per forward on the held-out set: bounds memory (K × chunk × widths; engine.memory)
@@ -485,20 +520,6 @@ def _output(model: EnsembleModel, params: Params, g0: Tensor | None, x: Tensor, 
     if g0 is not None:
         g = g - g0
     return g / gamma.view(-1, *([1] * (g.dim() - 1)))
-
-
-def _readout0(model: EnsembleModel, ens: _Ensemble, key: str, x: Tensor) -> Tensor | None:
-    """θ0's readout on a fixed eval input for the current members (None when not centered). Computed
-    at the unit's first eval for the members then present and kept by original member; compaction only
-    drops members, and every op is per member, so a later eval reads the floats it would compute."""
-    if ens.theta0 is None:
-        return None
-    if key not in ens.readout0:
-        g0 = _chunked_raw(model, ens.params0, x)  # (K', n, C)
-        full = g0.new_zeros(int(ens.members.max()) + 1, *g0.shape[1:])
-        full[torch.as_tensor(ens.members, device=g0.device)] = g0
-        ens.readout0[key] = full
-    return ens.readout0[key][torch.as_tensor(ens.members, device=x.device)]
 
 
 def _generic_ntk(model: EnsembleModel, params: Params, centered: Params | None, x: Tensor, gamma: Tensor) -> Tensor:

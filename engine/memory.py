@@ -24,7 +24,7 @@ allocated) and adding up what autograd saves for the backward, per example.
 
 It is an estimate, calibrated against measured peaks (bench/memory_estimate.py and
 tests/engine/test_memory_estimate.py: estimate / the resident memory a real unit grew by, on CPU,
-was 0.68 to 1.17 for an MLP, 0.70 to 1.27 for a CNN, 0.69 for a ResNet, 0.96 to 1.73 for a ViT; the
+was 0.67 to 0.81 for an MLP, 0.75 to 1.25 for a CNN, 0.67 to 0.70 for a ResNet, 0.95 to 1.61 for a ViT; the
 test asserts 0.5 to 3), not an exact account: allocator caches, the data stream's host
 chunks and the libraries' workspaces come on top, which memory_fraction leaves room for. Nothing here
 imports anything but torch.

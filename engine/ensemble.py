@@ -190,12 +190,28 @@ class EnsembleModel:
         step_size (K,) is N·η per member, 0 for frozen members (their NaN gradients are masked out,
         never multiplied in). x (B, ...), target (B, C), label (B,), gamma (K,).
         """
-        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        with torch.enable_grad():
-            losses = loss_fn(loss, self.output(leaves, params0, x, gamma), target, label)  # (K,)
-            grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        losses, grads = self.losses_and_grads(params, params0, x, target, label, gamma, loss)
         with torch.no_grad():
             for p, g in zip(params.values(), grads, strict=True):
                 s = _expand(step_size, g)
                 p.sub_(torch.where(s > 0, g * s, torch.zeros((), dtype=g.dtype, device=g.device)))
-        return losses.detach()
+        return losses
+
+    def losses_and_grads(
+        self,
+        params: Params,
+        params0: Params | None,
+        x: Tensor,
+        target: Tensor,
+        label: Tensor,
+        gamma: Tensor,
+        loss: str = "mse",
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The losses (K,), detached, and every member's gradient of its own loss, in the order of
+        `params`, by autograd on the sum of the losses (members are independent). The update steps
+        (SGD here, engine.optim's Adam) start from these."""
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        with torch.enable_grad():
+            losses = loss_fn(loss, self.output(leaves, params0, x, gamma), target, label)  # (K,)
+            grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return losses.detach(), grads

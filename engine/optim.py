@@ -49,8 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.ensemble import EnsembleModel, Params
-from engine.metrics import loss_fn
+from engine.ensemble import EnsembleModel, Params, _expand
 
 BETA1 = 0.9
 BETA2 = 0.999
@@ -115,10 +114,6 @@ class AdamState:
         self.steps[members] = 0
 
 
-def _expand(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 def adam_step(
     model: EnsembleModel,
     state: AdamState,
@@ -136,10 +131,7 @@ def adam_step(
     eta (K,) is each member's base rate η, 0 for frozen members (nothing of theirs changes). The
     update of parameter n is torch.optim.Adam's with lr = η · rates[n] and
     eps = EPS_RELATIVE · grad_scales[n] / γ."""
-    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    with torch.enable_grad():
-        losses = loss_fn(loss, model.output(leaves, params0, x, gamma), target, label)  # (K,)
-        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+    losses, grads = model.losses_and_grads(params, params0, x, target, label, gamma, loss)
     with torch.no_grad():
         active = eta > 0  # (K,)
         steps = torch.where(active, state.steps + 1, state.steps)
@@ -157,4 +149,4 @@ def adam_step(
             step = m / denom * _expand(eta * state.rates[name] / correction1, m)
             p.sub_(torch.where(on, step, zero))  # in place: the MLP's parameters are views of its packed buffers
         state.steps = steps
-    return losses.detach()
+    return losses

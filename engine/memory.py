@@ -181,9 +181,9 @@ def _estimate(
     fixed = examples * (d_in + n_out + 1) * b
     per_seed = 0
     if arch == "mlp":
-        padded = [out * (-(-(fan + 1) // 16) * 16) for fan, out in zip(dims[:-1], dims[1:], strict=True)]
+        padded = [out * _packed_row(fan) for fan, out in zip(dims[:-1], dims[1:], strict=True)]
         slot = sum(padded)  # one member's packed layers, a row of (K + U, out, P)
-        rows = sum(-(-(width + 1) // 16) * 16 for _ in range(depth - 1))  # the augmented activations (M, P, B)
+        rows = (depth - 1) * _packed_row(width)  # the augmented activations (M, P, B)
         buffers = batch * (rows + width + n_out)  # acts, the pre-activation scratch h, the readout g
         # θ (packed), θ0 (plain, for movement and resets), the buffers, the gradients δh (K, N, B), f − y
         train: float = (slot + n_params + buffers + batch * (depth - 1) * width + 2 * batch * n_out) * b
@@ -217,6 +217,12 @@ def _estimate(
         probes.append(2 * max(sizes) * b)
     per_member = int(train + max(probes))
     return MemoryEstimate(fixed=int(fixed), per_member=per_member, per_seed=int(per_seed), parameters=n_params)
+
+
+def _packed_row(fan_in: int) -> int:
+    """P, the MLP's packed row length for a layer of this fan_in: fan_in + 1 (the bias) rounded up
+    to 16, as engine.mlp.MLP._width lays it out (written again here: that module imports torch)."""
+    return -(-(fan_in + 1) // 16) * 16
 
 
 def _trace(model: Any, shape: tuple[int, ...]) -> tuple[int, int]:

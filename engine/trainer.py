@@ -37,6 +37,11 @@ early once no member is left training.
 Early results: `on_result(result)` is called at the flush where a member diverges or is cancelled,
 after that flush's points, so its run ends then and not when the whole ensemble does (a diverged
 run showed "running" for the rest of its work unit). The returned list still holds every member.
+
+Code: train_on_stream drives a _Run, one unit in training: its set-up (the model, _Ensemble.start's
+device state, the eval schedule), `step` (the update and divergence detection, no host
+synchronization), `flush` (the above, in that order) and `results`. _Bookkeeping holds the host
+side by original member (ends, summaries, early results), _Evaluator the costly metrics.
 """
 
 from __future__ import annotations
@@ -174,155 +179,225 @@ def train_on_stream(
     configs = _check(configs)
     if flush_every < 1:
         raise ConfigError("flush_every", f"must be an integer >= 1 (got {flush_every})")
-    dtype = _dtype_of(configs)
-    first = configs[0]
-    tc, mc = first.train, first.model
-    k = len(configs)
-    run_ids = [c.run_id for c in configs]
-    model = build_model(mc, stream.input_shape, stream.n_outputs)
+    hooks = _Hooks(on_metrics, should_cancel, on_progress, on_result)
+    run = _Run(configs, stream, device=device, flush_every=flush_every, compact=compact, hooks=hooks)
+    for t in range(run.steps):
+        if t in run.evals:
+            run.evaluate(t)
+        run.step(t)
+        if run.flush_due(t) and run.flush(t):
+            break  # the whole unit was cancelled, or no member is left training
+    return run.results()
 
-    # frozen θ0 for centering and movement; the MLP lays θ and θ0 out side by side so that one
-    # batched GEMM per layer computes both forwards
-    params, params0 = model.init_pair([c.seed for c in configs], dtype=dtype, device=device)
-    gamma = torch.tensor([c.gamma for c in configs], dtype=dtype, device=device)  # (K,)
-    ens = _Ensemble(
-        members=np.arange(k), params=params, params0=params0, centered=mc.centered, gamma=gamma,
-        lr=torch.tensor([c.learning_rate for c in configs], dtype=dtype, device=device),  # (K,) N·η
-        alive=torch.ones(k, dtype=torch.bool, device=device),
-        diverged_at=torch.full((k,), -1, dtype=torch.int64, device=device),
-        threshold=torch.full((k,), math.inf, dtype=dtype, device=device),
-        loss_buf=torch.empty(flush_every, k, dtype=dtype, device=device),  # on-device train_loss
-    )  # fmt: skip
-    if tc.optimizer == "adam":  # lr is η then (RunConfig.learning_rate); engine/optim.py scales it per layer
-        ens.adam = AdamState.zeros(model, params)
-    # catapult allowance (module docstring): divergence_factor × max(1, 1/γ²) × step-0 loss; read at
-    # step 0 only, before any compaction
-    allowance = tc.divergence_factor * torch.clamp(gamma**-2, min=1.0)  # (K,)
 
-    evals = set(eval_schedule(tc.steps, tc.eval_points))
-    evaluator = _Evaluator.for_unit(model, stream, tc)
+@dataclass
+class _Hooks:
+    """train_on_stream's callbacks (docs/contracts.md), called at flushes only."""
 
-    # host bookkeeping, indexed by the original member (configs, run ids, results)
-    rows = _Rows()
-    alive_host = np.ones(k, dtype=bool)
-    diverged_host = np.full(k, -1, dtype=np.int64)
-    last_test: dict[int, tuple[float, float]] = {}
-    best = np.full(k, np.inf)
-    final_train = np.full(k, np.nan)
-    n_tail = tail_steps(tc.steps)  # tail_train_loss: mean over the last TAIL_FRACTION of the steps
-    tail_sum, tail_n = np.zeros(k), np.zeros(k, dtype=np.int64)
-    buf_start = 0
-    status = "done"
-    steps_done = tc.steps
-    cancelled_at = np.full(k, -1, dtype=np.int64)  # members stopped by a per-run cancel: steps done
+    on_metrics: Callable[[MetricBatch], None] | None
+    should_cancel: Callable[[], bool | Collection[str]] | None
+    on_progress: Callable[[int, int], None] | None
+    on_result: Callable[[RunResult], None] | None
 
-    def result(i: int) -> RunResult:
-        """Member i's result: its own end (diverged, cancelled) or the ensemble's (status, steps_done)."""
-        c = configs[i]
-        summary = {"final_train_loss": float(final_train[i]), "best_train_loss": float(best[i])}
-        if tail_n[i] == n_tail:  # the whole window trained (not a cancelled or diverged member)
-            summary["tail_train_loss"] = float(tail_sum[i] / n_tail)
-        if i in last_test:
-            summary["final_test_loss"], summary["final_test_acc"] = last_test[i]
-        summary = {key: v for key, v in summary.items() if math.isfinite(v)}
-        if diverged_host[i] >= 0:
-            step = int(diverged_host[i])
-            return RunResult(c.run_id, "diverged", step + 1, step, summary)
-        if cancelled_at[i] >= 0:
-            return RunResult(c.run_id, "cancelled", int(cancelled_at[i]), None, summary)
-        return RunResult(c.run_id, status, steps_done, None, summary)
 
-    reported: set[int] = set()  # members whose result went to on_result already
+class _Run:
+    """One unit in training: its set-up (__init__), the update of every step (step), the flush
+    (flush: the loop's only host synchronization) and the results (results). The device state is in
+    `ens` (_Ensemble), the host side in `books` (_Bookkeeping), the costly metrics in `evaluator`."""
 
-    def report_ended() -> None:
-        if on_result is None:
-            return
-        for i in np.flatnonzero(~alive_host):
-            if int(i) not in reported and (diverged_host[i] >= 0 or cancelled_at[i] >= 0):
-                reported.add(int(i))
-                on_result(result(int(i)))
+    def __init__(
+        self, configs: list[RunConfig], stream: _Stream, *, device: str, flush_every: int, compact: bool, hooks: _Hooks
+    ):
+        dtype = _dtype_of(configs)
+        tc = configs[0].train
+        self.stream, self.hooks, self.compact, self.flush_every = stream, hooks, compact, flush_every
+        self.steps, self.loss, self.device = tc.steps, tc.loss, device
+        self.model = build_model(configs[0].model, stream.input_shape, stream.n_outputs)
+        self.ens = _Ensemble.start(self.model, configs, dtype=dtype, device=device, flush_every=flush_every)
+        # catapult allowance (module docstring): divergence_factor × max(1, 1/γ²) × step-0 loss; read at
+        # step 0 only, before any compaction
+        self.allowance = tc.divergence_factor * torch.clamp(self.ens.gamma**-2, min=1.0)  # (K,)
+        self.zero = torch.zeros((), dtype=dtype, device=device)  # a frozen member's step size
+        self.evals = set(eval_schedule(tc.steps, tc.eval_points))
+        self.evaluator = _Evaluator.for_unit(self.model, stream, tc)
+        self.books = _Bookkeeping(configs)
+        self.buf_start = 0  # the step held in loss_buf[0]
 
-    for t in range(tc.steps):
-        if t in evals:
-            evaluator.evaluate(ens, t, alive=alive_host, rows=rows, last_test=last_test)
-        batch = stream.next_batch()
-        step_size = torch.where(ens.alive, ens.lr, torch.zeros((), dtype=dtype, device=device))
+    def evaluate(self, t: int) -> None:
+        """The costly metrics at eval step t, before update t."""
+        books = self.books
+        self.evaluator.evaluate(self.ens, t, alive=books.alive, rows=books.rows, last_test=books.last_test)
+
+    def step(self, t: int) -> None:
+        """Update t of every member on the next batch (a frozen member's step size is 0), its train_loss
+        into the device buffer, and divergence detection on the device: no host synchronization."""
+        ens, batch = self.ens, self.stream.next_batch()
+        step_size = torch.where(ens.alive, ens.lr, self.zero)
         if ens.adam is None:
-            losses = model.train_step(
-                ens.params, ens.theta0, batch.x, batch.target, batch.label, ens.gamma, step_size, tc.loss
-            )
+            losses = self.model.train_step(ens.params, ens.theta0, batch.x, batch.target, batch.label, ens.gamma,
+                                           step_size, self.loss)  # fmt: skip
         else:
-            losses = adam_step(model, ens.adam, ens.params, ens.theta0, batch.x, batch.target, batch.label,
-                               ens.gamma, step_size, tc.loss)  # fmt: skip
-        ens.loss_buf[t - buf_start] = losses
+            losses = adam_step(self.model, ens.adam, ens.params, ens.theta0, batch.x, batch.target, batch.label,
+                               ens.gamma, step_size, self.loss)  # fmt: skip
+        ens.loss_buf[t - self.buf_start] = losses
         if t == 0:
-            ens.threshold = torch.where(losses > 0, losses * allowance, ens.threshold)
+            ens.threshold = torch.where(losses > 0, losses * self.allowance, ens.threshold)
         newly = ens.alive & ~(torch.isfinite(losses) & (losses <= ens.threshold))
         ens.diverged_at = torch.where(newly, t, ens.diverged_at)
         ens.alive = ens.alive & ~newly
 
-        if (t + 1 - buf_start) == flush_every or t in evals or t == tc.steps - 1:
-            # -- flush: the only host synchronization of the loop
-            chunk = ens.loss_buf[: t + 1 - buf_start].double().cpu().numpy()  # (T, K')
-            div_pos = ens.diverged_at.cpu().numpy()  # (K',) by position in the current ensemble
-            steps_idx = np.arange(buf_start, t + 1)
-            for pos, i in enumerate(ens.members):
-                if not alive_host[i] and (diverged_host[i] >= 0 or cancelled_at[i] >= 0):
-                    continue  # frozen earlier (diverged or cancelled): nothing more to record
-                last = div_pos[pos] if div_pos[pos] >= 0 else t
-                keep = steps_idx <= last
-                vals = chunk[keep, pos]
-                rows.add(i, steps_idx[keep], "train_loss", vals)
-                in_tail = steps_idx[keep] >= tc.steps - n_tail
-                tail_sum[i] += float(vals[in_tail].sum())
-                tail_n[i] += int(in_tail.sum())
-                if vals.size:
-                    final_train[i] = vals[-1]
-                    finite = vals[np.isfinite(vals)]
-                    if finite.size:
-                        best[i] = min(best[i], float(finite.min()))
-            newly_dead = (div_pos >= 0) & alive_host[ens.members]
-            if newly_dead.any():
-                with torch.no_grad():  # back to finite values (a dead member may stay as padding)
-                    dead_pos = torch.as_tensor(np.flatnonzero(newly_dead), device=device)
-                    model.reset_members(ens.params, ens.params0, dead_pos)
-                    if ens.adam is not None:
-                        ens.adam.reset(dead_pos)
-                dead = ens.members[newly_dead]
-                diverged_host[dead] = div_pos[newly_dead]
-                alive_host[dead] = False
-            buf_start = t + 1
-            if on_metrics is not None and len(rows):
-                on_metrics(rows.emit(run_ids))
-            else:
-                rows.clear()
-            report_ended()  # after their last points
-            if on_progress is not None:
-                on_progress(t + 1, tc.steps)
-            if t < tc.steps - 1 and should_cancel is not None:
-                verdict = should_cancel()
-                if isinstance(verdict, bool | np.bool_):
-                    if verdict:
-                        status, steps_done = "cancelled", t + 1
-                        break
-                elif verdict:  # some run ids: freeze those members, the others go on
-                    stop = np.array([alive_host[i] and run_ids[i] in verdict for i in ens.members])
-                    if stop.any():
-                        cancelled_at[ens.members[stop]] = t + 1
-                        alive_host[ens.members[stop]] = False
-                        ens.alive &= torch.as_tensor(~stop, device=device)
-                        report_ended()
-            live = alive_host[ens.members]
-            if not live.any():
-                break  # every member diverged or was cancelled: nothing left to train
-            if compact and not live.all() and len(live) > model.min_members:
-                ens.keep(model, _positions_to_keep(live, model.min_members))  # dead members stop costing
+    def flush_due(self, t: int) -> bool:
+        """Flush after step t: the buffer is full, t is an eval step, or t is the last step."""
+        return (t + 1 - self.buf_start) == self.flush_every or t in self.evals or t == self.steps - 1
 
-    snaps: dict[int, dict[str, np.ndarray]] = {}  # final functions of members that trained to the end
-    if "function" in evaluator.wanted and status == "done":
-        snaps = function_probe.final_snapshots(model, ens.params, ens.theta0, ens.gamma, ens.members, alive_host,
-                                               stream.test_set().x)
-    return [replace(result(i), arrays=snaps[i]) if i in snaps else result(i) for i in range(k)]
+    def flush(self, t: int) -> bool:
+        """After step t: the buffered train_loss and the deaths to the host, the rows out, the early
+        results, progress, cancellation, compaction. True when training stops here."""
+        ens, books, hooks = self.ens, self.books, self.hooks
+        chunk = ens.loss_buf[: t + 1 - self.buf_start].double().cpu().numpy()  # (T, K')
+        div_pos = ens.diverged_at.cpu().numpy()  # (K',) by position in the current ensemble
+        books.record_train_loss(ens.members, np.arange(self.buf_start, t + 1), chunk, div_pos, t)
+        self._freeze_diverged(div_pos)
+        self.buf_start = t + 1
+        books.emit(hooks.on_metrics)
+        books.report_ended(hooks.on_result)  # after their last points
+        if hooks.on_progress is not None:
+            hooks.on_progress(t + 1, self.steps)
+        if t < self.steps - 1 and hooks.should_cancel is not None and self._cancel(t, hooks.should_cancel()):
+            return True
+        live = books.alive[ens.members]
+        if not live.any():
+            return True  # every member diverged or was cancelled: nothing left to train
+        if self.compact and not live.all() and len(live) > self.model.min_members:
+            ens.keep(self.model, _positions_to_keep(live, self.model.min_members))  # dead members stop costing
+        return False
+
+    def _freeze_diverged(self, div_pos: np.ndarray) -> None:
+        """The members that diverged since the last flush: back to finite values on the device (a dead
+        member may stay as padding), dead on the host."""
+        ens = self.ens
+        newly_dead = (div_pos >= 0) & self.books.alive[ens.members]
+        if newly_dead.any():
+            with torch.no_grad():
+                dead_pos = torch.as_tensor(np.flatnonzero(newly_dead), device=self.device)
+                self.model.reset_members(ens.params, ens.params0, dead_pos)
+                if ens.adam is not None:
+                    ens.adam.reset(dead_pos)
+            self.books.mark_diverged(ens.members[newly_dead], div_pos[newly_dead])
+
+    def _cancel(self, t: int, verdict: bool | Collection[str]) -> bool:
+        """should_cancel's verdict after step t: True stops the unit (returns True); run ids freeze
+        those members (status 'cancelled', reported at once) and the others go on."""
+        books, ens = self.books, self.ens
+        if isinstance(verdict, bool | np.bool_):
+            if verdict:
+                books.status, books.steps_done = "cancelled", t + 1
+            return bool(verdict)
+        if verdict:
+            stop = np.array([books.alive[i] and books.run_ids[i] in verdict for i in ens.members])
+            if stop.any():
+                books.mark_cancelled(ens.members[stop], t + 1)
+                ens.alive &= torch.as_tensor(~stop, device=self.device)
+                books.report_ended(self.hooks.on_result)
+        return False
+
+    def results(self) -> list[RunResult]:
+        """Every member's result, by original member; the final-function arrays of the members that
+        trained to the end when "function" is wanted."""
+        books, ens = self.books, self.ens
+        snaps: dict[int, dict[str, np.ndarray]] = {}
+        if "function" in self.evaluator.wanted and books.status == "done":
+            snaps = function_probe.final_snapshots(
+                self.model, ens.params, ens.theta0, ens.gamma, ens.members, books.alive, self.stream.test_set().x
+            )
+        return [replace(books.result(i), arrays=snaps[i]) if i in snaps else books.result(i)
+                for i in range(len(books.run_ids))]  # fmt: skip
+
+
+class _Bookkeeping:
+    """The host side of a unit, indexed by the original member (configs, run ids, results): how each
+    member ended, its train_loss summaries, its last test metrics, and the rows of the current flush."""
+
+    def __init__(self, configs: list[RunConfig]):
+        k, steps = len(configs), configs[0].train.steps
+        self.run_ids = [c.run_id for c in configs]
+        self.rows = _Rows()
+        self.alive = np.ones(k, dtype=bool)
+        self.diverged_at = np.full(k, -1, dtype=np.int64)
+        self.cancelled_at = np.full(k, -1, dtype=np.int64)  # members stopped by a per-run cancel: steps done
+        self.last_test: dict[int, tuple[float, float]] = {}
+        self.best = np.full(k, np.inf)
+        self.final_train = np.full(k, np.nan)
+        self.n_tail = tail_steps(steps)  # tail_train_loss: mean over the last TAIL_FRACTION of the steps
+        self.tail_from = steps - self.n_tail
+        self.tail_sum, self.tail_n = np.zeros(k), np.zeros(k, dtype=np.int64)
+        self.status, self.steps_done = "done", steps  # the unit's end, for the members that did not end before
+        self.reported: set[int] = set()  # members whose result went to on_result already
+
+    def ended(self, i: int) -> bool:
+        """Member i was frozen at a flush (diverged or cancelled)."""
+        return bool(not self.alive[i] and (self.diverged_at[i] >= 0 or self.cancelled_at[i] >= 0))
+
+    def record_train_loss(
+        self, members: np.ndarray, steps_idx: np.ndarray, chunk: np.ndarray, div_pos: np.ndarray, t: int
+    ) -> None:
+        """The train_loss of steps steps_idx (chunk (T, K'), by position) into the rows and summaries,
+        up to its divergence step for a member that diverged (div_pos, by position)."""
+        for pos, i in enumerate(members):
+            if self.ended(i):
+                continue  # frozen earlier (diverged or cancelled): nothing more to record
+            last = div_pos[pos] if div_pos[pos] >= 0 else t
+            keep = steps_idx <= last
+            vals = chunk[keep, pos]
+            self.rows.add(i, steps_idx[keep], "train_loss", vals)
+            in_tail = steps_idx[keep] >= self.tail_from
+            self.tail_sum[i] += float(vals[in_tail].sum())
+            self.tail_n[i] += int(in_tail.sum())
+            if vals.size:
+                self.final_train[i] = vals[-1]
+                finite = vals[np.isfinite(vals)]
+                if finite.size:
+                    self.best[i] = min(self.best[i], float(finite.min()))
+
+    def mark_diverged(self, members: np.ndarray, at: np.ndarray) -> None:
+        self.diverged_at[members] = at
+        self.alive[members] = False
+
+    def mark_cancelled(self, members: np.ndarray, steps_done: int) -> None:
+        self.cancelled_at[members] = steps_done
+        self.alive[members] = False
+
+    def emit(self, on_metrics: Callable[[MetricBatch], None] | None) -> None:
+        """The rows of this flush to on_metrics (dropped without one)."""
+        if on_metrics is not None and len(self.rows):
+            on_metrics(self.rows.emit(self.run_ids))
+        else:
+            self.rows.clear()
+
+    def report_ended(self, on_result: Callable[[RunResult], None] | None) -> None:
+        """The results of the members that ended since the last report, to on_result."""
+        if on_result is None:
+            return
+        for i in np.flatnonzero(~self.alive):
+            if int(i) not in self.reported and self.ended(int(i)):
+                self.reported.add(int(i))
+                on_result(self.result(int(i)))
+
+    def result(self, i: int) -> RunResult:
+        """Member i's result: its own end (diverged, cancelled) or the unit's (status, steps_done)."""
+        summary = {"final_train_loss": float(self.final_train[i]), "best_train_loss": float(self.best[i])}
+        if self.tail_n[i] == self.n_tail:  # the whole window trained (not a cancelled or diverged member)
+            summary["tail_train_loss"] = float(self.tail_sum[i] / self.n_tail)
+        if i in self.last_test:
+            summary["final_test_loss"], summary["final_test_acc"] = self.last_test[i]
+        summary = {key: v for key, v in summary.items() if math.isfinite(v)}
+        run_id = self.run_ids[i]
+        if self.diverged_at[i] >= 0:
+            step = int(self.diverged_at[i])
+            return RunResult(run_id, "diverged", step + 1, step, summary)
+        if self.cancelled_at[i] >= 0:
+            return RunResult(run_id, "cancelled", int(self.cancelled_at[i]), None, summary)
+        return RunResult(run_id, self.status, self.steps_done, None, summary)
 
 
 def _positions_to_keep(live: np.ndarray, at_least: int) -> np.ndarray:
@@ -352,6 +427,27 @@ class _Ensemble:
     loss_buf: Tensor  # (flush_every, K') train_loss between flushes
     eig_vec: Params | None = None  # the sharpness eigenvectors, warm start of the next eval
     adam: AdamState | None = None  # train.optimizer = "adam": per-member m, v, steps (engine/optim.py)
+
+    @classmethod
+    def start(
+        cls, model: EnsembleModel, configs: Sequence[RunConfig], *, dtype: torch.dtype, device: str, flush_every: int
+    ) -> _Ensemble:
+        """Every member at init, alive. θ0 is a frozen copy for centering and movement; the MLP lays θ
+        and θ0 out side by side so that one batched GEMM per layer computes both forwards."""
+        k, tc = len(configs), configs[0].train
+        params, params0 = model.init_pair([c.seed for c in configs], dtype=dtype, device=device)
+        ens = cls(
+            members=np.arange(k), params=params, params0=params0, centered=configs[0].model.centered,
+            gamma=torch.tensor([c.gamma for c in configs], dtype=dtype, device=device),  # (K,)
+            lr=torch.tensor([c.learning_rate for c in configs], dtype=dtype, device=device),  # (K,) N·η
+            alive=torch.ones(k, dtype=torch.bool, device=device),
+            diverged_at=torch.full((k,), -1, dtype=torch.int64, device=device),
+            threshold=torch.full((k,), math.inf, dtype=dtype, device=device),
+            loss_buf=torch.empty(flush_every, k, dtype=dtype, device=device),  # on-device train_loss
+        )  # fmt: skip
+        if tc.optimizer == "adam":  # lr is η then (RunConfig.learning_rate); engine/optim.py scales it per layer
+            ens.adam = AdamState.zeros(model, params)
+        return ens
 
     @property
     def theta0(self) -> Params | None:

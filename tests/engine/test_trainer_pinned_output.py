@@ -1,7 +1,7 @@
 """Everything train_on_stream hands out for two tiny units, pinned by a hash (issue #14's refactor).
 
 Why a pinned hash: the refactor of engine/trainer.py (train_on_stream split into steps, _evaluate
-given an object instead of 15 positional parameters) must change no float, but a test cannot run
+an evaluator object instead of a long positional list) must change no float, but a test cannot run
 the old code beside the new one. So the outputs of a small deterministic float64 unit per
 architecture (MLP and CNN: the MLP's packed fast path and the vmap path) were hashed on the code
 before the refactor and are pinned here: every recorded point (member, step, metric, value), every

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# first, even when ROOT is on PYTHONPATH already: this script's own folder (bench/, holding engine.py)
+# comes before it and would shadow the engine package
+sys.path.insert(0, str(ROOT))
 
 MAIN = str(ROOT / "app" / "main.py")
 PAGES = ("launch", "runs", "portrait", "trajectories", "overlays", "diagnostics", "compare")

@@ -1,4 +1,6 @@
-"""`gamma-lab reproduce NAME [--scale small|paper] [--executor local|celery]` and `reproduce --list`.
+"""`gamma-lab reproduce NAME [--scale small|paper] [--executor local|celery]`, `reproduce --list`, and
+`reproduce NAME --plan` (or --dry-run: each sweep's size and the estimated time, nothing queued;
+tasks.reproduce_plan).
 
 Runs a preset of tasks.reproduce: submits its sweeps (tasks.api.submit), waits for them with the
 progress bar of `sweep --wait`, measures, writes the report into <data>/reports/ and prints its table.
@@ -23,7 +25,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise UserError(f"reproduce: give a preset name or --list; allowed: {', '.join(reproduce.presets())}")
+    if args.plan:
+        return print_plan(args.name, args.scale)
     return run_preset(args.name, args.scale, args.executor)
+
+
+def print_plan(name: str, scale: str) -> int:
+    """Print what preset `name` would run at `scale` and what it would cost; queue and create nothing."""
+    from storage.settings import load_settings
+    from tasks import reproduce
+    from tasks.reproduce_plan import plan_text, preset_plan
+
+    preset = reproduce.get_preset(name)
+    print(plan_text(preset_plan(preset, scale, load_settings())))
+    return 0
 
 
 def run_preset(name: str, scale: str, executor: str) -> int:
@@ -77,6 +92,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument("name", nargs="?", help="the preset (see --list)")
     s.add_argument("--list", action="store_true", help="list the presets and the claim each checks")
     s.add_argument("--scale", choices=("small", "paper"), default="small", help="small: a laptop CPU in minutes")
+    s.add_argument("--plan", "--dry-run", dest="plan", action="store_true",
+                   help="print each sweep's size, the member-steps and the estimated time; queue nothing")
     s.add_argument("--executor", choices=("local", "celery"), default=None,
                    help="default: celery when a broker_url is set (env or settings.toml), else local")
     s.set_defaults(fn=cmd_reproduce)

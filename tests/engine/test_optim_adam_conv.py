@@ -55,11 +55,11 @@ def test_batched_adam_equals_torch_adam_member_by_member(arch):
 
 def _key_bias_apart(name, batched, reference, width):
     """The ViT's key bias (qkv_b[N:2N]) has no gradient in exact arithmetic: it adds q·b to every score
-    of a query, and the softmax ignores a shift. Its computed gradient is rounding noise (~1e-19 here),
-    which the batched kernels and the single-member ones round differently, and Adam divides it by
-    sqrt(v) + ε: both paths move it by up to 3e-10, not by the same amounts. It must stay below 1e-7,
-    4 orders under a real step (η · rate ≥ 7e-3 here); the query and value biases go on to the
-    1e-10 comparison."""
+    of a query, and the softmax ignores a shift. Its computed gradient is rounding noise (1e-22 to
+    1e-18 here), which the batched kernels and the single-member ones round differently, and Adam
+    divides it by sqrt(v) + ε: both paths move it by up to 3e-10, not by the same amounts. It must
+    stay below 1e-7, 4 orders under a real step (η · rate ≥ 7e-3 here); the query and value biases
+    go on to the 1e-10 comparison."""
     key = slice(width, 2 * width)
     for side in (batched, reference):
         assert side[key].abs().max() < 1e-7, f"{name}: the key bias moved {side[key].abs().max():.1e}"

@@ -233,6 +233,22 @@ def _eta_min(cells: pd.DataFrame) -> float:
     return float(cells.index[int(np.argmax(escaped))])
 
 
+def _eta_min_unbracketed(gammas: np.ndarray, tables: list[pd.DataFrame]) -> str:
+    """Which γ have no bracketed η_min (see _eta_min) and why, in words ('' when every γ has one)."""
+    below, above = [], []
+    for g, cells in zip(gammas, tables, strict=True):
+        escaped = (cells.sort_index()["tail"] <= 0.5 * cells.sort_index()["first"]).to_numpy()
+        if not escaped.any():
+            above.append(f"{g:.3g}")
+        elif escaped[0]:
+            below.append(f"{g:.3g}")
+    eta_lo = min(float(t.index.min()) for t in tables) if tables else math.nan
+    parts = ([f"γ = {', '.join(below)}: the grid's smallest η = {eta_lo:.3g} already left the plateau (η_min below "
+              "the grid)"] if below else []) + (  # fmt: skip
+        [f"γ = {', '.join(above)}: no η left the plateau within the budget"] if above else [])
+    return "; not bracketed: " + "; ".join(parts) if parts else ""
+
+
 def _budget_rows(data: SweepData) -> list[Row]:
     """η_min ∝ γ/T: its slope against γ at the full budget, and η_min(T/2)/η_min(T) (2 for ∝ 1/T);
     η*'s slope at T/2 beside T's (how much the budget moves it)."""
@@ -243,16 +259,20 @@ def _budget_rows(data: SweepData) -> list[Row]:
     gammas = np.sort(runs["gamma"].unique())
     mins: dict[str, list[float]] = {"full": [], "half": []}
     stars_half = []
+    full_tables = []
     for g in gammas:
         for key, tails in (("full", full), ("half", half)):
             cells = runs[runs["gamma"] == g].assign(tail=runs["run_id"].map(tails)).groupby("eta")[["tail", "first"]]
             table = cells.agg(lambda v: float(v.mean()) if v.notna().all() else math.nan)
             mins[key].append(_eta_min(table))
+            if key == "full":
+                full_tables.append(table)
             if key == "half":
                 found = eta_star(table.index.to_numpy(dtype=float), table["tail"].to_numpy())
                 edge = found.index is None or found.index in (0, len(table) - 1)
                 stars_half.append(math.nan if edge or found.value is None else found.value)
     row_min, _ = _slope_row(f"η_min slope vs γ (L={depth})", gammas, np.array(mins["full"]), spacing, 1.0, 0.2)
+    row_min = replace(row_min, note=row_min.note + _eta_min_unbracketed(gammas, full_tables))
     ratio = np.array(mins["half"]) / np.array(mins["full"])
     ratio = ratio[np.isfinite(ratio)]
     median = float(np.median(ratio)) if ratio.size else math.nan
@@ -324,10 +344,11 @@ def _curves(data: SweepData) -> list[tuple[float, float, np.ndarray]]:
     return out
 
 
-def _escape_step(loss: np.ndarray) -> float:
-    """First step where the running mean of the loss is below half its first value (NaN if never)."""
+def _escape_step(loss: np.ndarray, fraction: float = 0.5) -> float:
+    """First step where the running mean of the loss is below `fraction` (half) of its first value
+    (NaN if never: censored, the run still on the plateau at the budget's end)."""
     smooth = np.convolve(loss, np.ones(SMOOTH) / SMOOTH, mode="valid")
-    below = np.flatnonzero(smooth < 0.5 * smooth[0])
+    below = np.flatnonzero(smooth < fraction * smooth[0])
     return float(below[0] + SMOOTH / 2) if below.size else math.nan  # the window's centre
 
 
@@ -376,7 +397,7 @@ def _collapse_one(data: SweepData) -> tuple[list[Row], list[Any], str]:
     ratio = scores["eta_t_over_gamma"] / min(others) if "eta_t_over_gamma" in scores and others else math.nan
     rows.append(Row(f"score(η·t/γ) / best score of t, η·t ({act})", 0.5, ratio, math.nan, 0.0, "at_most",
                     note="η·t/γ must collapse the curves at least twice as tightly as the best other axis"))
-    rows += [replace(r, quantity=f"{r.quantity} ({act})") for r in _escape_rows(cells)]
+    rows += [replace(r, quantity=f"{r.quantity} ({act})") for r in _escape_rows(cells) + _escape_checks(cells)]
     return rows, figures, f"{act}: {len(cells)} curves (γ, η cells that finished), budget {data.steps} steps."
 
 
@@ -396,6 +417,51 @@ def _escape_rows(cells: list[tuple[float, float, np.ndarray]]) -> list[Row]:
     note = f"{len(esc)} curves; escape = first step the {SMOOTH}-step mean loss is below half its start"
     errs = np.sqrt(np.diag(cov)) if cov is not None else np.full(3, math.nan)
     return [Row(q, p, float(coef[i + 1]), float(errs[i + 1]), 0.25, note=note) for i, (q, p) in enumerate(labels)]
+
+
+def _gamma_exponent(esc: np.ndarray) -> float:
+    """The γ coefficient of log t_esc = c + a log γ + b log η over the rows (γ, η, t) with a finite t."""
+    esc = esc[np.isfinite(esc[:, 2])]
+    design = np.column_stack([np.ones(len(esc)), np.log(esc[:, 0]), np.log(esc[:, 1])])
+    if len(esc) < 4 or np.linalg.matrix_rank(design) < 3:
+        return math.nan
+    return float(np.linalg.lstsq(design, np.log(esc[:, 2]), rcond=None)[0][1])
+
+
+def _escape_checks(cells: list[tuple[float, float, np.ndarray]]) -> list[Row]:
+    """Info rows that say where the γ exponent comes from: the runs censored at the budget (left out of
+    the fit; refitted with the budget as their escape time, a lower bound), the exponent at other
+    thresholds (a slower drop would cross a lower threshold later), and between neighbouring γ."""
+    if not cells:
+        return []
+    budget = max(loss.size for _, _, loss in cells)
+    esc = {f: np.array([(g, e, _escape_step(loss, f)) for g, e, loss in cells]) for f in (0.9, 0.7, 0.5, 0.3)}
+    half = esc[0.5]
+    censored = [(g, e) for g, e, t in half if not math.isfinite(t)]
+    bounded = half.copy()
+    bounded[~np.isfinite(bounded[:, 2]), 2] = budget
+    names = ", ".join(f"γ={g:g} η={e:g}" for g, e in censored)
+    rows = [Row("escape runs censored at the budget", math.nan, float(len(censored)), math.nan, 0.0, "info",
+                note=(f"{names} still above half the start at step {budget}; left out of the fit. With the budget "
+                      f"as their escape time (a lower bound) the γ exponent is {_gamma_exponent(bounded):.3g}")
+                if censored else f"every curve left the plateau within {budget} steps")]  # fmt: skip
+    others = ", ".join(f"{1 - f:.0%} drop: {_gamma_exponent(esc[f]):.3g} ({int(np.isfinite(esc[f][:, 2]).sum())} "
+                       "curves)" for f in (0.7, 0.3))  # fmt: skip
+    rows.append(Row("escape-time exponent of γ at a 10 % drop", math.nan, _gamma_exponent(esc[0.9]), math.nan, 0.0,
+                    "info", note=f"the same fit at other thresholds: {others}"))
+    gammas = np.unique(half[:, 0])
+    local: list[tuple[str, float]] = []
+    for g0, g1 in zip(gammas[:-1], gammas[1:], strict=True):
+        ratios = [math.log(t1 / t0) / math.log(g1 / g0)
+                  for _, e0, t0 in half[half[:, 0] == g0] for _, e1, t1 in half[half[:, 0] == g1]
+                  if e0 == e1 and math.isfinite(t0) and math.isfinite(t1)]  # fmt: skip
+        if ratios:
+            local.append((f"γ {g0:g} → {g1:g}", float(np.median(ratios))))
+    if local:
+        pairs = "; ".join(f"{name}: {value:.3g}" for name, value in local)
+        rows.append(Row("local escape-time exponent of γ, largest γ pair", math.nan, local[-1][1], math.nan, 0.0,
+                        "info", note=f"median over η of ln(t_esc ratio)/ln(γ ratio) at half the start: {pairs}"))
+    return rows
 
 
 COLLAPSE = Preset(
@@ -427,6 +493,52 @@ def _first(points: Any, run_id: str) -> np.ndarray:
     return points[points["run_id"] == run_id].sort_values("step")["value"].to_numpy()
 
 
+LATE = 0.2  # the last 20 % of the steps: is an unsettled cell's loss still falling there?
+DEAD = 0.01  # final sharpness below 1 % of 2/(N·η): the net's Hessian vanished (every ReLU off)
+
+
+def _unsettled_kind(series: np.ndarray, sharpness_ratio: float) -> str:
+    """Why a window cell ended above its initial loss, read from its recorded series: 'dead' when its
+    final sharpness is under DEAD × 2/(N·η) (all ReLUs off: output and loss frozen, Hessian zero);
+    'decreasing' when the log-loss still falls over the last LATE of the steps by more than two
+    standard errors of its fitted slope (the budget was short); else 'stalled' (flat, and at the
+    sharpness ratio reported: bouncing at the edge of stability)."""
+    if math.isfinite(sharpness_ratio) and sharpness_ratio < DEAD:
+        return "dead"
+    late = np.log(np.maximum(series[int((1 - LATE) * series.size) :], 1e-300))
+    if late.size < 3:
+        return "stalled"
+    t = np.arange(late.size, dtype=float) - (late.size - 1) / 2
+    slope = float(t @ late / (t @ t))
+    resid = late - late.mean() - slope * t
+    stderr = math.sqrt(float(resid @ resid) / (late.size - 2) / float(t @ t))
+    return "decreasing" if slope < -2 * stderr else "stalled"
+
+
+def _unsettled_row(gamma: float, edge0: float, etas: list[float], settled: list[bool], kinds: list[str],
+                   ratios: list[float], above: list[float], steps: int) -> Row:
+    """An info row: how many window cells did not settle, and why (see _unsettled_kind); `above`: each
+    cell's tail statistic over its initial loss."""
+    late = [(e, k, r) for e, s, k, r in zip(etas, settled, kinds, ratios, strict=True) if not s]
+    worse = [a for a, s in zip(above, settled, strict=True) if not s]
+    counts = {k: sum(1 for _, kind, _ in late if kind == k) for k in ("dead", "decreasing", "stalled")}
+    if not late:
+        return Row(f"window cells not settled (γ={gamma:g})", math.nan, 0.0, math.nan, 0.0, "info",
+                   note="every window cell ended below its initial loss")
+    ok = [e / edge0 for e, s in zip(etas, settled, strict=True) if s]
+    stalled = [r for _, k, r in late if k == "stalled" and math.isfinite(r)]
+    parts = [f"{counts['dead']} dead (final sharpness under {DEAD:.0%} of 2/(N·η))",
+             f"{counts['decreasing']} still decreasing (log-loss slope over the last {LATE:.0%} of the {steps} "
+             "steps below −2 standard errors)", f"{counts['stalled']} stalled: flat"]  # fmt: skip
+    if stalled:
+        parts[-1] += f" at the edge, final sharpness {min(stalled):.2f}–{max(stalled):.2f} × 2/(N·η)"
+    parts.append(f"their tail loss {min(worse):.2f}–{max(worse):.2f} × the initial")
+    where = (f"; settled cells have η/η0 ≤ {max(ok):.3g}" if ok else "") + (
+        f", unsettled {min(e for e, _, _ in late) / edge0:.3g}–{max(e for e, _, _ in late) / edge0:.3g}")
+    return Row(f"window cells not settled (γ={gamma:g})", math.nan, float(len(late)), math.nan, 0.0, "info",
+               note="; ".join(parts) + where)
+
+
 def _measure_catapult(sweeps: list[SweepData], _scale: str) -> Measurement:
     """Per γ: λ0, the loss Hessian's top eigenvalue at init, sets the lazy edge of stability η0 =
     2/(N·λ0). Stable cells above η0 are the catapult window: their loss spikes early, the sharpness
@@ -444,7 +556,7 @@ def _measure_catapult(sweeps: list[SweepData], _scale: str) -> Measurement:
         diverged = cells.groupby("eta")["status"].agg(lambda s: bool((s == "diverged").any()))
         lo, hi = eta_max_bracket(diverged.index.to_numpy(dtype=float), diverged.to_numpy())
         window = cells[(cells["status"] == "done") & (cells["eta"] > edge0)]
-        spikes, ratios, settled, fig = [], [], [], go.Figure()
+        spikes, ratios, settled, kinds, above, fig = [], [], [], [], [], go.Figure()
         for _, run in window.iterrows():
             series = _first(loss, run["run_id"])
             early = series[: max(2, int(EARLY * series.size))]
@@ -452,6 +564,8 @@ def _measure_catapult(sweeps: list[SweepData], _scale: str) -> Measurement:
             lam = _first(sharp, run["run_id"])
             ratios.append(float(lam[-1] * width * run["eta"] / 2.0) if lam.size else math.nan)
             settled.append(bool(run["tail"] < series[0]))
+            kinds.append(_unsettled_kind(series, ratios[-1]))
+            above.append(float(run["tail"] / series[0]))
             fig.add_trace(go.Scatter(y=series[::2], x=np.arange(series.size)[::2], mode="lines",
                                      name=f"η={run['eta']:.3g}"))
         fig.update_layout(title=f"catapult window at γ={gamma:g}: train loss", yaxis_type="log",
@@ -474,6 +588,8 @@ def _measure_catapult(sweeps: list[SweepData], _scale: str) -> Measurement:
             Row(f"fraction of window cells ending below their initial loss (γ={gamma:g})", 0.5,
                 float(np.mean(settled)) if n else math.nan, math.nan, 0.0, "at_least",
                 note=f"tail statistic against the step-0 loss; budget {data.steps} steps"),
+            _unsettled_row(float(gamma), edge0, list(window["eta"].astype(float)), settled, kinds, ratios,
+                           above, data.steps),
         ]  # fmt: skip
     notes = ["η0 is the edge of stability of the initial kernel: a lazy net without a catapult diverges above it."]
     return Measurement(rows, figures, notes)

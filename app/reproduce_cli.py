@@ -34,10 +34,13 @@ def print_plan(name: str, scale: str) -> int:
     """Print what preset `name` would run at `scale` and what it would cost; queue and create nothing."""
     from storage.settings import load_settings
     from tasks import reproduce
-    from tasks.reproduce_plan import plan_text, preset_plan
+    from tasks.reproduce_plan import gpu_line, plan_text, preset_plan
 
-    preset = reproduce.get_preset(name)
-    print(plan_text(preset_plan(preset, scale, load_settings())))
+    preset, settings = reproduce.get_preset(name), load_settings()
+    print(plan_text(preset_plan(preset, scale, settings)))
+    gpu = gpu_line(preset, scale, settings)
+    if gpu is not None:
+        print(gpu)
     return 0
 
 

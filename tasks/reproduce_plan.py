@@ -3,7 +3,8 @@
 Each sweep of the preset at one scale, as it would be submitted (name, network, dataset, steps, batch,
 the γ, η and seed counts, cells, member-steps = cells × steps) and the total, with the time the
 planner estimates from this data folder's measured throughput (tasks.planner.measured_throughput).
-Where no worker of the folder has measured one, the time is said to be unmeasured rather than guessed
+A CUDA throughput measured by a GPU worker of the same folder adds the time on GPU workers. Where no
+worker of the folder has measured one, the time is said to be unmeasured rather than guessed
 from the planner's constants: a lab deciding whether to send `paper` to GPU workers should not read a
 laptop constant as a forecast. Nothing here touches the registry or the queue.
 """
@@ -72,6 +73,18 @@ def preset_plan(preset: Preset, scale: str, settings: Any, device: str = "cpu") 
             n_seeds=len(g.seeds), cells=g.n_cells, flops=unit_flops(cells) if cells else 0.0, seconds=seconds,
         ))  # fmt: skip
     return PresetPlan(preset.name, scale, device, sweeps, rate)
+
+
+def gpu_line(preset: Preset, scale: str, settings: Any) -> str | None:
+    """The time on GPU workers when one of this data folder's workers has measured a CUDA throughput
+    (the paper scale is sized for them); None otherwise, the CPU line then stands alone."""
+    if not preset.specs(scale) or measured_throughput(settings.data_dir, "cuda").rate is None:
+        return None
+    p = preset_plan(preset, scale, settings, "cuda")
+    if p.seconds is None or p.rate is None:
+        return None
+    return (f"estimated time on GPU workers (cuda): about {_duration(p.seconds)}, at the {p.rate:.3g} FLOP/s a "
+            "worker of this data folder measured on a GPU, the sweeps one after another")  # fmt: skip
 
 
 def _duration(seconds: float) -> str:

@@ -73,3 +73,16 @@ def test_plan_estimates_the_time_from_the_measured_throughput(tmp_path: Path) ->
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("estimated time on this machine (cpu): about ") and "measured" in last, last
     assert "unmeasured" not in done.stdout
+
+
+def test_plan_adds_the_gpu_time_when_a_gpu_worker_measured_one(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    settings.ensure_dirs()
+    done = _plan(tmp_path, "catapult", "--plan")
+    assert done.returncode == 0 and "GPU workers" not in done.stdout, done.stderr[-2000:]
+    record_throughput(tmp_path, "cuda", 1e15, 10.0)  # a GPU worker of this folder: 1e14 FLOP/s
+    done = _plan(tmp_path, "catapult", "--plan")
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("estimated time on GPU workers (cuda): about ") and "1e+14 FLOP/s" in last, last
+    assert "unmeasured" in done.stdout  # the CPU line still says this machine has measured nothing

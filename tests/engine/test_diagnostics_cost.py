@@ -13,7 +13,7 @@ from engine import diagnostics_cost as DC
 from engine import trainer
 from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from engine.models import build_model
-from engine.trainer import _Ensemble, _output, _readout0, eval_schedule, eval_steps, train_on_stream
+from engine.trainer import _Ensemble, _Evaluator, _output, eval_schedule, eval_steps, train_on_stream
 from tests.engine.test_trainer_ensemble import SHAPES, SyntheticStream, make_configs
 
 MODELS = {"mlp": ModelConfig(arch="mlp", width=32, depth=3), "cnn": ModelConfig(arch="cnn", width=16, depth=4)}
@@ -38,20 +38,23 @@ def _ensemble(arch: str, seeds: list[int]) -> tuple[object, _Ensemble]:
 def test_cached_theta0_readout_gives_model_output_bit_for_bit_before_and_after_compaction(arch):
     model, ens = _ensemble(arch, [0, 1, 0, 2, 1, 3])
     x = torch.randn(40, *SHAPES[arch], generator=torch.Generator().manual_seed(2))
+    evaluator = _Evaluator(model, test=None, probe=None, wanted=(), loss_kind="mse")  # one per unit
+    _readout0 = evaluator._readout0
     with torch.no_grad():
         want = model.output(ens.params, ens.params0, x, ens.gamma)
-        got = _output(model, ens.params, _readout0(model, ens, "test", x), x, ens.gamma)
+        got = _output(model, ens.params, _readout0(ens, "test", x), x, ens.gamma)
         assert torch.equal(got, want)
         ens.keep(model, np.array([1, 3, 4]))  # members 0, 2, 5 died: the cache is read by original member
         want = model.output(ens.params, ens.params0, x, ens.gamma)
-        got = _output(model, ens.params, _readout0(model, ens, "test", x), x, ens.gamma)
+        got = _output(model, ens.params, _readout0(ens, "test", x), x, ens.gamma)
         assert torch.equal(got, want)
 
 
 def test_uncentered_members_have_no_theta0_readout():
     model, ens = _ensemble("mlp", [0, 1])
     ens.centered = False
-    assert _readout0(model, ens, "test", torch.zeros(4, 6)) is None
+    evaluator = _Evaluator(model, test=None, probe=None, wanted=(), loss_kind="mse")
+    assert evaluator._readout0(ens, "test", torch.zeros(4, 6)) is None
 
 
 def test_theta0_forward_runs_once_per_unit_not_at_every_eval(monkeypatch):

@@ -41,7 +41,7 @@ from typing import Any
 from engine.config import RunConfig
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
-TEST_SLICE = 1024  # engine.trainer._chunked_output evaluates the test set this many examples at a time
+TEST_SLICE = 1024  # engine.trainer._chunked_raw evaluates the test set this many examples at a time
 NTK_PROBE_MAX = 64  # engine.trainer.NTK_PROBE_MAX
 # Autograd's saved tensors are not the whole of a step's peak: the forward's unsaved intermediates,
 # vmap's batched copies and the backward's gradients of activations live beside them for a while.

@@ -21,7 +21,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,23 @@ def answer_request(settings: Settings, store: MetricStore, registry: Registry, e
         _write_text_atomic(error, f"{type(exc).__name__}: {exc}")
 
 
+@contextmanager
+def _direct_reader(settings: Settings) -> Iterator[tuple[bool, MetricStore | None]]:
+    """(True, the store or None when there is no file yet) when this process can read the metrics file
+    itself (its own recorder's store, or a read-only open when nobody records); (False, None) when
+    another process's recorder holds it. A store opened here is closed on exit."""
+    try:
+        store, owned = open_reader(settings.metrics_path)
+    except StoreLocked:
+        yield False, None
+        return
+    try:
+        yield True, store
+    finally:
+        if owned and store is not None:
+            store.close()
+
+
 def export_points(settings: Settings, run_ids: Sequence[str] | None, out_path: str | Path,
                   timeout_s: float = 120.0, *, sweep_id: str | None = None) -> ExportResult:
     """Write the points of `run_ids` (or of the sweep `sweep_id`; pass run_ids=None) to `out_path`
@@ -135,17 +153,9 @@ def export_points(settings: Settings, run_ids: Sequence[str] | None, out_path: s
         raise ExportError(f"timeout_s: must be > 0 (got {timeout_s!r})")
     with Registry(settings.registry_url) as registry:
         wanted = resolve_runs(registry, run_ids=run_ids, sweep_id=sweep_id)  # bad ids fail here, quickly
-        try:
-            store, owned = open_reader(settings.metrics_path)
-        except StoreLocked:
-            pass
-        else:
-            try:
-                rows = write_points(store, wanted, out)
-            finally:
-                if owned and store is not None:
-                    store.close()
-            return ExportResult(out, rows, "direct")
+        with _direct_reader(settings) as (readable, store):
+            if readable:
+                return ExportResult(out, write_points(store, wanted, out), "direct")
     _through_recorder(settings, {"run_ids": None if run_ids is None else list(run_ids), "sweep_id": sweep_id},
                       out, timeout_s)
     return ExportResult(out, pq.read_metadata(out).num_rows, "recorder")
@@ -160,16 +170,9 @@ def export_arrays(
     file). Runs without a snapshot are left out."""
     with Registry(settings.registry_url) as registry:
         wanted = resolve_runs(registry, run_ids=list(run_ids))
-        try:
-            store, owned = open_reader(settings.metrics_path)
-        except StoreLocked:
-            pass
-        else:
-            try:
+        with _direct_reader(settings) as (readable, store):
+            if readable:
                 return _read_arrays(store, wanted)
-            finally:
-                if owned and store is not None:
-                    store.close()
     with tempfile.TemporaryDirectory(prefix="gamma-lab-arrays-") as folder:
         out = Path(folder) / "arrays.npz"
         _through_recorder(settings, {"run_ids": list(run_ids), "what": "arrays"}, out, timeout_s)

@@ -1,0 +1,111 @@
+"""The trainer's sharpness (Lanczos, warm-started, stopped at a residual tolerance) against the exact
+top eigenvalue of each member's dense probe-loss Hessian, float64, on a tiny MLP and a tiny CNN, at
+init and at later eval steps (warm-started from the previous eval's vectors), to 1e-6 relative."""
+
+import pytest
+import torch
+
+from engine import metrics as M
+from engine import trainer
+from engine.trainer import _Evaluator, _output, train_on_stream
+from tests.engine.test_trainer_compaction import configs_of
+from tests.engine.test_trainer_ensemble import SHAPES, SyntheticStream
+
+CELLS = [(0.5, 0.05, 0), (1.0, 0.2, 1), (2.0, 0.5, 0), (1.0, 0.1, 3)]
+
+
+def _exact_top(ev: _Evaluator, ens) -> torch.Tensor:
+    """max eigenvalue of each member's dense Hessian of the probe loss (θ0's readout held fixed)."""
+    px, py, pl = ev.probe.x, ev.probe.target, ev.probe.label
+    g0 = ev._readout0(ens, "probe", px)
+    names = list(ens.params)
+    params = {n: ens.params[n].detach().clone() for n in names}
+    sizes = [params[n][0].numel() for n in names]
+    out = []
+    for k in range(ens.gamma.shape[0]):
+        flat0 = torch.cat([params[n][k].reshape(-1) for n in names])
+
+        def loss_k(flat, _k=k):
+            p = {}
+            for n, piece in zip(names, torch.split(flat, sizes), strict=True):
+                rows = list(params[n].unbind(0))
+                rows[_k] = piece.view(params[n].shape[1:])
+                p[n] = torch.stack(rows)
+            return M.loss_fn(ev.loss_kind, _output(ev.model, p, g0, px, ens.gamma), py, pl)[_k]
+
+        with torch.enable_grad():
+            h = torch.autograd.functional.hessian(loss_k, flat0, vectorize=True)
+        out.append(torch.linalg.eigvalsh(h)[-1])
+    return torch.stack(out)
+
+
+def _probe_loss(ev: _Evaluator, ens):
+    px, py, pl = ev.probe.x, ev.probe.target, ev.probe.label
+    g0 = ev._readout0(ens, "probe", px)
+    return lambda p: M.loss_fn(ev.loss_kind, _output(ev.model, p, g0, px, ens.gamma), py, pl)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_lanczos_matches_the_dense_hessian_at_init_and_after_training(arch, monkeypatch):
+    """At every eval of a training run (at init cold, then warm-started from the previous eval's
+    vectors), on the trainer's own probe loss: Lanczos matches the dense Hessian's top eigenvalue to
+    1e-6 relative."""
+    original = _Evaluator._sharpness
+    seen = []
+    state = {"vec": None}
+
+    def checked(self, ens):
+        value = original(self, ens)
+        gen = torch.Generator().manual_seed(0)
+        warm = state["vec"] is not None
+        top, state["vec"], _ = M.top_hessian_eigenvalue_lanczos(
+            _probe_loss(self, ens), ens.params, 400, state["vec"], gen, tol=1e-9
+        )
+        seen.append((top, _exact_top(self, ens), warm))
+        return value
+
+    monkeypatch.setattr(_Evaluator, "_sharpness", checked)
+    configs = configs_of(arch, CELLS[:2], steps=20, metrics=("sharpness",), eval_points=3)
+    train_on_stream(configs, SyntheticStream(SHAPES[arch]), flush_every=10)
+    assert len(seen) >= 3 and not seen[0][2] and all(s[2] for s in seen[1:])  # init cold, then warm
+    for top, exact, _ in seen:
+        assert torch.isfinite(exact).all()
+        assert top.tolist() == pytest.approx(exact.tolist(), rel=1e-6)
+
+
+def test_lanczos_is_exact_where_the_power_iteration_is_not_with_the_same_products():
+    # a spectrum with λ₂/λ₁ = 0.95: the trainer's power iteration (SHARPNESS_ITERS_COLD products) is
+    # visibly off; Lanczos with at most as many products is within 1e-6
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=gen))
+    spectrum = torch.linspace(0.0, 0.95, n - 1, dtype=torch.float64).tolist() + [1.0]
+    a = q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ q.T
+
+    def loss(p):
+        th = p["theta"]
+        return 0.5 * torch.einsum("ki,ij,kj->k", th, a, th)
+
+    params = {"theta": torch.randn(1, n, dtype=torch.float64, generator=gen)}
+    cap = trainer.SHARPNESS_ITERS_COLD
+    power, _ = M.top_hessian_eigenvalue(loss, params, cap, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    eig, vec, used = M.top_hessian_eigenvalue_lanczos(loss, params, cap, generator=gen, tol=1e-6)
+    assert abs(power.item() - 1.0) > 1e-3
+    assert eig.item() == pytest.approx(1.0, rel=1e-6) and used <= cap
+    # warm-started from its Ritz vector it stops sooner
+    eig2, _, used2 = M.top_hessian_eigenvalue_lanczos(loss, params, cap, init=vec, tol=1e-6)
+    assert eig2.item() == pytest.approx(1.0, rel=1e-6) and used2 < used
+
+
+def test_lanczos_gives_nan_for_a_diverged_member_and_the_rest_unharmed():
+    a = torch.diag(torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64))
+
+    def loss(p):
+        th = p["theta"]
+        return 0.5 * torch.einsum("ki,ij,kj->k", th, a, th) * torch.tensor([1.0, float("nan")], dtype=th.dtype)
+
+    params = {"theta": torch.ones(2, 3, dtype=torch.float64)}
+    eig, _, _ = M.top_hessian_eigenvalue_lanczos(loss, params, 10, generator=torch.Generator().manual_seed(0))
+    assert eig[0].item() == pytest.approx(3.0, rel=1e-9) and torch.isnan(eig[1])

@@ -208,6 +208,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA device (bench/device_check.sh runs it where one is lent)")
 def test_a_real_cuda_out_of_memory_splits_the_unit(tmp_path: Path) -> None:
     """On a GPU the device itself runs out: torch's allocator is held to a little more than four

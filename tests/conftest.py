@@ -104,7 +104,7 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     try:
         import psycopg
 
-        conn = psycopg.connect(f"postgresql://{PG}", connect_timeout=3, autocommit=True)
+        conn = psycopg.connect(f"postgresql://{PG}", connect_timeout=15, autocommit=True)
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {exc}")
     schema = f"gl_test_{uuid.uuid4().hex[:10]}"

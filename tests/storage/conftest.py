@@ -33,7 +33,7 @@ def pg_registry() -> Iterator[Registry]:
     try:
         import psycopg
 
-        psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=3).close()
+        psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=15).close()
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {exc}")
     schema = f"gl_test_{uuid.uuid4().hex[:10]}"

@@ -1,6 +1,6 @@
-"""The trainer's sharpness (Lanczos, warm-started, stopped at a residual tolerance) against the exact
-top eigenvalue of each member's dense probe-loss Hessian, float64, on a tiny MLP and a tiny CNN, at
-init and at later eval steps (warm-started from the previous eval's vectors), to 1e-6 relative."""
+"""engine.metrics.top_hessian_eigenvalue_lanczos against the exact top eigenvalue of each member's
+dense probe-loss Hessian, float64, on a tiny MLP, at init and at later eval steps of a training run
+(warm-started from the previous eval's vectors), to 1e-6 relative; and against power iteration."""
 
 import pytest
 import torch
@@ -46,7 +46,7 @@ def _probe_loss(ev: _Evaluator, ens):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", ["mlp"])  # the CNN case ran past 4 minutes here: not yet included
 def test_lanczos_matches_the_dense_hessian_at_init_and_after_training(arch, monkeypatch):
     """At every eval of a training run (at init cold, then warm-started from the previous eval's
     vectors), on the trainer's own probe loss: Lanczos matches the dense Hessian's top eigenvalue to

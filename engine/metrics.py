@@ -132,16 +132,7 @@ def top_hessian_eigenvalue(
     (pass the returned one back: a few iterations then suffice between nearby checkpoints).
     Returns (eigenvalue (K,), unit vector per member).
     """
-    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    k = next(iter(leaves.values())).shape[0]
-    if init is None:
-        v = {n: torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=generator) for n, p in leaves.items()}
-    else:
-        v = {n: t.clone() for n, t in init.items()}
-    v = _normalize(v, k)
-    with torch.enable_grad():
-        total = loss(leaves).sum()
-        grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
+    leaves, k, v, total, grads = _hvp_start(loss, params, init, generator)
     eig = torch.zeros(k, dtype=total.dtype, device=total.device)
     for i in range(iters):
         hv_list = torch.autograd.grad(
@@ -176,16 +167,7 @@ def top_hessian_eigenvalue_lanczos(
     do not hold up the rest.
     Returns (eigenvalue (K,), Ritz unit vector per member (the next call's `init`), products used).
     """
-    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    k = next(iter(leaves.values())).shape[0]
-    if init is None:
-        v = {n: torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=generator) for n, p in leaves.items()}
-    else:
-        v = {n: t.clone() for n, t in init.items()}
-    v = _normalize(v, k)
-    with torch.enable_grad():
-        total = loss(leaves).sum()
-        grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
+    leaves, k, v, total, grads = _hvp_start(loss, params, init, generator)
     dtype, device = total.dtype, total.device
     basis: list[Params] = [v]
     alphas: list[Tensor] = []
@@ -232,6 +214,25 @@ def top_hessian_eigenvalue_lanczos(
 def _axpy(a: Params, b: Params, c: Tensor, k: int) -> Params:
     """a + c·b per member, c (K,)."""
     return {n: a[n] + c.view(-1, *([1] * (b[n].dim() - 1))) * b[n] for n in a}
+
+
+def _hvp_start(
+    loss: Callable[[Params], Tensor], params: Params, init: Params | None, generator: torch.Generator | None
+) -> tuple[Params, int, Params, Tensor, tuple[Tensor, ...]]:
+    """What both eigensolvers start from: the parameters as autograd leaves, K, the unit start vector
+    per member (`init`, or a random one), the summed loss and its gradients with their graph kept
+    (each Hessian-vector product is one more backward through them)."""
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    k = next(iter(leaves.values())).shape[0]
+    if init is None:
+        v = {n: torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=generator) for n, p in leaves.items()}
+    else:
+        v = {n: t.clone() for n, t in init.items()}
+    v = _normalize(v, k)
+    with torch.enable_grad():
+        total = loss(leaves).sum()
+        grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
+    return leaves, k, v, total, grads
 
 
 def _dot(a: Params, b: Params, k: int) -> Tensor:

@@ -38,6 +38,21 @@ def _wait_locked(settings: Settings, proc: subprocess.Popen, timeout_s: float = 
     raise AssertionError("the recorder process never took the metrics file")
 
 
+def _recorder_process(settings: Settings) -> subprocess.Popen:
+    """A standalone recorder in another process, once it holds the metrics file (the caller stops it)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("GAMMA_LAB_BROKER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "storage.recorder", "--data-dir", str(settings.data_dir),
+                             "--log-level", "WARNING"], env=env, cwd=REPO)
+    try:
+        _wait_locked(settings, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
+    return proc
+
+
 def test_export_direct_then_through_recorder_process(settings: Settings, make_configs, tmp_path: Path) -> None:
     configs = make_configs()[:3]
     ids = [c.run_id for c in configs]
@@ -65,12 +80,8 @@ def test_export_direct_then_through_recorder_process(settings: Settings, make_co
     assert np.allclose(first["value"], np.exp(-steps / 30.0) * (ids.index(ids[1]) + 1))
     assert table[table.metric == "test_acc"]["value"].isna().sum() == 2  # NaN kept as logged
 
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("GAMMA_LAB_BROKER_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "storage.recorder", "--data-dir", str(settings.data_dir),
-                             "--log-level", "WARNING"], env=env, cwd=REPO)
+    proc = _recorder_process(settings)
     try:
-        _wait_locked(settings, proc)
         # published before the request: the recorder ingests it first, so the export includes it
         pub.points(ids[0], 0, np.arange(100, 150), ["train_loss"] * 50, np.zeros(50))
         remote = export_points(settings, None, tmp_path / "out" / "sweep.parquet", timeout_s=60, sweep_id=sid)
@@ -145,12 +156,8 @@ def test_final_function_snapshots_read_directly_and_through_the_recorder_process
         assert set(direct[rid]) == {"output", "gram"}
         assert all(np.array_equal(direct[rid][n], a) for n, a in arrays.items())
 
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("GAMMA_LAB_BROKER_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "storage.recorder", "--data-dir", str(settings.data_dir),
-                             "--log-level", "WARNING"], env=env, cwd=REPO)
+    proc = _recorder_process(settings)
     try:
-        _wait_locked(settings, proc)
         remote = export_arrays(settings, ids, timeout_s=60)
         assert set(remote) == set(direct)
         for rid in remote:

@@ -128,6 +128,31 @@ def _read_spec(path: str) -> Any:
     return SweepSpec.from_toml(text)
 
 
+def start_worker_early(args: argparse.Namespace) -> None:
+    """`gamma-lab sweep` in embedded mode: once its specs pass the cheap checks, start the local worker
+    before anything else (the CLI's imports, the store's opening, planning, queueing: about half a
+    second), so that the worker's own start-up (interpreter, torch: over a second) runs meanwhile
+    instead of after (tasks.local_queue.start_early; bench/end_to_end.py). Best effort and silent:
+    cmd_sweep checks everything again and says what is wrong; a worker that gets no unit leaves."""
+    try:
+        from storage.settings import load_settings
+        from tasks.spec import PROCEDURAL_DATASETS, validate_spec
+
+        settings = load_settings()
+        if settings.broker_url or args.executor not in (None, "local") or settings.read_only_reason() is not None:
+            return
+        for path in args.spec:
+            spec = _read_spec(path)
+            if spec.data.dataset in PROCEDURAL_DATASETS:  # a data file's check imports torch: left to cmd_sweep
+                validate_spec(spec, settings)
+        settings.ensure_dirs()
+        from tasks.local_queue import start_early
+
+        start_early(settings)
+    except Exception:  # noqa: BLE001 - cmd_sweep says what is wrong, in one line
+        return
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from app.cli_wait import check_store, describe_cells, recorder_for_wait, stored_statuses, wait_interruptible
     from tasks import api
@@ -504,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    if args.fn is cmd_sweep:  # before the imports below: the worker's start-up runs beside them
+        start_worker_early(args)
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 

@@ -58,6 +58,9 @@ LOCK_TIMEOUT_S = 60.0  # a process stuck holding the queue lock must not hang ev
 WARM_ENV = "GAMMA_LAB_WARM_WORKERS"  # seconds an idle worker waits for work (set by `gamma-lab serve`)
 PARENT_ENV = "GAMMA_LAB_WORKER_PARENT"  # the dashboard's pid: its warm workers leave when it is gone
 WARM_POLL_S = 0.2
+EARLY_ENV = "GAMMA_LAB_WORKER_EARLY"  # seconds an early worker (start_early) waits for its first unit
+EARLY_WAIT_S = 30.0
+EARLY_POLL_S = 0.02  # how often an early worker looks for its first unit (a listing of pending/)
 
 
 def queue_dir(settings: Settings) -> Path:
@@ -142,8 +145,12 @@ def live_workers(settings: Settings, *, prune: bool = True) -> list[int]:
 
 
 def register(settings: Settings) -> Path:
+    return register_pid(settings, os.getpid())
+
+
+def register_pid(settings: Settings, pid: int) -> Path:
     _, _, workers = _dirs(settings)
-    path = workers / str(os.getpid())
+    path = workers / str(pid)
     path.touch()
     return path
 
@@ -366,11 +373,8 @@ def _pending_runs(settings: Settings) -> int:
     return n
 
 
-def _start_workers_locked(settings: Settings, n: int, env: dict[str, str] | None, *, warm: bool = False) -> list[int]:
-    """Start workers until min(n, pending units) are alive (`warm`: n, work or not); the caller holds
-    the lock. Returns the pids started."""
-    alive = live_workers(settings)
-    want = n if warm else min(n, len(pending_units(settings)) + len(alive))
+def _spawn(settings: Settings, n: int, env: dict[str, str] | None, count: int) -> list[subprocess.Popen[bytes]]:
+    """Start `count` worker processes (of `n` configured: each gets cores // n torch threads)."""
     procs: list[subprocess.Popen[bytes]] = []
     threads = max(1, (os.cpu_count() or 1) // max(n, 1))  # split the cores across the workers
     child_env = dict(os.environ if env is None else env)
@@ -378,7 +382,7 @@ def _start_workers_locked(settings: Settings, n: int, env: dict[str, str] | None
     child_env["GAMMA_LAB_WORKERS"] = str(n)  # the count a worker keeps when it looks for more work
     child_env.setdefault("GAMMA_LAB_TORCH_THREADS", str(threads))
     log_path = queue_dir(settings) / "workers.log"
-    for _ in range(max(0, want - len(alive))):
+    for _ in range(count):
         with open(log_path, "ab") as logfile:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tasks.local_worker"],
@@ -389,6 +393,15 @@ def _start_workers_locked(settings: Settings, n: int, env: dict[str, str] | None
                 start_new_session=True,  # outlives the submitting command and its Ctrl-C
             )
         procs.append(proc)
+    return procs
+
+
+def _start_workers_locked(settings: Settings, n: int, env: dict[str, str] | None, *, warm: bool = False) -> list[int]:
+    """Start workers until min(n, pending units) are alive (`warm`: n, work or not); the caller holds
+    the lock. Returns the pids started."""
+    alive = live_workers(settings)
+    want = n if warm else min(n, len(pending_units(settings)) + len(alive))
+    procs = _spawn(settings, n, env, max(0, want - len(alive)))
     # wait until each registered (or already exited), so that the next count, once the lock is
     # released, sees it
     deadline = time.time() + 30
@@ -503,14 +516,49 @@ def warm_up(settings: Settings, idle_s: float, parent: int | None = None) -> lis
         return []
 
 
+def start_early(settings: Settings, wait_s: float = EARLY_WAIT_S, parent: int | None = None) -> int | None:
+    """Start one local worker now, before this process (`gamma-lab sweep`) has checked, planned and
+    queued its units, so that the worker's start-up (interpreter, torch: over a second) runs
+    meanwhile instead of after. It waits up to `wait_s` for its first unit while process `parent`
+    (default: this one) lives, then works as any worker; when nothing is queued (a refused spec) it
+    leaves. Registered here, at once, so that the launch's own count (ensure_workers) sees it.
+    Returns its pid, or None when a worker is alive already (it takes the work) or the queue is busy
+    (the launch starts one later)."""
+    env = {**os.environ, EARLY_ENV: f"{float(wait_s):g}", PARENT_ENV: str(parent or os.getpid())}
+    try:
+        _dirs(settings)
+        with QueueLock(settings, timeout_s=1.0):
+            if live_workers(settings):
+                return None
+            proc = _spawn(settings, settings.workers, env, 1)[0]
+            register_pid(settings, proc.pid)  # Popen returned after the exec: /proc names the worker
+            return proc.pid
+    except (QueueBusy, OSError) as exc:
+        log.debug("no early local worker: %s", exc)
+        return None
+
+
+def early_settings() -> tuple[float, int | None]:
+    """(seconds to wait for the first unit, the launcher's pid) of an early worker; (0, None) otherwise."""
+    wait_s = _env_seconds(EARLY_ENV)
+    return wait_s, _parent_pid() if wait_s > 0 else None
+
+
+def _env_seconds(name: str) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name) or 0))
+    except ValueError:
+        return 0.0
+
+
+def _parent_pid() -> int | None:
+    parent = os.environ.get(PARENT_ENV, "")
+    return int(parent) if parent.isdigit() else None
+
+
 def warm_settings() -> tuple[float, int | None]:
     """(idle seconds, parent pid) of this worker process from its environment; (0, None) when cold."""
-    try:
-        idle_s = max(0.0, float(os.environ.get(WARM_ENV) or 0))
-    except ValueError:
-        idle_s = 0.0
-    parent = os.environ.get(PARENT_ENV, "")
-    return idle_s, int(parent) if parent.isdigit() else None
+    return _env_seconds(WARM_ENV), _parent_pid()
 
 
 def warm_workers(settings: Settings) -> int:
@@ -523,7 +571,7 @@ def warm_workers(settings: Settings) -> int:
     return 0
 
 
-def wait_for_work(settings: Settings, idle_s: float, parent: int | None) -> bool:
+def wait_for_work(settings: Settings, idle_s: float, parent: int | None, poll_s: float = WARM_POLL_S) -> bool:
     """A warm worker with nothing to do: wait until a unit is pending (True), or until `idle_s` passed
     or the parent process is gone (False: leave)."""
     deadline = time.monotonic() + idle_s
@@ -532,7 +580,7 @@ def wait_for_work(settings: Settings, idle_s: float, parent: int | None) -> bool
             return False
         if pending_units(settings):
             return True
-        time.sleep(WARM_POLL_S)
+        time.sleep(poll_s)
     return False
 
 

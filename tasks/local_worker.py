@@ -1,7 +1,8 @@
 """A local worker process (embedded mode): `python -m tasks.local_worker`.
 
 Claims units from the data folder's queue until it is empty, trains each, publishes events to the
-spool bus, then exits. Started by tasks.local_queue.ensure_workers; safe to start by hand too.
+spool bus, then exits. Started by tasks.local_queue.ensure_workers (or start_early: `gamma-lab
+sweep` starts one before it queues, and it waits for its first unit); safe to start by hand too.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ig
     set_torch_threads(None)
     publisher = open_publisher(settings)
     idle_s, parent = local_queue.warm_settings()
+    early_s, launcher = local_queue.early_settings()  # started before its launch queued anything
+    early_until = time.monotonic() + early_s
     import engine.trainer  # noqa: F401 - torch and the models: a warm worker has them before the first unit
 
     # what a cold start costs here (process, imports): the Launch page's estimate (tasks.planner)
@@ -92,6 +95,9 @@ def serve(settings=None, *, keep_lock_on_exit: bool = False) -> int:  # type: ig
             item = local_queue.claim(settings)
             if item is None and idle_s > 0 and local_queue.wait_for_work(settings, idle_s, parent):
                 continue  # a unit arrived while this worker waited warm
+            if (item is None and not done and (left := early_until - time.monotonic()) > 0
+                    and local_queue.wait_for_work(settings, left, launcher, local_queue.EARLY_POLL_S)):
+                continue  # its launch queued the first unit
             if item is None:
                 with local_queue.worker_exit_check(
                     settings, registration, settings.workers, keep=keep_lock_on_exit

@@ -27,10 +27,13 @@ exits 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -590,5 +593,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def run() -> None:
+    """The `gamma-lab` program (and `python -m app.cli`): main(), then leave without tearing every
+    module down (pandas, pyarrow, DuckDB, SQLAlchemy: 0.1-0.2 s after `sweep --wait` had finished;
+    bench/end_to_end.py). The exit handlers run and the output is flushed first; with a non-daemon
+    thread still running (none of ours), the ordinary exit joins it."""
+    code = main()
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # logging's flush, temporary folders' cleanup, ...
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -84,7 +84,7 @@ def recorder_for_wait(settings: Settings) -> Any:
     return start_if_free(settings)
 
 
-WAKE_S = 0.05  # how often wait_for's nap looks whether this process's recorder stored something
+WAKE_S = 0.02  # how often wait_for's nap looks whether this process's recorder stored something
 
 
 def nap(recorder: Any, poll_s: float) -> None:

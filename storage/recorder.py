@@ -468,6 +468,8 @@ class Recorder:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        if (wake := getattr(self.consumer, "wake", None)) is not None:
+            wake.set()  # a spool read waiting for events returns now, not after its poll (0.2 s)
         if self._thread is not None:
             self._thread.join(timeout_s)
         self.close()

@@ -20,9 +20,12 @@ broken down from wall-clock timestamps: the worker's log (tasks.local_worker: it
 torch and the engine were imported, each unit's begin and end) and the registry (each run's `ended`
 is the time the recorder applied its finished event):
 
-  CLI to worker start   the CLI's start-up, the spec check, planning, queueing, spawning the worker
-  worker imports        interpreter, torch and engine imports in the worker
-  claim                 ready to the unit's start (claiming the unit file)
+  CLI to worker start   the CLI's start-up and the specs' cheap check, then it spawns the worker
+                        (app.cli.start_worker_early), before its own imports, plan and queueing
+  worker imports        interpreter, torch and engine imports in the worker; the CLI plans and queues
+                        meanwhile (when that was done is printed apart: "units queued", the runs'
+                        `created` in the registry)
+  claim                 ready to the unit's start (waiting for the CLI to queue it, claiming the file)
   unit                  data, model, training, diagnostics and publishing the events; the engine's own
                         time for the same work (data + training, measured in this process) beside it
   recording             the unit's end to the last run recorded as ended
@@ -70,9 +73,9 @@ from engine.trainer import train_on_stream  # noqa: E402
 DEFAULTS = TrainConfig()  # the costly metrics and eval points a sweep gets unless told otherwise
 PHASES = ("cli_to_worker", "worker_imports", "claim", "unit", "recording", "polling_exit")
 PHASE_LABELS = {
-    "cli_to_worker": "CLI to worker start (CLI start-up, spec check, plan, queue, spawn)",
+    "cli_to_worker": "CLI to worker start (CLI start-up, cheap spec check, spawn)",
     "worker_imports": "worker imports (interpreter, torch, engine)",
-    "claim": "claim (worker ready to the unit's start)",
+    "claim": "claim (worker ready to the unit's start: queueing, claim)",
     "unit": "unit (data, model, training, diagnostics, events)",
     "recording": "recording (unit end to the last run recorded)",
     "polling_exit": "polling and exit (last run recorded to the CLI's exit)",
@@ -157,7 +160,8 @@ def sweep_wait(configs: list[RunConfig], costly: bool, threads: int) -> dict[str
             rows = reg.get_runs([c.run_id for c in configs])
         statuses = {r["status"] for r in rows}
         recorded = max(float(r["ended"]) for r in rows)
-    out = {"wall": t_exit - t0, "statuses": statuses, "cli_cpu": cli_cpu}
+        queued = max(float(r["created"]) for r in rows)  # the CLI planned and queued them (beside the worker)
+    out = {"wall": t_exit - t0, "statuses": statuses, "cli_cpu": cli_cpu, "queued": queued - t0}
     if "cpu_s" in marks:  # the CLI's CPU time and the worker's up to its unit's end (its teardown aside)
         out["cpu"] = cli_cpu + marks["cpu_s"]
     need = ("process_start", "ready", "unit_began", "unit_ended")
@@ -256,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             out[f"{key}_{p}_s"] = v
             beside = f"   (engine here: {out[f'engine_{key}_s']:.2f} s)" if p == "unit" else ""
             print(f"   {PHASE_LABELS[p]:<62} {v:7.2f} s  {v / total:6.1%}{beside}")
+        out[f"{key}_queued_s"] = med(lambda r, k=key: r[f"sweep_{k}"]["queued"])
+        print(f"   (units queued {out[f'{key}_queued_s']:.2f} s after the CLI's start, beside the worker's imports)")
         overhead = total - out[f"engine_{key}_s"]
         print(f"   beyond the engine's own time: {overhead:.2f} s ({overhead / out[f'engine_{key}_s']:.0%} of it)")
     if all("cpu" in r[f"sweep_{k}"] for r in rounds for k in ("none", "defaults")):

@@ -290,25 +290,26 @@ class SpoolPublisher(Publisher):
         else:
             errors = [self._write_tmp(name, ev) for name, ev in zip(names, events, strict=True)]
         for i, (name, error) in enumerate(zip(names, errors, strict=True)):
-            try:
-                if error is not None:
-                    raise error
-                os.replace(self.tmp_dir / name, self.spool_dir / name)  # the bytes are on disk first
-            except OSError as exc:
-                for later in names[i:]:  # no half-written event left behind (and its blocks freed)
-                    with contextlib.suppress(OSError):
-                        (self.tmp_dir / later).unlink()
-                if is_disk_full(exc):  # one line for the caller to say, not an ENOSPC traceback per event
-                    raise DiskFull(self.spool_dir.parent) from None
-                raise
+            if error is None:
+                try:
+                    os.replace(self.tmp_dir / name, self.spool_dir / name)  # the bytes are on disk first
+                    continue
+                except OSError as exc:
+                    error = exc
+            for later in names[i:]:  # no half-written event left behind (and its blocks freed)
+                with contextlib.suppress(OSError):
+                    (self.tmp_dir / later).unlink()
+            if isinstance(error, OSError) and is_disk_full(error):  # one line for the caller, not a traceback
+                raise DiskFull(self.spool_dir.parent) from None
+            raise error
 
-    def _write_tmp(self, name: str, ev: Mapping[str, Any]) -> OSError | None:
+    def _write_tmp(self, name: str, ev: Mapping[str, Any]) -> Exception | None:
         try:
             with open(self.tmp_dir / name, "wb") as fh:
                 fh.write(encode(ev))
                 fh.flush()
                 os.fsync(fh.fileno())  # the rename must not become visible before the bytes
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - raised by publish_many, in order, after the ones before it
             return exc
         return None
 

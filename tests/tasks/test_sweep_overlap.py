@@ -108,7 +108,7 @@ def test_spool_batch_error_stops_at_that_event(tmp_path: Path, monkeypatch: pyte
     pub = SpoolPublisher(tmp_path / "spool")
     real = pub._write_tmp
 
-    def write(name: str, ev: dict) -> OSError | None:
+    def write(name: str, ev: dict) -> Exception | None:
         return OSError(5, "I/O error") if ev["run_id"] == "r005" else real(name, ev)
 
     monkeypatch.setattr(pub, "_write_tmp", write)
@@ -116,6 +116,10 @@ def test_spool_batch_error_stops_at_that_event(tmp_path: Path, monkeypatch: pyte
         pub.publish_many([_event(i) for i in range(10)])
     pub.close()
     assert _spooled(tmp_path / "spool") == [f"r{i:03d}" for i in range(5)]
+    assert not os.listdir(tmp_path / "spool" / "tmp")
+    with pytest.raises(TypeError):  # not an OSError (an event that cannot be encoded): the same
+        pub.publish_many([_event(10), {**_event(11), "time": object()}, _event(12)])
+    assert _spooled(tmp_path / "spool")[-1] == "r010"
     assert not os.listdir(tmp_path / "spool" / "tmp")
 
 
@@ -147,10 +151,10 @@ def test_start_early_registers_one_worker_that_leaves_with_its_launcher(
         monkeypatch.delenv(name, raising=False)
     pid = local_queue.start_early(settings, wait_s=120, parent=launcher.pid)
     assert pid is not None
-    assert local_queue.live_workers(settings) == [pid]  # registered before start_early returned
-    assert local_queue.start_early(settings) is None  # one is alive: it takes the work
-    assert local_queue.ensure_workers(settings) == []  # nor does the launch start another
     log = (tmp_path / "data" / "queue" / "workers.log").read_text
+    assert local_queue.live_workers(settings) == [pid]  # registered before start_early returned
+    assert local_queue.start_early(settings) is None, log()  # one is alive: it takes the work
+    assert local_queue.ensure_workers(settings) == [], log()  # nor does the launch start another
     deadline = time.monotonic() + 120
     while "worker ready" not in log() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -1,19 +1,21 @@
-"""Benchmark: the sharpness diagnostic, Lanczos (engine.metrics.top_hessian_eigenvalue_lanczos) against
-the trainer's power iteration (issue #13 item 5), as a candidate for the trainer. Prints times,
-Hessian-vector product counts, errors and ratios; asserts nothing.
+"""Benchmark: the sharpness diagnostic, the trainer's method against the one it replaced (issue #13
+item 5). Prints times, Hessian-vector product counts, errors and ratios; asserts nothing.
 
 In ONE run, side by side, on bench/engine.py's grid (36 cells, L = 3 MLP of width 256, batch 128, 200
 steps, MNIST-1D) with only the sharpness metric at the default eval points, each round times
 train_on_stream with
 
   none     no costly metrics (training alone)
-  power    the trainer's: power iteration, SHARPNESS_ITERS_COLD products cold, SHARPNESS_ITERS_WARM warm
-  lanczos  Lanczos, warm-started, with at most as many products (LANCZOS_COLD, LANCZOS_WARM), stopped
-           earlier when every member's Ritz residual is ≤ LANCZOS_TOL·θ
+  former   the trainer's method until issue #13: power iteration (20 products at the first eval, 8
+           warm-started after) on products by double backward (engine.metrics.autograd_hvp)
+  autograd the trainer's Lanczos (engine.trainer.SHARPNESS_*) on products by double backward
+  trainer  the trainer's: Lanczos on the MLP's hand-written product (engine.mlp.MLP.hvp_operator)
 
-and prints each arm's diagnostics time (arm − none) as a fraction of training and power / lanczos.
-Then, in float64, the same grid's sharpness values by both methods against a reference (Lanczos to a
-residual of 1e-10·θ, up to 300 products) at every eval step: the relative errors, median and max.
+and prints each arm's diagnostics time (arm − none) as a fraction of training, its product count,
+and former / trainer. Then, in float64, the grid's sharpness by former and trainer against a
+reference (Lanczos to a residual of 1e-9·θ, up to 300 products) at every eval step: the relative
+errors, median and max. (Power iteration finds the eigenvalue largest in magnitude, which can be a
+negative one; the sharpness is the largest.)
 
     python bench/sharpness.py              # the 36-cell grid, 2 rounds
     python bench/sharpness.py --quick      # 6 cells, width 32, 40 steps, 1 round
@@ -46,12 +48,12 @@ from engine.data import make_stream  # noqa: E402
 from engine.ensemble import Params  # noqa: E402
 
 COUNT = {"hvps": 0}
-LANCZOS_COLD, LANCZOS_WARM, LANCZOS_TOL = 20, 8, 1e-3  # the candidate's caps and tolerance
+FORMER_COLD, FORMER_WARM = 20, 8  # the power iteration's products before issue #13
 
 
 def _method(kind: str) -> Any:
-    """An _Evaluator._sharpness with the given method ('power', 'lanczos', 'reference'), counting
-    Hessian-vector products (the graph's build counts as one, as in engine.diagnostics_cost)."""
+    """An _Evaluator._sharpness with the given method ('former', 'autograd', 'trainer', 'reference'),
+    counting Hessian-vector products."""
 
     def sharpness(self: Any, ens: Any) -> torch.Tensor:
         model, gamma, loss_kind = self.model, ens.gamma, self.loss_kind
@@ -61,18 +63,29 @@ def _method(kind: str) -> Any:
         def probe_loss(p: Params) -> torch.Tensor:
             return M.loss_fn(loss_kind, trainer._output(model, p, g0, px, gamma), py, pl)
 
+        if kind in ("former", "autograd"):
+            op = M.autograd_hvp(probe_loss, ens.params)
+        else:
+            op = model.hvp_operator(ens.params, px, g0, gamma, loss_kind, py, pl)
+
+        def counted(v: Params) -> Params:
+            COUNT["hvps"] += 1
+            return op(v)
+
         gen = torch.Generator(device=gamma.device).manual_seed(0)
         cold = ens.eig_vec is None
-        if kind == "power":
-            iters = trainer.SHARPNESS_ITERS_COLD if cold else trainer.SHARPNESS_ITERS_WARM
-            value, ens.eig_vec = M.top_hessian_eigenvalue(probe_loss, ens.params, iters, ens.eig_vec, gen)
+        if kind == "former":
+            iters = FORMER_COLD if cold else FORMER_WARM
+            value, ens.eig_vec = M.top_hessian_eigenvalue(None, ens.params, iters, ens.eig_vec, gen, hvp=counted)
+            return value
+        if kind == "reference":
+            cap, tol = 300, 1e-9
         else:
-            cap = (LANCZOS_COLD if cold else LANCZOS_WARM) if kind == "lanczos" else 300
-            tol = LANCZOS_TOL if kind == "lanczos" else 1e-10
-            value, ens.eig_vec, iters = M.top_hessian_eigenvalue_lanczos(
-                probe_loss, ens.params, cap, ens.eig_vec, gen, tol=tol
-            )
-        COUNT["hvps"] += iters + 1
+            cap = trainer.SHARPNESS_PRODUCTS_COLD if cold else trainer.SHARPNESS_PRODUCTS_WARM
+            tol = trainer.SHARPNESS_TOL
+        value, ens.eig_vec, _ = M.top_hessian_eigenvalue_lanczos(
+            None, ens.params, cap, ens.eig_vec, gen, tol=tol, hvp=counted
+        )
         return value
 
     return sharpness
@@ -105,13 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--caps", type=int, nargs=2, default=None, help="Lanczos products: cold warm")
     args = ap.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.caps is not None:
-        global LANCZOS_COLD, LANCZOS_WARM
-        LANCZOS_COLD, LANCZOS_WARM = args.caps
     grid = argparse.Namespace(cells=36, width=256, batch=128, steps=200, dataset="mnist1d")
     if args.quick:
         grid.cells, grid.width, grid.steps = 6, 32, 40
@@ -122,29 +131,31 @@ def main(argv: list[str] | None = None) -> None:
           f"sharpness at eval_points = 30; {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores; "
           f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
     original = trainer._Evaluator._sharpness
+    arms = ("former", "autograd", "trainer")
     try:
-        run(configs, "lanczos")  # warm-up
+        run(configs, "trainer")  # warm-up
         for i in range(repeat):
             t_none, _ = run(configs, None)
-            times, hvps = {}, {}
-            for kind in ("power", "lanczos"):
+            cost, hvps = {}, {}
+            for kind in arms:
                 COUNT["hvps"] = 0
-                times[kind], _ = run(configs, kind)
+                cost[kind] = run(configs, kind)[0] - t_none
                 hvps[kind] = COUNT["hvps"]
-            d_pow, d_lan = times["power"] - t_none, times["lanczos"] - t_none
-            print(f"round {i + 1}: training {t_none:.2f} s; sharpness by power iteration {d_pow:.2f} s "
-                  f"({d_pow / t_none:.2f} of training, {hvps['power']} products), by Lanczos {d_lan:.2f} s "
-                  f"({d_lan / t_none:.2f} of training, {hvps['lanczos']} products); "
-                  f"power / lanczos {d_pow / d_lan:.1f}x")  # fmt: skip
+            parts = ", ".join(
+                f"{k} {cost[k]:.2f} s ({cost[k] / t_none:.2f} of training, {hvps[k]} products)" for k in arms
+            )
+            print(f"round {i + 1}: training {t_none:.2f} s; sharpness: {parts}; "
+                  f"former / trainer {cost['former'] / cost['trainer']:.1f}x, "
+                  f"autograd / trainer {cost['autograd'] / cost['trainer']:.1f}x")  # fmt: skip
         train64 = dataclasses.replace(configs[0].train, dtype="float64")
         c64 = [dataclasses.replace(c, train=train64) for c in configs]
-        vals = {kind: run(c64, kind)[1] for kind in ("power", "lanczos", "reference")}
+        vals = {kind: run(c64, kind)[1] for kind in ("former", "trainer", "reference")}
         ref = vals["reference"]
         keys = [k for k in ref if np.isfinite(ref[k]) and ref[k] != 0]
-        for kind in ("power", "lanczos"):
+        for kind in ("former", "trainer"):
             err = np.array([abs(vals[kind][k] - ref[k]) / abs(ref[k]) for k in keys])
             print(f"float64, {len(keys)} (member, step) values: {kind} relative error to the reference: "
-                  f"median {np.median(err):.1e}, max {err.max():.1e}, above 1e-6: {(err > 1e-6).sum()}")  # fmt: skip
+                  f"median {np.median(err):.1e}, max {err.max():.1e}, above 1e-3: {(err > 1e-3).sum()}")  # fmt: skip
     finally:
         trainer._Evaluator._sharpness = original  # type: ignore[method-assign]
     load = os.getloadavg()

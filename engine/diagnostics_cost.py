@@ -11,8 +11,9 @@ forward and a backward twice its cost), per eval:
   alignment   the features' forward on the probe, ≈ P / (3B), and the NTK on the first P' ≤ 64
               probe points: the MLP's closed form ≈ 0.75·C·P' / B; other architectures take P'·C
               backward passes (jacobians, member by member) ≈ (2/3)·C·P'² / B
-  sharpness   power iteration: iters + 1 Hessian-vector products on the probe, ≈ 1.1·P / B each
-              (20 iterations at the first eval, 8 warm-started after)
+  sharpness   Lanczos: about 30 Hessian-vector products on the probe at the first eval (a random
+              start) and 4 warm-started after, each ≈ 2·P / B for the MLP's hand-written product,
+              ≈ 3.5·P / B by double backward for the other architectures
   movement    one pass over the weights: ≈ 0
 
 The constants are fitted to the 36-cell MLP of bench/engine.py (width 256, L = 3, batch 128, probe 128,
@@ -32,8 +33,14 @@ from engine.config import RunConfig
 EVAL_STEPS_PER_POINT = 20
 EVAL_MIN_POINTS = 5  # short runs (tests, a first look) keep a few
 NTK_PROBE_MAX = 64  # engine.trainer.NTK_PROBE_MAX
-SHARPNESS_ITERS_COLD = 20  # engine.trainer.SHARPNESS_ITERS_COLD
-SHARPNESS_ITERS_WARM = 8  # engine.trainer.SHARPNESS_ITERS_WARM
+# Lanczos stops each eval when every member is done (engine.trainer.SHARPNESS_TOL): on the benchmark
+# grid (bench/sharpness.py) ~30 products from the random start, 1–8 warm-started after
+SHARPNESS_PRODUCTS_COLD = 30
+SHARPNESS_PRODUCTS_WARM = 4
+# one Hessian-vector product on B points, in training steps on B points: the MLP's hand-written one
+# (engine.mlp.MLP.hvp_operator) and double backward for the other architectures
+HVP_STEPS_MLP = 2.0
+HVP_STEPS_AUTOGRAD = 3.5
 
 
 def eval_steps(steps: int, points: int) -> list[int]:
@@ -74,8 +81,9 @@ def eval_cost_steps(cfg: RunConfig) -> dict[str, float]:
             ntk = 0.75 * classes * probe_ntk if cfg.model.arch == "mlp" else (2 / 3) * classes * probe_ntk**2
             cost[metric] = n_evals * (probe / 3 + ntk) / batch
         elif metric == "sharpness":
-            hvps = (SHARPNESS_ITERS_COLD + 1) + (n_evals - 1) * (SHARPNESS_ITERS_WARM + 1)
-            cost[metric] = hvps * 1.1 * probe / batch
+            hvps = SHARPNESS_PRODUCTS_COLD + (n_evals - 1) * SHARPNESS_PRODUCTS_WARM
+            per = HVP_STEPS_MLP if cfg.model.arch == "mlp" else HVP_STEPS_AUTOGRAD
+            cost[metric] = hvps * per * probe / batch
         elif metric == "movement":
             cost[metric] = 0.0
     return cost

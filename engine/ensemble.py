@@ -21,14 +21,14 @@ gets its own gradient). `select_members` gathers some members into a smaller ens
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from engine.config import ConfigError, ModelConfig
-from engine.metrics import loss_fn
+from engine.metrics import autograd_hvp, loss_fn
 
 Params = dict[str, Tensor]
 
@@ -160,6 +160,22 @@ class EnsembleModel:
             g0, _ = self.raw(params0, x)
             g = g - g0  # identical computation on identical values: exactly 0 at init
         return g / _expand(gamma, g)
+
+    def hvp_operator(
+        self, params: Params, x: Tensor, g0: Tensor | None, gamma: Tensor, loss: str, target: Tensor, label: Tensor
+    ) -> Callable[[Params], Params]:
+        """Every member's loss-Hessian-vector product on the points x, v ↦ H v (stacked like params), for
+        the sharpness's eigensolvers. The loss is loss_fn(loss, f, target, label) with f = (g_θ(x) − g0)/γ,
+        g0 θ0's readout on x (K, B, C) or None when not centered. Here by double backward
+        (engine.metrics.autograd_hvp); the MLP writes it out by hand."""
+
+        def loss_of(p: Params) -> Tensor:
+            g = self.raw(p, x)[0]
+            if g0 is not None:
+                g = g - g0
+            return loss_fn(loss, g / _expand(gamma, g), target, label)
+
+        return autograd_hvp(loss_of, params)
 
     def features(self, params: Params, x: Tensor) -> Tensor:
         """Last-layer features φ(h_L) (pooled for conv nets). x (B, ...) → (K, B, F)."""

@@ -58,6 +58,25 @@ def accuracy(output: Tensor, label: Tensor) -> Tensor:
     return (output.argmax(dim=-1) == label).to(output.dtype).mean(dim=-1)
 
 
+def loss_output_derivatives(
+    kind: str, output: Tensor, target: Tensor, label: Tensor
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """The loss's first and second derivatives in the network's output, for hand-written
+    Hessian-vector products (engine.mlp.MLP.hvp_operator): ∂L_k/∂f (K, B, C), and the map u ↦
+    (∂²L_k/∂f²) u on (K, B, C) (per point: the loss is a mean of per-point terms). Same conventions as
+    loss_fn: MSE the mean over batch × classes, cross-entropy the mean over the batch."""
+    if kind == "mse":
+        n = output.shape[-2] * output.shape[-1]
+        return 2.0 * (output - target) / n, lambda u: (2.0 / n) * u
+    if kind == "xent":
+        batch = output.shape[-2]
+        p = torch.softmax(output, dim=-1)  # (K, B, C)
+        onehot = torch.nn.functional.one_hot(label, output.shape[-1]).to(output.dtype)
+        # softmax's Hessian per point: diag(p) − p pᵀ
+        return (p - onehot) / batch, lambda u: (p * u - p * (p * u).sum(-1, keepdim=True)) / batch
+    raise ValueError(f"train.loss: must be one of mse, xent (got {kind!r})")
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -116,41 +135,62 @@ def empirical_ntk(fn: Callable[[Params, Tensor], Tensor], params: Params, x: Ten
 # ----------------------------------------------------------------------------- sharpness
 
 
+HVP = Callable[[Params], Params]  # v ↦ H v per member, stacked params (K, ...) in and out
+
+
+def autograd_hvp(loss: Callable[[Params], Tensor], params: Params) -> HVP:
+    """Every member's Hessian-vector product by double backward through loss(params) → (K,) per-member
+    losses. Members are independent, so the Hessian of Σ_k loss_k is block-diagonal and one
+    double-backward gives every member's H_k v_k. The loss's graph is built once here and kept for
+    the returned operator's calls (any architecture; the MLP has a cheaper hand-written one,
+    engine.mlp.MLP.hvp_operator)."""
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss(leaves).sum(), list(leaves.values()), create_graph=True)
+
+    def hvp(v: Params) -> Params:
+        hv = torch.autograd.grad(grads, list(leaves.values()), grad_outputs=[v[n] for n in leaves], retain_graph=True)
+        return {n: t.detach() for n, t in zip(leaves, hv, strict=True)}
+
+    return hvp
+
+
 def top_hessian_eigenvalue(
-    loss: Callable[[Params], Tensor],
+    loss: Callable[[Params], Tensor] | None,
     params: Params,
     iters: int = 20,
     init: Params | None = None,
     generator: torch.Generator | None = None,
+    *,
+    hvp: HVP | None = None,
 ) -> tuple[Tensor, Params]:
     """Top eigenvalue of each member's loss Hessian by power iteration on Hessian-vector products.
 
-    loss(params) → (K,) per-member losses of stacked params (K, ...). Members are independent, so the
-    Hessian of Σ_k loss_k is block-diagonal and one double-backward gives every member's H_k v_k.
+    loss(params) → (K,) per-member losses of stacked params (K, ...), differentiated twice by autograd
+    (autograd_hvp); or `hvp`, a Hessian-vector operator of the same loss (loss then unused).
     Power iteration converges to the eigenvalue of largest magnitude; for a loss near a minimum or on
     the edge of stability that is the top (positive) one. `init` warm-starts from a previous vector
     (pass the returned one back: a few iterations then suffice between nearby checkpoints).
     Returns (eigenvalue (K,), unit vector per member).
     """
-    leaves, k, v, total, grads = _hvp_start(loss, params, init, generator)
-    eig = torch.zeros(k, dtype=total.dtype, device=total.device)
-    for i in range(iters):
-        hv_list = torch.autograd.grad(
-            grads, list(leaves.values()), grad_outputs=list(v.values()), retain_graph=i < iters - 1
-        )
-        hv = dict(zip(leaves, hv_list, strict=True))
+    hvp, k, v = _hvp_start(loss, params, init, generator, hvp)
+    eig = torch.zeros(k, dtype=v[next(iter(v))].dtype, device=v[next(iter(v))].device)
+    for _ in range(iters):
+        hv = hvp(v)
         eig = _dot(v, hv, k)  # Rayleigh quotient vᵀHv (v is unit)
-        v = _normalize({n: t.detach() for n, t in hv.items()}, k)
+        v = _normalize(hv, k)
     return eig.detach(), v
 
 
 def top_hessian_eigenvalue_lanczos(
-    loss: Callable[[Params], Tensor],
+    loss: Callable[[Params], Tensor] | None,
     params: Params,
     max_iters: int = 30,
     init: Params | None = None,
     generator: torch.Generator | None = None,
     tol: float = 1e-3,
+    *,
+    hvp: HVP | None = None,
 ) -> tuple[Tensor, Params, int]:
     """Top (largest) eigenvalue of each member's loss Hessian by Lanczos on Hessian-vector products.
 
@@ -158,55 +198,61 @@ def top_hessian_eigenvalue_lanczos(
     vector (one batched double-backward per step serves every member, as above; the Lanczos vectors
     are fully re-orthogonalized) and takes the top eigenvalue of the small tridiagonal matrix: more
     accurate than power iteration for the same number of products (its error falls at the Chebyshev
-    rate of √gap rather than λ₂/λ₁; bench/sharpness.py). Not yet used by the trainer: on the
-    benchmark grid in float32 it did not stop before the caps, so it is not cheaper there.
-    It stops when every member's Ritz residual ‖H y − θ y‖ is at most tol·|θ| (the eigenvalue's
-    error is then about tol²·θ²/gap: ~1e-6 relative for tol = 1e-3 and a gap of order θ) or its
-    Ritz value moved by at most 1e-3·tol·|θ| in the last step, when a member's Krylov space is
-    exhausted, or after max_iters products. Members with non-finite values (diverged) get NaN and
-    do not hold up the rest.
+    rate of √gap rather than λ₂/λ₁, and it finds the largest eigenvalue, where power iteration finds
+    the largest in magnitude: a negative one where the loss is far from convex; bench/sharpness.py).
+    A member is done when its Ritz residual ‖H y − θ y‖ is at most tol·|θ| (the eigenvalue's error is
+    then about tol²·θ²/gap: ~1e-4 relative for tol = 1e-2 and a gap of order θ), its Ritz value moved
+    by at most 1e-3·tol·|θ| in the last step, or its Krylov space is exhausted; its eigenvalue and
+    vector are those of that step, whatever the other members still need, so each member's result
+    depends on its own parameters only (dropping or adding other members changes no bit of it).
+    The products stop when every member is done, or after max_iters (then the members not done take
+    that step's). Members with non-finite values (diverged) get NaN and do not hold up the rest.
     Returns (eigenvalue (K,), Ritz unit vector per member (the next call's `init`), products used).
     """
-    leaves, k, v, total, grads = _hvp_start(loss, params, init, generator)
-    dtype, device = total.dtype, total.device
+    hvp, k, v = _hvp_start(loss, params, init, generator, hvp)
+    first = next(iter(v.values()))
+    dtype, device = first.dtype, first.device
     basis: list[Params] = [v]
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
     finite = torch.ones(k, dtype=torch.bool, device=device)
-    eig = torch.full((k,), float("nan"), dtype=dtype, device=device)
-    y = torch.ones(k, 1, dtype=dtype, device=device)
+    settled = torch.zeros(k, dtype=torch.bool, device=device)  # members done at an earlier step
+    eig = torch.full((k,), float("nan"), dtype=dtype, device=device)  # each member's result so far
+    y_all = torch.zeros(k, max_iters, dtype=dtype, device=device)  # its Ritz vector's coefficients
     prev = torch.full((k,), float("inf"), dtype=dtype, device=device)
     for i in range(max_iters):
-        hv_list = torch.autograd.grad(
-            grads, list(leaves.values()), grad_outputs=list(basis[-1].values()), retain_graph=True
-        )
-        w = {n: t.detach() for n, t in zip(leaves, hv_list, strict=True)}
+        w = hvp(basis[-1])
         alpha = _dot(basis[-1], w, k)
-        finite &= torch.isfinite(alpha)
+        finite &= torch.isfinite(alpha) | settled
         for q in basis:  # full re-orthogonalization against every Lanczos vector (Gram–Schmidt)
             w = _axpy(w, q, -_dot(q, w, k), k)
         beta = _dot(w, w, k).sqrt()
-        finite &= torch.isfinite(beta)
-        alphas.append(torch.where(finite, alpha, 0))
-        betas.append(torch.where(finite, beta, 0))
+        finite &= torch.isfinite(beta) | settled
+        alphas.append(torch.where(finite & torch.isfinite(alpha), alpha, 0))  # eigh takes finite input only
+        betas.append(torch.where(finite & torch.isfinite(beta), beta, 0))
         t = torch.diag_embed(torch.stack(alphas, dim=1))  # (K, m, m) tridiagonal
         if i > 0:
             off = torch.stack(betas[:-1], dim=1)
             t = t + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
         theta, vecs = torch.linalg.eigh(t)
-        eig, y = theta[:, -1], vecs[:, :, -1]  # the top Ritz pair
+        top, y = theta[:, -1], vecs[:, :, -1]  # the top Ritz pair of this step
         residual = betas[-1] * y[:, -1].abs()
-        scale = eig.abs().clamp_min(torch.finfo(dtype).tiny)
-        change = (eig - prev).abs() <= 1e-3 * tol * scale  # the Ritz value has stopped moving
-        prev = eig
+        scale = top.abs().clamp_min(torch.finfo(dtype).tiny)
+        change = (top - prev).abs() <= 1e-3 * tol * scale  # the Ritz value has stopped moving
+        prev = top
         done = ~finite | (residual <= tol * scale) | change | (betas[-1] <= torch.finfo(dtype).eps * scale)
-        if bool(done.all()) or i == max_iters - 1:
+        last = bool((done | settled).all()) or i == max_iters - 1
+        take = ~settled & (done | last)  # members whose result is this step's
+        eig = torch.where(take, top, eig)
+        y_all[:, : i + 1] = torch.where(take.view(-1, 1), y, y_all[:, : i + 1])
+        settled |= take
+        if last:
             break
         safe = torch.where(betas[-1] > 0, betas[-1], 1)
         basis.append({n: t_ / safe.view(-1, *([1] * (t_.dim() - 1))) for n, t_ in w.items()})
     ritz = {n: torch.zeros_like(t_) for n, t_ in v.items()}
-    for j, q in enumerate(basis[: y.shape[1]]):
-        ritz = _axpy(ritz, q, y[:, j], k)
+    for j, q in enumerate(basis[: len(alphas)]):
+        ritz = _axpy(ritz, q, y_all[:, j], k)
     eig = torch.where(finite, eig, float("nan"))
     return eig.detach(), _normalize(ritz, k), len(alphas)
 
@@ -217,22 +263,24 @@ def _axpy(a: Params, b: Params, c: Tensor, k: int) -> Params:
 
 
 def _hvp_start(
-    loss: Callable[[Params], Tensor], params: Params, init: Params | None, generator: torch.Generator | None
-) -> tuple[Params, int, Params, Tensor, tuple[Tensor, ...]]:
-    """What both eigensolvers start from: the parameters as autograd leaves, K, the unit start vector
-    per member (`init`, or a random one), the summed loss and its gradients with their graph kept
-    (each Hessian-vector product is one more backward through them)."""
-    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    k = next(iter(leaves.values())).shape[0]
+    loss: Callable[[Params], Tensor] | None,
+    params: Params,
+    init: Params | None,
+    generator: torch.Generator | None,
+    hvp: HVP | None,
+) -> tuple[HVP, int, Params]:
+    """What both eigensolvers start from: the Hessian-vector operator (`hvp`, or autograd's on
+    `loss`), K, and the unit start vector per member (`init`, or a random one)."""
+    if hvp is None:
+        if loss is None:
+            raise ValueError("top_hessian_eigenvalue: give a loss or an hvp operator")
+        hvp = autograd_hvp(loss, params)
+    k = next(iter(params.values())).shape[0]
     if init is None:
-        v = {n: torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=generator) for n, p in leaves.items()}
+        v = {n: torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=generator) for n, p in params.items()}
     else:
         v = {n: t.clone() for n, t in init.items()}
-    v = _normalize(v, k)
-    with torch.enable_grad():
-        total = loss(leaves).sum()
-        grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
-    return leaves, k, v, total, grads
+    return hvp, k, _normalize(v, k)
 
 
 def _dot(a: Params, b: Params, k: int) -> Tensor:

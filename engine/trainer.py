@@ -67,8 +67,12 @@ from engine.models import build_model
 from engine.optim import AdamState, adam_step
 
 NTK_PROBE_MAX = 64  # NTK cost grows with P² (MLP) or P·C backward passes (others): cap the probe
-SHARPNESS_ITERS_COLD = 20
-SHARPNESS_ITERS_WARM = 8  # warm-started from the previous eval's eigenvector
+# the sharpness by Lanczos (engine.metrics.top_hessian_eigenvalue_lanczos): at most this many
+# Hessian-vector products at a unit's first eval (a random start) and at later ones (warm-started from
+# the previous eval's Ritz vector), each member done at a Ritz residual of SHARPNESS_TOL·λ (error ~1e-4·λ)
+SHARPNESS_PRODUCTS_COLD = 40
+SHARPNESS_PRODUCTS_WARM = 20
+SHARPNESS_TOL = 1e-2
 
 
 @dataclass
@@ -579,12 +583,12 @@ class _Evaluator:
         px, py, pl = self.probe.x, self.probe.target, self.probe.label
         g0 = self._readout0(ens, "probe", px)  # θ0 takes no part in the Hessian
 
-        def probe_loss(p: Params) -> Tensor:
-            return M.loss_fn(loss_kind, _output(model, p, g0, px, gamma), py, pl)
-
-        iters = SHARPNESS_ITERS_COLD if ens.eig_vec is None else SHARPNESS_ITERS_WARM
+        hvp = model.hvp_operator(ens.params, px, g0, gamma, loss_kind, py, pl)
+        cap = SHARPNESS_PRODUCTS_COLD if ens.eig_vec is None else SHARPNESS_PRODUCTS_WARM
         gen = torch.Generator(device=gamma.device).manual_seed(0)
-        sharpness, ens.eig_vec = M.top_hessian_eigenvalue(probe_loss, ens.params, iters, ens.eig_vec, gen)
+        sharpness, ens.eig_vec, _ = M.top_hessian_eigenvalue_lanczos(
+            None, ens.params, cap, ens.eig_vec, gen, tol=SHARPNESS_TOL, hvp=hvp
+        )
         return sharpness
 
     def _readout0(self, ens: _Ensemble, key: str, x: Tensor) -> Tensor | None:

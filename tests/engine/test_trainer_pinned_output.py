@@ -15,6 +15,10 @@ instruction set round the last bits of float64 differently with no change to the
 must not fail a user's test run, while any change of the trainer's arithmetic, order or bookkeeping
 still does. After a torch upgrade that moves results further, re-pin from an unchanged commit (run
 this file with PRINT_HASH=1), never from a commit that changes the trainer.
+
+Re-pinned once on purpose (issue #13): the sharpness moved from power iteration to Lanczos on a
+hand-written Hessian-vector product. Every other output was checked unchanged first: the hashes with
+the sharpness left out of METRICS were the same before and after that change.
 """
 
 import hashlib
@@ -30,8 +34,8 @@ from tests.engine.test_trainer_ensemble import SHAPES, SyntheticStream
 
 TORCH_PINNED = "2.13.0+cpu"
 PINNED = {
-    "mlp": "8b0048d70a1b35f35c3cd3dae2dfa5a373ed54ac3e64da4d3e00522fc111ea68",
-    "cnn": "b52eca4daa3196c636d9c9b7036bbb7f08307f6ecadb981eb40320b4ba79a507",
+    "mlp": "ce60f6c9c1d0ee8a31abc86a88d1848c66dddb81b7795b97c8398e9a21c0fbc1",
+    "cnn": "b7a41b93abd0fc8dc9276c1fc0765a6d64d7013d83724f52917d0f9fc5edc26f",
 }
 METRICS = ("test", "alignment", "sharpness", "movement", "function")
 # (γ, η, seed): seeds repeat (the MLP's shared θ0 slots), member 1 diverges at once, member 2 is cancelled

@@ -187,8 +187,8 @@ class DataConfig:
 class TrainConfig:
     """Online training. `optimizer` "sgd" (default): plain SGD with step size width·η; "adam": Adam
     with per-layer rates η/sqrt(fan_in) before the readout and η at the readout (engine/optim.py).
-    `eval_points` log-spaced steps get the costly metrics (the subset named in `metrics`);
-    train_loss is logged every step."""
+    `eval_points` log-spaced steps get the costly metrics (the subset named in `metrics`), fewer on
+    short runs (`eval_budget`); train_loss is logged every step."""
 
     loss: str = "mse"
     batch_size: int = 128
@@ -199,6 +199,10 @@ class TrainConfig:
     divergence_factor: float = 1e3
     probe_size: int = 128
     optimizer: str = "sgd"  # left out of the canonical JSON when "sgd": ids from before it stay valid
+    # the costly metrics' share of the training time the eval schedule keeps within (engine.diagnostics_cost:
+    # fewer eval points on short runs, never fewer than 5); 0: no bound, every point asked for up to one
+    # per 20 steps. Left out of the canonical JSON at its default, as optimizer
+    eval_budget: float = 0.5
 
     def __post_init__(self) -> None:
         _choice("train.loss", self.loss, LOSSES)
@@ -214,6 +218,12 @@ class TrainConfig:
         object.__setattr__(self, "divergence_factor", float(self.divergence_factor))
         _int("train.probe_size", self.probe_size, 1, 1 << 16)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        budget = self.eval_budget
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 <= budget <= 1000:
+            raise ConfigError(
+                "train.eval_budget", f"must be a number from 0 (no bound) to 1000, a share of training (got {budget!r})"
+            )
+        object.__setattr__(self, "eval_budget", float(budget))
 
 
 @dataclass(frozen=True)
@@ -265,6 +275,8 @@ class RunConfig:
         d["train"]["metrics"] = list(self.train.metrics)
         if self.train.optimizer == "sgd":
             del d["train"]["optimizer"]  # the default is not written: run_id and shape_key stay as they were
+        if self.train.eval_budget == TrainConfig.eval_budget:
+            del d["train"]["eval_budget"]  # likewise
         return d
 
     def to_json(self) -> str:

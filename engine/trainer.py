@@ -60,7 +60,7 @@ from engine import function_probe
 from engine import metrics as M
 from engine.analysis import tail_steps
 from engine.config import ConfigError, RunConfig, TrainConfig
-from engine.diagnostics_cost import eval_schedule, eval_steps  # noqa: F401 - eval_steps: tests, bench
+from engine.diagnostics_cost import eval_plan, eval_schedule, eval_steps  # noqa: F401 - tests, bench
 from engine.ensemble import EnsembleModel, Params
 from engine.mlp import MLP
 from engine.models import build_model
@@ -222,7 +222,7 @@ class _Run:
         # step 0 only, before any compaction
         self.allowance = tc.divergence_factor * torch.clamp(self.ens.gamma**-2, min=1.0)  # (K,)
         self.zero = torch.zeros((), dtype=dtype, device=device)  # a frozen member's step size
-        self.evals = set(eval_schedule(tc.steps, tc.eval_points))
+        self.evals = set(eval_plan(configs[0]))  # the unit's configs share model, data and train
         self.evaluator = _Evaluator.for_unit(self.model, stream, tc)
         self.books = _Bookkeeping(configs)
         self.buf_start = 0  # the step held in loss_buf[0]

@@ -478,7 +478,9 @@ EARLY = 0.1  # the early spike is looked for in the first 10 % of the steps
 
 
 def _catapult_specs(scale: str) -> list[dict[str, Any]]:
-    train = {"batch_size": 32, "dtype": "float64", "eval_points": 15, "metrics": ["sharpness"], "probe_size": 64}
+    # the sharpness's trajectory is the measurement: every eval point asked for, whatever it costs
+    train = {"batch_size": 32, "dtype": "float64", "eval_points": 15, "metrics": ["sharpness"], "probe_size": 64,
+             "eval_budget": 0}
     model = {"width": 64, "depth": 3, "activation": "relu"}
     if scale == "paper":
         return [_spec("reproduce-catapult-paper", model | {"width": 1024}, {"dataset": "mnist1d"},

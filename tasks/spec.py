@@ -137,6 +137,8 @@ class SweepSpec:
         train["metrics"] = list(self.train.metrics)
         if self.train.optimizer == "sgd":
             del train["optimizer"]  # the default stays unwritten, as in RunConfig.to_dict
+        if self.train.eval_budget == TrainConfig.eval_budget:
+            del train["eval_budget"]
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if v is not None}
         return {
             "name": self.name,

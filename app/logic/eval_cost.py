@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from engine.config import RunConfig
-from engine.diagnostics_cost import EVAL_STEPS_PER_POINT, diagnostics_cost, eval_schedule, eval_steps
+from engine.diagnostics_cost import (
+    EVAL_MIN_POINTS,
+    EVAL_STEPS_PER_POINT,
+    diagnostics_cost,
+    eval_plan,
+    eval_steps,
+)
 
 
 def cost_caption(spec: Any) -> str | None:
@@ -17,13 +23,20 @@ def cost_caption(spec: Any) -> str | None:
     if not cost:
         return None
     t = spec.train
-    n_evals = len(eval_schedule(t.steps, t.eval_points))
+    n_evals = len(eval_plan(cfg))
     capped = n_evals < len(eval_steps(t.steps, t.eval_points))
-    capped_text = f" (of {t.eval_points} asked: at most one per {EVAL_STEPS_PER_POINT} steps)" if capped else ""
+    capped_text = (
+        f" (of {t.eval_points} asked: at most one per {EVAL_STEPS_PER_POINT} steps"
+        + (f" and what fits in {t.eval_budget:.0%} of the training time" if t.eval_budget > 0 else "")
+        + f", never fewer than {EVAL_MIN_POINTS})"
+        if capped
+        else ""
+    )
     parts = ", ".join(f"{m} +{share:.0%}" for m, share in sorted(cost.items(), key=lambda kv: -kv[1]))
     return (
         f"Costly metrics at {n_evals} eval steps{capped_text}, estimated on top of the training time: {parts}; "
         f"in all +{sum(cost.values()):.0%}. A cost model fitted on a width-256 MLP on the CPU "
-        "(engine/diagnostics_cost.py), not a measurement: sharpness is power iteration on the probe, "
-        "alignment an NTK on up to 64 probe points, test a forward of the held-out set, movement nearly free."
+        "(engine/diagnostics_cost.py), not a measurement: sharpness is Lanczos on the probe (most of it at the "
+        "first eval), alignment an NTK on up to 64 probe points, test a forward of the held-out set, "
+        "movement nearly free."
     )

@@ -22,7 +22,7 @@ SCALAR_FIELDS: dict[str, tuple[Any, type]] = {
     "data.test_size": (1000, int), "data.data_seed": (0, int),
     "train.loss": ("mse", str), "train.batch_size": (128, int), "train.steps": (1000, int),
     "train.dtype": ("auto", str), "train.eval_points": (30, int), "train.divergence_factor": (1e3, float),
-    "train.probe_size": (128, int), "train.optimizer": ("sgd", str),
+    "train.probe_size": (128, int), "train.optimizer": ("sgd", str), "train.eval_budget": (0.5, float),
     "grid.adaptive": (False, bool), "grid.below_max_decades": (3.0, float),
 }
 FORM_FIELDS = ("name", *SCALAR_FIELDS, "data.path", "train.metrics", "grid.gamma", "grid.eta", "grid.seeds")

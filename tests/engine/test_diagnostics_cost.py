@@ -11,7 +11,7 @@ import torch
 
 from engine import diagnostics_cost as DC
 from engine import trainer
-from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from engine.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from engine.models import build_model
 from engine.trainer import _Ensemble, _Evaluator, _output, eval_schedule, eval_steps, train_on_stream
 from tests.engine.test_trainer_ensemble import SHAPES, SyntheticStream, make_configs
@@ -119,11 +119,57 @@ def test_diagnostics_cost_per_metric_follows_the_selection_and_the_schedule():
     assert cost["movement"] == 0 and cost["sharpness"] > cost["test"] > 0 and cost["alignment"] > 0
     assert set(DC.diagnostics_cost(_config(steps=200, metrics=("test",)))) == {"test"}
     assert DC.diagnostics_cost(_config(steps=200, eval_points=0)) == {}
-    fewer = DC.diagnostics_cost(_config(steps=200, eval_points=5))
-    assert all(fewer[m] < cost[m] for m in ("test", "alignment", "sharpness"))
+    long_run = DC.diagnostics_cost(_config(steps=3000))
+    fewer = DC.diagnostics_cost(_config(steps=3000, eval_points=5))
+    assert all(fewer[m] < long_run[m] for m in ("test", "alignment", "sharpness"))
     # per step of training, a longer run with the same points costs less
     longer = DC.diagnostics_cost(_config(steps=20_000))
     assert all(longer[m] < cost[m] for m in ("test", "alignment", "sharpness"))
     cnn = dataclasses.replace(_config(steps=200), model=ModelConfig(arch="cnn", width=16, depth=4),
                               data=DataConfig(dataset="teacher", image_size=8))  # fmt: skip
     assert DC.diagnostics_cost(cnn)["alignment"] > cost["alignment"]  # jacobians, not the MLP's closed form
+
+
+def test_the_schedule_keeps_the_diagnostics_within_half_of_training_where_it_can():
+    for steps in (600, 1000, 1500, 3000, 20_000):
+        cfg = _config(steps=steps)
+        plan = DC.eval_plan(cfg)
+        assert sum(DC.diagnostics_cost(cfg).values()) <= DC.DIAGNOSTICS_BUDGET
+        assert len(plan) <= len(eval_steps(steps, 30)) and plan[0] == 0 and plan[-1] == steps - 1
+        # the budget is the most evals that fit: one more would not have
+        per, once = DC._cost_per_eval(cfg)
+        budget = DC.eval_budget(cfg)
+        assert len(plan) <= budget
+        assert sum(once.values()) + (budget + 1) * sum(per.values()) > DC.DIAGNOSTICS_BUDGET * steps
+    # a short run keeps the minimum even above the budget; a cheap selection keeps every point
+    assert len(DC.eval_plan(_config(steps=200))) == DC.EVAL_MIN_POINTS
+    assert DC.eval_plan(_config(steps=200, metrics=("movement",))) == eval_schedule(200, 30)
+    assert DC.eval_plan(_config(steps=20_000)) == eval_steps(20_000, 30)
+
+
+def test_the_trainer_evaluates_on_the_budgeted_plan():
+    configs = make_configs("mlp", [(1.0, 0.1, 0)], steps=240, metrics=("test", "sharpness"), eval_points=30)
+    steps: set[int] = set()
+
+    def keep(batch):
+        steps.update(int(s) for s, m in zip(batch.step, batch.metric, strict=True) if m == "test_loss")
+
+    train_on_stream(configs, SyntheticStream(SHAPES["mlp"]), flush_every=50, on_metrics=keep)
+    assert sorted(steps) == DC.eval_plan(configs[0])
+
+
+def test_eval_budget_is_a_setting_that_leaves_old_ids_alone():
+    base = _config(steps=200)
+    # at its default it is not written: run ids from before the setting stay valid
+    assert "eval_budget" not in base.to_dict()["train"]
+    assert dataclasses.replace(base, train=dataclasses.replace(base.train, eval_budget=0.5)).run_id == base.run_id
+    unbounded = dataclasses.replace(base, train=dataclasses.replace(base.train, eval_budget=0))
+    assert unbounded.to_dict()["train"]["eval_budget"] == 0 and unbounded.run_id != base.run_id
+    # 0: no budget, the length rule alone (one eval per 20 steps at most)
+    assert DC.eval_plan(unbounded) == eval_schedule(200, 30) and len(DC.eval_plan(base)) < len(eval_schedule(200, 30))
+    # a larger budget keeps more points than the default on the same run
+    roomy = dataclasses.replace(base, train=dataclasses.replace(base.train, eval_budget=2.0))
+    assert len(DC.eval_plan(base)) < len(DC.eval_plan(roomy)) <= len(eval_schedule(200, 30))
+    for bad in (-0.1, float("nan"), "half", True, 1e4):
+        with pytest.raises(ConfigError, match="train.eval_budget"):
+            TrainConfig(eval_budget=bad)  # type: ignore[arg-type]

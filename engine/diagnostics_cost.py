@@ -15,12 +15,13 @@ forward and a backward twice its cost), per eval:
               backward passes (jacobians, member by member) ≈ (2/3)·C·P'² / B
   sharpness   Lanczos: about 30 Hessian-vector products on the probe at the first eval (a random
               start) and 4 warm-started after, each ≈ 2·P / B for the MLP's hand-written product,
-              ≈ 3.5·P / B by double backward for the other architectures
+              ≈ 2.5·P / B by double backward for the other architectures
   movement    one pass over the weights: ≈ 0
 
 The constants are fitted to the 36-cell MLP of bench/engine.py (width 256, L = 3, batch 128, probe 128,
-test set 1000; CPU, one thread), where one eval measured ≈ 5 (test), 4 (alignment), 11 warm and 23
-cold (sharpness) training steps. They are estimates for choosing settings, not promises.
+test set 1000; CPU), where one eval measured ≈ 5 (test) and 4 (alignment) training steps, and a
+Hessian-vector product 1.7–2.5 steps by hand (the MLP), 2.1–2.3 by double backward (two threads,
+2026-12-06, a loaded machine: bench/sharpness.py). They are estimates for choosing settings, not promises.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import numpy as np
 
 from engine.config import RunConfig, TrainConfig
 
-# One eval of the default costly metrics costs about 20 training steps (above): 30 evals of a 200-step
-# run cost 2.5× its training. At most one eval per 20 steps keeps them near training's own cost; runs
-# of 600+ steps keep all 30 of the default.
+# One eval of the default costly metrics costs about 17 training steps (above): 30 evals of a 200-step
+# run would cost 2.5× its training. At most one eval per 20 steps keeps them near training's own cost
+# (the budget below keeps them within half of it).
 EVAL_STEPS_PER_POINT = 20
 EVAL_MIN_POINTS = 5  # short runs (tests, a first look) keep a few
 # and no more evals than the cost model puts within train.eval_budget (default 0.5) of the training
@@ -45,7 +46,7 @@ SHARPNESS_PRODUCTS_WARM = 4
 # one Hessian-vector product on B points, in training steps on B points: the MLP's hand-written one
 # (engine.mlp.MLP.hvp_operator) and double backward for the other architectures
 HVP_STEPS_MLP = 2.0
-HVP_STEPS_AUTOGRAD = 3.5
+HVP_STEPS_AUTOGRAD = 2.5
 
 
 def eval_steps(steps: int, points: int) -> list[int]:

@@ -12,7 +12,8 @@ width 256, batch 128, 200 steps, MNIST-1D, float32), each round times:
   sweep --wait    the real CLI, `python -m app.cli sweep SPEC --wait`, in a fresh temporary data folder
                   (embedded mode: one local worker process, the spool bus, the CLI's own recorder), the
                   same 36 cells (their run ids are checked against the engine's), with no costly
-                  metrics and with the defaults
+                  metrics and with the defaults; and the same with a warm worker already waiting in
+                  the folder (the dashboard's, `gamma-lab serve`: torch imported), which the sweep uses
 
 and prints every time as a ratio to the reference measured in the same round (the reference is not
 timed with diagnostics: it is the plain loop both targets are stated against). The sweep's time is
@@ -47,6 +48,7 @@ import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,8 +133,40 @@ def _log_times(path: Path) -> dict[str, float]:
     return {key: (max(v) if key in ("unit_ended", "cpu_s") else min(v)) for key, v in marks.items()}
 
 
-def sweep_wait(configs: list[RunConfig], costly: bool, threads: int) -> dict[str, float]:
-    """`gamma-lab sweep --wait` on these cells in a fresh data folder: wall seconds and the breakdown."""
+WARM = """
+import os, sys
+from storage.settings import load_settings
+from tasks.local_queue import warm_up
+print(warm_up(load_settings(), 300.0, parent=int(sys.argv[1])))
+"""
+
+
+def _warm_worker(data: Path, env: dict[str, str]) -> None:
+    """A warm local worker in the data folder, as `gamma-lab serve` keeps them (tasks.local_queue.warm_up,
+    waiting for work while this process lives), returned once it is ready (torch imported)."""
+    subprocess.run([sys.executable, "-c", WARM, str(os.getpid())], env=env, cwd=ROOT, check=True, timeout=120,
+                   capture_output=True)  # fmt: skip
+    deadline = time.time() + 120
+    while "ready" not in _log_times(data / "queue" / "workers.log"):
+        if time.time() > deadline:
+            raise SystemExit("the warm worker did not get ready in 120 s")
+        time.sleep(0.05)
+
+
+def _stop_workers(data: Path) -> None:
+    from storage.settings import load_settings
+    from tasks.local_queue import live_workers
+
+    for pid in live_workers(load_settings(data_dir=data), prune=False):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def sweep_wait(configs: list[RunConfig], costly: bool, threads: int, warm: bool = False) -> dict[str, float]:
+    """`gamma-lab sweep --wait` on these cells in a fresh data folder: wall seconds and the breakdown.
+    warm: with a warm worker already waiting there (the dashboard's, `gamma-lab serve`): no breakdown."""
     from storage.registry import Registry
     from storage.settings import load_settings
     from tasks.spec import SweepSpec
@@ -148,10 +182,16 @@ def sweep_wait(configs: list[RunConfig], costly: bool, threads: int) -> dict[str
         env = {k: v for k, v in os.environ.items() if not k.startswith("GAMMA_LAB_")}
         env.update(GAMMA_LAB_DATA=str(data), GAMMA_LAB_WORKERS="1", GAMMA_LAB_TORCH_THREADS=str(threads),
                    GAMMA_LAB_LOG_FORMAT="json")  # fmt: skip
+        if warm:
+            _warm_worker(data, env)
         t0, cli0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        done = subprocess.run([sys.executable, "-m", "app.cli", "sweep", str(spec), "--wait"], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=1800)  # fmt: skip
-        t_exit, cli1 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            done = subprocess.run([sys.executable, "-m", "app.cli", "sweep", str(spec), "--wait"], env=env, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=1800)  # fmt: skip
+        finally:
+            t_exit, cli1 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            if warm:
+                _stop_workers(data)
         cli_cpu = (cli1.ru_utime + cli1.ru_stime) - (cli0.ru_utime + cli0.ru_stime)
         if done.returncode != 0:
             raise SystemExit(f"gamma-lab sweep --wait failed ({done.returncode}): {done.stderr.strip()[-600:]}")
@@ -165,7 +205,7 @@ def sweep_wait(configs: list[RunConfig], costly: bool, threads: int) -> dict[str
     if "cpu_s" in marks:  # the CLI's CPU time and the worker's up to its unit's end (its teardown aside)
         out["cpu"] = cli_cpu + marks["cpu_s"]
     need = ("process_start", "ready", "unit_began", "unit_ended")
-    if all(k in marks for k in need):
+    if all(k in marks for k in need) and not warm:
         out.update(
             cli_to_worker=marks["process_start"] - t0,
             worker_imports=marks["ready"] - marks["process_start"],
@@ -192,6 +232,7 @@ def one_round(configs: list[RunConfig], dims: list[int], threads: int) -> dict[s
         )
         r[f"engine_{key}"] = r[f"engine_data_{key}"] + r[f"engine_train_{key}"]
         r[f"sweep_{key}"] = sweep_wait(with_metrics(configs, costly), costly, threads)
+        r[f"sweep_warm_{key}"] = sweep_wait(with_metrics(configs, costly), costly, threads, warm=True)
     return r
 
 
@@ -249,6 +290,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"{'engine, ' + label:<40} {eng:8.2f} s {out[f'engine_{key}_ratio']:6.2f}x   "
               f"(data {med(lambda r, k=key: r[f'engine_data_{k}']):.2f} s)")  # fmt: skip
         print(f"{'sweep --wait, ' + label:<40} {e2e:8.2f} s {out[f'sweep_{key}_ratio']:6.2f}x   (rounds: {each})")
+        warm = med(lambda r, k=key: r[f"sweep_warm_{k}"]["wall"])
+        out[f"sweep_warm_{key}_s"] = warm
+        out[f"sweep_warm_{key}_ratio"] = med(lambda r, k=key: r["reference"] / r[f"sweep_warm_{k}"]["wall"])
+        each = ", ".join(f"{r['reference'] / r[f'sweep_warm_{key}']['wall']:.2f}" for r in rounds)
+        print(f"{'  the same, a warm worker waiting':<40} {warm:8.2f} s {out[f'sweep_warm_{key}_ratio']:6.2f}x   "
+              f"(rounds: {each}; the dashboard's workers, gamma-lab serve)")  # fmt: skip
     for key, label in (("none", "no costly metrics"), ("defaults", "default costly metrics")):
         if not all(p in r[f"sweep_{key}"] for r in rounds for p in PHASES):
             print(f"breakdown, {label}: the worker's log had no timestamps")

@@ -22,7 +22,8 @@ def test_quick_end_to_end_benchmark_prints_ratios_and_the_breakdown():
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     result = json.loads(next(line for line in lines if line.startswith("RESULT "))[len("RESULT ") :])
-    for key in ("reference", "engine_none", "engine_defaults", "sweep_none", "sweep_defaults"):
+    for key in ("reference", "engine_none", "engine_defaults", "sweep_none", "sweep_defaults", "sweep_warm_none",
+                "sweep_warm_defaults"):  # fmt: skip
         assert result[f"{key}_s"] > 0, key
     for key in ("engine_none", "engine_defaults", "sweep_none", "sweep_defaults"):
         assert math.isfinite(result[f"{key}_ratio"]) and result[f"{key}_ratio"] > 0, key

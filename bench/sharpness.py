@@ -7,9 +7,12 @@ train_on_stream with
 
   none     no costly metrics (training alone)
   former   the trainer's method until issue #13: power iteration (20 products at the first eval, 8
-           warm-started after) on products by double backward (engine.metrics.autograd_hvp)
+           warm-started after) on products by double backward (engine.metrics.autograd_hvp), every
+           member on its own
   autograd the trainer's Lanczos (engine.trainer.SHARPNESS_*) on products by double backward
   trainer  the trainer's: Lanczos on the MLP's hand-written product (engine.mlp.MLP.hvp_operator)
+  (autograd and trainer evaluate the grid's members of one seed and γ once at step 0, as the trainer
+  does: engine.trainer.DEDUPLICATE_EVALS; the reference below evaluates every member on its own)
 
 and prints each arm's diagnostics time (arm − none) as a fraction of training, its product count,
 and former / trainer. Then, in float64, the grid's sharpness by former and trainer against a
@@ -55,7 +58,7 @@ def _method(kind: str) -> Any:
     """An _Evaluator._sharpness with the given method ('former', 'autograd', 'trainer', 'reference'),
     counting Hessian-vector products."""
 
-    def sharpness(self: Any, ens: Any) -> torch.Tensor:
+    def sharpness(self: Any, ens: Any, start: Params | None, cold: bool) -> tuple[torch.Tensor, Params]:
         model, gamma, loss_kind = self.model, ens.gamma, self.loss_kind
         px, py, pl = self.probe.x, self.probe.target, self.probe.label
         g0 = self._readout0(ens, "probe", px)
@@ -73,20 +76,16 @@ def _method(kind: str) -> Any:
             return op(v)
 
         gen = torch.Generator(device=gamma.device).manual_seed(0)
-        cold = ens.eig_vec is None
         if kind == "former":
             iters = FORMER_COLD if cold else FORMER_WARM
-            value, ens.eig_vec = M.top_hessian_eigenvalue(None, ens.params, iters, ens.eig_vec, gen, hvp=counted)
-            return value
+            return M.top_hessian_eigenvalue(None, ens.params, iters, start, gen, hvp=counted)
         if kind == "reference":
             cap, tol = 300, 1e-9
         else:
             cap = trainer.SHARPNESS_PRODUCTS_COLD if cold else trainer.SHARPNESS_PRODUCTS_WARM
             tol = trainer.SHARPNESS_TOL
-        value, ens.eig_vec, _ = M.top_hessian_eigenvalue_lanczos(
-            None, ens.params, cap, ens.eig_vec, gen, tol=tol, hvp=counted
-        )
-        return value
+        value, vectors, _ = M.top_hessian_eigenvalue_lanczos(None, ens.params, cap, start, gen, tol=tol, hvp=counted)
+        return value, vectors
 
     return sharpness
 
@@ -99,6 +98,8 @@ def run(configs: list[RunConfig], kind: str | None) -> tuple[float, dict[tuple[i
         train = dataclasses.replace(configs[0].train, metrics=("sharpness",), eval_points=30)
         cfgs = [dataclasses.replace(c, train=train) for c in configs]
         trainer._Evaluator._sharpness = _method(kind)  # type: ignore[method-assign]
+    # the former trainer evaluated every member on its own; the reference is each member's own value
+    trainer.DEDUPLICATE_EVALS = kind not in ("former", "reference")
     values: dict[tuple[int, int], float] = {}
 
     def keep(batch: Any) -> None:
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"median {np.median(err):.1e}, max {err.max():.1e}, above 1e-3: {(err > 1e-3).sum()}")  # fmt: skip
     finally:
         trainer._Evaluator._sharpness = original  # type: ignore[method-assign]
+        trainer.DEDUPLICATE_EVALS = True
     load = os.getloadavg()
     print(f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

@@ -431,6 +431,8 @@ class _Ensemble:
     loss_buf: Tensor  # (flush_every, K') train_loss between flushes
     eig_vec: Params | None = None  # the sharpness eigenvectors, warm start of the next eval
     adam: AdamState | None = None  # train.optimizer = "adam": per-member m, v, steps (engine/optim.py)
+    # in an ensemble of distinct members only (subset): each left-out original member's twin in it
+    twins: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -457,6 +459,20 @@ class _Ensemble:
     def theta0(self) -> Params | None:
         """θ0 for centering, None when the model is not centered."""
         return self.params0 if self.centered else None
+
+    def subset(self, reps: np.ndarray, inverse: np.ndarray) -> _Ensemble:
+        """The members at positions reps as an ensemble of their own, for the costly metrics: plain
+        (gathered) parameters, every member's eigenvectors gathered too; `twins` maps each left-out
+        original member to its twin's (inverse: each position's index in reps)."""
+        idx = torch.as_tensor(reps, dtype=torch.long, device=self.gamma.device)
+        pick = lambda p: {n: v[idx] for n, v in p.items()}  # noqa: E731
+        twins = {int(self.members[p]): int(self.members[reps[j]]) for p, j in enumerate(inverse) if reps[j] != p}
+        return replace(
+            self, members=self.members[reps], params=pick(self.params), params0=pick(self.params0),
+            gamma=self.gamma[idx], lr=self.lr[idx], alive=self.alive[idx], diverged_at=self.diverged_at[idx],
+            threshold=self.threshold[idx], eig_vec=None if self.eig_vec is None else pick(self.eig_vec),
+            adam=None, twins=twins,
+        )  # fmt: skip
 
     def keep(self, model: EnsembleModel, positions: np.ndarray) -> None:
         """Keep only the members at these positions (the others are dead: diverged or cancelled)."""
@@ -534,16 +550,12 @@ class _Evaluator:
         """The costly metrics at eval step t (parameters before update t), recorded in rows for the live
         members (alive: by original member), their test loss and accuracy in last_test; the sharpness
         eigenvectors are kept in ens for the next eval."""
-        values: dict[str, Tensor] = {}
-        if self.test is not None:
-            values.update(self._test(ens))
-        if "alignment" in self.wanted and self.probe is not None:
-            values.update(self._alignment(ens))
-        if "sharpness" in self.wanted and self.probe is not None:
-            values["sharpness"] = self._sharpness(ens)
-        if "movement" in self.wanted:
-            for i, name in enumerate(self.model.weight_names):
-                values[f"movement_l{i + 1}"] = M.movement(ens.params[name], ens.params0[name])
+        found = _distinct_members(ens) if DEDUPLICATE_EVALS else None
+        if found is None:
+            values = self._values(ens, ens, None)
+        else:  # members with the same θ, θ0 and γ (at step 0: the same seed and γ) are evaluated once
+            index = torch.as_tensor(found[1], device=ens.gamma.device)
+            values = {name: v[index] for name, v in self._values(ens.subset(*found), ens, found).items()}
         host = {name: v.double().cpu().numpy() for name, v in values.items()}
         for pos, member in enumerate(ens.members.tolist()):
             if not alive[member]:
@@ -552,6 +564,33 @@ class _Evaluator:
                 rows.add(member, t, name, float(v[pos]))
             if "test_loss" in host:
                 last_test[member] = (float(host["test_loss"][pos]), float(host["test_acc"][pos]))
+
+    def _values(
+        self, ens: _Ensemble, whole: _Ensemble, found: tuple[np.ndarray, np.ndarray] | None
+    ) -> dict[str, Tensor]:
+        """Every wanted metric of ens's members, (K',) each. ens is `whole` or its distinct members
+        (found = (their positions, each position's index among them): _distinct_members); then the
+        sharpness's eigenvectors go back to every member of whole, each duplicate taking its
+        representative's, and a cold start takes the random start vector each representative has in
+        whole, so a representative's floats are the same either way."""
+        values: dict[str, Tensor] = {}
+        if self.test is not None:
+            values.update(self._test(ens))
+        if "alignment" in self.wanted and self.probe is not None:
+            values.update(self._alignment(ens))
+        if "sharpness" in self.wanted and self.probe is not None:
+            cold = whole.eig_vec is None
+            start = _random_start(whole.params, found[0]) if cold and found is not None else ens.eig_vec
+            values["sharpness"], vectors = self._sharpness(ens, start, cold)
+            if found is None:
+                whole.eig_vec = vectors
+            else:
+                index = torch.as_tensor(found[1], device=whole.gamma.device)
+                whole.eig_vec = {n: v[index] for n, v in vectors.items()}
+        if "movement" in self.wanted:
+            for i, name in enumerate(self.model.weight_names):
+                values[f"movement_l{i + 1}"] = M.movement(ens.params[name], ens.params0[name])
+        return values
 
     def _test(self, ens: _Ensemble) -> dict[str, Tensor]:
         test = self.test
@@ -577,19 +616,20 @@ class _Evaluator:
         values["alignment_ntk_centered"] = M.kernel_alignment(kn, ys, centered=True)
         return values
 
-    def _sharpness(self, ens: _Ensemble) -> Tensor:
-        """The top Hessian eigenvalue of the probe loss; its eigenvectors go to ens.eig_vec (warm start)."""
+    def _sharpness(self, ens: _Ensemble, start: Params | None, cold: bool) -> tuple[Tensor, Params]:
+        """The top Hessian eigenvalue of the probe loss per member, and its eigenvector (the next eval's
+        warm start), from `start` (None: a random one; cold: no earlier eval's vector, more products)."""
         model, gamma, loss_kind = self.model, ens.gamma, self.loss_kind
         px, py, pl = self.probe.x, self.probe.target, self.probe.label
         g0 = self._readout0(ens, "probe", px)  # θ0 takes no part in the Hessian
 
         hvp = model.hvp_operator(ens.params, px, g0, gamma, loss_kind, py, pl)
-        cap = SHARPNESS_PRODUCTS_COLD if ens.eig_vec is None else SHARPNESS_PRODUCTS_WARM
+        cap = SHARPNESS_PRODUCTS_COLD if cold else SHARPNESS_PRODUCTS_WARM
         gen = torch.Generator(device=gamma.device).manual_seed(0)
-        sharpness, ens.eig_vec, _ = M.top_hessian_eigenvalue_lanczos(
-            None, ens.params, cap, ens.eig_vec, gen, tol=SHARPNESS_TOL, hvp=hvp
+        sharpness, vectors, _ = M.top_hessian_eigenvalue_lanczos(
+            None, ens.params, cap, start, gen, tol=SHARPNESS_TOL, hvp=hvp
         )
-        return sharpness
+        return sharpness, vectors
 
     def _readout0(self, ens: _Ensemble, key: str, x: Tensor) -> Tensor | None:
         """θ0's readout on a fixed eval input for the current members (None when not centered). Computed
@@ -599,10 +639,51 @@ class _Evaluator:
             return None
         if key not in self.readout0:
             g0 = _chunked_raw(self.model, ens.params0, x)  # (K', n, C)
-            full = g0.new_zeros(int(ens.members.max()) + 1, *g0.shape[1:])
+            full = g0.new_zeros(max([int(ens.members.max()), *ens.twins]) + 1, *g0.shape[1:])
             full[torch.as_tensor(ens.members, device=g0.device)] = g0
+            for dup, rep in ens.twins.items():  # an evaluation of distinct members: θ0 is the same
+                full[dup] = full[rep]
             self.readout0[key] = full
         return self.readout0[key][torch.as_tensor(ens.members, device=x.device)]
+
+
+# Evaluate members with the same θ, θ0 and γ once (_distinct_members): at step 0 every member of a seed
+# and γ, so a γ × η grid's first eval costs as many members as its seeds × γ (its sharpness starts cold:
+# the costliest eval). False: every member on its own (tests compare the two).
+DEDUPLICATE_EVALS = True
+
+
+def _distinct_members(ens: _Ensemble) -> tuple[np.ndarray, np.ndarray] | None:
+    """The positions of ens's distinct members (no earlier member with bit-equal θ, θ0 when centered,
+    and γ) and each position's index among them; None when every member is distinct. Candidates are
+    matched by γ and each parameter's per-member sum, then compared exactly."""
+    k = len(ens.members)
+    if k < 2:
+        return None
+    tensors = [*ens.params.values(), *(ens.params0.values() if ens.centered else ())]
+    sums = torch.stack([t.reshape(k, -1).sum(1) for t in tensors], dim=1).tolist()
+    gammas = ens.gamma.tolist()
+    first: dict[tuple[float, ...], int] = {}
+    reps: list[int] = []
+    inverse = np.empty(k, dtype=np.int64)
+    for p in range(k):
+        key = (gammas[p], *sums[p])
+        q = first.setdefault(key, p)
+        if q != p and all(torch.equal(t[p], t[q]) for t in tensors):
+            inverse[p] = inverse[q]
+        else:
+            inverse[p] = len(reps)
+            reps.append(p)
+    return None if len(reps) == k else (np.array(reps), inverse)
+
+
+def _random_start(params: Params, reps: np.ndarray) -> Params:
+    """The sharpness's random start vectors (engine.metrics: a generator seeded 0, drawn for the whole
+    ensemble) of the members at positions reps."""
+    gen = torch.Generator(device=next(iter(params.values())).device).manual_seed(0)
+    idx = torch.as_tensor(reps, dtype=torch.long)
+    return {n: torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=gen)[idx.to(p.device)]
+            for n, p in params.items()}  # fmt: skip
 
 
 EVAL_CHUNK = 1024  # points per forward on the held-out set: bounds memory (K × chunk × widths; engine.memory)

@@ -55,15 +55,15 @@ def test_lanczos_matches_the_dense_hessian_at_init_and_after_training(arch, monk
     seen = []
     state = {"vec": None}
 
-    def checked(self, ens):
-        value = original(self, ens)
+    def checked(self, ens, start, cold):
+        value, vectors = original(self, ens, start, cold)
         gen = torch.Generator().manual_seed(0)
         warm = state["vec"] is not None
         top, state["vec"], _ = M.top_hessian_eigenvalue_lanczos(
             _probe_loss(self, ens), ens.params, 400, state["vec"], gen, tol=1e-9
         )
         seen.append((top, _exact_top(self, ens), warm, value))
-        return value
+        return value, vectors
 
     monkeypatch.setattr(_Evaluator, "_sharpness", checked)
     configs = configs_of(arch, CELLS[:2], steps=20, metrics=("sharpness",), eval_points=3)

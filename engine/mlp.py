@@ -88,23 +88,26 @@ class MLP(EnsembleModel):
         _, hs, acts = self._forward_cols(params, x)
         a_rows = [acts[0].T.expand(k, -1, -1)] + [a.transpose(1, 2) for a in acts[1:]]  # [(K, P, fan)]
         scale = layer_scales(self.dims)
-        eye = torch.eye(self.n_outputs, dtype=x.dtype, device=x.device)
-        # E for the readout's u: ∂f_c/∂u_L[c'] = s_L/γ δ_cc' → (K, C, P, C)
-        eye = eye.view(1, self.n_outputs, 1, self.n_outputs).expand(k, -1, p_pts, -1)
-        e = (scale[depth - 1] / gamma).view(k, 1, 1, 1) * eye
+        c = self.n_outputs
+        eye = torch.eye(c, dtype=x.dtype, device=x.device)
+        # E for the readout's u: ∂f_c/∂u_L[c'] = s_L/γ δ_cc', laid out (K, P, C, out) so that both
+        # contractions below are plain batched GEMMs on views (no permuted copies of E)
+        e = ((scale[depth - 1] / gamma).view(k, 1, 1, 1) * eye.view(1, 1, c, c)).expand(k, p_pts, c, c)
         kernel = torch.zeros(k, p_pts, p_pts, dtype=x.dtype, device=x.device)
         for layer in range(depth, 0, -1):
             a = a_rows[layer - 1]  # (K, P, fan)
-            ee = torch.einsum("kcpo,kcqo->kpq", e, e)  # Σ_c E_c E_cᵀ
-            kernel += ee * (a @ a.transpose(1, 2) + 1)
+            flat = e.reshape(k, p_pts, -1)  # (K, P, C·out)
+            ee = torch.bmm(flat, flat.transpose(1, 2))  # Σ_c E_c E_cᵀ
+            kernel.addcmul_(ee, torch.baddbmm(ee.new_ones(()).expand_as(ee), a, a.transpose(1, 2)))
             if layer > 1:
-                e = torch.einsum("kcpo,koi->kcpi", e, params[f"w{layer}"])  # ∂f/∂a_l
-                h = hs[layer - 2].transpose(1, 2).unsqueeze(1)  # (K, 1, P, N)
+                w = params[f"w{layer}"]  # (K, out, in)
+                e = torch.bmm(e.reshape(k, p_pts * c, -1), w).view(k, p_pts, c, -1)  # ∂f/∂a_l
+                h = hs[layer - 2].transpose(1, 2).unsqueeze(2)  # (K, P, 1, N)
                 if self.act == "relu":
-                    e = e * (h > 0)
+                    e.mul_(h > 0)
                 elif self.act == "tanh":
-                    e = e * (1 - torch.tanh(h) ** 2)
-                e = e * scale[layer - 2]
+                    e.mul_(1 - torch.tanh(h) ** 2)
+                e.mul_(scale[layer - 2])
         return kernel
 
     @torch.no_grad()

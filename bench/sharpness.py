@@ -76,9 +76,9 @@ def _method(kind: str) -> Any:
             return op(v)
 
         gen = torch.Generator(device=gamma.device).manual_seed(0)
-        if kind == "former":
+        if kind == "former":  # from a random start (the trainer's is the gradient's and a random direction)
             iters = FORMER_COLD if cold else FORMER_WARM
-            return M.top_hessian_eigenvalue(None, ens.params, iters, start, gen, hvp=counted)
+            return M.top_hessian_eigenvalue(None, ens.params, iters, None if cold else start, gen, hvp=counted)
         if kind == "reference":
             cap, tol = 300, 1e-9
         else:

@@ -178,7 +178,7 @@ def top_hessian_eigenvalue(
     for _ in range(iters):
         hv = hvp(v)
         eig = _dot(v, hv, k)  # Rayleigh quotient vᵀHv (v is unit)
-        v = _normalize(hv, k)
+        v = unit_vectors(hv, k)
     return eig.detach(), v
 
 
@@ -259,7 +259,7 @@ def top_hessian_eigenvalue_lanczos(
     for j, q in enumerate(basis[: len(alphas)]):
         ritz = _axpy(ritz, q, y_all[:, j], k)
     eig = torch.where(finite, eig, float("nan"))
-    return eig.detach(), _normalize(ritz, k), len(alphas)
+    return eig.detach(), unit_vectors(ritz, k), len(alphas)
 
 
 def _axpy(a: Params, b: Params, c: Tensor, k: int) -> Params:
@@ -285,7 +285,7 @@ def _hvp_start(
         v = {n: torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=generator) for n, p in params.items()}
     else:
         v = {n: t.clone() for n, t in init.items()}
-    return hvp, k, _normalize(v, k)
+    return hvp, k, unit_vectors(v, k)
 
 
 def _dot(a: Params, b: Params, k: int) -> Tensor:
@@ -293,7 +293,8 @@ def _dot(a: Params, b: Params, k: int) -> Tensor:
     return sum(torch.linalg.vecdot(a[n].reshape(k, -1), b[n].reshape(k, -1)) for n in a)  # type: ignore[return-value]
 
 
-def _normalize(v: Params, k: int) -> Params:
+def unit_vectors(v: Params, k: int) -> Params:
+    """Each member's vector (stacked like params) scaled to unit length (a zero one stays zero)."""
     norm = _dot(v, v, k).sqrt().clamp_min(torch.finfo(next(iter(v.values())).dtype).tiny)  # (K,)
     return {n: t / norm.view(-1, *([1] * (t.dim() - 1))) for n, t in v.items()}
 

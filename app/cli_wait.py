@@ -6,7 +6,9 @@ events waiting on the bus. app.cli parses and dispatches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -76,6 +78,26 @@ def check_store(settings: Settings) -> None:
         pass
 
 
+def store_absent(settings: Settings) -> bool:
+    """Embedded mode, and no metrics file in the data folder yet (nor its WAL or damage marker):
+    nothing stored there that a broken store could lose, so `sweep` needs no check of it before
+    queueing, and opening it (DuckDB, NumPy, PyArrow, the recorder: 0.1-0.2 s of the CLI's start-up)
+    waits until the units are queued and the worker trains. Anything else there, unreadable included,
+    or a broker: False, and the store is opened before queueing as always."""
+    if settings.broker_url:
+        return False
+    path = str(settings.metrics_path)
+    for name in (path, f"{path}.wal", f"{path}.damaged"):
+        try:
+            os.lstat(name)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass  # not even its name can be looked at: the store's own open says what is wrong
+        return False
+    return True
+
+
 def recorder_for_wait(settings: Settings) -> Any:
     """The recorder this process runs while it waits, or None when another process records.
     Raises StoreCorrupt (a clear message, nothing queued yet) when the metric store is unreadable."""
@@ -107,46 +129,50 @@ def wait_for(settings: Settings, sweep_id: str, poll_s: float = 0.5, recorder: A
     from tqdm import tqdm
 
     from storage.recorder import start_if_free
+    from storage.registry import Registry
     from tasks import api
 
     logging.getLogger("storage.recorder").setLevel(logging.INFO)  # "handed recording over to pid N"
     if recorder is None:
         recorder = start_if_free(settings)
-    full_since: float | None = None  # when this process's recorder found the data folder full
-    disk_full = None
-    counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder))
-    # in steps trained, not runs ended: a one-unit sweep sat at 0 % with a growing ETA until its end
-    bar = tqdm(total=max(total, 1), initial=done, file=sys.stderr, unit="step", desc=sweep_id, leave=True)
-    watch = WorkerWatch(settings, lambda line: bar.write(line, file=sys.stderr))  # a killed local worker
-    try:
-        while True:
-            counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder))
-            bar.total = max(total, 1)
-            if done != bar.n:
-                bar.update(done - bar.n)  # through update(): tqdm's smoothed rate, hence its ETA
-            bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
-            active = counts.get("queued", 0) + counts.get("running", 0)
-            if total and not active and not api.adaptive_active(settings, sweep_id):  # api.is_settled
-                break
-            if recorder is not None and recorder.store_damaged is not None:
-                raise recorder.store_damaged  # one line (main); the events wait unacknowledged on the bus
-            if recorder is not None and recorder.disk_full is not None:
-                # its running runs are failed with the reason; queued ones fail in their worker: wait for
-                # that a little (the registry may be unable to write), then stop waiting with the line
-                disk_full = recorder.disk_full
-                full_since = full_since or time.monotonic()
-                if time.monotonic() - full_since > settings.lost_after_s + 5:
+    # one registry for the whole wait: a new one per poll (its engine, the schema check under SQLite's
+    # write lock, every statement compiled anew) was most of the loop's CPU beside the training
+    with Registry(settings.registry_url) as registry:
+        full_since: float | None = None  # when this process's recorder found the data folder full
+        disk_full = None
+        counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder), registry)
+        # in steps trained, not runs ended: a one-unit sweep sat at 0 % with a growing ETA until its end
+        bar = tqdm(total=max(total, 1), initial=done, file=sys.stderr, unit="step", desc=sweep_id, leave=True)
+        watch = WorkerWatch(settings, lambda line: bar.write(line, file=sys.stderr))  # a killed local worker
+        try:
+            while True:
+                counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder), registry)
+                bar.total = max(total, 1)
+                if done != bar.n:
+                    bar.update(done - bar.n)  # through update(): tqdm's smoothed rate, hence its ETA
+                bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=True)
+                active = counts.get("queued", 0) + counts.get("running", 0)
+                if total and not active and not api.adaptive_active(settings, sweep_id):  # api.is_settled
                     break
-            if recorder is not None and recorder.handed_over_to is not None:
-                recorder = None  # it yielded to a dashboard, whose recorder now updates the statuses
-            if recorder is None:  # the recorder elsewhere may have stopped: take over if we can
-                recorder = start_if_free(settings)
-            watch.check()
-            nap(recorder, poll_s)
-    finally:
-        bar.close()
-        if recorder is not None:
-            recorder.stop()
+                if recorder is not None and recorder.store_damaged is not None:
+                    raise recorder.store_damaged  # one line (main); the events wait unacknowledged on the bus
+                if recorder is not None and recorder.disk_full is not None:
+                    # its running runs are failed with the reason; queued ones fail in their worker: wait for
+                    # that a little (the registry may be unable to write), then stop waiting with the line
+                    disk_full = recorder.disk_full
+                    full_since = full_since or time.monotonic()
+                    if time.monotonic() - full_since > settings.lost_after_s + 5:
+                        break
+                if recorder is not None and recorder.handed_over_to is not None:
+                    recorder = None  # it yielded to a dashboard, whose recorder now updates the statuses
+                if recorder is None:  # the recorder elsewhere may have stopped: take over if we can
+                    recorder = start_if_free(settings)
+                watch.check()
+                nap(recorder, poll_s)
+        finally:
+            bar.close()
+            if recorder is not None:
+                recorder.stop()
     counts = api.sweep_progress(settings, sweep_id)
     bad = {k: v for k, v in counts.items() if v and k not in ("done", "diverged")}
     why = _why_failed(settings, sweep_id) if bad else ""
@@ -165,18 +191,17 @@ def _live_store(recorder: Any) -> Any:
     return getattr(recorder, "store", None)
 
 
-def steps_progress(settings: Settings, sweep_id: str, store: Any = None) -> tuple[dict[str, int], int, int]:
+def steps_progress(
+    settings: Settings, sweep_id: str, store: Any = None, registry: Any = None
+) -> tuple[dict[str, int], int, int]:
     """(runs per status as the sweep reads them, steps done, total steps) for the progress bar. Total:
     runs × the spec's steps. Done: every step of the runs that ended (done, diverged, failed, cancelled,
-    lost), plus, given `store`, each running run's last logged step + 1 (storage.progress.last_steps:
-    one query); without it running runs count 0 (run counts, the fallback). One registry open."""
-    import duckdb
-
-    from storage.progress import last_steps
-    from storage.queries import QuerySource
+    lost), plus, given `store`, each running run's last logged step + 1 (storage.progress.last_step_of:
+    one query); without it running runs count 0 (run counts, the fallback). `registry`: an open one
+    (wait_for's), else one is opened for this call."""
     from storage.registry import Registry, runs_columns
 
-    with Registry(settings.registry_url) as reg:
+    with contextlib.nullcontext(registry) if registry is not None else Registry(settings.registry_url) as reg:
         sweep = reg.get_sweep(sweep_id)
         if sweep is None:
             raise UserError(f"no sweep {sweep_id!r}")
@@ -185,15 +210,19 @@ def steps_progress(settings: Settings, sweep_id: str, store: Any = None) -> tupl
         ended = sum(counts.values()) - counts.get("queued", 0) - counts.get("running", 0)
         done = ended * per_run
         if counts.get("running") and store is not None:
+            import duckdb  # the readers only here: while a dashboard records, this process never reads the store
+
+            from storage.progress import last_step_of
+            from storage.queries import QuerySource
+
             # a sweep reads a queued or running run by its current attempt, as last_steps does
             cols = runs_columns(reg, sweep_id=sweep_id, fields=("run_id", "status"))
             running = [r for r, status in zip(cols["run_id"], cols["status"], strict=True) if status == "running"]
             try:
-                last = last_steps(QuerySource(store, reg), running)
+                last = last_step_of(QuerySource(store, reg), running)
             except (RuntimeError, OSError, duckdb.Error):  # closed meanwhile, or damaged (the recorder says)
-                last = None
-            if last is not None:
-                done += int((last["last_step"] + 1).clip(upper=per_run).sum())
+                last = {}
+            done += sum(min(step + 1, per_run) for step in last.values())
     return counts, done, sum(counts.values()) * per_run
 
 

@@ -19,17 +19,19 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from storage.expression import ExpressionError, compile_expression  # noqa: F401 - re-exported
 from storage.metric_store import MetricStore, open_reader, read_run_arrays
 from storage.registry import Registry, runs_columns, runs_frame
 from storage.settings import Settings
+
+if TYPE_CHECKING:  # imported where a frame is made: `sweep --wait` reads progress without it (0.2 s)
+    import pandas as pd
 
 STATS = ("final", "best", "tail", "at_step", "steps_to")
 # tail: the mean over the last 10 % of a run's logged steps, as engine.analysis.tail_steps counts them
@@ -263,6 +265,8 @@ def heatmap(source: Settings | QuerySource, sweep_id: str, metric: str = "train_
         raise QueryError(f"step: stat='at_step' needs an integer step >= 0 (got {step!r})")
     if stat == "steps_to" and (threshold is None or not np.isfinite(threshold)):
         raise QueryError(f"threshold: stat='steps_to' needs a finite threshold (got {threshold!r})")
+    import pandas as pd
+
     with _open(source) as (cur, registry):
         cols = runs_columns(registry, sweep_id=sweep_id,
                             fields=("run_id", "gamma", "eta", "shown_status", "shown_attempt", "newer_status"))
@@ -379,6 +383,8 @@ def trajectory_rows(source: Settings | QuerySource, run_ids: Sequence[str], metr
     together), all in one query (_TRAJ_SQL)."""
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
         raise QueryError(f"max_points: must be an integer >= 4 (got {max_points!r})")
+    import pandas as pd
+
     run_ids = list(dict.fromkeys(run_ids))
     metrics = list(dict.fromkeys(str(m) for m in metrics))
     empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
@@ -408,6 +414,8 @@ def overlay(source: Settings | QuerySource, run_ids: Sequence[str], metric: str 
     """Trajectories with a per-run x: t, eta_t (η·t), eta_t_over_gamma (η·t/γ),
     eta_t_over_gamma_2_over_L (η·t/γ^(2/L)) or an expression over t, eta, gamma, L, N
     (storage.expression; never eval). t is the 0-based step. Columns run_id, x, value, gamma, eta, kind."""
+    import pandas as pd
+
     fn = compile_expression(NAMED_X.get(x, x))  # ExpressionError for anything outside the grammar
     series = trajectories(source, run_ids, metric=metric, max_points=max_points, log_x=log_x)
     with _open(source) as (_cur, registry):
@@ -431,6 +439,8 @@ def seed_bands(source: Settings | QuerySource, sweep_id: str, gamma: float, eta:
                metric: str = "train_loss", max_points: int = 1000) -> pd.DataFrame:
     """Across the seeds of one (γ, η) cell, per step: mean, std (sample), min, max and n (finite values
     at that step). Steps are thinned to at most max_points, log-spaced, so long runs stay light."""
+    import pandas as pd
+
     with _open(source) as (cur, registry):
         runs = pd.DataFrame(runs_columns(registry, sweep_id=sweep_id, fields=("run_id", "gamma", "eta",
                                                                               "shown_attempt")))

@@ -191,6 +191,7 @@ def top_hessian_eigenvalue_lanczos(
     tol: float = 1e-3,
     *,
     hvp: HVP | None = None,
+    restrict: Callable[[Tensor], HVP] | None = None,
 ) -> tuple[Tensor, Params, int]:
     """Top (largest) eigenvalue of each member's loss Hessian by Lanczos on Hessian-vector products.
 
@@ -207,6 +208,10 @@ def top_hessian_eigenvalue_lanczos(
     depends on its own parameters only (dropping or adding other members changes no bit of it).
     The products stop when every member is done, or after max_iters (then the members not done take
     that step's). Members with non-finite values (diverged) get NaN and do not hold up the rest.
+    `restrict(positions)`, where given, builds the product of those members alone: once at most
+    RESTRICT_AT of the members the product computes are still not done, the rest of the products run
+    on those only (a done member's later steps change nothing of its result), so a few slow members
+    no longer cost a product of the whole ensemble each.
     Returns (eigenvalue (K,), Ritz unit vector per member (the next call's `init`), products used).
     """
     hvp, k, v = _hvp_start(loss, params, init, generator, hvp)
@@ -220,8 +225,18 @@ def top_hessian_eigenvalue_lanczos(
     eig = torch.full((k,), float("nan"), dtype=dtype, device=device)  # each member's result so far
     y_all = torch.zeros(k, max_iters, dtype=dtype, device=device)  # its Ritz vector's coefficients
     prev = torch.full((k,), float("inf"), dtype=dtype, device=device)
+    op, computed = hvp, k  # the product in use and how many members it computes
+    rows: Tensor | None = None  # their positions (None: every member)
     for i in range(max_iters):
-        w = hvp(basis[-1])
+        if restrict is not None and i > 0:
+            open_ = (~settled).nonzero().squeeze(1)
+            if len(open_) <= RESTRICT_AT * computed:
+                op, rows, computed = restrict(open_), open_, len(open_)
+        if rows is None:
+            w = op(basis[-1])
+        else:  # the members done before get 0: their later steps are never read
+            part = op({n: t[rows] for n, t in basis[-1].items()})
+            w = {n: torch.zeros_like(t).index_copy_(0, rows, part[n]) for n, t in basis[-1].items()}
         alpha = _dot(basis[-1], w, k)
         finite &= torch.isfinite(alpha) | settled
         # the three-term recurrence, orthogonalized against the last two Lanczos vectors twice
@@ -260,6 +275,11 @@ def top_hessian_eigenvalue_lanczos(
         ritz = _axpy(ritz, q, y_all[:, j], k)
     eig = torch.where(finite, eig, float("nan"))
     return eig.detach(), unit_vectors(ritz, k), len(alphas)
+
+
+# top_hessian_eigenvalue_lanczos's restrict: a product of the members still open once they are at most
+# this share of those the current product computes (building one costs about a product of them)
+RESTRICT_AT = 0.75
 
 
 def _axpy(a: Params, b: Params, c: Tensor, k: int) -> Params:

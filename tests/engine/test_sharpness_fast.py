@@ -137,3 +137,39 @@ def test_a_members_eigenvalue_does_not_depend_on_the_other_members():
     assert used_alone < used  # member 1 kept the products going
     assert both[0].item() == alone[0].item() and both[0].item() == pytest.approx(1.0, rel=1e-9)
     assert torch.equal(vec_both["theta"][0], vec_alone["theta"][0])
+
+
+def test_products_restricted_to_the_open_members_change_no_bit_and_compute_fewer():
+    # the MLP's hand-written product, restricted to the members not done yet (restrict): every member's
+    # eigenvalue and vector are the same bits as with every product on the whole ensemble, and the
+    # slow members' last products compute only them
+    arch = "mlp"
+    configs = configs_of(arch, CELLS * 3, steps=1)
+    from engine.models import build_model
+
+    model = build_model(configs[0].model, SHAPES[arch], 3)
+    params, _ = model.init_pair([c.seed for c in configs], dtype=torch.float64)
+    k = len(configs)
+    gamma = torch.tensor([c.gamma for c in configs], dtype=torch.float64)
+    batch = SyntheticStream(SHAPES[arch], batch_size=16).next_batch()
+    with torch.no_grad():  # members apart from θ0, each differently, so that they converge at different steps
+        for p in params.values():
+            p.add_(0.3 * torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(2)))
+
+    def build(rows=None):
+        pick = params if rows is None else {n: v[rows] for n, v in params.items()}
+        g = gamma if rows is None else gamma[rows]
+        return model.hvp_operator(pick, batch.x, None, g, "mse", batch.target, batch.label)
+
+    computed = []
+
+    def restrict(rows):
+        computed.append(len(rows))
+        return build(rows)
+
+    start = {n: torch.randn(v.shape, dtype=v.dtype, generator=torch.Generator().manual_seed(3)) for n, v in params.items()}
+    full = M.top_hessian_eigenvalue_lanczos(None, params, 40, start, tol=1e-6, hvp=build())
+    part = M.top_hessian_eigenvalue_lanczos(None, params, 40, start, tol=1e-6, hvp=build(), restrict=restrict)
+    assert computed and computed[-1] < k / 2  # the last products ran on fewer than half the members
+    assert torch.equal(full[0], part[0]) and full[2] == part[2]
+    assert all(torch.equal(full[1][n], part[1][n]) for n in params)

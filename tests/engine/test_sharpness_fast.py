@@ -167,7 +167,8 @@ def test_products_restricted_to_the_open_members_change_no_bit_and_compute_fewer
         computed.append(len(rows))
         return build(rows)
 
-    start = {n: torch.randn(v.shape, dtype=v.dtype, generator=torch.Generator().manual_seed(3)) for n, v in params.items()}
+    gen = torch.Generator().manual_seed(3)
+    start = {n: torch.randn(v.shape, dtype=v.dtype, generator=gen) for n, v in params.items()}
     full = M.top_hessian_eigenvalue_lanczos(None, params, 40, start, tol=1e-6, hvp=build())
     part = M.top_hessian_eigenvalue_lanczos(None, params, 40, start, tol=1e-6, hvp=build(), restrict=restrict)
     assert computed and computed[-1] < k / 2  # the last products ran on fewer than half the members

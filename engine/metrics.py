@@ -217,7 +217,9 @@ def top_hessian_eigenvalue_lanczos(
     hvp, k, v = _hvp_start(loss, params, init, generator, hvp)
     first = next(iter(v.values()))
     dtype, device = first.dtype, first.device
-    basis: list[Params] = [v]
+    # the Lanczos vectors, each with the rows (member positions) it holds: None for every member, or
+    # the members still open when it was made, once the products are restricted to those
+    basis: list[tuple[Tensor | None, Params]] = [(None, v)]
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
     finite = torch.ones(k, dtype=torch.bool, device=device)
@@ -226,27 +228,28 @@ def top_hessian_eigenvalue_lanczos(
     y_all = torch.zeros(k, max_iters, dtype=dtype, device=device)  # its Ritz vector's coefficients
     prev = torch.full((k,), float("inf"), dtype=dtype, device=device)
     op, computed = hvp, k  # the product in use and how many members it computes
-    rows: Tensor | None = None  # their positions (None: every member)
+    rows: Tensor | None = None  # their positions (None: every member); every step's work is on these
     for i in range(max_iters):
         if restrict is not None and i > 0:
             open_ = (~settled).nonzero().squeeze(1)
             if len(open_) <= RESTRICT_AT * computed:
                 op, rows, computed = restrict(open_), open_, len(open_)
-        if rows is None:
-            w = op(basis[-1])
-        else:  # the members done before get 0: their later steps are never read
-            part = op({n: t[rows] for n, t in basis[-1].items()})
-            w = {n: torch.zeros_like(t).index_copy_(0, rows, part[n]) for n, t in basis[-1].items()}
-        alpha = _dot(basis[-1], w, k)
-        finite &= torch.isfinite(alpha) | settled
+        n_rows = k if rows is None else len(rows)
+        recent = [_rows_of(q, held, rows) for held, q in basis[-2:]]  # the last two vectors, these rows
+        w = op(recent[-1])
+        alpha = _dot(recent[-1], w, n_rows)
         # the three-term recurrence, orthogonalized against the last two Lanczos vectors twice
         # (Gram–Schmidt): not against every earlier one, which cost more than the products themselves
         # (a pass over each stored vector per step); the lost orthogonality that builds up once the
         # top Ritz value has converged only repeats converged values (Paige), it does not move the top
         for _ in range(2):
-            for q in basis[-2:]:
-                w = _axpy(w, q, -_dot(q, w, k), k)
-        beta = _dot(w, w, k).sqrt()
+            for q in recent:
+                w = _axpy(w, q, -_dot(q, w, n_rows), n_rows)
+        beta = _dot(w, w, n_rows).sqrt()
+        if rows is not None:  # the members done before: 0 (their later steps are never read)
+            alpha = alpha.new_zeros(k).index_copy_(0, rows, alpha)
+            beta = beta.new_zeros(k).index_copy_(0, rows, beta)
+        finite &= torch.isfinite(alpha) | settled
         finite &= torch.isfinite(beta) | settled
         alphas.append(torch.where(finite & torch.isfinite(alpha), alpha, 0))  # eigh takes finite input only
         betas.append(torch.where(finite & torch.isfinite(beta), beta, 0))
@@ -268,13 +271,30 @@ def top_hessian_eigenvalue_lanczos(
         settled |= take
         if last:
             break
-        safe = torch.where(betas[-1] > 0, betas[-1], 1)
-        basis.append({n: t_ / safe.view(-1, *([1] * (t_.dim() - 1))) for n, t_ in w.items()})
+        own = betas[-1] if rows is None else betas[-1][rows]
+        safe = torch.where(own > 0, own, 1)
+        basis.append((rows, {n: t_ / safe.view(-1, *([1] * (t_.dim() - 1))) for n, t_ in w.items()}))
     ritz = {n: torch.zeros_like(t_) for n, t_ in v.items()}
-    for j, q in enumerate(basis[: len(alphas)]):
-        ritz = _axpy(ritz, q, y_all[:, j], k)
+    for j, (held, q) in enumerate(basis[: len(alphas)]):
+        if held is None:
+            ritz = _axpy(ritz, q, y_all[:, j], k)
+        else:  # the same fused pass on those rows
+            part = _axpy({n: t_[held] for n, t_ in ritz.items()}, q, y_all[held, j], len(held))
+            for n in ritz:
+                ritz[n].index_copy_(0, held, part[n])
     eig = torch.where(finite, eig, float("nan"))
     return eig.detach(), unit_vectors(ritz, k), len(alphas)
+
+
+def _rows_of(q: Params, held: Tensor | None, rows: Tensor | None) -> Params:
+    """The rows `rows` (member positions; None: every member) of a Lanczos vector holding the rows
+    `held` (None: every member; else a sorted superset of rows)."""
+    if rows is None:
+        return q
+    at = rows if held is None else torch.searchsorted(held, rows)
+    if held is not None and len(held) == len(rows):
+        return q
+    return {n: t[at] for n, t in q.items()}
 
 
 # top_hessian_eigenvalue_lanczos's restrict: a product of the members still open once they are at most

@@ -200,7 +200,7 @@ class TrainConfig:
     probe_size: int = 128
     optimizer: str = "sgd"  # left out of the canonical JSON when "sgd": ids from before it stay valid
     # the costly metrics' share of the training time the eval schedule keeps within (engine.diagnostics_cost:
-    # fewer eval points on short runs, never fewer than 5); 0: no bound, every point asked for up to one
+    # fewer eval points on short runs, never fewer than 3); 0: no bound, every point asked for up to one
     # per 20 steps. Left out of the canonical JSON at its default, as optimizer
     eval_budget: float = 0.5
 

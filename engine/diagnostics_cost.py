@@ -1,27 +1,35 @@
 """When the costly metrics run, and what they cost against training (issue #13 item 5).
 
 `eval_plan` is the trainer's schedule: eval_points log-spaced steps, at most one per
-EVAL_STEPS_PER_POINT steps of the run and no more than the cost model below fits in DIAGNOSTICS_BUDGET
-of the training time (never fewer than EVAL_MIN_POINTS). `diagnostics_cost` is that model's share of
-the training time per metric, for the Launch page; it needs only the config (no torch here: the
+EVAL_STEPS_PER_POINT steps of the run (but EVAL_MIN_POINTS on short runs) and no more than the cost
+model below fits in train.eval_budget of the training time (but EVAL_MIN_BUDGET_POINTS: the first
+step, one between and the last, whatever they cost). `diagnostics_cost` is that model's share of the
+training time per metric, for the Launch page; it needs only the config (no torch here: the
 dashboard imports it).
 
 The model counts cost in training steps of the ensemble (a step ≈ 3 forward passes on a batch: the
 forward and a backward twice its cost), per eval:
 
-  test        a forward of θ on the held-out set (θ0's is computed once per unit): ≈ (2/3)·n_test / B
+  test        a forward of θ on the held-out set (θ0's is computed once per unit): ≈ 0.5·n_test / B
   alignment   the features' forward on the probe, ≈ P / (3B), and the NTK on the first P' ≤ 64
-              probe points: the MLP's closed form ≈ 0.75·C·P' / B; other architectures take P'·C
+              probe points: the MLP's closed form ≈ 0.64·C·P' / B; other architectures take P'·C
               backward passes (jacobians, member by member) ≈ (2/3)·C·P'² / B
-  sharpness   Lanczos: about 30 Hessian-vector products on the probe at the first eval (a random
-              start) and 4 warm-started after, each ≈ 2·P / B for the MLP's hand-written product,
-              ≈ 2.5·P / B by double backward for the other architectures
+  sharpness   Lanczos on the probe. The MLP's products are restricted to the members not done yet
+              (engine.metrics.RESTRICT_AT), so its cost is counted in products of the whole ensemble,
+              ≈ 3.5·P / B each with the recurrence's vector work: ~15 at the first eval (from the
+              gradient and a random direction) and ~4 at each later one (warm-started; the operator's
+              set-up included). The other architectures run every product on every member, by
+              double backward (≈ 2.5·P / B): ~20 at the first eval, ~8 at each later one
   movement    one pass over the weights: ≈ 0
 
 The constants are fitted to the 36-cell MLP of bench/engine.py (width 256, L = 3, batch 128, probe 128,
-test set 1000; CPU), where one eval measured ≈ 5 (test) and 4 (alignment) training steps, and a
-Hessian-vector product 1.7–2.5 steps by hand (the MLP), 2.1–2.3 by double backward (two threads,
-2026-12-06, a loaded machine: bench/sharpness.py). They are estimates for choosing settings, not promises.
+test set 1000, 2 seeds; CPU, two threads, a quiet machine, 2026-12-07), where an eval measured 3.6–4.2
+training steps (test), 3.4–3.7 (alignment) and 14 (a warm sharpness), and the first eval's sharpness
+51 with every member on its own. A unit whose training step is dearer (many seeds: θ0's forward per
+seed) pays fewer steps for the same evals, and a grid with several η per seed and γ evaluates those
+members once at step 0 (engine.trainer.DEDUPLICATE_EVALS: a third of the first sharpness on the
+benchmark grid): the model counts neither, so it errs high (bench/diagnostics_cost.py prints both).
+They are estimates for choosing settings, not promises.
 """
 
 from __future__ import annotations
@@ -30,22 +38,26 @@ import numpy as np
 
 from engine.config import RunConfig, TrainConfig
 
-# One eval of the default costly metrics costs about 17 training steps (above): 30 evals of a 200-step
-# run would cost 2.5× its training. At most one eval per 20 steps keeps them near training's own cost
+# One eval of the default costly metrics costs about 21 training steps (above): 30 evals of a 200-step
+# run would cost 3× its training. At most one eval per 20 steps keeps them near training's own cost
 # (the budget below keeps them within half of it).
 EVAL_STEPS_PER_POINT = 20
-EVAL_MIN_POINTS = 5  # short runs (tests, a first look) keep a few
+EVAL_MIN_POINTS = 5  # short runs (tests, a first look) keep a few, where the budget allows
+EVAL_MIN_BUDGET_POINTS = 3  # the budget leaves at least the first step, one between and the last
 # and no more evals than the cost model puts within train.eval_budget (default 0.5) of the training
 # time (issue #13: the diagnostics at most half of training); long runs keep every point asked for
 DIAGNOSTICS_BUDGET = TrainConfig.eval_budget
 NTK_PROBE_MAX = 64  # engine.trainer.NTK_PROBE_MAX
-# Lanczos stops each eval when every member is done (engine.trainer.SHARPNESS_TOL): on the benchmark
-# grid (bench/sharpness.py) ~30 products from the random start, 1–8 warm-started after
-SHARPNESS_PRODUCTS_COLD = 30
+# Lanczos stops each eval when every member is done (engine.trainer.SHARPNESS_TOL): the MLP's cost in
+# products of the whole ensemble (restricted products count by the members they compute; the first
+# eval, then each later one), the other architectures' in products (every one on every member)
+SHARPNESS_PRODUCTS_COLD = 15
 SHARPNESS_PRODUCTS_WARM = 4
+SHARPNESS_ITERATIONS_COLD = 20
+SHARPNESS_ITERATIONS_WARM = 8
 # one Hessian-vector product on B points, in training steps on B points: the MLP's hand-written one
-# (engine.mlp.MLP.hvp_operator) and double backward for the other architectures
-HVP_STEPS_MLP = 2.0
+# (engine.mlp.MLP.hvp_operator) with the recurrence's vector work, and double backward for the others
+HVP_STEPS_MLP = 3.5
 HVP_STEPS_AUTOGRAD = 2.5
 
 
@@ -63,12 +75,15 @@ def eval_steps(steps: int, points: int) -> list[int]:
 
 def eval_schedule(steps: int, points: int, budget: int | None = None) -> list[int]:
     """The steps the costly metrics run at: eval_steps with at most max(EVAL_MIN_POINTS,
-    min(steps // EVAL_STEPS_PER_POINT, budget)) points, so that their cost follows the run's length
-    (budget: the most evals whose estimated cost stays within DIAGNOSTICS_BUDGET of training,
-    eval_budget; None: no such bound). Only the diagnostics' schedule depends on it: training,
-    train_loss and the summaries are unchanged (the last step is always evaluated, so final_test_* is)."""
-    most = steps // EVAL_STEPS_PER_POINT if budget is None else min(steps // EVAL_STEPS_PER_POINT, budget)
-    return eval_steps(steps, min(points, max(EVAL_MIN_POINTS, most)))
+    steps // EVAL_STEPS_PER_POINT) points, so that their cost follows the run's length, and at most
+    max(EVAL_MIN_BUDGET_POINTS, budget) (budget: the most evals whose estimated cost stays within
+    train.eval_budget of training, eval_budget; None: no such bound). Only the diagnostics' schedule
+    depends on it: training, train_loss and the summaries are unchanged (the last step is always
+    evaluated, so final_test_* is)."""
+    most = max(EVAL_MIN_POINTS, steps // EVAL_STEPS_PER_POINT)
+    if budget is not None:
+        most = min(most, max(EVAL_MIN_BUDGET_POINTS, budget))
+    return eval_steps(steps, min(points, most))
 
 
 def eval_plan(cfg: RunConfig) -> list[int]:
@@ -89,14 +104,17 @@ def _cost_per_eval(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
     once: dict[str, float] = {}
     for metric in t.metrics:
         if metric == "test":
-            per[metric] = (2 / 3) * cfg.data.test_size / batch
+            per[metric] = 0.5 * cfg.data.test_size / batch
         elif metric == "alignment":
-            ntk = 0.75 * classes * probe_ntk if cfg.model.arch == "mlp" else (2 / 3) * classes * probe_ntk**2
+            ntk = 0.64 * classes * probe_ntk if cfg.model.arch == "mlp" else (2 / 3) * classes * probe_ntk**2
             per[metric] = (probe / 3 + ntk) / batch
         elif metric == "sharpness":
-            product = (HVP_STEPS_MLP if cfg.model.arch == "mlp" else HVP_STEPS_AUTOGRAD) * probe / batch
-            per[metric] = SHARPNESS_PRODUCTS_WARM * product
-            once[metric] = (SHARPNESS_PRODUCTS_COLD - SHARPNESS_PRODUCTS_WARM) * product
+            if cfg.model.arch == "mlp":
+                product, cold, warm = HVP_STEPS_MLP, SHARPNESS_PRODUCTS_COLD, SHARPNESS_PRODUCTS_WARM
+            else:
+                product, cold, warm = HVP_STEPS_AUTOGRAD, SHARPNESS_ITERATIONS_COLD, SHARPNESS_ITERATIONS_WARM
+            per[metric] = warm * product * probe / batch
+            once[metric] = (cold - warm) * product * probe / batch
         elif metric == "movement":
             per[metric] = 0.0
     return per, once
@@ -105,7 +123,7 @@ def _cost_per_eval(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
 def eval_budget(cfg: RunConfig) -> int:
     """The most evals whose estimated cost (the sharpness's cold start included) stays within
     train.eval_budget × the run's training steps (at least 1; eval_schedule still keeps
-    EVAL_MIN_POINTS)."""
+    EVAL_MIN_BUDGET_POINTS)."""
     per, once = _cost_per_eval(cfg)
     each = sum(per.values())
     if each <= 0:

@@ -5,7 +5,8 @@ state in _Ensemble), every member sees the same fresh batch at step t.
 train_loss (the fresh batch's loss *before* the update) is logged every step, accumulated on the
 device and copied to the host only at flushes (every `flush_every` steps and at eval steps), so the
 hot loop has no host synchronization. The costly diagnostics run on the log-spaced `eval_schedule`
-(engine/diagnostics_cost.py): eval_points of them, at most one per 20 steps of the run (at least 5).
+(engine/diagnostics_cost.py): eval_points of them, at most one per 20 steps of the run (at least 5)
+and no more than fit in train.eval_budget of the training time (at least 3).
 Each run's summary holds final_train_loss (the last batch: one noisy draw), best_train_loss,
 tail_train_loss (the mean over the last 10 % of the steps, engine.analysis.tail_steps: what η* and
 the fits read by default) and, with the test metric, final_test_loss and final_test_acc.

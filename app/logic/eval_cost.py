@@ -7,6 +7,7 @@ from typing import Any
 
 from engine.config import RunConfig
 from engine.diagnostics_cost import (
+    EVAL_MIN_BUDGET_POINTS,
     EVAL_MIN_POINTS,
     EVAL_STEPS_PER_POINT,
     diagnostics_cost,
@@ -26,9 +27,11 @@ def cost_caption(spec: Any) -> str | None:
     n_evals = len(eval_plan(cfg))
     capped = n_evals < len(eval_steps(t.steps, t.eval_points))
     capped_text = (
-        f" (of {t.eval_points} asked: at most one per {EVAL_STEPS_PER_POINT} steps"
-        + (f" and what fits in {t.eval_budget:.0%} of the training time" if t.eval_budget > 0 else "")
-        + f", never fewer than {EVAL_MIN_POINTS})"
+        f" (of {t.eval_points} asked: at most one per {EVAL_STEPS_PER_POINT} steps, {EVAL_MIN_POINTS} on short "
+        "runs"
+        + (f", and what fits in {t.eval_budget:.0%} of the training time, never fewer than "
+           f"{EVAL_MIN_BUDGET_POINTS}" if t.eval_budget > 0 else "")
+        + ")"
         if capped
         else ""
     )

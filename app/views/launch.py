@@ -79,7 +79,8 @@ with st.form(f"{P}.form"):
     field(t[4], "number_input", "Eval points", "train.eval_points", 0, 10_000)
     field(t[4], "number_input", "Metrics' time budget (share of training; 0: none)", "train.eval_budget", 0.0, 1000.0,
           help="fewer eval points on short runs so that the costly metrics take at most this share of the "
-          "training time, by the cost model below (never fewer than 5); 0 keeps every point asked for")
+          "training time, by the cost model below (never fewer than 3: the first step, one between, the "
+          "last); 0 keeps every point asked for, up to one per 20 steps")
     field(st.container(), "multiselect", "Costly metrics on the eval schedule", "train.metrics", METRICS,
           help="test, alignment, sharpness, movement: at the log-spaced eval steps; function: once, at the end "
           "(the outputs and the last layer's Gram matrix on 256 test inputs, for comparing runs' functions)")

@@ -43,9 +43,9 @@ def test_the_cost_caption_appears_and_follows_the_metric_selection(tmp_path, mon
 def test_the_caption_names_the_capped_schedule():
     short = cost_caption(SweepSpec.from_dict({"train": {"steps": 200, "eval_points": 30}}))
     # 200 steps of the default MLP: the 10 that one eval per 20 steps allows would cost more than half
-    # of training, so the budget keeps the minimum, 5
-    assert short is not None and "at 5 eval steps (of 30 asked: at most one per 20 steps" in short
-    assert "50% of the training time" in short
+    # of training, so the budget keeps its minimum, 3
+    assert short is not None and "at 3 eval steps (of 30 asked: at most one per 20 steps" in short
+    assert "what fits in 50% of the training time, never fewer than 3" in short
     long = cost_caption(SweepSpec.from_dict({"train": {"steps": 5000, "eval_points": 30}}))
     assert long is not None and "asked" not in long
     assert cost_caption(SweepSpec.from_dict({"train": {"metrics": []}})) is None

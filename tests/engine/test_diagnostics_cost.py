@@ -69,7 +69,7 @@ def test_theta0_forward_runs_once_per_unit_not_at_every_eval(monkeypatch):
 
     monkeypatch.setattr(model_cls, "raw", spy)
     train_on_stream(configs, SyntheticStream(SHAPES["mlp"]), flush_every=7)
-    evals = len(eval_schedule(30, 5))
+    evals = len(DC.eval_plan(configs[0]))
     assert calls["n"] == evals + 1  # θ at every eval, θ0 once (it was 2 per eval)
 
 
@@ -82,6 +82,11 @@ def test_eval_schedule_follows_the_run_length():
     assert eval_schedule(30, 5) == eval_steps(30, 5)  # a few points stay on short runs
     assert eval_schedule(10, 30) == eval_steps(10, DC.EVAL_MIN_POINTS)
     assert eval_schedule(100, 0) == []
+    # a budget of fewer evals than the length allows bounds them, down to its own minimum: the first
+    # step, one between and the last
+    assert eval_schedule(2000, 30, budget=12) == eval_steps(2000, 12)
+    assert eval_schedule(2000, 30, budget=1) == eval_steps(2000, DC.EVAL_MIN_BUDGET_POINTS) == [0, 44, 1999]
+    assert eval_schedule(200, 30, budget=4) == eval_steps(200, 4)  # below the short runs' 5
 
 
 def test_the_trainer_evaluates_on_the_schedule():
@@ -100,6 +105,8 @@ def test_the_cost_model_constants_are_the_trainers():
     # the products the model expects lie within the trainer's caps
     assert 0 < DC.SHARPNESS_PRODUCTS_COLD <= trainer.SHARPNESS_PRODUCTS_COLD
     assert 0 < DC.SHARPNESS_PRODUCTS_WARM <= trainer.SHARPNESS_PRODUCTS_WARM
+    assert 0 < DC.SHARPNESS_ITERATIONS_COLD <= trainer.SHARPNESS_PRODUCTS_COLD
+    assert 0 < DC.SHARPNESS_ITERATIONS_WARM <= trainer.SHARPNESS_PRODUCTS_WARM
 
 
 def _config(**train: object) -> RunConfig:
@@ -141,8 +148,8 @@ def test_the_schedule_keeps_the_diagnostics_within_half_of_training_where_it_can
         budget = DC.eval_budget(cfg)
         assert len(plan) <= budget
         assert sum(once.values()) + (budget + 1) * sum(per.values()) > DC.DIAGNOSTICS_BUDGET * steps
-    # a short run keeps the minimum even above the budget; a cheap selection keeps every point
-    assert len(DC.eval_plan(_config(steps=200))) == DC.EVAL_MIN_POINTS
+    # a short run keeps the budget's minimum even above the budget; a cheap selection keeps every point
+    assert len(DC.eval_plan(_config(steps=200))) == DC.EVAL_MIN_BUDGET_POINTS
     assert DC.eval_plan(_config(steps=200, metrics=("movement",))) == eval_schedule(200, 30)
     assert DC.eval_plan(_config(steps=20_000)) == eval_steps(20_000, 30)
 

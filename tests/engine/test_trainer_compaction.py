@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from engine.config import ModelConfig
+from engine.diagnostics_cost import eval_plan
 from engine.models import build_model
 from engine.trainer import train_on_stream
 from tests.engine.test_trainer_ensemble import SHAPES, SyntheticStream, make_configs
@@ -83,7 +84,8 @@ def test_compaction_changes_no_recorded_value(arch, monkeypatch):
     assert all("tail_train_loss" in r.summary and "final_test_loss" in r.summary for r in done)
     if "sharpness" in metrics:  # warm-started from the gathered eigenvectors after compaction
         sharp = [p for p in points if p[3] == "sharpness" and p[1] == done[0].run_id]
-        assert len(sharp) == 4 and np.isfinite([p[4] for p in sharp]).all()
+        assert [p[2] for p in sharp] == eval_plan(configs[0]) and np.isfinite([p[4] for p in sharp]).all()
+        assert sharp[-1][2] > 8  # an eval after the compactions (the cancel at the third flush, step 8)
 
 
 @pytest.mark.parametrize("arch", ["mlp", "vit"])

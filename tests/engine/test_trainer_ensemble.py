@@ -7,7 +7,7 @@ import torch
 from engine import metrics as M
 from engine.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from engine.models import build_model
-from engine.trainer import MetricBatch, eval_steps, train_on_stream
+from engine.trainer import MetricBatch, eval_plan, eval_steps, train_on_stream
 
 D64 = torch.float64
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # CUDA cases run where a GPU is present
@@ -234,7 +234,8 @@ def test_eval_metrics_on_schedule_and_train_loss_every_step():
     configs = make_configs("mlp", [(1.0, 0.1, 0), (0.5, 0.3, 1)], steps=30,
                            metrics=("test", "alignment", "sharpness", "movement"), eval_points=5)  # fmt: skip
     results, batches = collect(configs, SyntheticStream((6,)), flush_every=7)
-    sched = eval_steps(30, 5)
+    sched = eval_plan(configs[0])  # eval_steps(30, 5) as train.eval_budget bounds it
+    assert len(sched) >= 3 and sched[0] == 0 and sched[-1] == 29 and set(sched) <= set(eval_steps(30, 5))
     names = ["test_loss", "test_acc", "alignment_feature", "alignment_feature_centered", "alignment_ntk",
              "alignment_ntk_centered", "sharpness", "movement_l1", "movement_l2", "movement_l3"]  # fmt: skip
     for i in range(2):

@@ -10,7 +10,8 @@ In ONE run, on bench/engine.py's grid (36 cells: L = 3 MLP of width 256, batch 1
   defaults    all four (the default train.metrics)
 
 and prints each arm's time beyond training as a share of it (0.5: half as long again as training),
-beside the model's share for the same config. Two grids: "twins", the benchmark's 6 γ × 3 η × 2 seeds,
+beside the model's share for the same config (each arm on its own schedule: a cheap metric alone gets
+more evals within train.eval_budget than the four together). Two grids: "twins", the benchmark's 6 γ × 3 η × 2 seeds,
 where the trainer evaluates the 3 η of a seed and γ once at step 0 (engine.trainer.DEDUPLICATE_EVALS:
 the model does not count that, so it should overestimate there), and "distinct", 6 γ × 6 seeds at
 one η, where it does not apply (the model's constants are checked there).
@@ -99,12 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'grid':9} {'metric':10} {'measured':>9} {'model':>7} {'model/measured':>15}  (shares of training)")
     for name, cells in configs.items():
         base = float(np.median(times[name, "none"]))
-        model = diagnostics_cost(with_metrics(cells, ARMS["defaults"])[0])
         for arm in ARMS:
             if arm == "none":
                 continue
             measured = float(np.median(times[name, arm])) / base - 1
-            predicted = sum(model[m] for m in ARMS[arm])
+            # the arm's own schedule: a cheap metric alone gets more evals within the budget
+            predicted = sum(diagnostics_cost(with_metrics(cells, ARMS[arm])[0]).values())
             ratio = f"{predicted / measured:.2f}" if measured > 0.005 else "-"
             print(f"{name:9} {arm:10} {measured:9.2f} {predicted:7.2f} {ratio:>15}")
     load = os.getloadavg()

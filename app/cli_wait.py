@@ -137,16 +137,19 @@ def wait_for(settings: Settings, sweep_id: str, poll_s: float = 0.5, recorder: A
         recorder = start_if_free(settings)
     # one registry for the whole wait: a new one per poll (its engine, the schema check under SQLite's
     # write lock, every statement compiled anew) was most of the loop's CPU beside the training
+    live = None if recorder is None else LiveSteps(recorder)
     with Registry(settings.registry_url) as registry:
         full_since: float | None = None  # when this process's recorder found the data folder full
         disk_full = None
-        counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder), registry)
+        counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder), registry, _live_steps(live))
         # in steps trained, not runs ended: a one-unit sweep sat at 0 % with a growing ETA until its end
         bar = tqdm(total=max(total, 1), initial=done, file=sys.stderr, unit="step", desc=sweep_id, leave=True)
         watch = WorkerWatch(settings, lambda line: bar.write(line, file=sys.stderr))  # a killed local worker
         try:
             while True:
-                counts, done, total = steps_progress(settings, sweep_id, _live_store(recorder), registry)
+                counts, done, total = steps_progress(
+                    settings, sweep_id, _live_store(recorder), registry, _live_steps(live)
+                )
                 bar.total = max(total, 1)
                 if done != bar.n:
                     bar.update(done - bar.n)  # through update(): tqdm's smoothed rate, hence its ETA
@@ -191,14 +194,48 @@ def _live_store(recorder: Any) -> Any:
     return getattr(recorder, "store", None)
 
 
+class LiveSteps:
+    """The running runs' last train_loss steps as this process's recorder stores their points
+    (Recorder.last_steps): an attempt whose start it applied has no points but those it stored; any
+    other attempt (one that started before this recorder, under the dashboard's, say) is asked of the
+    store once, and its later points come through the recorder."""
+
+    def __init__(self, recorder: Any):
+        self.recorder = recorder
+        self.asked: dict[tuple[str, int], int] = {}  # the store's answer for the attempts it was asked
+
+    def last(self, store: Any, registry: Any, running: list[tuple[str, int]]) -> dict[str, int]:
+        rec = self.recorder
+        unknown = [key for key in running if key not in rec.seen_started and key not in self.asked]
+        if unknown:
+            stored = _stored_last_steps(store, registry, [r for r, _ in unknown])
+            self.asked.update({key: stored.get(key[0], -1) for key in unknown})
+        out = {}
+        for key in running:
+            step = max(rec.last_steps.get(key, -1), self.asked.get(key, -1))
+            if step >= 0:
+                out[key[0]] = step
+        return out
+
+
+def _live_steps(live: LiveSteps | None) -> LiveSteps | None:
+    """live while its recorder records here (else None: the store is another process's)."""
+    return None if live is None or _live_store(live.recorder) is None else live
+
+
 def steps_progress(
-    settings: Settings, sweep_id: str, store: Any = None, registry: Any = None
+    settings: Settings,
+    sweep_id: str,
+    store: Any = None,
+    registry: Any = None,
+    live: LiveSteps | None = None,
 ) -> tuple[dict[str, int], int, int]:
     """(runs per status as the sweep reads them, steps done, total steps) for the progress bar. Total:
     runs × the spec's steps. Done: every step of the runs that ended (done, diverged, failed, cancelled,
     lost), plus, given `store`, each running run's last logged step + 1 (storage.progress.last_step_of:
-    one query); without it running runs count 0 (run counts, the fallback). `registry`: an open one
-    (wait_for's), else one is opened for this call."""
+    one query); without it running runs count 0 (run counts, the fallback). `live`: this process's
+    recorder's steps (LiveSteps), read instead of that query. `registry`: an open one (wait_for's),
+    else one is opened for this call."""
     from storage.registry import Registry, runs_columns
 
     with contextlib.nullcontext(registry) if registry is not None else Registry(settings.registry_url) as reg:
@@ -210,20 +247,30 @@ def steps_progress(
         ended = sum(counts.values()) - counts.get("queued", 0) - counts.get("running", 0)
         done = ended * per_run
         if counts.get("running") and store is not None:
-            import duckdb  # the readers only here: while a dashboard records, this process never reads the store
-
-            from storage.progress import last_step_of
-            from storage.queries import QuerySource
-
             # a sweep reads a queued or running run by its current attempt, as last_steps does
-            cols = runs_columns(reg, sweep_id=sweep_id, fields=("run_id", "status"))
-            running = [r for r, status in zip(cols["run_id"], cols["status"], strict=True) if status == "running"]
-            try:
-                last = last_step_of(QuerySource(store, reg), running)
-            except (RuntimeError, OSError, duckdb.Error):  # closed meanwhile, or damaged (the recorder says)
-                last = {}
+            cols = runs_columns(reg, sweep_id=sweep_id, fields=("run_id", "status", "attempt"))
+            running = [(r, int(a)) for r, status, a in zip(cols["run_id"], cols["status"], cols["attempt"], strict=True)
+                       if status == "running"]  # fmt: skip
+            if live is not None:
+                last = live.last(store, reg, running)  # this process stores them: no query twice a second
+            else:
+                last = _stored_last_steps(store, reg, [r for r, _ in running])
             done += sum(min(step + 1, per_run) for step in last.values())
     return counts, done, sum(counts.values()) * per_run
+
+
+def _stored_last_steps(store: Any, registry: Any, run_ids: list[str]) -> dict[str, int]:
+    """storage.progress.last_step_of on this process's store ({} when it closed meanwhile or is damaged:
+    the recorder says)."""
+    import duckdb  # the readers only here: while a dashboard records, this process never reads the store
+
+    from storage.progress import last_step_of
+    from storage.queries import QuerySource
+
+    try:
+        return last_step_of(QuerySource(store, registry), run_ids)
+    except (RuntimeError, OSError, duckdb.Error):
+        return {}
 
 
 def _why_failed(settings: Settings, sweep_id: str) -> str:

@@ -146,11 +146,17 @@ def _warm_worker(data: Path, env: dict[str, str]) -> None:
     waiting for work while this process lives), returned once it is ready (torch imported)."""
     subprocess.run([sys.executable, "-c", WARM, str(os.getpid())], env=env, cwd=ROOT, check=True, timeout=120,
                    capture_output=True)  # fmt: skip
+    from tasks.planner import measured_throughput
+
     deadline = time.time() + 120
-    while "ready" not in _log_times(data / "queue" / "workers.log"):
+    # ready (torch imported), then done with its one-time calibration in a new data folder (it trains a
+    # small ensemble to measure this machine: tasks.local_worker.calibrate), as a dashboard's workers are
+    # after their first start: a sweep launched meanwhile would wait for it
+    while "ready" not in _log_times(data / "queue" / "workers.log") or measured_throughput(data, "cpu").rate is None:
         if time.time() > deadline:
             raise SystemExit("the warm worker did not get ready in 120 s")
         time.sleep(0.05)
+    time.sleep(0.2)  # from recording its measurement to waiting for work
 
 
 def _stop_workers(data: Path) -> None:

@@ -137,6 +137,11 @@ class Recorder:
         self._sent_batches: dict[tuple[str, int], int] = {}  # (run, attempt) -> batches its finished event names
         self._lost_queue = LostQueue()  # queued units a broker restart without persistence took with it
         self.stats = {"events": 0, "points": 0, "rejected": 0, "batches": 0}
+        # (run, attempt) -> the last train_loss step this recorder stored: `sweep --wait`'s progress bar
+        # reads it in this process instead of querying the store twice a second beside the training;
+        # for the attempts whose start it applied, it holds every point there is (absent: none yet)
+        self.last_steps: dict[tuple[str, int], int] = {}
+        self.seen_started: set[tuple[str, int]] = set()
         self.last_error: str | None = None
         self.store_damaged: StoreCorrupt | None = None  # found damaged while recording: paused, see step
         self.disk_full: DiskFull | None = None  # no space left in the data folder: paused, see step
@@ -234,6 +239,7 @@ class Recorder:
         finished = self._no_gaps(finished)
         if started or beats or finished:
             self.registry.apply_events(started=started, heartbeats=beats, finished=finished)
+        self.seen_started.update((e.run_id, e.attempt) for e in started)
         if finished:
             self.store.checkpoint()
         # export requests last, so they see every point published before them (storage.export)
@@ -256,11 +262,21 @@ class Recorder:
                 continue
             if not ev.get("dry_run"):
                 self._known_runs -= set(ev["run_ids"])  # a late event of a purged run is refused as unknown
+        self._note_last_steps([d for d in points if d in kept])
         self.consumer.ack(kept)
         self.stats["events"] += len(kept)
         self.stats["points"] += stored
         self.stats["batches"] += 1
         return stored
+
+    def _note_last_steps(self, stored: Sequence[Delivery]) -> None:
+        """last_steps after these points events were stored: each one's last train_loss step."""
+        for d in stored:
+            ev = d.event or {}
+            steps = [s for s, m in zip(ev["step"], ev["metric"], strict=True) if m == "train_loss"]
+            if steps:
+                key = (str(ev["run_id"]), int(ev["attempt"]))
+                self.last_steps[key] = max(max(steps), self.last_steps.get(key, -1))
 
     def _ingest_arrays(self, kept: Sequence[Delivery]) -> None:
         """Store the `arrays` of finished events (storage.run_arrays), once per (run, attempt, name). A

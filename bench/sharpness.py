@@ -10,7 +10,9 @@ train_on_stream with
            warm-started after) on products by double backward (engine.metrics.autograd_hvp), every
            member on its own
   autograd the trainer's Lanczos (engine.trainer.SHARPNESS_*) on products by double backward
-  trainer  the trainer's: Lanczos on the MLP's hand-written product (engine.mlp.MLP.hvp_operator)
+  trainer  the trainer's own method: Lanczos on the MLP's hand-written product (engine.mlp.MLP.hvp_operator),
+           its products restricted to the members still open (a product here is one batched call,
+           whatever the number of members it computes)
   (autograd and trainer evaluate the grid's members of one seed and γ once at step 0, as the trainer
   does: engine.trainer.DEDUPLICATE_EVALS; the reference below evaluates every member on its own)
 
@@ -54,9 +56,35 @@ COUNT = {"hvps": 0}
 FORMER_COLD, FORMER_WARM = 20, 8  # the power iteration's products before issue #13
 
 
+TRAINERS = trainer._Evaluator._sharpness  # the trainer's own method, as it is
+
+
+def _counted_trainer(self: Any, ens: Any, start: Params | None, cold: bool) -> tuple[torch.Tensor, Params]:
+    """The trainer's _sharpness as it is (its products restricted to the members still open), counting
+    the batched product calls."""
+    build = self.model.hvp_operator
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        op = build(*args, **kwargs)
+
+        def counted(v: Params) -> Params:
+            COUNT["hvps"] += 1
+            return op(v)
+
+        return counted
+
+    self.model.hvp_operator = counting  # this instance only, for this call
+    try:
+        return TRAINERS(self, ens, start, cold)
+    finally:
+        del self.model.hvp_operator
+
+
 def _method(kind: str) -> Any:
     """An _Evaluator._sharpness with the given method ('former', 'autograd', 'trainer', 'reference'),
     counting Hessian-vector products."""
+    if kind == "trainer":
+        return _counted_trainer
 
     def sharpness(self: Any, ens: Any, start: Params | None, cold: bool) -> tuple[torch.Tensor, Params]:
         model, gamma, loss_kind = self.model, ens.gamma, self.loss_kind

@@ -73,7 +73,7 @@ NTK_PROBE_MAX = 64  # NTK cost grows with P² (MLP) or P·C backward passes (oth
 # from the previous eval's Ritz vector), each member done at a Ritz residual of SHARPNESS_TOL·λ. The
 # residual bounds the distance to the nearest eigenvalue, which for a close top pair can be the second:
 # at 1e-2 one member of bench/engine.py's grid read 1.8% low at init (its top gap ~2%); at 3e-3 every
-# member is within 5e-5 of the top eigenvalue (float64 reference; bench/sharpness.py)
+# (member, eval) of that grid's run is within 2.3e-4 of a float64 reference (bench/sharpness.py)
 SHARPNESS_PRODUCTS_COLD = 40
 SHARPNESS_PRODUCTS_WARM = 20
 SHARPNESS_TOL = 3e-3

@@ -13,11 +13,9 @@ import pytest
 
 import storage.progress
 from app.cli_wait import LiveSteps, steps_progress
-from engine.config import ModelConfig, RunConfig
-from storage.bus import open_publisher
 from storage.recorder import Recorder
-from storage.registry import Registry
-from storage.settings import load_settings
+
+from .live_sweep import three_runs
 
 STEPS = 100
 
@@ -25,14 +23,7 @@ STEPS = 100
 def test_progress_reads_the_recorders_steps_and_queries_only_what_it_lacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = load_settings(data_dir=tmp_path / "data")
-    settings.ensure_dirs()
-    configs = [RunConfig(model=ModelConfig(width=8, depth=3), gamma=g, eta=0.1, seed=0) for g in (0.1, 1.0, 10.0)]
-    reg = Registry(settings.registry_url)
-    sweep_id = reg.create_sweep("live", "t", {"train": {"steps": STEPS}})
-    reg.add_runs(sweep_id, configs)
-    a, b, queued = (c.run_id for c in configs)
-    pub = open_publisher(settings)
+    settings, reg, sweep_id, (a, b, _queued), pub = three_runs(tmp_path, STEPS)
     steps = np.arange(STEPS)
     queries: list[list[str]] = []
     real = storage.progress.last_step_of

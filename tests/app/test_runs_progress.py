@@ -12,11 +12,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.logic.source import progress_line, with_progress
-from engine.config import ModelConfig, RunConfig
-from storage.bus import open_publisher
 from storage.recorder import Recorder
-from storage.registry import Registry
-from storage.settings import load_settings
+
+from .live_sweep import three_runs
 
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 STEPS = 1000
@@ -29,14 +27,7 @@ def _runs_frame(at: AppTest) -> pd.DataFrame:
 
 
 def test_running_runs_show_their_progress_and_it_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load_settings(data_dir=tmp_path / "data")
-    settings.ensure_dirs()
-    configs = [RunConfig(model=ModelConfig(width=8, depth=3), gamma=g, eta=0.1, seed=0) for g in (0.1, 1.0, 10.0)]
-    reg = Registry(settings.registry_url)
-    sweep_id = reg.create_sweep("live", "t", {"train": {"steps": STEPS}})
-    reg.add_runs(sweep_id, configs)
-    running, other, queued = (c.run_id for c in configs)
-    pub = open_publisher(settings)
+    settings, reg, sweep_id, (running, other, queued), pub = three_runs(tmp_path, STEPS)
     steps = np.arange(STEPS)
     pub.started(running, 0, "w")
     pub.points(running, 0, steps[:250], ["train_loss"] * 250, np.ones(250))

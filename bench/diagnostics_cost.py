@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"round {i + 1}: " + "; ".join(f"{n} training {times[n, 'none'][-1]:.2f} s, defaults "
                                            f"{times[n, 'defaults'][-1]:.2f} s" for n in configs))  # fmt: skip
     print(f"{'grid':9} {'metric':10} {'measured':>9} {'model':>7} {'model/measured':>15}  (shares of training)")
+    result: dict[str, float] = {}
     for name, cells in configs.items():
         base = float(np.median(times[name, "none"]))
         for arm in ARMS:
@@ -108,8 +110,10 @@ def main(argv: list[str] | None = None) -> None:
             predicted = sum(diagnostics_cost(with_metrics(cells, ARMS[arm])[0]).values())
             ratio = f"{predicted / measured:.2f}" if measured > 0.005 else "-"
             print(f"{name:9} {arm:10} {measured:9.2f} {predicted:7.2f} {ratio:>15}")
+            result[f"{name}_{arm}_measured"], result[f"{name}_{arm}_model"] = measured, predicted
     load = os.getloadavg()
     print(f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

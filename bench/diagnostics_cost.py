@@ -71,14 +71,61 @@ def timed(configs: list[RunConfig]) -> float:
     return time.perf_counter() - t0
 
 
+# MLP sizes for --sizes: (width, batch, cells), from overhead-bound (a step is mostly op dispatch) to
+# work-bound (GEMMs); the Launch page's quick demo is (32, 32, 12), the benchmark grid (256, 128, 36)
+SIZES = [(16, 16, 4), (32, 32, 12), (64, 32, 8), (64, 64, 12), (128, 64, 12), (128, 128, 24), (256, 128, 36),
+         (512, 128, 12)]
+QUICK_SIZES = [(16, 16, 4), (64, 64, 8)]
+
+
+def sized(width: int, batch: int, cells: int, steps: int) -> list[RunConfig]:
+    """`cells` cells of bench/engine.py's γ × η grid at one MLP width and batch, each with its own seed (no
+    twins at step 0: the model does not count them)."""
+    grid = argparse.Namespace(cells=cells, width=width, batch=batch, steps=steps, dataset="mnist1d")
+    return [dataclasses.replace(c, seed=i) for i, c in enumerate(make_grid(grid))]
+
+
+def sizes(args: argparse.Namespace) -> None:
+    """--sizes: the defaults' measured share against the model's, MLP sizes from overhead- to work-bound."""
+    steps = 100 if args.quick else args.steps
+    table = QUICK_SIZES if args.quick else SIZES
+    repeat = args.repeat or (1 if args.quick else 2)
+    load = os.getloadavg()
+    print(f"MLP sizes, L=3, MNIST-1D, {steps} steps, defaults (eval_points = {DEFAULTS.eval_points}, eval_budget = "
+          f"{DEFAULTS.eval_budget}); {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores; "
+          f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
+    timed(with_metrics(sized(32, 32, 2, 20), ARMS["defaults"]))  # warm-up: one-time costs out of the timings
+    print(f"{'width':>5} {'batch':>5} {'cells':>5} {'evals':>5} {'training s':>10} {'measured':>9} {'model':>7} "
+          f"{'model/measured':>15}  (the defaults' share of training)")  # fmt: skip
+    result: dict[str, float] = {}
+    for width, batch, cells in table:
+        plain = with_metrics(sized(width, batch, cells, steps), ARMS["none"])
+        full = with_metrics(plain, ARMS["defaults"])
+        base = float(np.median([timed(plain) for _ in range(repeat)]))
+        measured = float(np.median([timed(full) for _ in range(repeat)])) / base - 1
+        predicted = sum(diagnostics_cost(full[0]).values())
+        ratio = predicted / measured if measured > 0.005 else float("nan")
+        print(f"{width:5} {batch:5} {cells:5} {len(eval_plan(full[0])):5} {base:10.2f} {measured:9.2f} "
+              f"{predicted:7.2f} {ratio:15.2f}")  # fmt: skip
+        key = f"w{width}_b{batch}_k{cells}"
+        result[f"{key}_measured"], result[f"{key}_model"] = measured, predicted
+    load = os.getloadavg()
+    print(f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print("RESULT " + json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", action="store_true", help="the defaults across MLP sizes (the model's overhead regime)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.sizes:
+        sizes(args)
+        return
     grid = argparse.Namespace(cells=36, width=256, batch=128, steps=args.steps, dataset="mnist1d")
     if args.quick:
         grid.cells, grid.width, grid.steps = 6, 32, 40

@@ -24,6 +24,7 @@ ACTIVATIONS = ("relu", "tanh", "linear")
 DATASETS = ("teacher", "mnist1d", "digits", "cifar5m", "mnist1m", "npz")
 FILE_DATASETS = ("cifar5m", "mnist1m", "npz")
 IMAGE_ARCHS = ("cnn", "resnet", "vit")
+DIGITS_MAX_HELD_OUT = 300  # the 8×8 digits hold out at most this many of their 1,797 images
 LOSSES = ("mse", "xent")
 DTYPES = ("auto", "float32", "float64")
 # "function" (opt-in, not in TrainConfig's default): a snapshot of the final function, engine.function_probe
@@ -181,6 +182,12 @@ class DataConfig:
         object.__setattr__(self, "noise", float(self.noise))
         _int("data.test_size", self.test_size, 1, 10_000_000)
         _int("data.data_seed", self.data_seed, 0, 2**31 - 1)
+
+    @property
+    def held_out_size(self) -> int:
+        """The examples in the held-out test set: test_size, but at most DIGITS_MAX_HELD_OUT of the
+        8×8 digits (a small set that must still train: engine.data_digits)."""
+        return min(self.test_size, DIGITS_MAX_HELD_OUT) if self.dataset == "digits" else self.test_size
 
 
 @dataclass(frozen=True)

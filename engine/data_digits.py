@@ -18,7 +18,6 @@ from engine.data_finite import FiniteStream, RowSource, XLayout
 from engine.data_stream import DataError
 
 N_CLASSES = 10
-MAX_HELD_OUT = 300
 PIXEL_MAX = 16.0  # the digits' pixel values are integers 0..16
 
 
@@ -37,7 +36,7 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def held_out_size(cfg: DataConfig) -> int:
-    return min(cfg.test_size, MAX_HELD_OUT)
+    return cfg.held_out_size
 
 
 def n_train(cfg: DataConfig) -> int:

@@ -30,6 +30,20 @@ seed) pays fewer steps for the same evals, and a grid with several η per seed a
 members once at step 0 (engine.trainer.DEDUPLICATE_EVALS: a third of the first sharpness on the
 benchmark grid): the model counts neither, so it errs high (bench/diagnostics_cost.py prints both).
 They are estimates for choosing settings, not promises.
+
+The overhead regime. Those counts are work, and a small MLP's step is not work: at width 32 and batch
+32 it is ≈ 0.5 ms of operator dispatch around ≈ 0.03 ms of arithmetic, and an eval, which runs
+several times the operators of a step on a few times its examples, costs a few steps, not the tens the
+work model counts (the quick demo's defaults were priced at +206% of training; measured, +52%). So in
+units of a step's work, a step costs 1 + ρ and an eval its work plus ρ × its overhead-bound cost
+(OVERHEAD_*: what an eval measured in steps where overhead is all there is, widths 16 to 64 at batches
+16 to 64), where ρ (overhead_ratio) is the step's fixed cost (STEP_OVERHEAD_FLOPS, in FLOPs of work)
+over its work for ENSEMBLE_REF members: ρ ≈ 6 for the demo's MLP, 0.05 for the benchmark's. The
+unit's own member count would be closer, but the schedule must follow from the run's config alone
+(a cell rerun by itself keeps its eval steps). MLPs only: the autograd architectures' steps carry
+far more operators of their own, and their model stays the work one. bench/diagnostics_cost.py
+--sizes prints the model beside the measured cost from overhead-bound to work-bound sizes: 1.0–2.8×
+the measured cost at 200 steps, 1.5–2.5× at 1000 (it errs high, and the schedule with it).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.config import RunConfig, TrainConfig
+from engine.memory import FLOPS_PER_PARAM_PER_EXAMPLE, parameter_count
 
 # One eval of the default costly metrics costs about 21 training steps (above): 30 evals of a 200-step
 # run would cost 3× its training. At most one eval per 20 steps keeps them near training's own cost
@@ -59,6 +74,20 @@ SHARPNESS_ITERATIONS_WARM = 8
 # (engine.mlp.MLP.hvp_operator) with the recurrence's vector work, and double backward for the others
 HVP_STEPS_MLP = 3.5
 HVP_STEPS_AUTOGRAD = 2.5
+# Small MLPs are bound by per-operation overhead, not work (the overhead regime, module docstring):
+# a training step's fixed cost, in FLOPs of work at the rate the work runs (≈ 0.4 ms of op dispatch on
+# the benchmark CPU at ≈ 1.6·10¹¹ FLOP/s), shared by ENSEMBLE_REF members (not the unit's own count:
+# the schedule may depend on the run's config only, never on how the planner packed it)
+STEP_OVERHEAD_FLOPS = 6.5e7
+ENSEMBLE_REF = 16
+# what one eval costs, in training steps, where overhead is all there is: the test set's forward per
+# slice of EVAL_CHUNK_CPU examples (engine.trainer), the alignment, a warm sharpness and the first one
+OVERHEAD_TEST_STEPS = 1.0
+OVERHEAD_TEST_STEPS_PER_SLICE = 0.4
+EVAL_CHUNK_CPU = 128  # engine.trainer.EVAL_CHUNK_CPU
+OVERHEAD_ALIGNMENT_STEPS = 5.5
+OVERHEAD_SHARPNESS_STEPS_WARM = 10.0
+OVERHEAD_SHARPNESS_STEPS_COLD = 100.0
 
 
 def eval_steps(steps: int, points: int) -> list[int]:
@@ -93,8 +122,17 @@ def eval_plan(cfg: RunConfig) -> list[int]:
     return eval_schedule(t.steps, t.eval_points, eval_budget(cfg) if t.eval_budget > 0 else None)
 
 
-def _cost_per_eval(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
-    """Each asked-for costly metric's cost (the model in the module docstring), in training steps of
+def overhead_ratio(cfg: RunConfig) -> float:
+    """ρ: a training step's fixed cost over its work, for ENSEMBLE_REF members of this config (0 where
+    the model counts work only: the architectures trained through autograd)."""
+    if cfg.model.arch != "mlp":
+        return 0.0
+    work = FLOPS_PER_PARAM_PER_EXAMPLE * parameter_count(cfg) * cfg.train.batch_size * ENSEMBLE_REF
+    return STEP_OVERHEAD_FLOPS / (work * (2.0 if cfg.resolved_dtype == "float64" else 1.0))
+
+
+def _work_per_eval(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """Each asked-for costly metric's work (the model in the module docstring), in training steps of
     the ensemble: (per eval, once per run on top: the sharpness's cold start)."""
     t, batch = cfg.train, cfg.train.batch_size
     probe = t.probe_size
@@ -104,7 +142,7 @@ def _cost_per_eval(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
     once: dict[str, float] = {}
     for metric in t.metrics:
         if metric == "test":
-            per[metric] = 0.5 * cfg.data.test_size / batch
+            per[metric] = 0.5 * cfg.data.held_out_size / batch
         elif metric == "alignment":
             ntk = 0.64 * classes * probe_ntk if cfg.model.arch == "mlp" else (2 / 3) * classes * probe_ntk**2
             per[metric] = (probe / 3 + ntk) / batch
@@ -118,6 +156,40 @@ def _cost_per_eval(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
         elif metric == "movement":
             per[metric] = 0.0
     return per, once
+
+
+def _overhead_per_eval(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """The same where per-operation overhead is all there is (the MLP's overhead regime), in steps."""
+    per: dict[str, float] = {}
+    once: dict[str, float] = {}
+    for metric in cfg.train.metrics:
+        if metric == "test":
+            slices = -(-cfg.data.held_out_size // EVAL_CHUNK_CPU)
+            per[metric] = OVERHEAD_TEST_STEPS + OVERHEAD_TEST_STEPS_PER_SLICE * slices
+        elif metric == "alignment":
+            per[metric] = OVERHEAD_ALIGNMENT_STEPS
+        elif metric == "sharpness":
+            per[metric] = OVERHEAD_SHARPNESS_STEPS_WARM
+            once[metric] = OVERHEAD_SHARPNESS_STEPS_COLD - OVERHEAD_SHARPNESS_STEPS_WARM
+        elif metric == "movement":
+            per[metric] = 0.0
+    return per, once
+
+
+def _cost_per_eval(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """Each asked-for costly metric's cost in training steps of the ensemble: (per eval, once per run on
+    top). Work and overhead weighted by ρ (overhead_ratio): a step costs 1 + ρ in units of its work, an
+    eval its work plus its overhead-bound steps × ρ; ρ → 0 gives the work model, ρ → ∞ the overhead one."""
+    work_per, work_once = _work_per_eval(cfg)
+    rho = overhead_ratio(cfg)
+    if rho <= 0:
+        return work_per, work_once
+    over_per, over_once = _overhead_per_eval(cfg)
+
+    def blend(work: dict[str, float], over: dict[str, float]) -> dict[str, float]:
+        return {m: (w + rho * over.get(m, 0.0)) / (1.0 + rho) for m, w in work.items()}
+
+    return blend(work_per, over_per), blend(work_once, over_once)
 
 
 def eval_budget(cfg: RunConfig) -> int:

@@ -41,6 +41,9 @@ from typing import Any
 from engine.config import RunConfig
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
+# FLOPs of one training step per parameter and example: forward 2, backward 4, the centered θ0
+# forward 2 more (tasks.planner's time estimate; engine.diagnostics_cost)
+FLOPS_PER_PARAM_PER_EXAMPLE = 8.0
 TEST_SLICE = 1024  # engine.trainer._chunked_raw evaluates the test set this many examples at a time
 NTK_PROBE_MAX = 64  # engine.trainer.NTK_PROBE_MAX
 # Autograd's saved tensors are not the whole of a step's peak: the forward's unsaved intermediates,
@@ -69,6 +72,26 @@ def input_shape(cfg: RunConfig) -> tuple[tuple[int, ...], int]:
         shape = (d.channels, d.image_size, d.image_size) if d.image_size > 0 else (d.input_dim,)
         return shape, d.n_classes
     return (3, 32, 32), d.n_classes
+
+
+def parameter_count(cfg: RunConfig) -> int:
+    """Parameters of one member (weights and biases), from the config alone: exact for the MLP, ≈ for
+    cnn/resnet/vit (tasks.planner's time estimate, engine.diagnostics_cost's overhead ratio)."""
+    m = cfg.model
+    n, depth = m.width, m.depth
+    shape, c = input_shape(cfg)
+    d_in = math.prod(shape)
+    if m.arch == "mlp":
+        return d_in * n + n + max(depth - 2, 0) * (n * n + n) + n * c + c
+    channels = shape[0] if len(shape) == 3 else 1
+    if m.arch == "cnn":
+        side = max(int(math.sqrt(d_in / channels)), 4) // 4
+        return 9 * channels * n + 9 * n * 2 * n + 2 * n * side * side * 8 * n + 8 * n * c
+    if m.arch == "resnet":
+        # four stages of widths n, 2n, 4n, 8n, depth blocks of two 3x3 convs each
+        return sum(depth * 2 * 9 * (n * 2**s) ** 2 for s in range(4)) + 8 * n * c
+    # vit: depth blocks of attention (4 n²) and MLP (8 n²), patch embedding, readout
+    return depth * 12 * n * n + (m.patch**2) * channels * n + n * c
 
 
 @dataclass(frozen=True)

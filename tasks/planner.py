@@ -39,7 +39,9 @@ from storage.settings import Settings
 THROUGHPUT_FILE = "throughput.json"
 THROUGHPUT_MAX_AGE_S = 7 * 86400.0  # an older measurement may be of another machine or torch build
 
-FLOPS_PER_PARAM_PER_EXAMPLE = 8.0
+FLOPS_PER_PARAM_PER_EXAMPLE = memory.FLOPS_PER_PARAM_PER_EXAMPLE
+# per member, by architecture (engine.memory: the dashboard's cost model uses it too)
+parameter_count = memory.parameter_count
 # Memory a unit may take by device class (bytes) where nothing can be measured: `pack` without a
 # budget, a machine that does not say its RAM, a GPU sweep planned on a machine without one (12 GiB:
 # headroom on a 16 GB card; bigger cards just run more units at once).
@@ -61,40 +63,6 @@ def device_class(device: str) -> str:
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         return "cuda"
     raise ConfigError("device", f"must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
-
-
-def _input_size(cfg: RunConfig) -> tuple[int, int]:
-    """(input features D, outputs C) without touching data files (teacher/mnist1d/digits known)."""
-    d = cfg.data
-    if d.dataset == "mnist1d":
-        return 40, 10
-    if d.dataset == "digits":
-        return 64, 10
-    if d.dataset == "cifar5m":
-        return 3 * 32 * 32, 10
-    if d.dataset == "mnist1m":
-        return 28 * 28, 10
-    if d.dataset == "teacher":
-        return (d.channels * d.image_size**2 if d.image_size > 0 else d.input_dim), d.n_classes
-    return max(d.input_dim, 3 * 32 * 32), d.n_classes  # npz: unknown until read; assume CIFAR-sized
-
-
-def parameter_count(cfg: RunConfig) -> int:
-    """Parameters of one member (weights and biases), by architecture; ≈ for cnn/resnet/vit."""
-    m = cfg.model
-    n, depth = m.width, m.depth
-    d_in, c = _input_size(cfg)
-    if m.arch == "mlp":
-        return d_in * n + n + max(depth - 2, 0) * (n * n + n) + n * c + c
-    channels = max(cfg.data.channels, 1) if cfg.data.dataset == "teacher" else 3
-    if m.arch == "cnn":
-        side = max(int(math.sqrt(d_in / channels)), 4) // 4
-        return 9 * channels * n + 9 * n * 2 * n + 2 * n * side * side * 8 * n + 8 * n * c
-    if m.arch == "resnet":
-        # four stages of widths n, 2n, 4n, 8n, depth blocks of two 3x3 convs each
-        return sum(depth * 2 * 9 * (n * 2**s) ** 2 for s in range(4)) + 8 * n * c
-    # vit: depth blocks of attention (4 n²) and MLP (8 n²), patch embedding, readout
-    return depth * 12 * n * n + (m.patch**2) * channels * n + n * c
 
 
 def member_bytes(cfg: RunConfig) -> int:

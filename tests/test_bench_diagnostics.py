@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str) -> list[str]:
-    done = subprocess.run([sys.executable, script, "--quick", "--threads", "1"], cwd=ROOT, capture_output=True,
+def _run(script: str, *more: str) -> list[str]:
+    done = subprocess.run([sys.executable, script, "--quick", "--threads", "1", *more], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.splitlines()
@@ -33,6 +33,18 @@ def test_diagnostics_cost_benchmark_prints_measured_and_model_shares():
             assert result[f"{grid}_{arm}_model"] >= 0, (grid, arm)
         assert result[f"{grid}_defaults_model"] > 0  # the four together cost something by the model
     assert any(line.startswith("grid:") and "evals at steps [0," in line for line in lines)
+
+
+@pytest.mark.slow
+def test_diagnostics_cost_benchmark_prints_the_model_across_mlp_sizes():
+    lines = _run("bench/diagnostics_cost.py", "--sizes")
+    result = json.loads(next(line for line in lines if line.startswith("RESULT "))[len("RESULT ") :])
+    assert len(result) == 4  # bench/diagnostics_cost.QUICK_SIZES: measured and model for each
+    for key, value in result.items():
+        assert math.isfinite(value) and (value > 0 if key.endswith("_model") else True), key
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("width"))
+    rows = [line.split() for line in lines[header + 1 : header + 3]]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(16, 16), (64, 64)] and all(int(r[3]) >= 3 for r in rows)
 
 
 @pytest.mark.slow

@@ -38,8 +38,9 @@ def cost_caption(spec: Any) -> str | None:
     parts = ", ".join(f"{m} +{share:.0%}" for m, share in sorted(cost.items(), key=lambda kv: -kv[1]))
     return (
         f"Costly metrics at {n_evals} eval steps{capped_text}, estimated on top of the training time: {parts}; "
-        f"in all +{sum(cost.values()):.0%}. A cost model fitted on a width-256 MLP on the CPU "
-        "(engine/diagnostics_cost.py), not a measurement: sharpness is Lanczos on the probe (most of it at the "
+        f"in all +{sum(cost.values()):.0%}. A cost model fitted on MLPs on the CPU, from "
+        "small ones bound by per-operation overhead to work-bound ones (engine/diagnostics_cost.py; it errs "
+        "high), not a measurement: sharpness is Lanczos on the probe (most of it at the "
         "first eval), alignment an NTK on up to 64 probe points, test a forward of the held-out set, "
         "movement nearly free."
     )

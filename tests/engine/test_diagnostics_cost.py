@@ -138,8 +138,9 @@ def test_diagnostics_cost_per_metric_follows_the_selection_and_the_schedule():
 
 
 def test_the_schedule_keeps_the_diagnostics_within_half_of_training_where_it_can():
-    for steps in (600, 1000, 1500, 3000, 20_000):
-        cfg = _config(steps=steps)
+    runs = [_config(steps=s) for s in (600, 1000, 1500, 3000, 20_000)] + [_mlp(32, 32, steps=s) for s in (1000, 3000)]
+    for cfg in runs:
+        steps = cfg.train.steps
         plan = DC.eval_plan(cfg)
         assert sum(DC.diagnostics_cost(cfg).values()) <= DC.DIAGNOSTICS_BUDGET
         assert len(plan) <= len(eval_steps(steps, 30)) and plan[0] == 0 and plan[-1] == steps - 1
@@ -180,3 +181,66 @@ def test_eval_budget_is_a_setting_that_leaves_old_ids_alone():
     for bad in (-0.1, float("nan"), "half", True, 1e4):
         with pytest.raises(ConfigError, match="train.eval_budget"):
             TrainConfig(eval_budget=bad)  # type: ignore[arg-type]
+
+
+def _mlp(width: int, batch: int, **train: object) -> RunConfig:
+    train = {"dtype": "float32", **train}
+    return RunConfig(model=ModelConfig(width=width, depth=3), data=DataConfig(dataset="mnist1d"),
+                     train=TrainConfig(batch_size=batch, **train), gamma=1.0, eta=0.01, seed=0)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_small_mlps_are_costed_by_their_overhead_big_ones_by_their_work():
+    sizes = ((16, 16), (32, 32), (64, 64), (256, 128), (1024, 256))
+    rhos = [DC.overhead_ratio(_mlp(w, b)) for w, b in sizes]
+    assert rhos == sorted(rhos, reverse=True) and rhos[0] > 5 and 0 < rhos[3] < 0.1
+    # float64's work is twice as dear: half the overhead per unit of it
+    assert DC.overhead_ratio(_mlp(32, 32, dtype="float64")) == pytest.approx(rhos[1] / 2)
+    # the autograd architectures are counted by their work alone
+    cnn = RunConfig(model=MODELS["cnn"], data=DataConfig(dataset="digits"), train=TrainConfig(), gamma=1.0, eta=0.1,
+                    seed=0)  # fmt: skip
+    assert DC.overhead_ratio(cnn) == 0 and DC._cost_per_eval(cnn) == DC._work_per_eval(cnn)
+    for (w, b), rho in zip(sizes, rhos, strict=True):
+        cfg = _mlp(w, b)
+        (per, once), (work, work_once), (over, over_once) = (
+            DC._cost_per_eval(cfg), DC._work_per_eval(cfg), DC._overhead_per_eval(cfg))  # fmt: skip
+        for m in ("test", "alignment", "sharpness"):
+            assert min(work[m], over[m]) <= per[m] <= max(work[m], over[m]), (w, b, m)
+            # the weight on the overhead-bound cost is ρ / (1 + ρ)
+            assert per[m] == pytest.approx((work[m] + rho * over[m]) / (1 + rho))
+        assert min(work_once["sharpness"], over_once["sharpness"]) <= once["sharpness"]
+        assert once["sharpness"] <= max(work_once["sharpness"], over_once["sharpness"])
+    tiny, big = _mlp(16, 16), _mlp(1024, 256)
+    assert DC._cost_per_eval(big)[0]["sharpness"] == pytest.approx(DC._work_per_eval(big)[0]["sharpness"], rel=0.02)
+    for m in ("test", "alignment", "sharpness"):  # the tiny one's cost is nearer its overhead-bound one
+        per, work = DC._cost_per_eval(tiny)[0][m], DC._work_per_eval(tiny)[0][m]
+        over = DC._overhead_per_eval(tiny)[0][m]
+        assert abs(per - over) < abs(per - work), m
+
+
+def test_a_small_mlp_keeps_the_eval_points_it_can_afford(monkeypatch):
+    # the quick demo's network on a 1000-step run: by work alone an eval looked like ~90 training steps
+    # and the budget left 4 of the 30 points; overhead-bound, it is ~30 (bench/diagnostics_cost.py --sizes)
+    cfg = _mlp(32, 32, steps=1000)
+    plan = DC.eval_plan(cfg)
+    with monkeypatch.context() as m:
+        m.setattr(DC, "STEP_OVERHEAD_FLOPS", 0.0)
+        by_work = DC.eval_plan(cfg)
+    assert len(by_work) <= 5 and len(plan) >= 2 * len(by_work)
+    assert plan[0] == 0 and plan[-1] == 999
+    # and still within the budget by the model, which says less than the work model did
+    assert sum(DC.diagnostics_cost(cfg).values()) <= DC.DIAGNOSTICS_BUDGET
+    # the benchmark's network is work-bound: its schedule is the work model's
+    big = _mlp(256, 128, steps=1000)
+    with monkeypatch.context() as m:
+        m.setattr(DC, "STEP_OVERHEAD_FLOPS", 0.0)
+        big_by_work = DC.eval_plan(big)
+    assert 10 <= len(big_by_work) < 30 and abs(len(DC.eval_plan(big)) - len(big_by_work)) <= 1
+
+
+def test_the_test_sets_cost_counts_the_examples_held_out():
+    assert DataConfig(dataset="digits").held_out_size == 300  # the 8×8 digits hold out at most 300
+    assert DataConfig(dataset="digits", test_size=100).held_out_size == 100
+    assert DataConfig(dataset="mnist1d", test_size=5000).held_out_size == 5000
+    digits = RunConfig(model=MODELS["cnn"], data=DataConfig(dataset="digits"), train=TrainConfig(batch_size=50),
+                       gamma=1.0, eta=0.1, seed=0)  # fmt: skip
+    assert DC._work_per_eval(digits)[0]["test"] == pytest.approx(0.5 * 300 / 50)

@@ -34,7 +34,7 @@ They are estimates for choosing settings, not promises.
 The overhead regime. Those counts are work, and a small MLP's step is not work: at width 32 and batch
 32 it is ≈ 0.5 ms of operator dispatch around ≈ 0.03 ms of arithmetic, and an eval, which runs
 several times the operators of a step on a few times its examples, costs a few steps, not the tens the
-work model counts (the quick demo's defaults were priced at +206% of training; measured, +52%). So in
+work model counts (the quick demo's defaults were priced at +206% of training; measured, +63%). So in
 units of a step's work, a step costs 1 + ρ and an eval its work plus ρ × its overhead-bound cost
 (OVERHEAD_*: what an eval measured in steps where overhead is all there is, widths 16 to 64 at batches
 16 to 64), where ρ (overhead_ratio) is the step's fixed cost (STEP_OVERHEAD_FLOPS, in FLOPs of work)

@@ -102,6 +102,7 @@ def test_the_trainer_evaluates_on_the_schedule():
 
 def test_the_cost_model_constants_are_the_trainers():
     assert DC.NTK_PROBE_MAX == trainer.NTK_PROBE_MAX
+    assert DC.EVAL_CHUNK_CPU == trainer.EVAL_CHUNK_CPU  # the test set's slices, counted by the overhead model
     # the products the model expects lie within the trainer's caps
     assert 0 < DC.SHARPNESS_PRODUCTS_COLD <= trainer.SHARPNESS_PRODUCTS_COLD
     assert 0 < DC.SHARPNESS_PRODUCTS_WARM <= trainer.SHARPNESS_PRODUCTS_WARM

@@ -13,7 +13,18 @@ from engine.diagnostics_cost import (
     diagnostics_cost,
     eval_plan,
     eval_steps,
+    overhead_ratio,
 )
+
+
+def _model_text(cfg: RunConfig) -> str:
+    """Which of engine.diagnostics_cost's models priced this config, and how far to trust it."""
+    if overhead_ratio(cfg) > 0:
+        return ("A cost model fitted on MLPs on the CPU, from small ones bound by per-operation overhead to "
+                "work-bound ones, not a measurement (engine/diagnostics_cost.py; it errs high).")  # fmt: skip
+    return (f"A cost model of the work alone for the {cfg.model.arch}, not a measurement "
+            "(engine/diagnostics_cost.py): on small networks, whose steps are mostly per-operation overhead, "
+            "test and sharpness measured several times below it.")  # fmt: skip
 
 
 def cost_caption(spec: Any) -> str | None:
@@ -38,9 +49,7 @@ def cost_caption(spec: Any) -> str | None:
     parts = ", ".join(f"{m} +{share:.0%}" for m, share in sorted(cost.items(), key=lambda kv: -kv[1]))
     return (
         f"Costly metrics at {n_evals} eval steps{capped_text}, estimated on top of the training time: {parts}; "
-        f"in all +{sum(cost.values()):.0%}. A cost model fitted on MLPs on the CPU, from "
-        "small ones bound by per-operation overhead to work-bound ones (engine/diagnostics_cost.py; it errs "
-        "high), not a measurement: sharpness is Lanczos on the probe (most of it at the "
-        "first eval), alignment an NTK on up to 64 probe points, test a forward of the held-out set, "
+        f"in all +{sum(cost.values()):.0%}. {_model_text(cfg)} Sharpness is Lanczos on the probe (most of it at "
+        "the first eval), alignment an NTK on up to 64 probe points, test a forward of the held-out set, "
         "movement nearly free."
     )

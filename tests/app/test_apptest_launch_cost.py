@@ -49,3 +49,12 @@ def test_the_caption_names_the_capped_schedule():
     long = cost_caption(SweepSpec.from_dict({"train": {"steps": 5000, "eval_points": 30}}))
     assert long is not None and "asked" not in long
     assert cost_caption(SweepSpec.from_dict({"train": {"metrics": []}})) is None
+
+
+def test_the_caption_says_which_model_priced_the_architecture():
+    mlp = cost_caption(SweepSpec.from_dict({"train": {"steps": 1000}}))
+    assert mlp is not None and "per-operation overhead to work-bound ones" in mlp
+    cnn = cost_caption(SweepSpec.from_dict({"model": {"arch": "cnn", "width": 8, "depth": 4},
+                                            "data": {"dataset": "digits"}, "train": {"steps": 1000}}))  # fmt: skip
+    assert cnn is not None and "work alone for the cnn" in cnn
+    assert "test and sharpness measured several times below it" in cnn

@@ -126,7 +126,7 @@ def estimate(cfg: RunConfig) -> MemoryEstimate:
     m, t = cfg.model, cfg.train
     return _estimate(
         m.arch, m.width, m.depth, m.patch, m.heads, m.activation, m.centered, shape, n_out,
-        DTYPE_BYTES[cfg.resolved_dtype], t.batch_size, cfg.data.test_size, t.probe_size, tuple(sorted(t.metrics)),
+        DTYPE_BYTES[cfg.resolved_dtype], t.batch_size, cfg.data.held_out_size, t.probe_size, tuple(sorted(t.metrics)),
         t.eval_points > 0, str(getattr(t, "optimizer", "sgd")),
     )  # fmt: skip
 

@@ -70,7 +70,7 @@ def _adam_specs(scale: str) -> list[dict[str, Any]]:
     width, gammas = (32, decade_list(-3, -1, 1.0)) if scale == "ci" else (64, decade_list(-3, -1, 0.5))
     specs = _pair(f"reproduce-adam-lazy-{scale}", relu | {"width": width, "depth": 3}, LAZY_DATA, LAZY_TRAIN,
                   gammas, _decades(-6, 1.5, 4))  # fmt: skip
-    if scale == "small":  # rich: the rich-scaling preset's ci setting (600 steps), L = 2 and 3
+    if scale == "small":  # rich: width 32, 600 steps (as rich-scaling's ci), L = 2 and 3
         for depth in (2, 3):
             specs += _pair(f"reproduce-adam-rich-L{depth}-small", relu | {"width": 32, "depth": depth}, RICH_DATA,
                            {"batch_size": 64, "steps": 600}, decade_list(1, 3, 0.5), _decades(-2, 4, 4))  # fmt: skip
